@@ -1,0 +1,82 @@
+"""Start-up checks: bad input fails here, before any compute, with the key, the value and what is allowed."""
+
+from __future__ import annotations
+
+import math
+
+from omegaconf import DictConfig, OmegaConf
+
+from .models.backbones import ARCHITECTURES
+
+TEST_SPLIT_SIZE = {"cifar10": 10_000}
+
+
+class ConfigError(ValueError):
+    """A config value that is not allowed; the message names the key."""
+
+
+def _pq_k(bits: int | None, M: int, default: int) -> int:  # noqa: N803
+    """``quantizer.K`` from the top-level ``bits``: K = 2^(bits / M)."""
+    if bits is None:
+        return default
+    if int(bits) < 1 or int(bits) % int(M):
+        raise ConfigError(f"bits={bits}: must be a positive multiple of quantizer.M={M} (bits = M * log2(K))")
+    return 2 ** (int(bits) // int(M))
+
+
+def register_resolvers() -> None:
+    if not OmegaConf.has_resolver("pq_k"):
+        OmegaConf.register_new_resolver("pq_k", _pq_k)
+
+
+register_resolvers()
+
+
+def validate(cfg: DictConfig) -> None:
+    q, a, d = cfg.quantizer, cfg.attack, cfg.dataset
+    if q.M < 1:
+        raise ConfigError(f"quantizer.M={q.M}: must be >= 1")
+    if q.K < 2 or 2 ** round(math.log2(q.K)) != q.K or q.K > 2 ** 16:
+        raise ConfigError(f"quantizer.K={q.K}: must be a power of two in [2, 65536]")
+    bits = q.M * round(math.log2(q.K))
+    if cfg.get("bits") is not None and int(cfg.bits) != bits:
+        raise ConfigError(f"bits={cfg.bits} but quantizer.M * log2(quantizer.K) = {q.M} * "
+                          f"{round(math.log2(q.K))} = {bits}; give consistent values, or bits=null")
+    if q.K > d.num_database:
+        raise ConfigError(f"quantizer.K={q.K} is larger than dataset.num_database={d.num_database}: K-means "
+                          f"needs at least K database vectors")
+    if cfg.model.arch not in ARCHITECTURES:
+        raise ConfigError(f"model.arch={cfg.model.arch!r}: expected one of {', '.join(ARCHITECTURES)}")
+    if a.name != "none":
+        if not 0 < a.eps <= 1:
+            raise ConfigError(f"attack.eps={a.eps}: must be in (0, 1] (pixel scale; the paper's is 8/255)")
+        if a.step <= 0:
+            raise ConfigError(f"attack.step={a.step}: must be > 0")
+        if a.iters < 1:
+            raise ConfigError(f"attack.iters={a.iters}: must be >= 1")
+        if a.similarity not in ("dot", "cos"):
+            raise ConfigError(f"attack.similarity={a.similarity!r}: expected dot or cos")
+        if a.temperature <= 0:
+            raise ConfigError(f"attack.temperature={a.temperature}: must be > 0")
+        if a.batch_size < 1:
+            raise ConfigError(f"attack.batch_size={a.batch_size}: must be >= 1")
+    if cfg.system not in ("sdc", "adc", "both"):
+        raise ConfigError(f"system={cfg.system!r}: expected sdc, adc or both")
+    if cfg.eval.topk is not None and cfg.eval.topk < 1:
+        raise ConfigError(f"eval.topk={cfg.eval.topk}: must be >= 1 or null (full ranking)")
+    test_size = TEST_SPLIT_SIZE.get(d.name, d.get("num_test"))
+    if d.num_queries < 1 or d.num_database < 1:
+        raise ConfigError(f"dataset.num_queries={d.num_queries}, dataset.num_database={d.num_database}: "
+                          f"must both be >= 1")
+    if test_size is not None and d.num_queries + d.num_database > test_size:
+        raise ConfigError(f"dataset.num_queries + dataset.num_database = {d.num_queries} + {d.num_database} "
+                          f"exceeds the {test_size} test images of dataset={d.name}")
+    if cfg.trainer.max_epochs < 1:
+        raise ConfigError(f"trainer.max_epochs={cfg.trainer.max_epochs}: must be >= 1")
+    if cfg.trainer.batch_size < 2:
+        raise ConfigError(f"trainer.batch_size={cfg.trainer.batch_size}: must be >= 2 (batch norm)")
+    if cfg.precision not in ("auto", "fp32", "bf16"):
+        raise ConfigError(f"precision={cfg.precision!r}: expected auto, fp32 or bf16")
+    dev = str(cfg.device)
+    if not (dev in ("auto", "cpu") or dev == "cuda" or (dev.startswith("cuda:") and dev[5:].isdigit())):
+        raise ConfigError(f"device={dev!r}: expected auto, cpu, cuda or cuda:N")

@@ -1,0 +1,44 @@
+"""Mean average precision over a ranking, with ties counted the way sklearn's ``average_precision_score``
+counts them: items at equal distance enter the ranking together, so the result does not depend on the
+order of the database."""
+
+from __future__ import annotations
+
+import torch
+
+
+def average_precision(sorted_dist: torch.Tensor, sorted_rel: torch.Tensor, num_relevant: torch.Tensor | None = None
+                      ) -> torch.Tensor:
+    """Per-query AP from distances ``[Q, n]`` sorted ascending and their relevance ``[Q, n]`` (bool).
+
+    AP = (1 / R) * sum_i rel_i * P(g_i), where g_i is the end of the tie group of position i and P the
+    precision there. ``num_relevant`` is R; by default the relevant items in the ranking (for a ranking
+    cut at k this gives the usual mAP@k). Queries with R = 0 get AP = 0.
+    """
+    q, n = sorted_rel.shape
+    rel = sorted_rel.to(torch.float64)
+    cum_rel = rel.cumsum(1)
+    pos = torch.arange(1, n + 1, dtype=torch.float64, device=rel.device)
+    group_end = torch.ones(q, n, dtype=torch.bool, device=rel.device)
+    group_end[:, :-1] = sorted_dist[:, 1:] != sorted_dist[:, :-1]
+    # index of the end of each position's tie group: reverse cumulative min over end positions
+    end_idx = torch.where(group_end, torch.arange(n, device=rel.device).expand(q, n), n - 1)
+    end_idx = end_idx.flip(1).cummin(1).values.flip(1)
+    precision_at_end = (cum_rel / pos).gather(1, end_idx)
+    r = rel.sum(1) if num_relevant is None else num_relevant.to(torch.float64)
+    ap = (rel * precision_at_end).sum(1) / r.clamp_min(1)
+    return torch.where(r > 0, ap, torch.zeros_like(ap))
+
+
+def relevance(query_labels: torch.Tensor, db_labels: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """``[Q, k]`` bool: does ranked item ``ids[q, i]`` share the query's label."""
+    return db_labels[ids] == query_labels[:, None]
+
+
+def mean_average_precision(sorted_dist: torch.Tensor, ids: torch.Tensor, query_labels: torch.Tensor,
+                           db_labels: torch.Tensor, topk: int | None = None) -> float:
+    """mAP in percent (0-100) over the full ranking, or mAP@topk when ``topk`` is given."""
+    if topk is not None:
+        sorted_dist, ids = sorted_dist[:, :topk], ids[:, :topk]
+    rel = relevance(query_labels.cpu(), db_labels.cpu(), ids.cpu())
+    return float(average_precision(sorted_dist.cpu(), rel).mean()) * 100.0

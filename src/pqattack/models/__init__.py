@@ -1,0 +1,7 @@
+"""Stage 2, models: CIFAR-size backbones, their Lightning training module, the differentiable retrieval model."""
+
+from .backbones import ARCHITECTURES, Backbone, build_backbone
+from .classifier import ClassifierModule
+from .retrieval import RetrievalModel
+
+__all__ = ["ARCHITECTURES", "Backbone", "ClassifierModule", "RetrievalModel", "build_backbone"]

@@ -1,0 +1,63 @@
+"""LightningModule that trains a backbone with cross-entropy (the paper's pre-training step)."""
+
+from __future__ import annotations
+
+import pytorch_lightning as pl
+import torch
+from torch import nn
+
+from .augment import random_crop_flip
+from .backbones import Backbone
+
+
+class ClassifierModule(pl.LightningModule):
+    """Cross-entropy training; SGD with Nesterov momentum and a one-cycle learning rate.
+
+    Batches arrive as uint8 images; conversion to [0, 1] and augmentation happen on the device.
+    Label smoothing defaults to 0: it masks gradients and inflates attacked mAP (see the README).
+    """
+
+    def __init__(self, backbone: Backbone, lr: float = 0.1, momentum: float = 0.9, weight_decay: float = 5e-4,
+                 nesterov: bool = True, label_smoothing: float = 0.0, schedule: str = "onecycle",
+                 augment: bool = True, crop_padding: int = 4) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.save_hyperparameters(ignore=["backbone"])
+        self.loss = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.backbone(x)
+
+    @staticmethod
+    def to_float(images: torch.Tensor) -> torch.Tensor:
+        return images.float().div_(255.0).contiguous(memory_format=torch.channels_last)
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        images, labels = batch
+        x = self.to_float(images)
+        if self.hparams.augment:
+            x = random_crop_flip(x, padding=self.hparams.crop_padding)
+        logits = self.backbone(x)
+        loss = self.loss(logits, labels)
+        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True)
+        self.log("train/acc", (logits.argmax(1) == labels).float().mean(), prog_bar=True, on_epoch=True,
+                 on_step=False)
+        return loss
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        images, labels = batch
+        logits = self.backbone(self.to_float(images))
+        self.log("val/acc", (logits.argmax(1) == labels).float().mean(), prog_bar=True, on_epoch=True)
+
+    def configure_optimizers(self):  # noqa: ANN201
+        hp = self.hparams
+        opt = torch.optim.SGD(self.parameters(), lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay,
+                              nesterov=hp.nesterov and hp.momentum > 0)
+        if hp.schedule == "constant":
+            return opt
+        if hp.schedule != "onecycle":
+            raise ValueError(f"trainer.schedule={hp.schedule!r}: expected onecycle or constant")
+        steps = int(self.trainer.estimated_stepping_batches)
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=hp.lr, total_steps=max(steps, 1),
+                                                    pct_start=0.25, anneal_strategy="linear")
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

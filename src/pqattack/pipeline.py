@@ -1,0 +1,342 @@
+"""Orchestration: wires data -> backbone -> features -> codebooks -> index -> attacks -> mAP -> records.
+
+Every stage's output is an artifact in the content-addressed cache, keyed by everything that determines
+it, so a sweep over attacks and bits trains each backbone, extracts features and runs K-means once.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import platform
+import time
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from tqdm.auto import tqdm
+
+from .attacks import PGDConfig, pgd
+from .cache import ArtifactCache
+from .data import RetrievalData
+from .metrics import mean_average_precision
+from .models import Backbone, ClassifierModule, RetrievalModel, build_backbone
+from .quant import PQIndex, train_codebooks
+from .report import markdown_table
+
+log = logging.getLogger(__name__)
+
+
+# --------------------------------------------------------------------------------------------- runtime
+@dataclass
+class Runtime:
+    """Where and how tensors are computed, and the run's bookkeeping."""
+
+    device: torch.device
+    precision: str  # fp32 | bf16
+    cache: ArtifactCache
+    progress: bool = True
+    timings: dict[str, float] = field(default_factory=dict)
+    keys: dict[str, str] = field(default_factory=dict)
+
+    def autocast(self):  # noqa: ANN201
+        if self.precision == "bf16":
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return nullcontext()
+
+    @contextmanager
+    def timed(self, name: str) -> Iterator[None]:
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            if self.device.type == "cuda":
+                torch.cuda.synchronize()
+            self.timings[name] = round(self.timings.get(name, 0.0) + time.perf_counter() - t0, 3)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cpu":
+        return torch.device("cpu")
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ValueError(f"device={name!r}: CUDA is not available on this machine (use auto or cpu)")
+        dev = torch.device(name)
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"device={name!r}: only {torch.cuda.device_count()} CUDA device(s) here")
+        return dev
+    raise ValueError(f"device={name!r}: expected auto, cpu, cuda or cuda:N")
+
+
+def resolve_precision(name: str, device: torch.device) -> str:
+    if name == "auto":
+        return "bf16" if device.type == "cuda" else "fp32"
+    if name not in ("fp32", "bf16"):
+        raise ValueError(f"precision={name!r}: expected auto, fp32 or bf16")
+    return name
+
+
+def container(cfg: DictConfig) -> dict[str, Any]:
+    return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
+
+
+# --------------------------------------------------------------------------------------------- stage 2
+class TensorBatches:
+    """Shuffled mini-batches straight from in-memory tensors (already on the training device)."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, seed: int) -> None:
+        self.images, self.labels, self.batch_size = images, labels, batch_size
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def __len__(self) -> int:
+        return len(self.images) // self.batch_size  # drop the last partial batch (BN needs > 1 sample)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        perm = torch.randperm(len(self.images), generator=self.generator).to(self.images.device)
+        for i in range(len(self)):
+            idx = perm[i * self.batch_size:(i + 1) * self.batch_size]
+            yield self.images[idx], self.labels[idx]
+
+
+def make_backbone(cfg: DictConfig, num_classes: int) -> Backbone:
+    kw = {k: v for k, v in container(cfg.model).items() if k not in ("_target_", "name")}
+    return build_backbone(num_classes=num_classes, **kw)
+
+
+def train_backbone(cfg: DictConfig, data: RetrievalData, rt: Runtime, loggers: list) -> tuple[Backbone, str]:
+    """Train (or load from the cache) the backbone with cross-entropy through Lightning."""
+    import pytorch_lightning as pl
+
+    tcfg = container(cfg.trainer)
+    spec = {"dataset": data.name, "data": data.fingerprint, "num_train": len(data.train),
+            "model": container(cfg.model), "trainer": {k: v for k, v in tcfg.items() if k != "progress"},
+            "precision": rt.precision, "seed": cfg.seed}
+    backbone = make_backbone(cfg, data.num_classes)
+
+    def build() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        pl.seed_everything(cfg.seed, workers=True, verbose=False)
+        net = make_backbone(cfg, data.num_classes).to(memory_format=torch.channels_last)
+        module = ClassifierModule(net, lr=tcfg["lr"], momentum=tcfg["momentum"], weight_decay=tcfg["weight_decay"],
+                                  nesterov=tcfg["nesterov"], label_smoothing=tcfg["label_smoothing"],
+                                  schedule=tcfg["schedule"], augment=tcfg["augment"])
+        batches = TensorBatches(data.train.images.to(rt.device), data.train.labels.to(rt.device),
+                                min(tcfg["batch_size"], len(data.train)), cfg.seed)
+        trainer = pl.Trainer(
+            max_epochs=tcfg["max_epochs"], accelerator="gpu" if rt.device.type == "cuda" else "cpu", devices=1,
+            precision="bf16-mixed" if rt.precision == "bf16" else "32-true", logger=loggers or False,
+            enable_checkpointing=False, enable_model_summary=False, enable_progress_bar=rt.progress,
+            num_sanity_val_steps=0, log_every_n_steps=max(1, min(50, len(batches))), deterministic=False)
+        t0 = time.perf_counter()
+        trainer.fit(module, train_dataloaders=batches)
+        seconds = time.perf_counter() - t0
+        state = {k: v for k, v in net.state_dict().items()}
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+        return state, {"train_seconds": round(seconds, 2), "train_metrics": metrics, "arch": cfg.model.arch,
+                       "num_classes": data.num_classes}
+
+    with rt.timed("train"):
+        state, meta, key = rt.cache.get_or_build("checkpoint", spec, build)
+    try:
+        backbone.load_state_dict(state)
+    except RuntimeError as exc:
+        raise RuntimeError(f"checkpoint {key} does not fit model.arch={cfg.model.arch}: {exc}") from None
+    rt.keys["checkpoint"] = key
+    rt.timings.setdefault("train_seconds_when_built", meta.get("train_seconds", 0.0))
+    return backbone.to(rt.device).to(memory_format=torch.channels_last).eval(), key
+
+
+# --------------------------------------------------------------------------------------------- features
+@torch.no_grad()
+def embed(backbone: Backbone, images: torch.Tensor, rt: Runtime, batch_size: int, desc: str = "features"
+          ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(z, logits)`` for uint8 or float images: z l2-normalised, float32, on the CPU."""
+    zs, logits = [], []
+    for i in tqdm(range(0, len(images), batch_size), desc=desc, disable=not rt.progress, leave=False):
+        x = images[i:i + batch_size].to(rt.device, non_blocking=True)
+        x = (x.float() / 255.0 if x.dtype == torch.uint8 else x).contiguous(memory_format=torch.channels_last)
+        with rt.autocast():
+            f = backbone.forward_features(x)
+            out = backbone.head(f)
+        zs.append(torch.nn.functional.normalize(f.float(), dim=1).cpu())
+        logits.append(out.float().cpu())
+    return torch.cat(zs), torch.cat(logits)
+
+
+def check_finite(name: str, t: torch.Tensor) -> None:
+    if not torch.isfinite(t).all():
+        bad = int((~torch.isfinite(t)).sum())
+        raise FloatingPointError(f"{name}: {bad} non-finite values (NaN/Inf); the model or its training diverged")
+
+
+def clean_features(cfg: DictConfig, data: RetrievalData, backbone: Backbone, ckpt_key: str, rt: Runtime
+                   ) -> dict[str, torch.Tensor]:
+    """Database and clean-query features (cached), plus the backbone's test accuracy on them."""
+    spec = {"checkpoint": ckpt_key, "split": [data.fingerprint, len(data.query), len(data.database),
+                                                 cfg.dataset.split_seed], "precision": rt.precision}
+
+    def build() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        bs = cfg.eval.batch_size
+        zq, lq = embed(backbone, data.query.images, rt, bs, "query features")
+        zd, ld = embed(backbone, data.database.images, rt, bs, "database features")
+        correct = (lq.argmax(1) == data.query.labels).sum() + (ld.argmax(1) == data.database.labels).sum()
+        acc = float(correct) / (len(lq) + len(ld)) * 100
+        return {"query": zq, "database": zd}, {"test_accuracy": round(acc, 3)}
+
+    with rt.timed("features"):
+        tensors, meta, key = rt.cache.get_or_build("features", spec, build)
+    check_finite("database features", tensors["database"])
+    rt.keys["features"] = key
+    return {**tensors, "test_accuracy": torch.tensor(meta["test_accuracy"])}
+
+
+# --------------------------------------------------------------------------------------------- stage 3
+def pq_codebooks(cfg: DictConfig, database: torch.Tensor, feat_key: str, rt: Runtime) -> tuple[torch.Tensor, str]:
+    q = cfg.quantizer
+    spec = {"features": feat_key, "M": q.M, "K": q.K, "niter": q.niter, "seed": q.seed, "kind": q.kind}
+
+    def build() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        return {"codebooks": train_codebooks(database, q.M, q.K, niter=q.niter, seed=q.seed)}, {}
+
+    with rt.timed("codebooks"):
+        tensors, _, key = rt.cache.get_or_build("codebooks", spec, build)
+    rt.keys["codebooks"] = key
+    return tensors["codebooks"], key
+
+
+# --------------------------------------------------------------------------------------------- stage 4
+def attack_queries(cfg: DictConfig, data: RetrievalData, backbone: Backbone, codebooks: torch.Tensor,
+                   ckpt_key: str, cb_key: str, rt: Runtime) -> tuple[torch.Tensor, str]:
+    """Adversarial query images for ``cfg.attack`` (cached as 8-bit images when quantised)."""
+    a = cfg.attack
+    pgd_cfg = PGDConfig(eps=a.eps, step=a.step, iters=a.iters, random_start=a.random_start,
+                        quantize_8bit=a.quantize_8bit)
+    uses_codebooks = a.loss != "basic"
+    spec = {"checkpoint": ckpt_key, "codebooks": cb_key if uses_codebooks else None,
+            "queries": [data.fingerprint, len(data.query), cfg.dataset.split_seed],
+            "attack": {k: v for k, v in container(a).items() if k not in ("batch_size", "name")},
+            "precision": rt.precision, "seed": cfg.seed}
+    model = RetrievalModel(backbone, codebooks.to(rt.device), a.similarity, a.temperature).eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+
+    def build() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        gen = torch.Generator(device=rt.device).manual_seed(cfg.seed)
+        out = []
+        images = data.query.images
+        for i in tqdm(range(0, len(images), a.batch_size), desc=f"attack {a.name}", disable=not rt.progress,
+                      leave=False):
+            x = (images[i:i + a.batch_size].to(rt.device).float() / 255).contiguous(memory_format=torch.channels_last)
+            with rt.autocast():
+                adv = pgd(model, x, a.loss, pgd_cfg, generator=gen)
+            out.append(torch.round(adv * 255).to(torch.uint8).cpu() if a.quantize_8bit else adv.float().cpu())
+        return {"images": torch.cat(out)}, {"attack": a.name}
+
+    with rt.timed(f"attack_{a.name}"):
+        tensors, _, key = rt.cache.get_or_build("adversarial_queries", spec, build)
+    rt.keys[f"adversarial_queries_{a.name}"] = key
+    return tensors["images"], key
+
+
+# --------------------------------------------------------------------------------------------- stage 5
+def evaluate(index: PQIndex, query_z: torch.Tensor, data: RetrievalData, systems: list[str], topk: int | None
+             ) -> dict[str, float]:
+    out = {}
+    for s in systems:
+        dist, ids = index.search(query_z, s, k=topk)
+        out[s] = mean_average_precision(dist, ids, data.query.labels, data.database.labels, topk=topk)
+    return out
+
+
+# --------------------------------------------------------------------------------------------- run
+def versions() -> dict[str, str]:
+    import faiss
+    import hydra
+    import pytorch_lightning
+
+    from . import __version__
+    return {"pqattack": __version__, "torch": torch.__version__, "faiss": faiss.__version__,
+            "hydra": hydra.__version__, "pytorch_lightning": pytorch_lightning.__version__,
+            "python": platform.python_version()}
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+
+
+def run(cfg: DictConfig, output_dir: Path, loggers: list | None = None) -> Path:
+    """Run one job: the clean rows and the rows of ``cfg.attack``; write ``results.json`` and ``results.md``."""
+    from hydra.utils import instantiate
+
+    from .config import validate
+
+    t_start = time.perf_counter()
+    validate(cfg)
+    device = resolve_device(cfg.device)
+    precision = resolve_precision(cfg.precision, device)
+    torch.manual_seed(cfg.seed)
+    rt = Runtime(device, precision, ArtifactCache(cfg.cache.dir, cfg.cache.enabled), progress=cfg.progress)
+    systems = ["sdc", "adc"] if cfg.system == "both" else [cfg.system]
+    topk = cfg.eval.topk
+
+    with rt.timed("data"):
+        source = instantiate(cfg.dataset)
+        data = source.load(rt.cache)
+    dataset_label = getattr(source, "describe", lambda: data.name)()
+    backbone, ckpt_key = train_backbone(cfg, data, rt, loggers or [])
+    feats = clean_features(cfg, data, backbone, ckpt_key, rt)
+    codebooks, cb_key = pq_codebooks(cfg, feats["database"], rt.keys["features"], rt)
+    with rt.timed("index"):
+        index = PQIndex(codebooks, feats["database"])
+    q = cfg.quantizer
+    base = {"dataset": data.name, "dataset_label": dataset_label, "model": cfg.model.name,
+            "quantizer": q.kind, "bits": int(q.M * math.log2(q.K)), "M": q.M, "K": q.K}
+
+    rows = []
+    with rt.timed("eval_clean"):
+        clean = evaluate(index, feats["query"], data, systems, topk)
+    clean_codes = index.encode(feats["query"])
+    for s, v in clean.items():
+        rows.append({**base, "attack": "clean", "system": s, "map": round(v, 4), "topk": topk})
+
+    if cfg.attack.name != "none":
+        adv_images, adv_key = attack_queries(cfg, data, backbone, codebooks, ckpt_key, cb_key, rt)
+        with rt.timed(f"eval_{cfg.attack.name}"):
+            z_adv, logits_adv = embed(backbone, adv_images, rt, cfg.eval.batch_size, "adversarial features")
+            check_finite("adversarial features", z_adv)
+            attacked = evaluate(index, z_adv, data, systems, topk)
+        changed = (index.encode(z_adv) != clean_codes).float().mean().item()
+        linf = (adv_images.float() / (255 if adv_images.dtype == torch.uint8 else 1)
+                - data.query.images.float() / 255).abs().max().item()
+        for s, v in attacked.items():
+            rows.append({**base, "attack": cfg.attack.name, "system": s, "map": round(v, 4), "topk": topk,
+                         "codes_changed": round(changed, 4), "linf": round(linf, 5),
+                         "query_accuracy": round(float((logits_adv.argmax(1) == data.query.labels).float().mean())
+                                                 * 100, 2)})
+
+    rt.timings["total"] = round(time.perf_counter() - t_start, 3)
+    meta = {"config": container(cfg), "versions": versions(), "device": device_name(device),
+            "precision": precision, "seed": cfg.seed, "cache_keys": rt.keys, "cache_hits": rt.cache.hits,
+            "cache_builds": rt.cache.builds, "timings_s": rt.timings,
+            "test_accuracy": float(feats["test_accuracy"]), "dataset_label": dataset_label,
+            "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    output_dir.mkdir(parents=True, exist_ok=True)
+    path = output_dir / "results.json"
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1, default=str))
+    tmp.replace(path)
+    (output_dir / "results.md").write_text(markdown_table(rows))
+    for lg in loggers or []:
+        lg.log_metrics({f"map/{r['attack']}/{r['system']}": r["map"] for r in rows})
+        if hasattr(lg, "log_table"):
+            cols = sorted({k for r in rows for k in r})
+            lg.log_table("results", columns=cols, data=[[r.get(c) for c in cols] for r in rows])
+        lg.finalize("success")
+    return path
