@@ -57,7 +57,14 @@ def main(cfg: DictConfig) -> None:
         print(f"config error: {exc}", file=sys.stderr)
         _remove_empty_run_dir(output_dir)
         sys.exit(2)
-    path = run(cfg, output_dir, make_loggers(cfg, output_dir))
+    from .data import DatasetError
+
+    try:
+        path = run(cfg, output_dir, make_loggers(cfg, output_dir))
+    except DatasetError as exc:
+        print(f"data error: {exc}", file=sys.stderr)
+        _remove_empty_run_dir(output_dir)
+        sys.exit(2)
     print((output_dir / "results.md").read_text())
     if HydraConfig.get().mode.name == "RUN":
         print(f"results: {path}")

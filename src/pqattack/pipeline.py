@@ -42,6 +42,7 @@ class Runtime:
     progress: bool = True
     timings: dict[str, float] = field(default_factory=dict)
     keys: dict[str, str] = field(default_factory=dict)
+    info: dict[str, Any] = field(default_factory=dict)
 
     def autocast(self):  # noqa: ANN201
         if self.precision == "bf16":
@@ -147,7 +148,7 @@ def train_backbone(cfg: DictConfig, data: RetrievalData, rt: Runtime, loggers: l
     except RuntimeError as exc:
         raise RuntimeError(f"checkpoint {key} does not fit model.arch={cfg.model.arch}: {exc}") from None
     rt.keys["checkpoint"] = key
-    rt.timings.setdefault("train_seconds_when_built", meta.get("train_seconds", 0.0))
+    rt.info["training"] = {k: meta.get(k) for k in ("train_seconds", "train_metrics")}
     return backbone.to(rt.device).to(memory_format=torch.channels_last).eval(), key
 
 
@@ -325,7 +326,7 @@ def run(cfg: DictConfig, output_dir: Path, loggers: list | None = None) -> Path:
     meta = {"config": container(cfg), "versions": versions(), "device": device_name(device),
             "precision": precision, "seed": cfg.seed, "cache_keys": rt.keys, "cache_hits": rt.cache.hits,
             "cache_builds": rt.cache.builds, "timings_s": rt.timings,
-            "test_accuracy": float(feats["test_accuracy"]), "dataset_label": dataset_label,
+            "test_accuracy": float(feats["test_accuracy"]), "dataset_label": dataset_label, **rt.info,
             "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     output_dir.mkdir(parents=True, exist_ok=True)
     path = output_dir / "results.json"
@@ -339,4 +340,6 @@ def run(cfg: DictConfig, output_dir: Path, loggers: list | None = None) -> Path:
             cols = sorted({k for r in rows for k in r})
             lg.log_table("results", columns=cols, data=[[r.get(c) for c in cols] for r in rows])
         lg.finalize("success")
+        if hasattr(lg, "log_table"):  # wandb: flush the run's files (summary, history) now
+            lg.experiment.finish()
     return path

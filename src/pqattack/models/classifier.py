@@ -58,6 +58,6 @@ class ClassifierModule(pl.LightningModule):
         if hp.schedule != "onecycle":
             raise ValueError(f"trainer.schedule={hp.schedule!r}: expected onecycle or constant")
         steps = int(self.trainer.estimated_stepping_batches)
-        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=hp.lr, total_steps=max(steps, 1),
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=hp.lr, total_steps=max(steps, 10),  # OneCycleLR needs a few steps per phase
                                                     pct_start=0.25, anneal_strategy="linear")
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

@@ -1,0 +1,46 @@
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+CONF = REPO / "conf"
+
+# A tiny but real job: synthetic images, a narrow CNN, one epoch, few queries.
+TINY = ["dataset=synthetic", "model=smallcnn", "model.width=8", "dataset.num_train=600", "dataset.num_test=400",
+        "dataset.num_queries=60", "dataset.num_database=300", "trainer.max_epochs=2", "trainer.batch_size=64",
+        "trainer.lr=0.05", "bits=16", "device=cpu", "progress=false", "attack.batch_size=60"]
+
+
+def run_cli(args: list[str], cwd: Path, cache: Path, env: dict[str, str] | None = None, check: bool = True,
+            timeout: int = 600) -> subprocess.CompletedProcess:
+    """``python -m pqattack`` in a real subprocess, with its own cache and output folders."""
+    full_env = {**os.environ, "PQATTACK_CACHE": str(cache), "PYTHONWARNINGS": "ignore", **(env or {})}
+    proc = subprocess.run([sys.executable, "-m", "pqattack", *args], cwd=cwd, env=full_env, capture_output=True,
+                          text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"pqattack {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n"
+                             f"{proc.stderr[-5000:]}")
+    return proc
+
+
+def results_path(proc: subprocess.CompletedProcess, cwd: Path) -> Path:
+    last = proc.stdout.strip().splitlines()[-1]
+    assert last.startswith("results: "), f"last line is not 'results: <path>': {last!r}"
+    p = Path(last.removeprefix("results: "))
+    return p if p.is_absolute() else cwd / p
+
+
+def load_results(path: Path) -> dict:
+    return json.loads(path.read_text())
+
+
+@pytest.fixture(scope="session")
+def shared_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One artifact cache for the session: tests that use the same tiny backbone train it once."""
+    return tmp_path_factory.mktemp("cache")

@@ -1,0 +1,101 @@
+"""PGD and the PQ-AG losses: the eps-ball, [0, 1], the 8-bit grid, and the losses against hand computations."""
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from pqattack.attacks import (LOSSES, PGDConfig, feature_distance_loss, overall_distribution_loss,
+                              peak_distribution_loss, pgd)
+from pqattack.models import RetrievalModel, build_backbone
+
+
+def tiny_case() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    # M=2 subspaces of dimension 1, K=2 codewords each
+    codebooks = torch.tensor([[[1.0], [-1.0]], [[2.0], [0.0]]])
+    z_clean = torch.tensor([[0.5, 1.0]])
+    z_adv = torch.tensor([[-0.5, 0.0]])
+    return codebooks, z_clean, z_adv
+
+
+def logp(z: torch.Tensor, codebooks: torch.Tensor) -> torch.Tensor:
+    return torch.log_softmax(torch.einsum("bmd,mkd->bmk", z.view(1, 2, 1), codebooks), -1)
+
+
+def test_apd_and_aod_by_hand() -> None:
+    cb, zc, za = tiny_case()
+    lc, la = logp(zc, cb), logp(za, cb)
+    # clean logits: m=0: [0.5, -0.5] -> peak 0; m=1: [2, 0] -> peak 0
+    # adversarial logits: m=0: [-0.5, 0.5]; m=1: [0, 0]
+    log_sig = lambda t: -math.log1p(math.exp(-t))  # noqa: E731  log softmax of a 2-way split
+    apd = -(log_sig(-1.0) + math.log(0.5))  # -log p^_{0,0} - log p^_{1,0}
+    assert float(peak_distribution_loss(za, la, zc, lc)) == pytest.approx(apd, rel=1e-6)
+    p0 = [math.exp(log_sig(1.0)), math.exp(log_sig(-1.0))]
+    p1 = [math.exp(log_sig(2.0)), math.exp(log_sig(-2.0))]
+    aod = -(p0[0] * log_sig(-1.0) + p0[1] * log_sig(1.0) + p1[0] * math.log(0.5) + p1[1] * math.log(0.5))
+    assert float(overall_distribution_loss(za, la, zc, lc)) == pytest.approx(aod, rel=1e-6)
+    assert float(feature_distance_loss(za, la, zc, lc)) == pytest.approx(1.0 + 1.0)
+
+
+def test_retrieval_model_soft_assignment_options() -> None:
+    cb, zc, _ = tiny_case()
+    net = build_backbone("smallcnn", 10, width=4)
+    model = RetrievalModel(net, cb, similarity="dot", temperature=0.5)
+    logits = model.assignment_logits(zc)
+    assert torch.allclose(logits, torch.tensor([[[1.0, -1.0], [4.0, 0.0]]]))
+    cos = RetrievalModel(net, cb, similarity="cos").assignment_logits(zc)
+    assert torch.allclose(cos, torch.tensor([[[1.0, -1.0], [1.0, 0.0]]]))
+    with pytest.raises(ValueError, match="attack.similarity"):
+        RetrievalModel(net, cb, similarity="l2")
+
+
+@pytest.mark.parametrize("loss", sorted(LOSSES))
+def test_pgd_stays_in_eps_ball_and_image_range(loss: str) -> None:
+    torch.manual_seed(0)
+    net = build_backbone("smallcnn", 10, width=8).eval()
+    model = RetrievalModel(net, torch.randn(4, 16, 32 // 4) * 0.3)
+    x = torch.randint(0, 256, (6, 3, 32, 32), dtype=torch.uint8).float() / 255
+    x[0] = 0.0  # saturated images exercise the [0, 1] clamp
+    x[1] = 1.0
+    cfg = PGDConfig()
+    adv = pgd(model, x, loss, cfg, generator=torch.Generator().manual_seed(0))
+    assert adv.min() >= 0 and adv.max() <= 1
+    assert (adv - x).abs().max() <= cfg.eps + 1e-6
+    assert torch.equal(torch.round(adv * 255), adv * 255)  # on the 8-bit grid
+    assert (adv != x).any()
+    # without rounding, the float result is still in the ball
+    raw = pgd(model, x, loss, PGDConfig(quantize_8bit=False, random_start=False))
+    assert (raw - x).abs().max() <= cfg.eps + 1e-6 and raw.min() >= 0 and raw.max() <= 1
+
+
+def test_pgd_increases_its_loss() -> None:
+    torch.manual_seed(1)
+    net = build_backbone("smallcnn", 10, width=8).eval()
+    model = RetrievalModel(net, torch.randn(4, 16, 8) * 0.3)
+    x = torch.rand(8, 3, 32, 32)
+    with torch.no_grad():
+        zc, lc = model(x)
+    for name, fn in LOSSES.items():
+        # random start matters for basic: its gradient is exactly zero at the clean image
+        adv = pgd(model, x, name, PGDConfig(quantize_8bit=False, iters=10), generator=torch.Generator().manual_seed(0))
+        with torch.no_grad():
+            za, la = model(adv)
+            za0, la0 = model(x)
+        assert fn(za, la, zc, lc).sum() > fn(za0, la0, zc, lc).sum(), name
+
+
+@pytest.mark.parametrize("kw,key", [({"eps": 0}, "attack.eps"), ({"eps": 1.5}, "attack.eps"),
+                                    ({"step": 0}, "attack.step"), ({"iters": 0}, "attack.iters")])
+def test_pgd_config_rejects_bad_values(kw: dict, key: str) -> None:
+    with pytest.raises(ValueError, match=key):
+        PGDConfig(**kw)
+
+
+def test_pgd_model_is_not_trained_by_the_attack() -> None:
+    net = build_backbone("smallcnn", 10, width=8).eval()
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    model = RetrievalModel(net, torch.randn(4, 8, 8))
+    pgd(model, torch.rand(4, 3, 32, 32), "aod", PGDConfig())
+    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
+    assert isinstance(model.backbone.head, nn.Linear)

@@ -1,0 +1,102 @@
+"""End to end through ``python -m pqattack`` in real subprocesses: runs, sweeps, wandb, errors, the demo."""
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from .conftest import TINY, load_results, results_path, run_cli
+
+
+def test_single_run_writes_results_and_logs(tmp_path: Path, shared_cache: Path) -> None:
+    proc = run_cli([*TINY, "attack=apd", "hydra.run.dir=run"], tmp_path, shared_cache)
+    path = results_path(proc, tmp_path)
+    assert path == tmp_path / "run" / "results.json"
+    res = load_results(path)
+    rows = {(r["attack"], r["system"]): r for r in res["rows"]}
+    assert set(rows) == {("clean", "sdc"), ("clean", "adc"), ("apd", "sdc"), ("apd", "adc")}
+    for r in rows.values():
+        assert 0 <= r["map"] <= 100
+        assert (r["dataset"], r["model"], r["bits"], r["M"], r["K"]) == ("synthetic", "smallcnn", 16, 4, 16)
+    assert rows[("apd", "sdc")]["linf"] <= 8 / 255 + 1e-6
+    meta = res["meta"]
+    assert {"torch", "faiss", "hydra"} <= set(meta["versions"])
+    assert meta["device"].startswith("cpu") and meta["seed"] == 0
+    assert {"checkpoint", "features", "codebooks", "adversarial_queries_apd"} <= set(meta["cache_keys"])
+    assert meta["config"]["attack"]["eps"] == pytest.approx(8 / 255)
+    assert "SDC" in (tmp_path / "run" / "results.md").read_text()
+    assert (tmp_path / "run" / "csv" / "metrics.csv").is_file()
+
+
+def test_two_job_sweep_trains_once_and_collects_one_table(tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    proc = run_cli(["-m", *TINY, "attack=basic,aod", "hydra.sweep.dir=sweep"], tmp_path, cache)
+    path = results_path(proc, tmp_path)
+    assert path == tmp_path / "sweep" / "results.json"
+    res = load_results(path)
+    attacks = {(r["attack"], r["system"]) for r in res["rows"]}
+    assert attacks == {(a, s) for a in ("clean", "basic", "aod") for s in ("sdc", "adc")}
+    jobs = sorted((tmp_path / "sweep").glob("*/results.json"))
+    assert len(jobs) == 2
+    builds = [load_results(j)["meta"]["cache_builds"] for j in jobs]
+    assert any(b.startswith("checkpoint/") for b in builds[0])
+    assert not any(b.startswith(("checkpoint/", "features/", "codebooks/")) for b in builds[1])
+    assert "basic" in (tmp_path / "sweep" / "results.md").read_text()
+
+
+def test_wandb_offline_writes_run_files_with_metrics(tmp_path: Path, shared_cache: Path) -> None:
+    proc = run_cli([*TINY, "attack=aod", "logger=wandb", "hydra.run.dir=run"], tmp_path, shared_cache,
+                   env={"WANDB_MODE": "offline", "WANDB_SILENT": "true"})
+    res = load_results(results_path(proc, tmp_path))
+    runs = list((tmp_path / "run" / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1
+    blob = next(runs[0].glob("run-*.wandb")).read_bytes()
+    assert b"map/aod/sdc" in blob and b"map/clean/adc" in blob
+    table = json.loads(next(runs[0].glob("files/media/table/results_*.table.json")).read_text())
+    logged = {(row[table["columns"].index("attack")], row[table["columns"].index("system")]):
+              row[table["columns"].index("map")] for row in table["data"]}
+    assert logged == {(r["attack"], r["system"]): r["map"] for r in res["rows"]}
+
+
+@pytest.mark.parametrize("overrides,key", [(["attack.eps=0"], "attack.eps"), (["bits=20", "quantizer.K=16"], "bits=20"),
+                                           (["dataset.num_queries=5000"], "dataset.num_queries")])
+def test_bad_config_fails_fast_and_writes_nothing(tmp_path: Path, overrides: list[str], key: str) -> None:
+    cache = tmp_path / "cache"
+    t0 = time.perf_counter()
+    proc = run_cli([*TINY, *overrides], tmp_path, cache, check=False)
+    assert proc.returncode == 2
+    assert key in proc.stderr and "config error" in proc.stderr
+    assert time.perf_counter() - t0 < 60
+    assert not (tmp_path / "outputs").exists() or not any((tmp_path / "outputs").rglob("*.json"))
+    assert not cache.exists() or not any(p.is_file() for p in cache.rglob("*"))
+
+
+def test_unknown_group_option_is_rejected(tmp_path: Path) -> None:
+    proc = run_cli([*TINY, "model=vgg99"], tmp_path, tmp_path / "cache", check=False)
+    assert proc.returncode != 0
+    assert "vgg99" in proc.stderr and "vgg16" in proc.stderr  # Hydra lists the available options
+
+
+def test_missing_cifar10_says_where_to_put_it(tmp_path: Path) -> None:
+    proc = run_cli(["dataset=cifar10", f"dataset.root={tmp_path / 'nothing'}", "dataset.download=false",
+                    "device=cpu"], tmp_path, tmp_path / "cache", check=False)
+    assert proc.returncode == 2
+    assert "data error" in proc.stderr and "dataset.root" in proc.stderr and "PQATTACK_DATA" in proc.stderr
+    assert "cifar10-jpeg.tar.xz" in proc.stderr
+
+
+def test_demo_attacks_drive_map_down(tmp_path: Path) -> None:
+    """``make demo``: the whole pipeline offline on CPU; every attack clearly below clean."""
+    t0 = time.perf_counter()
+    proc = run_cli(["experiment=demo", "progress=false", "hydra.sweep.dir=demo"], tmp_path, tmp_path / "cache")
+    wall = time.perf_counter() - t0
+    res = load_results(results_path(proc, tmp_path))
+    clean = {(r["bits"], r["system"]): r["map"] for r in res["rows"] if r["attack"] == "clean"}
+    attacked = [r for r in res["rows"] if r["attack"] != "clean"]
+    assert len(clean) == 4 and len(attacked) == 12
+    assert min(clean.values()) > 50
+    for r in attacked:
+        assert r["map"] < clean[(r["bits"], r["system"])] - 15, r
+    assert "| SDC | aod |" in proc.stdout
+    print(f"demo wall time {wall:.1f} s")  # the 60 s target is measured on an idle machine (README)
