@@ -23,8 +23,9 @@ class CollectResults(Callback):
             return
         jobs = [json.loads(f.read_text()) for f in files]
         rows = dedupe_rows([r for j in jobs for r in j["rows"]])
-        metas = [{"job_dir": str(f.parent), **{k: j["meta"].get(k) for k in
-                  ("device", "precision", "seed", "cache_keys", "timings_s", "test_accuracy", "versions")}}
+        metas = [{"job_dir": str(f.parent), "model": j["meta"]["config"]["model"]["name"],
+                  **{k: j["meta"].get(k) for k in ("device", "precision", "seed", "cache_keys", "timings_s",
+                                                   "test_accuracy", "training", "versions")}}
                  for f, j in zip(files, jobs)]
         out = sweep_dir / "results.json"
         out.write_text(json.dumps({"meta": {"sweep_dir": str(sweep_dir), "jobs": metas}, "rows": rows},
