@@ -23,7 +23,7 @@ def test_single_run_writes_results_and_logs(tmp_path: Path, shared_cache: Path) 
     meta = res["meta"]
     assert {"torch", "faiss", "hydra"} <= set(meta["versions"])
     assert meta["device"].startswith("cpu") and meta["seed"] == 0
-    assert {"checkpoint", "features", "codebooks", "adversarial_queries_apd"} <= set(meta["cache_keys"])
+    assert {"checkpoint", "features", "codebooks", "adversarial_queries"} <= set(meta["cache_keys"])
     assert meta["config"]["attack"]["eps"] == pytest.approx(8 / 255)
     assert "SDC" in (tmp_path / "run" / "results.md").read_text()
     assert (tmp_path / "run" / "csv" / "metrics.csv").is_file()

@@ -10,11 +10,11 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from .config import register_resolvers
+from .config import CONF_DIR, register_resolvers
 
 register_resolvers()
 
-CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "conf")
+CONFIG_DIR = str(CONF_DIR)
 log = logging.getLogger("pqattack")
 
 
@@ -58,11 +58,12 @@ def main(cfg: DictConfig) -> None:
         _remove_empty_run_dir(output_dir)
         sys.exit(2)
     from .data import DatasetError
+    from .transfer import QuerySetError
 
     try:
         path = run(cfg, output_dir, make_loggers(cfg, output_dir))
-    except DatasetError as exc:
-        print(f"data error: {exc}", file=sys.stderr)
+    except (DatasetError, QuerySetError) as exc:
+        print(f"{'data' if isinstance(exc, DatasetError) else 'transfer'} error: {exc}", file=sys.stderr)
         _remove_empty_run_dir(output_dir)
         sys.exit(2)
     print((output_dir / "results.md").read_text())

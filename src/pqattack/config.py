@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
 from .models.backbones import ARCHITECTURES
 
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 TEST_SPLIT_SIZE = {"cifar10": 10_000}
 
 
@@ -77,6 +79,15 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"trainer.batch_size={cfg.trainer.batch_size}: must be >= 2 (batch norm)")
     if cfg.precision not in ("auto", "fp32", "bf16"):
         raise ConfigError(f"precision={cfg.precision!r}: expected auto, fp32 or bf16")
+    t = cfg.get("transfer") or {}
+    if t.get("source") and (t.get("source_model") or t.get("source_bits")):
+        raise ConfigError("transfer.source (a saved set) and transfer.source_model / transfer.source_bits (make "
+                          "the set now) exclude each other; give one")
+    if t.get("source_model") is not None and not (CONF_DIR / "model" / f"{t.source_model}.yaml").is_file():
+        options = sorted(p.stem for p in (CONF_DIR / "model").glob("*.yaml"))
+        raise ConfigError(f"transfer.source_model={t.source_model!r}: expected one of {', '.join(options)}")
+    if t.get("source_bits") is not None and (int(t.source_bits) < 1 or int(t.source_bits) % q.M):
+        raise ConfigError(f"transfer.source_bits={t.source_bits}: must be a positive multiple of quantizer.M={q.M}")
     dev = str(cfg.device)
     if not (dev in ("auto", "cpu") or dev == "cuda" or (dev.startswith("cuda:") and dev[5:].isdigit())):
         raise ConfigError(f"device={dev!r}: expected auto, cpu, cuda or cuda:N")

@@ -14,7 +14,7 @@ import time
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -23,10 +23,13 @@ from tqdm.auto import tqdm
 from .attacks import PGDConfig, pgd
 from .cache import ArtifactCache
 from .data import RetrievalData
+
+if TYPE_CHECKING:
+    from .transfer import AdversarialSet
 from .metrics import mean_average_precision
 from .models import Backbone, ClassifierModule, RetrievalModel, build_backbone
 from .quant import PQIndex, train_codebooks
-from .report import markdown_table
+from .report import render_tables
 
 log = logging.getLogger(__name__)
 
@@ -211,18 +214,20 @@ def pq_codebooks(cfg: DictConfig, database: torch.Tensor, feat_key: str, rt: Run
 
 
 # --------------------------------------------------------------------------------------------- stage 4
-def attack_queries(cfg: DictConfig, data: RetrievalData, backbone: Backbone, codebooks: torch.Tensor,
-                   ckpt_key: str, cb_key: str, rt: Runtime) -> tuple[torch.Tensor, str]:
-    """Adversarial query images for ``cfg.attack`` (cached as 8-bit images when quantised)."""
+def attack_queries(cfg: DictConfig, data: RetrievalData, target: "Target", description: dict[str, Any],
+                   rt: Runtime) -> "AdversarialSet":
+    """Adversarial queries made against ``target`` with ``cfg.attack`` (cached as 8-bit images when quantised)."""
+    from .transfer import AdversarialSet
+
     a = cfg.attack
     pgd_cfg = PGDConfig(eps=a.eps, step=a.step, iters=a.iters, random_start=a.random_start,
                         quantize_8bit=a.quantize_8bit)
     uses_codebooks = a.loss != "basic"
-    spec = {"checkpoint": ckpt_key, "codebooks": cb_key if uses_codebooks else None,
+    spec = {"checkpoint": target.checkpoint_key, "codebooks": target.codebooks_key if uses_codebooks else None,
             "queries": [data.fingerprint, len(data.query), cfg.dataset.split_seed],
             "attack": {k: v for k, v in container(a).items() if k not in ("batch_size", "name")},
             "precision": rt.precision, "seed": cfg.seed}
-    model = RetrievalModel(backbone, codebooks.to(rt.device), a.similarity, a.temperature).eval()
+    model = RetrievalModel(target.backbone, target.codebooks.to(rt.device), a.similarity, a.temperature).eval()
     for p in model.parameters():
         p.requires_grad_(False)
 
@@ -236,12 +241,12 @@ def attack_queries(cfg: DictConfig, data: RetrievalData, backbone: Backbone, cod
             with rt.autocast():
                 adv = pgd(model, x, a.loss, pgd_cfg, generator=gen)
             out.append(torch.round(adv * 255).to(torch.uint8).cpu() if a.quantize_8bit else adv.float().cpu())
-        return {"images": torch.cat(out)}, {"attack": a.name}
+        made = AdversarialSet.make(torch.cat(out), data, "", target.checkpoint_key, cfg, description)
+        return made.tensors(), {k: v for k, v in made.meta.items() if k != "key"}
 
     with rt.timed(f"attack_{a.name}"):
         tensors, _, key = rt.cache.get_or_build("adversarial_queries", spec, build)
-    rt.keys[f"adversarial_queries_{a.name}"] = key
-    return tensors["images"], key
+    return AdversarialSet.make(tensors["images"], data, key, target.checkpoint_key, cfg, description)
 
 
 # --------------------------------------------------------------------------------------------- stage 5
@@ -272,8 +277,56 @@ def device_name(device: torch.device) -> str:
     return f"cpu: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
 
 
+@dataclass
+class Target:
+    """A retrieval system under evaluation: backbone, clean features, codebooks and the PQ index."""
+
+    backbone: Backbone
+    checkpoint_key: str
+    features: dict[str, torch.Tensor]
+    codebooks: torch.Tensor
+    codebooks_key: str
+    index: PQIndex
+
+
+def build_target(cfg: DictConfig, data: RetrievalData, rt: Runtime, loggers: list) -> Target:
+    """Train or load the backbone, its features, codebooks and index (each from the cache when there)."""
+    backbone, ckpt_key = train_backbone(cfg, data, rt, loggers)
+    feats = clean_features(cfg, data, backbone, ckpt_key, rt)
+    codebooks, cb_key = pq_codebooks(cfg, feats["database"], rt.keys["features"], rt)
+    with rt.timed("index"):
+        index = PQIndex(codebooks, feats["database"])
+    return Target(backbone, ckpt_key, feats, codebooks, cb_key, index)
+
+
+def describe_rows(cfg: DictConfig, data: RetrievalData, dataset_label: str) -> dict[str, Any]:
+    q = cfg.quantizer
+    return {"dataset": data.name, "dataset_label": dataset_label, "model": cfg.model.name,
+            "quantizer": q.kind, "bits": int(q.M * math.log2(q.K)), "M": q.M, "K": q.K}
+
+
+def adversarial_set(cfg: DictConfig, data: RetrievalData, target: Target, dataset_label: str, rt: Runtime
+                    ) -> "AdversarialSet | None":
+    """The adversarial queries this job evaluates: white-box (made against ``target``), or a transfer
+    source (a saved set, or one made against another model / code length, see ``conf/transfer``)."""
+    from .transfer import load_adversarial_set, source_config
+
+    t = cfg.get("transfer") or {}
+    if t.get("source"):
+        return load_adversarial_set(t.source, data, rt.cache)
+    if cfg.attack.name == "none":
+        return None
+    src_cfg = source_config(cfg)
+    if src_cfg is None:
+        return attack_queries(cfg, data, target, describe_rows(cfg, data, dataset_label), rt)
+    src_rt = Runtime(rt.device, rt.precision, rt.cache, rt.progress)  # the source's keys stay out of this run's
+    src = build_target(src_cfg, data, src_rt, [])
+    return attack_queries(src_cfg, data, src, describe_rows(src_cfg, data, dataset_label), rt)
+
+
 def run(cfg: DictConfig, output_dir: Path, loggers: list | None = None) -> Path:
-    """Run one job: the clean rows and the rows of ``cfg.attack``; write ``results.json`` and ``results.md``."""
+    """Run one job: the clean rows and the rows of one adversarial query set (white-box or transferred);
+    write ``results.json``, ``results.md`` and the adversarial set in ``output_dir``."""
     from hydra.utils import instantiate
 
     from .config import validate
@@ -291,49 +344,48 @@ def run(cfg: DictConfig, output_dir: Path, loggers: list | None = None) -> Path:
         source = instantiate(cfg.dataset)
         data = source.load(rt.cache)
     dataset_label = getattr(source, "describe", lambda: data.name)()
-    backbone, ckpt_key = train_backbone(cfg, data, rt, loggers or [])
-    feats = clean_features(cfg, data, backbone, ckpt_key, rt)
-    codebooks, cb_key = pq_codebooks(cfg, feats["database"], rt.keys["features"], rt)
-    with rt.timed("index"):
-        index = PQIndex(codebooks, feats["database"])
-    q = cfg.quantizer
-    base = {"dataset": data.name, "dataset_label": dataset_label, "model": cfg.model.name,
-            "quantizer": q.kind, "bits": int(q.M * math.log2(q.K)), "M": q.M, "K": q.K}
+    target = build_target(cfg, data, rt, loggers or [])
+    base = describe_rows(cfg, data, dataset_label)
 
     rows = []
     with rt.timed("eval_clean"):
-        clean = evaluate(index, feats["query"], data, systems, topk)
-    clean_codes = index.encode(feats["query"])
+        clean = evaluate(target.index, target.features["query"], data, systems, topk)
     for s, v in clean.items():
         rows.append({**base, "attack": "clean", "system": s, "map": round(v, 4), "topk": topk})
 
-    if cfg.attack.name != "none":
-        adv_images, adv_key = attack_queries(cfg, data, backbone, codebooks, ckpt_key, cb_key, rt)
-        with rt.timed(f"eval_{cfg.attack.name}"):
-            z_adv, logits_adv = embed(backbone, adv_images, rt, cfg.eval.batch_size, "adversarial features")
+    adv = adversarial_set(cfg, data, target, dataset_label, rt)
+    if adv is not None:
+        rt.keys["adversarial_queries"] = adv.key
+        with rt.timed("eval_adversarial"):
+            z_adv, logits_adv = embed(target.backbone, adv.images, rt, cfg.eval.batch_size, "adversarial features")
             check_finite("adversarial features", z_adv)
-            attacked = evaluate(index, z_adv, data, systems, topk)
-        changed = (index.encode(z_adv) != clean_codes).float().mean().item()
-        linf = (adv_images.float() / (255 if adv_images.dtype == torch.uint8 else 1)
+            attacked = evaluate(target.index, z_adv, data, systems, topk)
+        changed = (target.index.encode(z_adv) != target.index.encode(target.features["query"])).float().mean()
+        linf = (adv.images.float() / (255 if adv.images.dtype == torch.uint8 else 1)
                 - data.query.images.float() / 255).abs().max().item()
+        acc = float((logits_adv.argmax(1) == data.query.labels).float().mean()) * 100
+        src = adv.meta["source"]
         for s, v in attacked.items():
-            rows.append({**base, "attack": cfg.attack.name, "system": s, "map": round(v, 4), "topk": topk,
-                         "codes_changed": round(changed, 4), "linf": round(linf, 5),
-                         "query_accuracy": round(float((logits_adv.argmax(1) == data.query.labels).float().mean())
-                                                 * 100, 2)})
+            rows.append({**base, "attack": adv.meta["attack"]["name"], "system": s, "map": round(v, 4), "topk": topk,
+                         "source_model": src["model"], "source_bits": src["bits"],
+                         "transfer": (src["model"], src["bits"], src["quantizer"]) != (base["model"], base["bits"],
+                                                                                       base["quantizer"]),
+                         "codes_changed": round(float(changed), 4), "linf": round(linf, 5),
+                         "query_accuracy": round(acc, 2)})
+        adv.save(output_dir / "adversarial_queries")
 
     rt.timings["total"] = round(time.perf_counter() - t_start, 3)
     meta = {"config": container(cfg), "versions": versions(), "device": device_name(device),
             "precision": precision, "seed": cfg.seed, "cache_keys": rt.keys, "cache_hits": rt.cache.hits,
             "cache_builds": rt.cache.builds, "timings_s": rt.timings,
-            "test_accuracy": float(feats["test_accuracy"]), "dataset_label": dataset_label, **rt.info,
+            "test_accuracy": float(target.features["test_accuracy"]), "dataset_label": dataset_label, **rt.info,
             "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     output_dir.mkdir(parents=True, exist_ok=True)
     path = output_dir / "results.json"
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1, default=str))
     tmp.replace(path)
-    (output_dir / "results.md").write_text(markdown_table(rows))
+    (output_dir / "results.md").write_text(render_tables(rows))
     for lg in loggers or []:
         lg.log_metrics({f"map/{r['attack']}/{r['system']}": r["map"] for r in rows})
         if hasattr(lg, "log_table"):

@@ -9,7 +9,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from .tables import dedupe_rows, markdown_table
+from .tables import dedupe_rows, render_tables
 
 
 class CollectResults(Callback):
@@ -30,7 +30,7 @@ class CollectResults(Callback):
         out = sweep_dir / "results.json"
         out.write_text(json.dumps({"meta": {"sweep_dir": str(sweep_dir), "jobs": metas}, "rows": rows},
                                   indent=1, default=str))
-        table = markdown_table(rows)
+        table = render_tables(rows)
         (sweep_dir / "results.md").write_text(table)
         print(table)
         print(f"results: {out}")

@@ -30,9 +30,66 @@ def dedupe_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Keep one row per (dataset, model, quantizer, bits, M, K, attack, system): clean rows repeat across jobs."""
     seen: dict[tuple, dict[str, Any]] = {}
     for r in rows:
-        key = tuple(r.get(k) for k in ("dataset", "model", "quantizer", "bits", "M", "K", "attack", "system"))
+        key = tuple(r.get(k) for k in ("dataset", "model", "quantizer", "bits", "M", "K", "attack", "system",
+                                       "source_model", "source_bits"))
         seen.setdefault(key, r)
     return list(seen.values())
+
+
+MODEL_ORDER = ("resnet18", "resnet34", "resnet50", "vgg11", "vgg13", "vgg16", "alexnet", "smallcnn")
+
+
+def _fmt(v: float | None, digits: int = 1) -> str:
+    return "-" if v is None else f"{v:.{digits}f}"
+
+
+def transfer_tables(rows: list[dict[str, Any]]) -> str:
+    """Black-box matrices in the paper's layouts: Table 3 (rows: generation bits, columns: target bits,
+    cells SDC / ADC, per model) and Table 4 (rows: source model, columns: target model, per system)."""
+    rows = dedupe_rows(rows)
+    adv = [r for r in rows if r["attack"] != "clean" and "source_model" in r]
+    clean = {(r["dataset"], r["model"], r["bits"], r["system"]): r["map"] for r in rows if r["attack"] == "clean"}
+    cell = {(r["dataset"], r["attack"], r["source_model"], r["source_bits"], r["model"], r["bits"], r["system"]):
+            r["map"] for r in adv}
+    out: list[str] = []
+    same_model = [r for r in adv if r["source_model"] == r["model"]]
+    if any(r["source_bits"] != r["bits"] for r in same_model):
+        for ds, model, attack in sorted({(r["dataset"], r["model"], r["attack"]) for r in same_model}):
+            bits = sorted({r["bits"] for r in same_model if (r["dataset"], r["model"]) == (ds, model)}
+                          | {r["source_bits"] for r in same_model if (r["dataset"], r["model"]) == (ds, model)})
+            lines = [f"**{ds}**, {model}, {attack.upper()} queries made at the row's code length, evaluated at the "
+                     f"column's; mAP (%) SDC / ADC", "", "| generated at | " + " | ".join(f"{b} bits" for b in bits)
+                     + " |", "|" + "---|" * (len(bits) + 1)]
+            lines.append("| clean | " + " | ".join(f"{_fmt(clean.get((ds, model, b, 'sdc')))} / "
+                                                   f"{_fmt(clean.get((ds, model, b, 'adc')))}" for b in bits) + " |")
+            for sb in bits:
+                lines.append(f"| {sb} bits | " + " | ".join(
+                    f"{_fmt(cell.get((ds, attack, model, sb, model, b, 'sdc')))} / "
+                    f"{_fmt(cell.get((ds, attack, model, sb, model, b, 'adc')))}" for b in bits) + " |")
+            out.append("\n".join(lines))
+    same_bits = [r for r in adv if r["source_bits"] == r["bits"]]
+    if any(r["source_model"] != r["model"] for r in same_bits):
+        key = lambda m: _order(m, MODEL_ORDER)  # noqa: E731
+        for ds, b, attack in sorted({(r["dataset"], r["bits"], r["attack"]) for r in same_bits}):
+            group = [r for r in same_bits if (r["dataset"], r["bits"], r["attack"]) == (ds, b, attack)]
+            models = sorted({r["model"] for r in group} | {r["source_model"] for r in group}, key=key)
+            lines = [f"**{ds}**, {b} bits, {attack.upper()} queries made on the row's model, evaluated on the "
+                     f"column's; mAP (%)", "", "| system | generated on | " + " | ".join(models) + " |",
+                     "|" + "---|" * (len(models) + 2)]
+            for system in SYSTEM_ORDER:
+                lines.append(f"| {system.upper()} | clean | " + " | ".join(_fmt(clean.get((ds, m, b, system)))
+                                                                          for m in models) + " |")
+                for sm in models:
+                    lines.append(f"| {system.upper()} | {sm} | " + " | ".join(
+                        _fmt(cell.get((ds, attack, sm, b, m, b, system))) for m in models) + " |")
+            out.append("\n".join(lines))
+    return "\n\n".join(out) + ("\n" if out else "")
+
+
+def render_tables(rows: list[dict[str, Any]]) -> str:
+    """White-box rows in the Table 1 layout, then any transfer matrices."""
+    white = [r for r in rows if not r.get("transfer")]
+    return markdown_table(white) + ("\n" + transfer_tables(rows) if any(r.get("transfer") for r in rows) else "")
 
 
 def markdown_table(rows: list[dict[str, Any]], value: str = "map", digits: int = 1) -> str:
@@ -55,8 +112,7 @@ def markdown_table(rows: list[dict[str, Any]], value: str = "map", digits: int =
         for s in systems:
             for a in attacks:
                 vals = [cell.get((s, a, *c)) for c in cols]
-                lines.append("| " + " | ".join([s.upper(), a] + ["-" if v is None else f"{v:.{digits}f}"
-                                                                   for v in vals]) + " |")
+                lines.append("| " + " | ".join([s.upper(), a] + [_fmt(v, digits) for v in vals]) + " |")
         out.append("\n".join(lines))
     return "\n\n".join(out) + "\n"
 
@@ -91,7 +147,7 @@ def write_table(sources: list[str | Path], out_prefix: str | Path, title: str, c
              "", f"Wall time, summed over the sweep's jobs: {job_seconds / 60:.1f} min "
              f"(training, once per backbone: {', '.join(f'{t / 60:.1f} min' for t in train_seconds.values())}).",
              "", "Backbone test accuracy (%, query + database images): "
-             + ", ".join(f"{k} {v:.1f}" for k, v in sorted(accuracy.items())) + ".", "", markdown_table(rows)]
+             + ", ".join(f"{k} {v:.1f}" for k, v in sorted(accuracy.items())) + ".", "", render_tables(rows)]
     (out_prefix.with_suffix(".md")).write_text("\n".join(lines))
     return out_prefix.with_suffix(".md")
 

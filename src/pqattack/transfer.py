@@ -1,0 +1,131 @@
+"""Black-box transfer: adversarial query sets as artifacts, and the source of a transfer job.
+
+A set holds the 8-bit adversarial images (lossless), the query indices into the test split, their labels,
+and what made them (dataset and split, model, quantizer, bits, attack and its budget, seed, checkpoint key).
+Every attack run writes its set to the cache and a copy to ``<run dir>/adversarial_queries/<key>/``; either
+loads by key or by path with ``transfer.source=...``.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from .cache import ArtifactCache
+from .data import DatasetError, RetrievalData
+
+KIND = "adversarial_queries"
+ATTACK_FIELDS = ("name", "loss", "eps", "step", "iters", "random_start", "similarity", "temperature",
+                 "quantize_8bit")
+
+
+class QuerySetError(ValueError):
+    """A saved adversarial query set that cannot be used here; the message says why."""
+
+
+def split_signature(data: RetrievalData) -> dict[str, Any]:
+    return {"dataset": data.name, "fingerprint": data.fingerprint, "num_queries": len(data.query),
+            "num_database": len(data.database), "query_index": None}
+
+
+@dataclass
+class AdversarialSet:
+    images: torch.Tensor       # uint8 [Q, 3, H, W] (float32 in [0, 1] when attack.quantize_8bit=false)
+    query_index: torch.Tensor  # int64 [Q]: positions in the test split
+    labels: torch.Tensor
+    meta: dict[str, Any]
+
+    @property
+    def key(self) -> str:
+        return self.meta["key"]
+
+    @classmethod
+    def make(cls, images: torch.Tensor, data: RetrievalData, key: str, checkpoint_key: str, cfg: DictConfig,
+             description: dict[str, Any]) -> "AdversarialSet":
+        a = cfg.attack
+        meta = {"key": key, "source": {**description, "checkpoint": checkpoint_key, "fingerprint": data.fingerprint,
+                                       "num_queries": len(data.query), "num_database": len(data.database),
+                                       "split_seed": int(cfg.dataset.split_seed)},
+                "attack": {k: a.get(k) for k in ATTACK_FIELDS}, "seed": int(cfg.seed)}
+        return cls(images, data.query.index, data.query.labels, meta)
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return {"images": self.images, "query_index": self.query_index, "labels": self.labels}
+
+    def save(self, folder: Path) -> Path:
+        """Write to ``folder/<key>/`` (atomic, checksummed, like the cache)."""
+        return ArtifactCache(folder.parent).save(folder.name, self.key, self.tensors(), self.meta)
+
+    @classmethod
+    def load_entry(cls, entry: Path) -> "AdversarialSet":
+        found = ArtifactCache(entry.parent.parent).load(entry.parent.name, entry.name)
+        if found is None:
+            raise QuerySetError(f"transfer.source={entry}: no adversarial query set there (no meta.json)")
+        tensors, meta = found
+        if "source" not in meta or "query_index" not in tensors:
+            raise QuerySetError(f"transfer.source={entry}: not an adversarial query set (or an old format)")
+        return cls(tensors["images"], tensors["query_index"], tensors["labels"], meta)
+
+
+def _find_entry(source: str, cache: ArtifactCache) -> Path:
+    p = Path(source).expanduser()
+    if p.is_dir():
+        if (p / "meta.json").is_file():
+            return p
+        sets = sorted((p / KIND).glob("*/meta.json")) if (p / KIND).is_dir() else []
+        if len(sets) == 1:
+            return sets[0].parent
+        raise QuerySetError(f"transfer.source={source}: a folder, but it holds {len(sets)} adversarial query sets "
+                            f"under {KIND}/ (expected one; give the set's own folder)")
+    if p.exists():
+        raise QuerySetError(f"transfer.source={source}: give a folder (a set's, or a run's), not a file")
+    entry = cache.entry(KIND, source)
+    if (entry / "meta.json").is_file():
+        return entry
+    raise QuerySetError(f"transfer.source={source}: neither a folder nor a key in the cache {cache.root / KIND}")
+
+
+def load_adversarial_set(source: str, data: RetrievalData, cache: ArtifactCache) -> AdversarialSet:
+    """Load a saved set by path or key and check that it belongs to this dataset and query split."""
+    adv = AdversarialSet.load_entry(_find_entry(str(source), cache))
+    src = adv.meta["source"]
+    if src["dataset"] != data.name or src["fingerprint"] != data.fingerprint:
+        raise QuerySetError(f"transfer.source={source}: made on dataset {src['dataset']!r} (images "
+                            f"{src['fingerprint'][:12]}), but this run's dataset is {data.name!r} (images "
+                            f"{data.fingerprint[:12]})")
+    if not torch.equal(adv.query_index, data.query.index) or not torch.equal(adv.labels, data.query.labels):
+        raise QuerySetError(f"transfer.source={source}: its {len(adv.query_index)} queries are not this run's "
+                            f"query split (dataset.num_queries={len(data.query)}, dataset.split_seed); use the "
+                            f"split it was made with (num_queries={src['num_queries']}, split_seed="
+                            f"{src['split_seed']})")
+    return adv
+
+
+def source_config(cfg: DictConfig) -> DictConfig | None:
+    """The config of the model that makes the queries in a transfer job, or None for white-box."""
+    from .config import CONF_DIR
+
+    t = cfg.get("transfer") or {}
+    model, bits = t.get("source_model"), t.get("source_bits")
+    target_bits = int(cfg.quantizer.M * math.log2(cfg.quantizer.K))
+    if (model is None or model == cfg.model.name) and (bits is None or int(bits) == target_bits):
+        return None
+    src = copy.deepcopy(cfg)
+    OmegaConf.set_struct(src, False)
+    if model is not None and model != cfg.model.name:
+        path = Path(CONF_DIR) / "model" / f"{model}.yaml"
+        if not path.is_file():
+            options = sorted(p.stem for p in path.parent.glob("*.yaml"))
+            raise DatasetError(f"transfer.source_model={model!r}: expected one of {', '.join(options)}")
+        src.model = OmegaConf.load(path)
+    if bits is not None:
+        src.bits = int(bits)
+        src.quantizer.K = 2 ** (int(bits) // int(cfg.quantizer.M))
+    src.transfer = {"source": None, "source_model": None, "source_bits": None}
+    return src

@@ -1,0 +1,95 @@
+"""Black-box transfer: saved adversarial query sets, evaluation on other targets, transfer matrices."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from pqattack.cache import ArtifactCache
+from pqattack.transfer import AdversarialSet
+
+from .conftest import TINY, load_results, results_path, run_cli
+
+
+def maps(res: dict, attack: str) -> dict[tuple, float]:
+    return {(r["bits"], r["system"]): r["map"] for r in res["rows"] if r["attack"] == attack}
+
+
+@pytest.fixture(scope="module")
+def white_box(tmp_path_factory: pytest.TempPathFactory, shared_cache: Path) -> tuple[Path, dict]:
+    cwd = tmp_path_factory.mktemp("whitebox")
+    proc = run_cli([*TINY, "attack=aod", "hydra.run.dir=run"], cwd, shared_cache)
+    return cwd / "run", load_results(results_path(proc, cwd))
+
+
+def test_saved_set_round_trips_bit_exactly(white_box: tuple[Path, dict], shared_cache: Path) -> None:
+    run_dir, res = white_box
+    key = res["meta"]["cache_keys"]["adversarial_queries"]
+    saved = AdversarialSet.load_entry(run_dir / "adversarial_queries" / key)
+    cached, meta = ArtifactCache(shared_cache).load("adversarial_queries", key)
+    assert saved.images.dtype == torch.uint8 and saved.images.shape == (60, 3, 32, 32)
+    assert torch.equal(saved.images, cached["images"]) and torch.equal(saved.query_index, cached["query_index"])
+    src = saved.meta["source"]
+    assert (src["dataset"], src["model"], src["bits"], src["quantizer"]) == ("synthetic", "smallcnn", 16, "kmeans")
+    assert src["checkpoint"] == res["meta"]["cache_keys"]["checkpoint"]
+    assert saved.meta["attack"]["name"] == "aod" and saved.meta["attack"]["iters"] == 5
+    assert saved.meta["attack"]["eps"] == pytest.approx(8 / 255) and saved.meta["seed"] == 0
+
+
+@pytest.mark.parametrize("how", ["run_dir", "key"])
+def test_saved_set_on_its_own_source_reproduces_white_box(white_box: tuple[Path, dict], shared_cache: Path,
+                                                          tmp_path: Path, how: str) -> None:
+    run_dir, res = white_box
+    source = run_dir if how == "run_dir" else res["meta"]["cache_keys"]["adversarial_queries"]
+    proc = run_cli([*TINY, f"transfer.source={source}", "hydra.run.dir=again"], tmp_path, shared_cache)
+    again = load_results(results_path(proc, tmp_path))
+    assert maps(again, "aod") == maps(res, "aod") and maps(again, "clean") == maps(res, "clean")
+    assert not any(r.get("transfer") for r in again["rows"])
+
+
+def test_two_by_two_bits_matrix_has_the_white_box_diagonal(white_box: tuple[Path, dict], shared_cache: Path,
+                                                           tmp_path: Path) -> None:
+    _, res = white_box
+    proc = run_cli(["-m", *TINY, "attack=aod", "bits=16,24", "transfer.source_bits=16,24", "hydra.sweep.dir=sw"],
+                   tmp_path, shared_cache)
+    matrix = load_results(results_path(proc, tmp_path))
+    cells = {(r["source_bits"], r["bits"], r["system"]): r for r in matrix["rows"] if r["attack"] == "aod"}
+    assert set(cells) == {(s, t, sys) for s in (16, 24) for t in (16, 24) for sys in ("sdc", "adc")}
+    for sys in ("sdc", "adc"):
+        assert cells[(16, 16, sys)]["map"] == maps(res, "aod")[(16, sys)]
+        assert cells[(16, 24, sys)]["transfer"] and not cells[(24, 24, sys)]["transfer"]
+    table = (tmp_path / "sw" / "results.md").read_text()
+    assert "| generated at | 16 bits | 24 bits |" in table
+    expected = f"{cells[(16, 24, 'sdc')]['map']:.1f} / {cells[(16, 24, 'adc')]['map']:.1f}"
+    assert expected in table
+
+
+def test_model_transfer_uses_the_source_model_and_target_index(shared_cache: Path, tmp_path: Path) -> None:
+    proc = run_cli([*TINY, "attack=aod", "transfer.source_model=alexnet", "hydra.run.dir=r"], tmp_path, shared_cache)
+    res = load_results(results_path(proc, tmp_path))
+    adv = [r for r in res["rows"] if r["attack"] == "aod"]
+    assert len(adv) == 2 and all(r["transfer"] and r["source_model"] == "alexnet" and r["model"] == "smallcnn"
+                                 for r in adv)
+    saved = AdversarialSet.load_entry(next((tmp_path / "r" / "adversarial_queries").iterdir()))
+    assert saved.meta["source"]["model"] == "alexnet"
+    assert saved.meta["source"]["checkpoint"] != res["meta"]["cache_keys"]["checkpoint"]
+    assert "generated on" in (tmp_path / "r" / "results.md").read_text()
+
+
+def test_set_from_another_dataset_is_refused(white_box: tuple[Path, dict], shared_cache: Path,
+                                             tmp_path: Path) -> None:
+    run_dir, _ = white_box
+    proc = run_cli([*TINY, "dataset.seed=5", f"transfer.source={run_dir}"], tmp_path, shared_cache, check=False)
+    assert proc.returncode == 2 and "transfer error" in proc.stderr and "transfer.source" in proc.stderr
+
+
+def test_set_from_another_split_is_refused(white_box: tuple[Path, dict], shared_cache: Path, tmp_path: Path) -> None:
+    run_dir, _ = white_box
+    proc = run_cli([*TINY, "dataset.split_seed=3", f"transfer.source={run_dir}"], tmp_path, shared_cache,
+                   check=False)
+    assert proc.returncode == 2 and "query split" in proc.stderr
+
+
+def test_unknown_source_is_refused(tmp_path: Path, shared_cache: Path) -> None:
+    proc = run_cli([*TINY, "transfer.source=deadbeef"], tmp_path, shared_cache, check=False)
+    assert proc.returncode == 2 and "deadbeef" in proc.stderr
