@@ -2,7 +2,7 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install test demo data table1 table1-cpu clean
+.PHONY: install test demo data table1 table1-cpu report clean
 
 install: ## create .venv and install pqattack (editable) with its test extras
 	$(PY) -m venv $(VENV)
@@ -24,6 +24,11 @@ table1: ## the paper's Table 1 on CIFAR-10 (GPU)
 
 table1-cpu: ## CPU-scale Table 1 on CIFAR-10 (about 30 min on 2 cores)
 	$(BIN)/python -m pqattack experiment=table1_cpu
+
+REPORT_IN ?= results
+REPORT_OUT ?= results/report
+report: ## the reproduction report (index.md + figures) from the records in $(REPORT_IN), into $(REPORT_OUT)
+	$(BIN)/python -m pqattack.report $(REPORT_IN) --out $(REPORT_OUT)
 
 clean:
 	rm -rf outputs .pytest_cache

@@ -57,15 +57,18 @@ def main(cfg: DictConfig) -> None:
         print(f"config error: {exc}", file=sys.stderr)
         _remove_empty_run_dir(output_dir)
         sys.exit(2)
+    from .cache import CacheError
     from .data import DatasetError
     from .transfer import QuerySetError
 
+    kinds = {DatasetError: "data", QuerySetError: "transfer", CacheError: "cache", FloatingPointError: "numerics"}
     try:
         path = run(cfg, output_dir, make_loggers(cfg, output_dir))
-    except (DatasetError, QuerySetError) as exc:
-        print(f"{'data' if isinstance(exc, DatasetError) else 'transfer'} error: {exc}", file=sys.stderr)
+    except tuple(kinds) as exc:
+        kind = next(v for k, v in kinds.items() if isinstance(exc, k))
+        print(f"{kind} error: {exc}", file=sys.stderr)
         _remove_empty_run_dir(output_dir)
-        sys.exit(2)
+        sys.exit(2 if kind in ("data", "transfer") else 3)
     print((output_dir / "results.md").read_text())
     if HydraConfig.get().mode.name == "RUN":
         print(f"results: {path}")

@@ -24,7 +24,7 @@ import torch
 
 log = logging.getLogger(__name__)
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 1  # part of every key: bump it when a code change alters what an artifact contains
 TENSORS_FILE = "tensors.pt"
 META_FILE = "meta.json"
 
@@ -94,7 +94,7 @@ class ArtifactCache:
                 torch.save({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, f)
                 f.flush()
                 os.fsync(f.fileno())
-            meta = {**meta, "kind": kind, "key": key, "sha256": _sha256(tensors_path)}
+            meta = {**meta, "kind": kind, "key": key, "sha256": _sha256(tensors_path), "format": CACHE_FORMAT}
             with open(tmp / META_FILE, "w") as f:
                 json.dump(meta, f, indent=1, sort_keys=True, default=str)
                 f.flush()

@@ -21,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
 from .attacks import PGDConfig, pgd
-from .cache import ArtifactCache
+from .cache import ArtifactCache, CacheError, spec_key
 from .data import RetrievalData
 
 if TYPE_CHECKING:
@@ -149,7 +149,8 @@ def train_backbone(cfg: DictConfig, data: RetrievalData, rt: Runtime, loggers: l
     try:
         backbone.load_state_dict(state)
     except RuntimeError as exc:
-        raise RuntimeError(f"checkpoint {key} does not fit model.arch={cfg.model.arch}: {exc}") from None
+        raise CacheError(f"checkpoint {key} does not fit model.arch={cfg.model.arch} with {data.num_classes} "
+                         f"classes: {str(exc).splitlines()[0]}; delete {rt.cache.entry('checkpoint', key)}") from None
     rt.keys["checkpoint"] = key
     rt.info["training"] = {k: meta.get(k) for k in ("train_seconds", "train_metrics")}
     return backbone.to(rt.device).to(memory_format=torch.channels_last).eval(), key
@@ -209,6 +210,11 @@ def pq_codebooks(cfg: DictConfig, database: torch.Tensor, feat_key: str, rt: Run
 
     with rt.timed("codebooks"):
         tensors, _, key = rt.cache.get_or_build("codebooks", spec, build)
+    expected = (q.M, q.K, database.shape[1] // q.M)
+    if tuple(tensors["codebooks"].shape) != expected:
+        raise CacheError(f"codebooks {key}: shape {tuple(tensors['codebooks'].shape)}, expected (M, K, D/M) = "
+                         f"{expected}; delete {rt.cache.entry('codebooks', key)}")
+    check_finite("codebooks", tensors["codebooks"])
     rt.keys["codebooks"] = key
     return tensors["codebooks"], key
 
@@ -324,6 +330,20 @@ def adversarial_set(cfg: DictConfig, data: RetrievalData, target: Target, datase
     return attack_queries(src_cfg, data, src, describe_rows(src_cfg, data, dataset_label), rt)
 
 
+RUN_ONLY_KEYS = ("progress", "logger", "resume", "cache")  # do not change a job's numbers
+
+
+def write_results(output_dir: Path, results: dict[str, Any]) -> Path:
+    """``results.json`` (atomically) and ``results.md`` in ``output_dir``."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    path = output_dir / "results.json"
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(results, indent=1, default=str))
+    tmp.replace(path)
+    (output_dir / "results.md").write_text(render_tables(results["rows"]))
+    return path
+
+
 def run(cfg: DictConfig, output_dir: Path, loggers: list | None = None) -> Path:
     """Run one job: the clean rows and the rows of one adversarial query set (white-box or transferred);
     write ``results.json``, ``results.md`` and the adversarial set in ``output_dir``."""
@@ -337,6 +357,13 @@ def run(cfg: DictConfig, output_dir: Path, loggers: list | None = None) -> Path:
     precision = resolve_precision(cfg.precision, device)
     torch.manual_seed(cfg.seed)
     rt = Runtime(device, precision, ArtifactCache(cfg.cache.dir, cfg.cache.enabled), progress=cfg.progress)
+    results_spec = {k: v for k, v in container(cfg).items() if k not in RUN_ONLY_KEYS}
+    results_spec["precision"] = precision
+    if cfg.get("resume") and rt.cache.enabled:
+        found = rt.cache.load("results", spec_key("results", results_spec))
+        if found is not None:
+            log.info("resume: this job's results are complete in the cache; not recomputed")
+            return write_results(output_dir, {**found[1]["results"], "resumed": True})
     systems = ["sdc", "adc"] if cfg.system == "both" else [cfg.system]
     topk = cfg.eval.topk
 
@@ -380,12 +407,9 @@ def run(cfg: DictConfig, output_dir: Path, loggers: list | None = None) -> Path:
             "cache_builds": rt.cache.builds, "timings_s": rt.timings,
             "test_accuracy": float(target.features["test_accuracy"]), "dataset_label": dataset_label, **rt.info,
             "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    output_dir.mkdir(parents=True, exist_ok=True)
-    path = output_dir / "results.json"
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1, default=str))
-    tmp.replace(path)
-    (output_dir / "results.md").write_text(render_tables(rows))
+    path = write_results(output_dir, {"meta": meta, "rows": rows})
+    if rt.cache.enabled:
+        rt.cache.save("results", spec_key("results", results_spec), {}, {"results": {"meta": meta, "rows": rows}})
     for lg in loggers or []:
         lg.log_metrics({f"map/{r['attack']}/{r['system']}": r["map"] for r in rows})
         if hasattr(lg, "log_table"):

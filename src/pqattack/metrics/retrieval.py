@@ -42,3 +42,37 @@ def mean_average_precision(sorted_dist: torch.Tensor, ids: torch.Tensor, query_l
         sorted_dist, ids = sorted_dist[:, :topk], ids[:, :topk]
     rel = relevance(query_labels.cpu(), db_labels.cpu(), ids.cpu())
     return float(average_precision(sorted_dist.cpu(), rel).mean()) * 100.0
+
+
+def precision_recall_at_ranks(sorted_dist: torch.Tensor, sorted_rel: torch.Tensor,
+                              num_relevant: torch.Tensor | None = None, chunk: int = 256
+                              ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Precision and recall at every rank 1..n, averaged over queries (the PR curves of the paper's Fig. 5).
+
+    Inputs as for :func:`average_precision`. Items at equal distance are counted the way the tie-aware mAP
+    counts them: at the end of a tie group the counts are exact (sklearn's ``precision_recall_curve`` points),
+    inside a group the relevant ones are spread evenly (their expected number under any order of the group),
+    so the curve does not depend on the order of the database. Returns two float64 tensors ``[n]``; queries
+    with no relevant item count as recall 0.
+    """
+    q, n = sorted_rel.shape
+    pos = torch.arange(n, device=sorted_rel.device)
+    precision_sum = torch.zeros(n, dtype=torch.float64, device=sorted_rel.device)
+    recall_sum = torch.zeros_like(precision_sum)
+    for lo in range(0, q, chunk):
+        dist, rel = sorted_dist[lo:lo + chunk], sorted_rel[lo:lo + chunk].to(torch.float64)
+        rows = rel.shape[0]
+        new_group = torch.ones(rows, n, dtype=torch.bool, device=rel.device)
+        new_group[:, 1:] = dist[:, 1:] != dist[:, :-1]
+        start = torch.where(new_group, pos.expand(rows, n), 0).cummax(1).values
+        end_flag = torch.ones_like(new_group)
+        end_flag[:, :-1] = new_group[:, 1:]
+        end = torch.where(end_flag, pos.expand(rows, n), n - 1).flip(1).cummin(1).values.flip(1)
+        cum_rel = torch.cat([torch.zeros(rows, 1, dtype=torch.float64, device=rel.device), rel.cumsum(1)], 1)
+        before = cum_rel.gather(1, start)
+        in_group = cum_rel.gather(1, end + 1) - before
+        hits = before + in_group * (pos - start + 1) / (end - start + 1)
+        r = rel.sum(1, keepdim=True) if num_relevant is None else num_relevant[lo:lo + chunk, None].to(torch.float64)
+        precision_sum += (hits / (pos + 1)).sum(0)
+        recall_sum += torch.where(r > 0, hits / r.clamp_min(1), torch.zeros_like(hits)).sum(0)
+    return precision_sum / q, recall_sum / q

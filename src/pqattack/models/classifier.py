@@ -39,6 +39,9 @@ class ClassifierModule(pl.LightningModule):
             x = random_crop_flip(x, padding=self.hparams.crop_padding)
         logits = self.backbone(x)
         loss = self.loss(logits, labels)
+        if batch_idx % 50 == 0 and not torch.isfinite(loss):  # a NaN stays NaN: checking now and then suffices
+            raise FloatingPointError(f"training loss is {loss.item()} at step {self.global_step}: the backbone "
+                                     f"diverged; lower trainer.lr or check the data")
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True)
         self.log("train/acc", (logits.argmax(1) == labels).float().mean(), prog_bar=True, on_epoch=True,
                  on_step=False)

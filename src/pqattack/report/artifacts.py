@@ -1,0 +1,134 @@
+"""Reload what a job computed, from the content-addressed cache, by the keys its ``results.json`` records
+(``meta.cache_keys``) and its resolved config (``meta.config``): the dataset split, the backbone, the PQ
+codebooks and index, the clean features and the adversarial queries. The figures that need more than the
+rows (Figs. 3-5 of the paper) start here."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..cache import ArtifactCache, CacheError
+from ..data import DatasetError, RetrievalData
+from ..models import Backbone, RetrievalModel
+from ..quant import PQIndex
+from .records import Job
+
+
+class ArtifactMissing(RuntimeError):
+    """An artifact a figure needs is not there (cache deleted, dataset moved); the message says which."""
+
+
+@dataclass
+class JobArtifacts:
+    """A job's retrieval system and queries, rebuilt as the pipeline built them."""
+
+    job: Job
+    data: RetrievalData
+    backbone: Backbone
+    codebooks: torch.Tensor       # [M, K, D/M]
+    clean_query: torch.Tensor     # [Q, D] l2-normalised features of the clean queries (as cached)
+    database: torch.Tensor        # [N, D]
+    adversarial: torch.Tensor | None  # uint8 [Q, 3, H, W] (float in [0, 1] without 8-bit rounding)
+    runtime: Any                  # pipeline.Runtime: device and precision of the job
+
+    @cached_property
+    def index(self) -> PQIndex:
+        return PQIndex(self.codebooks, self.database)
+
+    @cached_property
+    def adversarial_query(self) -> torch.Tensor | None:
+        """Features of the adversarial queries, embedded with the job's backbone and precision."""
+        from ..pipeline import embed
+
+        if self.adversarial is None:
+            return None
+        return embed(self.backbone, self.adversarial, self.runtime, self.job.config["eval"]["batch_size"])[0]
+
+    def retrieval_model(self) -> RetrievalModel:
+        """The differentiable model the attack saw, with its eq. (7) similarity and temperature."""
+        a = self.job.config["attack"]
+        return RetrievalModel(self.backbone, self.codebooks.to(self.runtime.device), a.get("similarity", "dot"),
+                              a.get("temperature", 1.0)).eval()
+
+
+class ArtifactStore:
+    """Loads ``JobArtifacts``; datasets and checkpoints shared by jobs are loaded once.
+
+    ``cache_dir`` overrides the cache folder the jobs recorded (``config.cache.dir``, which may be relative to
+    the folder the job ran in).
+    """
+
+    def __init__(self, cache_dir: str | Path | None = None) -> None:
+        self.cache_dir = cache_dir
+        self._memo: dict[tuple, Any] = {}
+
+    def _memoised(self, key: tuple, build: Any) -> Any:
+        if key not in self._memo:
+            self._memo[key] = build()
+        return self._memo[key]
+
+    def cache_for(self, job: Job) -> ArtifactCache:
+        return ArtifactCache(self.cache_dir or job.config["cache"]["dir"])
+
+    def _entry(self, cache: ArtifactCache, kind: str, job: Job) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        key = job.meta.get("cache_keys", {}).get(kind)
+        if key is None:
+            raise ArtifactMissing(f"{job.path}: meta.cache_keys has no {kind!r}")
+        try:
+            found = self._memoised((cache.root, kind, key), lambda: cache.load(kind, key))
+        except CacheError as exc:
+            raise ArtifactMissing(str(exc)) from exc
+        if found is None:
+            raise ArtifactMissing(f"{kind} {key} is not in the cache {cache.root} (deleted?)")
+        return found
+
+    def _adversarial_images(self, cache: ArtifactCache, job: Job) -> torch.Tensor | None:
+        """The job's adversarial queries: the copy in its run folder, else the cache entry."""
+        from ..transfer import KIND, AdversarialSet
+
+        key = job.meta.get("cache_keys", {}).get(KIND)
+        if key is None:
+            return None
+        saved = job.folder / KIND / key
+        if (saved / "meta.json").is_file():
+            return AdversarialSet.load_entry(saved).images
+        return self._entry(cache, KIND, job)[0]["images"]
+
+    def load(self, job: Job) -> JobArtifacts:
+        """Rebuild ``job``'s system; raises ``ArtifactMissing`` when something is not there."""
+        from hydra.utils import instantiate
+        from omegaconf import OmegaConf
+
+        from ..pipeline import Runtime, make_backbone, resolve_device
+
+        if "config" not in job.meta:
+            raise ArtifactMissing(f"{job.path}: no meta.config (not a job's results.json)")
+        cfg, cache = job.config, self.cache_for(job)
+        device = resolve_device("auto")
+        runtime = Runtime(device, job.meta.get("precision", "fp32"), cache, progress=False)
+
+        def load_data() -> RetrievalData:
+            try:
+                return instantiate(cfg["dataset"]).load(cache)
+            except (DatasetError, OSError) as exc:
+                raise ArtifactMissing(f"dataset {cfg['dataset'].get('name')}: {exc}") from exc
+
+        data = self._memoised((cache.root, "data", json.dumps(cfg["dataset"], sort_keys=True)), load_data)
+        state, ckpt_meta = self._entry(cache, "checkpoint", job)
+
+        def load_backbone() -> Backbone:
+            net = make_backbone(OmegaConf.create(cfg), int(ckpt_meta.get("num_classes", data.num_classes)))
+            net.load_state_dict(state)
+            return net.to(device).to(memory_format=torch.channels_last).eval()
+
+        backbone = self._memoised((cache.root, "backbone", job.meta["cache_keys"]["checkpoint"]), load_backbone)
+        features = self._entry(cache, "features", job)[0]
+        codebooks = self._entry(cache, "codebooks", job)[0]["codebooks"]
+        return JobArtifacts(job, data, backbone, codebooks, features["query"], features["database"],
+                            self._adversarial_images(cache, job), runtime)

@@ -1,0 +1,229 @@
+"""The reproduction report: ``index.md`` and PNG figures in one folder, from any set of results records.
+
+Sections: the paper's Tables 1-4 beside ours and the difference; all our records; mAP against code length
+and attack; and, from the artifacts the jobs cached, the precision-recall curves (Fig. 5), retrieval
+examples (Fig. 4) and soft centroid distributions (Fig. 3). A figure whose artifacts are gone is left out
+with a note saying why. Every number is computed from the records or the artifacts.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import figure_data, figures
+from .artifacts import ArtifactMissing, ArtifactStore, JobArtifacts
+from .paper import Grid, comparisons, load_paper
+from .records import Records, collect
+from .tables import render_tables
+
+MAP_TOLERANCE = 0.05  # mAP points between the records and the reloaded system before a note is written
+
+
+@dataclass
+class Report:
+    """What goes into ``index.md`` (markdown blocks), and the figures and tables that also go to wandb."""
+
+    out: Path
+    blocks: list[str] = field(default_factory=list)
+    figures: list[Path] = field(default_factory=list)
+    grids: dict[str, Grid] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def add(self, *blocks: str) -> None:
+        self.blocks += blocks
+
+    def figure(self, fig: Any, name: str, caption: str) -> None:
+        path = figures.save(fig, self.out / f"{name}.png")
+        self.figures.append(path)
+        self.add(f"![{caption}]({path.name})", f"*{caption}*")
+
+    def skip(self, what: str, why: str) -> None:
+        note = f"**{what}: not drawn.** {why}"
+        self.notes.append(note)
+        self.add(note)
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_")
+
+
+def _display(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+def paper_section(report: Report, rows: list[dict[str, Any]]) -> None:
+    paper = load_paper()
+    report.add("## 1. Our tables beside the paper's",
+               f"The paper's numbers are data (`src/pqattack/report/paper_tables.json`, from {paper['source']}). "
+               "Ours are the records' rows for the same dataset, model, code length, quantizer, attack, system and "
+               "query source; mAP@k rows are not compared. A cell we did not run is `—`.")
+    for comp in comparisons(rows):
+        report.add(f"### Table {comp.table}", comp.paper.markdown())
+        report.grids[f"table{comp.table}/paper"] = comp.paper
+        if comp.filled:
+            report.add(comp.ours.markdown(), comp.difference.markdown())
+            report.grids[f"table{comp.table}/ours"] = comp.ours
+            report.grids[f"table{comp.table}/ours_minus_paper"] = comp.difference
+        else:
+            report.add(f"**Table {comp.table}, ours: not run** (no record matches any of its cells).")
+
+
+def map_section(report: Report, rows: list[dict[str, Any]]) -> None:
+    report.add("## 3. mAP against code length and attack (white-box)")
+    white = [r for r in rows if not r.get("transfer") and r.get("topk") is None]
+    if not white:
+        report.skip("mAP charts", "No white-box rows with mAP over the full ranking in the records.")
+    by_label: dict[str, list[dict[str, Any]]] = {}
+    for r in white:
+        by_label.setdefault(r.get("dataset_label") or r["dataset"], []).append(r)
+    for label, group in by_label.items():
+        report.figure(figures.map_vs_bits(group, f"{label}: white-box mAP against code length"),
+                      f"map_vs_bits_{_slug(label)}", f"{label}: mAP (%) against code length, per model and attack.")
+        report.figure(figures.map_vs_attack(group, f"{label}: white-box mAP per attack"),
+                      f"map_vs_attack_{_slug(label)}", f"{label}: mAP (%) per attack, per model and code length.")
+
+
+def _load_setting(setting: figure_data.Setting, store: ArtifactStore) -> dict[str, JobArtifacts]:
+    return {attack: store.load(job) for attack, job in setting.jobs.items()}
+
+
+def artifact_sections(report: Report, records: Records, store: ArtifactStore, model: str | None,
+                      bits: int | None) -> None:
+    """Figs. 5, 4 and 3 of the paper, for one system picked by ``figure_data.pick_setting``."""
+    names = ("Precision-recall curves", "Retrieval examples", "Centroid distributions")
+    titles = [f"## {i}. {name} (paper Fig. {fig})" for i, name, fig in zip((4, 5, 6), names, (5, 4, 3))]
+    setting = figure_data.pick_setting(records, model, bits)
+    why = None
+    if setting is None:
+        why = ("No white-box attack job with its config and cache keys (a job's own results.json) in the inputs"
+               + (f" for model={model}" if model else "") + (f" bits={bits}" if bits else "") + ".")
+    else:
+        try:
+            arts = _load_setting(setting, store)
+        except ArtifactMissing as exc:
+            why = f"The artifacts of {setting.describe} could not be reloaded: {exc}."
+    if why is not None:
+        for title, name in zip(titles, names):
+            report.add(title)
+            report.skip(name, why)
+        return
+
+    q_data = next(iter(arts.values())).data
+    systems = sorted({r["system"] for j in setting.jobs.values() for r in j.rows},
+                     key=lambda s: figures.SYSTEM_ORDER.index(s))
+    ranked = figure_data.rankings(arts, systems)
+    record_maps = {(s, a): setting.record_map(s, a) for s, a in ranked}
+    off = {k: (record_maps[k], v) for k, v in figure_data.recomputed_maps(ranked, arts).items()
+           if abs(v - record_maps[k]) > MAP_TOLERANCE}
+    report.add(titles[0], f"System: {setting.describe}; {len(arts)} white-box attack jobs: "
+               + ", ".join(_display(j.path) for j in setting.jobs.values()) + ".")
+    if off:
+        report.notes.append(f"Reloaded {setting.describe} gives mAP {off} (records, reloaded) — the artifacts may "
+                            "not be the ones the records were computed with.")
+        report.add(report.notes[-1])
+    report.figure(figures.pr_curves(figure_data.pr_curves(ranked), record_maps,
+                                    f"Precision-recall, {setting.describe}"), "pr_curves",
+                  f"Precision and recall at every rank, averaged over the {len(q_data.query)} queries; legend: mAP (%) "
+                  "of the records.")
+
+    query = figure_data.pick_example_query(ranked)
+    q = figure_data.query_description(arts, query)
+    amplify = figure_data.perturbation_amplification(arts)
+    report.add(titles[1], f"Query {q['query']} (class {q['class']}): the query whose precision@{figure_data.TOP_K} "
+               "falls most under the attacks, summed over attacks and systems. The perturbation is shown "
+               f"amplified x{amplify:.1f} around grey; frames: green relevant, red irrelevant.")
+    for system in systems:
+        report.figure(figures.retrieval_examples(figure_data.example_rows(arts, ranked, system, query), amplify,
+                                                 f"Top-{figure_data.TOP_K} retrieval, {system.upper()}, "
+                                                 f"{setting.describe}, query {q['query']} ({q['class']})"),
+                      f"retrieval_examples_{system}", f"{system.upper()}: clean and adversarial queries with their "
+                      f"top {figure_data.TOP_K} database images.")
+
+    report.add(titles[2])
+    dist = figure_data.centroid_distributions(arts, query)
+    if dist is None:
+        report.skip("Centroid distributions", f"No APD or AOD job for {setting.describe}.")
+        return
+    subspace, clean, attacked = dist
+    first = arts[next(iter(attacked))]
+    m, k = first.codebooks.shape[:2]
+    attack_cfg = first.job.config["attack"]
+    report.figure(figures.centroid_distributions(
+        clean, attacked, f"Soft assignment (eq. 7), query {q['query']} ({q['class']}), subspace {subspace} of {m}"),
+        "centroid_distributions", f"The distribution over the {k} centroids of subspace {subspace} (the clean "
+        "query's most peaked one), before (green) and after (red) each attack; eq. (7) with attack.similarity="
+        f"{attack_cfg.get('similarity')}, attack.temperature={attack_cfg.get('temperature')}.")
+
+
+def sources_section(report: Report, records: Records) -> None:
+    report.add("## Sources", f"{len(records.files)} records files, {len(records.jobs)} jobs, "
+               f"{len(records.rows)} rows after removing repeats.")
+    grid = Grid("**Jobs**", ["results", "dataset", "model", "bits", "attack", "epochs", "test accuracy (%)",
+                             "device", "precision"], [])
+    for j in records.jobs:
+        r, cfg = j.rows[0], j.config
+        grid.rows.append([_display(j.path), r.get("dataset_label") or r["dataset"], r["model"], str(r["bits"]),
+                          j.attack or "none", str(cfg.get("trainer", {}).get("max_epochs", "?")),
+                          f"{j.meta.get('test_accuracy', float('nan')):.1f}", j.meta.get("device", "?"),
+                          j.meta.get("precision", "?")])
+    if grid.rows:
+        report.add(grid.markdown())
+    if records.conflicts:
+        report.notes.append(f"{len(records.conflicts)} rows repeat a cell with a different mAP (e.g. two training "
+                            "recipes); the first found is shown: " + "; ".join(
+                                f"{d['model']} {d['bits']}b {d['attack']} {d['system']}: {k['map']} shown, "
+                                f"{d['map']} not" for k, d in records.conflicts[:5]))
+        report.add(report.notes[-1])
+
+
+def log_to_wandb(report: Report, rows: list[dict[str, Any]]) -> None:
+    """Send the report's tables (wandb.Table) and figures (wandb.Image) to a run, offline unless WANDB_MODE
+    says otherwise."""
+    import wandb
+
+    run = wandb.init(project="pqattack", job_type="report", dir=str(report.out),
+                     mode=os.environ.get("WANDB_MODE", "offline"), config={"report": str(report.out)})
+    columns = sorted({k for r in rows for k in r})
+    tables = {name: wandb.Table(columns=g.columns, data=g.rows) for name, g in report.grids.items()}
+    tables["records"] = wandb.Table(columns=columns, data=[[str(r.get(c)) for c in columns] for r in rows])
+    run.log({**tables, **{f"figures/{p.stem}": wandb.Image(str(p)) for p in report.figures}})
+    run.finish()
+
+
+def build_report(sources: list[str | Path], out: str | Path, cache_dir: str | Path | None = None,
+                 model: str | None = None, bits: int | None = None, use_wandb: bool = False,
+                 command: str = "") -> Path:
+    """Write ``out/index.md``, the PNG figures and ``out/report.json`` (the rows used); return index.md."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    records = collect(sources, exclude=out)
+    if not records.rows:
+        raise FileNotFoundError(f"no results records (results.json with rows and meta) in {', '.join(map(str, sources))}")
+    report = Report(out)
+    report.add("# Reproduction report: Adversarial Attack on Deep Product Quantization Network (PQ-AG, AAAI 2020)",
+               f"Built with `{command or 'python -m pqattack.report'}` from {len(records.files)} records files "
+               "(listed under Sources).")
+    paper_section(report, records.rows)
+    report.add("## 2. All our records", "Every row, in the layout of Table 1 (and the transfer matrices of "
+               "Tables 3-4 where there are transfer rows); mAP (%), systems SDC and ADC.", render_tables(records.rows))
+    map_section(report, records.rows)
+    artifact_sections(report, records, ArtifactStore(cache_dir), model, bits)
+    sources_section(report, records)
+    if report.notes:
+        report.blocks[2:2] = ["**Notes**", "\n".join(f"- {n}" for n in report.notes)]
+    index = out / "index.md"
+    index.write_text("\n\n".join(report.blocks) + "\n")
+    (out / "report.json").write_text(json.dumps(
+        {"sources": [str(f) for f in records.files], "figures": [p.name for p in report.figures],
+         "notes": report.notes, "rows": records.rows}, indent=1, default=str))
+    if use_wandb:
+        log_to_wandb(report, records.rows)
+    return index

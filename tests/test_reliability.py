@@ -1,0 +1,126 @@
+"""Crashes, concurrency and repeatability, with real processes: SIGKILL mid-write, two jobs racing for
+one backbone, a resumed sweep, the same command twice."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from pqattack.cache import ArtifactCache, spec_key
+
+from .conftest import TINY, REPO, load_results, results_path, run_cli
+
+WRITER = """
+import sys, torch
+from pqattack.cache import ArtifactCache
+cache = ArtifactCache(sys.argv[1])
+print("writing", flush=True)
+cache.get_or_build("features", {"big": 1}, lambda: ({"z": torch.randn(60_000_000)}, {}))
+print("done", flush=True)
+"""
+
+
+def test_sigkill_during_a_cache_write_leaves_nothing_that_loads(tmp_path: Path) -> None:
+    proc = subprocess.Popen([sys.executable, "-c", WRITER, str(tmp_path)], stdout=subprocess.PIPE, text=True,
+                            cwd=REPO)
+    assert proc.stdout.readline().strip() == "writing"
+    deadline = time.time() + 60
+    while not list((tmp_path / "features").glob(".tmp-*/tensors.pt")) and time.time() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    cache = ArtifactCache(tmp_path)
+    key = spec_key("features", {"big": 1})
+    # killed before the rename: no entry; a later run builds it afresh and can load it
+    assert cache.load("features", key) is None
+    tensors, _, key2 = cache.get_or_build("features", {"big": 1}, lambda: ({"z": torch.ones(3)}, {}))
+    assert key2 == key and torch.equal(tensors["z"], torch.ones(3))
+    assert cache.load("features", key) is not None
+
+
+def test_two_jobs_needing_one_backbone_train_it_once(tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    env = {**os.environ, "PQATTACK_CACHE": str(cache), "PYTHONWARNINGS": "ignore"}
+    procs = [subprocess.Popen([sys.executable, "-m", "pqattack", *TINY, f"attack={a}", f"hydra.run.dir=run_{a}"],
+                              cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for a in ("basic", "apd")]
+    for p in procs:
+        out, err = p.communicate(timeout=600)
+        assert p.returncode == 0, err[-3000:]
+    builds = [load_results(tmp_path / f"run_{a}" / "results.json")["meta"]["cache_builds"] for a in ("basic", "apd")]
+    trained = [b for job in builds for b in job if b.startswith("checkpoint/")]
+    assert len(trained) == 1
+    keys = {load_results(tmp_path / f"run_{a}" / "results.json")["meta"]["cache_keys"]["checkpoint"]
+            for a in ("basic", "apd")}
+    assert len(keys) == 1
+
+
+def test_resumed_sweep_skips_complete_jobs(tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    args = ["-m", *TINY, "attack=basic,aod", "resume=true"]
+    first = load_results(results_path(run_cli([*args, "hydra.sweep.dir=a"], tmp_path, cache), tmp_path))
+    # as if the sweep had been killed during its second job: that job's results never reached the cache
+    entries = sorted((p for p in (cache / "results").iterdir() if not p.name.startswith(".")),
+                     key=lambda p: p.stat().st_mtime)
+    assert len(entries) == 2
+    shutil.rmtree(entries[-1])
+    again = load_results(results_path(run_cli([*args, "hydra.sweep.dir=b"], tmp_path, cache), tmp_path))
+    jobs = [load_results(p) for p in sorted((tmp_path / "b").glob("*/results.json"))]
+    assert [j.get("resumed", False) for j in jobs] == [True, False]
+    canon = lambda rows: sorted(json.dumps(r, sort_keys=True) for r in rows)  # noqa: E731
+    assert canon(again["rows"]) == canon(first["rows"])
+
+
+def test_same_command_twice_gives_identical_rows(tmp_path: Path) -> None:
+    rows = []
+    for i in range(2):
+        proc = run_cli([*TINY, "attack=apd", f"hydra.run.dir=r{i}"], tmp_path, tmp_path / f"cache{i}")
+        res = load_results(results_path(proc, tmp_path))
+        rows.append(res["rows"])
+        assert res["meta"]["seed"] == 0 and res["meta"]["cache_keys"]["checkpoint"]
+    assert rows[0] == rows[1]
+
+
+def test_diverged_training_stops_with_a_message(tmp_path: Path) -> None:
+    proc = run_cli([*TINY, "trainer.lr=1e30", "trainer.max_epochs=1", "hydra.run.dir=r"], tmp_path,
+                   tmp_path / "cache", check=False)
+    assert proc.returncode == 3 and "numerics error" in proc.stderr
+    assert not (tmp_path / "r" / "results.json").exists()
+
+
+def test_grayscale_rgba_and_palette_images_become_rgb(tmp_path: Path) -> None:
+    from pqattack.data import CIFAR10Source
+
+    rng = np.random.default_rng(0)
+    for split in ("train", "test"):
+        for c, mode in (("a", "L"), ("b", "RGBA"), ("c", "P")):
+            (tmp_path / split / c).mkdir(parents=True)
+            for i in range(2):
+                img = Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).convert(mode)
+                img.save(tmp_path / split / c / f"{i}.png")
+    data = CIFAR10Source(root=str(tmp_path), num_queries=2, num_database=4).load(ArtifactCache(tmp_path / "c"))
+    assert data.train.images.shape == (6, 3, 32, 32)
+    gray = data.train.images[0]
+    assert torch.equal(gray[0], gray[1]) and torch.equal(gray[1], gray[2])
+
+
+def test_empty_class_folder_is_named(tmp_path: Path) -> None:
+    import pytest
+
+    from pqattack.data import CIFAR10Source, DatasetError
+
+    for split in ("train", "test"):
+        (tmp_path / split / "a").mkdir(parents=True)
+        (tmp_path / split / "b").mkdir(parents=True)
+        Image.new("RGB", (32, 32)).save(tmp_path / split / "a" / "0.png")
+    with pytest.raises(DatasetError, match=r"train/b holds no images"):
+        CIFAR10Source(root=str(tmp_path), num_queries=1, num_database=1).load(ArtifactCache(tmp_path / "c"))
