@@ -47,6 +47,19 @@ def validate(cfg: DictConfig) -> None:
     if q.K > d.num_database:
         raise ConfigError(f"quantizer.K={q.K} is larger than dataset.num_database={d.num_database}: K-means "
                           f"needs at least K database vectors")
+    if q.kind not in ("kmeans", "pqn"):
+        raise ConfigError(f"quantizer.kind={q.kind!r}: expected kmeans or pqn")
+    if q.kind == "pqn":
+        from .models.pqn import PQN_LOSSES
+
+        if q.alpha <= 0:
+            raise ConfigError(f"quantizer.alpha={q.alpha}: must be > 0")
+        if q.loss not in PQN_LOSSES:
+            raise ConfigError(f"quantizer.loss={q.loss!r}: expected one of {', '.join(PQN_LOSSES)}")
+        if q.epochs < 1 or q.lr <= 0:
+            raise ConfigError(f"quantizer.epochs={q.epochs}, quantizer.lr={q.lr}: must be >= 1 and > 0")
+        if q.K > q.init_samples:
+            raise ConfigError(f"quantizer.K={q.K} is larger than quantizer.init_samples={q.init_samples}")
     if cfg.model.arch not in ARCHITECTURES:
         raise ConfigError(f"model.arch={cfg.model.arch!r}: expected one of {', '.join(ARCHITECTURES)}")
     if a.name != "none":

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from .transfer import AdversarialSet
 from .metrics import mean_average_precision
 from .models import Backbone, ClassifierModule, RetrievalModel, build_backbone
+from .models.pqn import PQNModule, subvector_normalize
 from .quant import PQIndex, train_codebooks
 from .report import render_tables
 
@@ -113,6 +114,41 @@ def make_backbone(cfg: DictConfig, num_classes: int) -> Backbone:
     return build_backbone(num_classes=num_classes, **kw)
 
 
+def fit(module: Any, data: RetrievalData, batch_size: int, epochs: int, seed: int, rt: Runtime,
+        loggers: list) -> dict[str, Any]:
+    """Run Lightning's trainer on the in-memory training images; returns seconds and final metrics."""
+    import pytorch_lightning as pl
+
+    batches = TensorBatches(data.train.images.to(rt.device), data.train.labels.to(rt.device),
+                            min(batch_size, len(data.train)), seed)
+    trainer = pl.Trainer(
+        max_epochs=epochs, accelerator="gpu" if rt.device.type == "cuda" else "cpu", devices=1,
+        precision="bf16-mixed" if rt.precision == "bf16" else "32-true", logger=loggers or False,
+        enable_checkpointing=False, enable_model_summary=False, enable_progress_bar=rt.progress,
+        num_sanity_val_steps=0, log_every_n_steps=max(1, min(50, len(batches))), deterministic=False)
+    t0 = time.perf_counter()
+    trainer.fit(module, train_dataloaders=batches)
+    return {"train_seconds": round(time.perf_counter() - t0, 2),
+            "train_metrics": {k: float(v) for k, v in trainer.callback_metrics.items()}}
+
+
+def optimiser_kwargs(tcfg: dict[str, Any], lr: float | None = None) -> dict[str, Any]:
+    return {"lr": tcfg["lr"] if lr is None else lr, "momentum": tcfg["momentum"],
+            "weight_decay": tcfg["weight_decay"], "nesterov": tcfg["nesterov"],
+            "label_smoothing": tcfg["label_smoothing"], "schedule": tcfg["schedule"], "augment": tcfg["augment"]}
+
+
+def load_backbone(cfg: DictConfig, state: dict[str, torch.Tensor], key: str, num_classes: int, rt: Runtime
+                  ) -> Backbone:
+    backbone = make_backbone(cfg, num_classes)
+    try:
+        backbone.load_state_dict(state)
+    except RuntimeError as exc:
+        raise CacheError(f"checkpoint {key} does not fit model.arch={cfg.model.arch} with {num_classes} "
+                         f"classes: {str(exc).splitlines()[0]}; delete {rt.cache.entry('checkpoint', key)}") from None
+    return backbone.to(rt.device).to(memory_format=torch.channels_last).eval()
+
+
 def train_backbone(cfg: DictConfig, data: RetrievalData, rt: Runtime, loggers: list) -> tuple[Backbone, str]:
     """Train (or load from the cache) the backbone with cross-entropy through Lightning."""
     import pytorch_lightning as pl
@@ -121,54 +157,68 @@ def train_backbone(cfg: DictConfig, data: RetrievalData, rt: Runtime, loggers: l
     spec = {"dataset": data.name, "data": data.fingerprint, "num_train": len(data.train),
             "model": container(cfg.model), "trainer": {k: v for k, v in tcfg.items() if k != "progress"},
             "precision": rt.precision, "seed": cfg.seed}
-    backbone = make_backbone(cfg, data.num_classes)
 
     def build() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         pl.seed_everything(cfg.seed, workers=True, verbose=False)
         net = make_backbone(cfg, data.num_classes).to(memory_format=torch.channels_last)
-        module = ClassifierModule(net, lr=tcfg["lr"], momentum=tcfg["momentum"], weight_decay=tcfg["weight_decay"],
-                                  nesterov=tcfg["nesterov"], label_smoothing=tcfg["label_smoothing"],
-                                  schedule=tcfg["schedule"], augment=tcfg["augment"])
-        batches = TensorBatches(data.train.images.to(rt.device), data.train.labels.to(rt.device),
-                                min(tcfg["batch_size"], len(data.train)), cfg.seed)
-        trainer = pl.Trainer(
-            max_epochs=tcfg["max_epochs"], accelerator="gpu" if rt.device.type == "cuda" else "cpu", devices=1,
-            precision="bf16-mixed" if rt.precision == "bf16" else "32-true", logger=loggers or False,
-            enable_checkpointing=False, enable_model_summary=False, enable_progress_bar=rt.progress,
-            num_sanity_val_steps=0, log_every_n_steps=max(1, min(50, len(batches))), deterministic=False)
-        t0 = time.perf_counter()
-        trainer.fit(module, train_dataloaders=batches)
-        seconds = time.perf_counter() - t0
-        state = {k: v for k, v in net.state_dict().items()}
-        metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
-        return state, {"train_seconds": round(seconds, 2), "train_metrics": metrics, "arch": cfg.model.arch,
-                       "num_classes": data.num_classes}
+        stats = fit(ClassifierModule(net, **optimiser_kwargs(tcfg)), data, tcfg["batch_size"], tcfg["max_epochs"],
+                    cfg.seed, rt, loggers)
+        return dict(net.state_dict()), {**stats, "arch": cfg.model.arch, "num_classes": data.num_classes}
 
     with rt.timed("train"):
         state, meta, key = rt.cache.get_or_build("checkpoint", spec, build)
-    try:
-        backbone.load_state_dict(state)
-    except RuntimeError as exc:
-        raise CacheError(f"checkpoint {key} does not fit model.arch={cfg.model.arch} with {data.num_classes} "
-                         f"classes: {str(exc).splitlines()[0]}; delete {rt.cache.entry('checkpoint', key)}") from None
     rt.keys["checkpoint"] = key
     rt.info["training"] = {k: meta.get(k) for k in ("train_seconds", "train_metrics")}
-    return backbone.to(rt.device).to(memory_format=torch.channels_last).eval(), key
+    return load_backbone(cfg, state, key, data.num_classes, rt), key
+
+
+def train_pqn(cfg: DictConfig, data: RetrievalData, base: Backbone, base_key: str, rt: Runtime, loggers: list
+              ) -> tuple[Backbone, str, torch.Tensor]:
+    """PQN: codebooks initialised by K-means on the pretrained backbone's (sub-normalised) training
+    embeddings, then trained jointly with the backbone; returns (backbone, key, unit codebooks)."""
+    import pytorch_lightning as pl
+
+    q, tcfg = cfg.quantizer, container(cfg.trainer)
+    spec = {"base_checkpoint": base_key, "quantizer": container(q), "batch_size": tcfg["batch_size"],
+            "trainer": {k: v for k, v in tcfg.items() if k not in ("progress", "max_epochs", "lr")},
+            "precision": rt.precision, "seed": cfg.seed}
+
+    def build() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        pl.seed_everything(cfg.seed, workers=True, verbose=False)
+        pick = torch.randperm(len(data.train), generator=torch.Generator().manual_seed(cfg.seed))[:q.init_samples]
+        init_z, _ = embed(base, data.train.images[pick], rt, cfg.eval.batch_size, "PQN init features", q.M)
+        init = torch.nn.functional.normalize(train_codebooks(init_z, q.M, q.K, niter=q.niter, seed=q.seed), dim=-1)
+        net = make_backbone(cfg, data.num_classes)
+        net.load_state_dict(base.state_dict())
+        net = net.to(memory_format=torch.channels_last).train()
+        module = PQNModule(net, init, alpha=q.alpha, loss=q.loss, margin=q.margin, **optimiser_kwargs(tcfg, q.lr))
+        stats = fit(module, data, tcfg["batch_size"], q.epochs, cfg.seed, rt, loggers)
+        codebooks = module.soft_pq.unit_codebooks().detach().float().cpu()
+        return {**{f"backbone.{k}": v for k, v in net.state_dict().items()}, "codebooks": codebooks}, stats
+
+    with rt.timed("train_pqn"):
+        tensors, meta, key = rt.cache.get_or_build("checkpoint", spec, build)
+    state = {k.removeprefix("backbone."): v for k, v in tensors.items() if k.startswith("backbone.")}
+    rt.keys["checkpoint"] = key
+    rt.info["pqn_training"] = {k: meta.get(k) for k in ("train_seconds", "train_metrics")}
+    return load_backbone(cfg, state, key, data.num_classes, rt), key, tensors["codebooks"]
 
 
 # --------------------------------------------------------------------------------------------- features
 @torch.no_grad()
-def embed(backbone: Backbone, images: torch.Tensor, rt: Runtime, batch_size: int, desc: str = "features"
-          ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(z, logits)`` for uint8 or float images: z l2-normalised, float32, on the CPU."""
+def embed(backbone: Backbone, images: torch.Tensor, rt: Runtime, batch_size: int, desc: str = "features",
+          subvectors: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(z, logits)`` for uint8 or float images, float32 on the CPU: z l2-normalised as a whole, or per
+    sub-vector when ``subvectors`` (M) is given (PQN); then the logits are the head's on z."""
     zs, logits = [], []
     for i in tqdm(range(0, len(images), batch_size), desc=desc, disable=not rt.progress, leave=False):
         x = images[i:i + batch_size].to(rt.device, non_blocking=True)
         x = (x.float() / 255.0 if x.dtype == torch.uint8 else x).contiguous(memory_format=torch.channels_last)
         with rt.autocast():
             f = backbone.forward_features(x)
-            out = backbone.head(f)
-        zs.append(torch.nn.functional.normalize(f.float(), dim=1).cpu())
+            z = subvector_normalize(f, subvectors) if subvectors else torch.nn.functional.normalize(f.float(), dim=1)
+            out = backbone.head(z.to(f.dtype) if subvectors else f)
+        zs.append(z.float().cpu())
         logits.append(out.float().cpu())
     return torch.cat(zs), torch.cat(logits)
 
@@ -179,16 +229,24 @@ def check_finite(name: str, t: torch.Tensor) -> None:
         raise FloatingPointError(f"{name}: {bad} non-finite values (NaN/Inf); the model or its training diverged")
 
 
+def subvectors_of(cfg: DictConfig) -> int | None:
+    """M when the retrieval feature is normalised per sub-vector (PQN), else None (whole-vector l2)."""
+    return int(cfg.quantizer.M) if cfg.quantizer.kind == "pqn" else None
+
+
 def clean_features(cfg: DictConfig, data: RetrievalData, backbone: Backbone, ckpt_key: str, rt: Runtime
                    ) -> dict[str, torch.Tensor]:
     """Database and clean-query features (cached), plus the backbone's test accuracy on them."""
     spec = {"checkpoint": ckpt_key, "split": [data.fingerprint, len(data.query), len(data.database),
                                                  cfg.dataset.split_seed], "precision": rt.precision}
+    sub = subvectors_of(cfg)
+    if sub:
+        spec["norm"] = f"subvector/{sub}"
 
     def build() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         bs = cfg.eval.batch_size
-        zq, lq = embed(backbone, data.query.images, rt, bs, "query features")
-        zd, ld = embed(backbone, data.database.images, rt, bs, "database features")
+        zq, lq = embed(backbone, data.query.images, rt, bs, "query features", sub)
+        zd, ld = embed(backbone, data.database.images, rt, bs, "database features", sub)
         correct = (lq.argmax(1) == data.query.labels).sum() + (ld.argmax(1) == data.database.labels).sum()
         acc = float(correct) / (len(lq) + len(ld)) * 100
         return {"query": zq, "database": zd}, {"test_accuracy": round(acc, 3)}
@@ -233,7 +291,8 @@ def attack_queries(cfg: DictConfig, data: RetrievalData, target: "Target", descr
             "queries": [data.fingerprint, len(data.query), cfg.dataset.split_seed],
             "attack": {k: v for k, v in container(a).items() if k not in ("batch_size", "name")},
             "precision": rt.precision, "seed": cfg.seed}
-    model = RetrievalModel(target.backbone, target.codebooks.to(rt.device), a.similarity, a.temperature).eval()
+    model = RetrievalModel(target.backbone, target.codebooks.to(rt.device), a.similarity, a.temperature,
+                           subvector_norm=cfg.quantizer.kind == "pqn").eval()
     for p in model.parameters():
         p.requires_grad_(False)
 
@@ -298,8 +357,14 @@ class Target:
 def build_target(cfg: DictConfig, data: RetrievalData, rt: Runtime, loggers: list) -> Target:
     """Train or load the backbone, its features, codebooks and index (each from the cache when there)."""
     backbone, ckpt_key = train_backbone(cfg, data, rt, loggers)
-    feats = clean_features(cfg, data, backbone, ckpt_key, rt)
-    codebooks, cb_key = pq_codebooks(cfg, feats["database"], rt.keys["features"], rt)
+    if cfg.quantizer.kind == "pqn":
+        rt.keys["base_checkpoint"] = ckpt_key
+        backbone, ckpt_key, codebooks = train_pqn(cfg, data, backbone, ckpt_key, rt, loggers)
+        feats = clean_features(cfg, data, backbone, ckpt_key, rt)
+        cb_key = rt.keys["codebooks"] = ckpt_key  # the learned codebooks live in the PQN checkpoint
+    else:
+        feats = clean_features(cfg, data, backbone, ckpt_key, rt)
+        codebooks, cb_key = pq_codebooks(cfg, feats["database"], rt.keys["features"], rt)
     with rt.timed("index"):
         index = PQIndex(codebooks, feats["database"])
     return Target(backbone, ckpt_key, feats, codebooks, cb_key, index)
@@ -384,7 +449,8 @@ def run(cfg: DictConfig, output_dir: Path, loggers: list | None = None) -> Path:
     if adv is not None:
         rt.keys["adversarial_queries"] = adv.key
         with rt.timed("eval_adversarial"):
-            z_adv, logits_adv = embed(target.backbone, adv.images, rt, cfg.eval.batch_size, "adversarial features")
+            z_adv, logits_adv = embed(target.backbone, adv.images, rt, cfg.eval.batch_size, "adversarial features",
+                                      subvectors_of(cfg))
             check_finite("adversarial features", z_adv)
             attacked = evaluate(target.index, z_adv, data, systems, topk)
         changed = (target.index.encode(z_adv) != target.index.encode(target.features["query"])).float().mean()

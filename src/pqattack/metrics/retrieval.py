@@ -7,6 +7,20 @@ from __future__ import annotations
 import torch
 
 
+def tie_groups(sorted_dist: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """For distances ``[Q, n]`` sorted ascending: the first and last position of each position's group of
+    equal distances, two int64 ``[Q, n]``."""
+    q, n = sorted_dist.shape
+    pos = torch.arange(n, device=sorted_dist.device).expand(q, n)
+    new_group = torch.ones(q, n, dtype=torch.bool, device=sorted_dist.device)
+    new_group[:, 1:] = sorted_dist[:, 1:] != sorted_dist[:, :-1]
+    start = torch.where(new_group, pos, 0).cummax(1).values
+    group_end = torch.ones_like(new_group)
+    group_end[:, :-1] = new_group[:, 1:]
+    end = torch.where(group_end, pos, n - 1).flip(1).cummin(1).values.flip(1)
+    return start, end
+
+
 def average_precision(sorted_dist: torch.Tensor, sorted_rel: torch.Tensor, num_relevant: torch.Tensor | None = None
                       ) -> torch.Tensor:
     """Per-query AP from distances ``[Q, n]`` sorted ascending and their relevance ``[Q, n]`` (bool).
@@ -15,15 +29,11 @@ def average_precision(sorted_dist: torch.Tensor, sorted_rel: torch.Tensor, num_r
     precision there. ``num_relevant`` is R; by default the relevant items in the ranking (for a ranking
     cut at k this gives the usual mAP@k). Queries with R = 0 get AP = 0.
     """
-    q, n = sorted_rel.shape
+    n = sorted_rel.shape[1]
     rel = sorted_rel.to(torch.float64)
     cum_rel = rel.cumsum(1)
     pos = torch.arange(1, n + 1, dtype=torch.float64, device=rel.device)
-    group_end = torch.ones(q, n, dtype=torch.bool, device=rel.device)
-    group_end[:, :-1] = sorted_dist[:, 1:] != sorted_dist[:, :-1]
-    # index of the end of each position's tie group: reverse cumulative min over end positions
-    end_idx = torch.where(group_end, torch.arange(n, device=rel.device).expand(q, n), n - 1)
-    end_idx = end_idx.flip(1).cummin(1).values.flip(1)
+    _, end_idx = tie_groups(sorted_dist)
     precision_at_end = (cum_rel / pos).gather(1, end_idx)
     r = rel.sum(1) if num_relevant is None else num_relevant.to(torch.float64)
     ap = (rel * precision_at_end).sum(1) / r.clamp_min(1)
@@ -62,12 +72,7 @@ def precision_recall_at_ranks(sorted_dist: torch.Tensor, sorted_rel: torch.Tenso
     for lo in range(0, q, chunk):
         dist, rel = sorted_dist[lo:lo + chunk], sorted_rel[lo:lo + chunk].to(torch.float64)
         rows = rel.shape[0]
-        new_group = torch.ones(rows, n, dtype=torch.bool, device=rel.device)
-        new_group[:, 1:] = dist[:, 1:] != dist[:, :-1]
-        start = torch.where(new_group, pos.expand(rows, n), 0).cummax(1).values
-        end_flag = torch.ones_like(new_group)
-        end_flag[:, :-1] = new_group[:, 1:]
-        end = torch.where(end_flag, pos.expand(rows, n), n - 1).flip(1).cummin(1).values.flip(1)
+        start, end = tie_groups(dist)
         cum_rel = torch.cat([torch.zeros(rows, 1, dtype=torch.float64, device=rel.device), rel.cumsum(1)], 1)
         before = cum_rel.gather(1, start)
         in_group = cum_rel.gather(1, end + 1) - before

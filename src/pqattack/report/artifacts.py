@@ -76,10 +76,13 @@ class ArtifactStore:
     def cache_for(self, job: Job) -> ArtifactCache:
         return ArtifactCache(self.cache_dir or job.config["cache"]["dir"])
 
-    def _entry(self, cache: ArtifactCache, kind: str, job: Job) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    def _key(self, job: Job, kind: str) -> str:
         key = job.meta.get("cache_keys", {}).get(kind)
         if key is None:
             raise ArtifactMissing(f"{job.path}: meta.cache_keys has no {kind!r}")
+        return key
+
+    def _entry(self, cache: ArtifactCache, kind: str, key: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         try:
             found = self._memoised((cache.root, kind, key), lambda: cache.load(kind, key))
         except CacheError as exc:
@@ -92,13 +95,16 @@ class ArtifactStore:
         """The job's adversarial queries: the copy in its run folder, else the cache entry."""
         from ..transfer import KIND, AdversarialSet
 
-        key = job.meta.get("cache_keys", {}).get(KIND)
+        keys = job.meta.get("cache_keys", {})
+        key = keys.get(KIND) or keys.get(f"{KIND}_{job.attack}")  # the second: records made before transfer
         if key is None:
+            if job.attack is not None:
+                raise ArtifactMissing(f"{job.path}: meta.cache_keys names no adversarial query set")
             return None
         saved = job.folder / KIND / key
         if (saved / "meta.json").is_file():
             return AdversarialSet.load_entry(saved).images
-        return self._entry(cache, KIND, job)[0]["images"]
+        return self._entry(cache, KIND, key)[0]["images"]
 
     def load(self, job: Job) -> JobArtifacts:
         """Rebuild ``job``'s system; raises ``ArtifactMissing`` when something is not there."""
@@ -120,15 +126,20 @@ class ArtifactStore:
                 raise ArtifactMissing(f"dataset {cfg['dataset'].get('name')}: {exc}") from exc
 
         data = self._memoised((cache.root, "data", json.dumps(cfg["dataset"], sort_keys=True)), load_data)
-        state, ckpt_meta = self._entry(cache, "checkpoint", job)
+        ckpt_key = self._key(job, "checkpoint")
+        state, ckpt_meta = self._entry(cache, "checkpoint", ckpt_key)
 
         def load_backbone() -> Backbone:
             net = make_backbone(OmegaConf.create(cfg), int(ckpt_meta.get("num_classes", data.num_classes)))
-            net.load_state_dict(state)
+            try:
+                net.load_state_dict(state)
+            except RuntimeError as exc:
+                raise ArtifactMissing(f"checkpoint {ckpt_key} does not fit "
+                                      f"model {cfg['model']}: {str(exc).splitlines()[0]}") from exc
             return net.to(device).to(memory_format=torch.channels_last).eval()
 
-        backbone = self._memoised((cache.root, "backbone", job.meta["cache_keys"]["checkpoint"]), load_backbone)
-        features = self._entry(cache, "features", job)[0]
-        codebooks = self._entry(cache, "codebooks", job)[0]["codebooks"]
+        backbone = self._memoised((cache.root, "backbone", ckpt_key), load_backbone)
+        features = self._entry(cache, "features", self._key(job, "features"))[0]
+        codebooks = self._entry(cache, "codebooks", self._key(job, "codebooks"))[0]["codebooks"]
         return JobArtifacts(job, data, backbone, codebooks, features["query"], features["database"],
                             self._adversarial_images(cache, job), runtime)

@@ -18,7 +18,7 @@ from typing import Any
 from . import figure_data, figures
 from .artifacts import ArtifactMissing, ArtifactStore, JobArtifacts
 from .paper import Grid, comparisons, load_paper
-from .records import Records, collect
+from .records import Records, collect, describe_cell
 from .tables import render_tables
 
 MAP_TOLERANCE = 0.05  # mAP points between the records and the reloaded system before a note is written
@@ -42,10 +42,11 @@ class Report:
         self.figures.append(path)
         self.add(f"![{caption}]({path.name})", f"*{caption}*")
 
-    def skip(self, what: str, why: str) -> None:
-        note = f"**{what}: not drawn.** {why}"
-        self.notes.append(note)
-        self.add(note)
+    def skip(self, what: str, why: str, note: bool = True) -> None:
+        """Say in place, and under Notes unless ``note`` is False, that a figure is left out and why."""
+        text = f"**{what}: not drawn.** {why}"
+        self.notes += [text] if note else []
+        self.add(text)
 
 
 def _slug(text: str) -> str:
@@ -60,6 +61,7 @@ def _display(path: Path) -> str:
 
 
 def paper_section(report: Report, rows: list[dict[str, Any]]) -> None:
+    """Tables 1-4: the paper's, ours and the difference (ours only where a record fills a cell)."""
     paper = load_paper()
     report.add("## 1. Our tables beside the paper's",
                f"The paper's numbers are data (`src/pqattack/report/paper_tables.json`, from {paper['source']}). "
@@ -77,6 +79,7 @@ def paper_section(report: Report, rows: list[dict[str, Any]]) -> None:
 
 
 def map_section(report: Report, rows: list[dict[str, Any]]) -> None:
+    """mAP against code length and against attack, per dataset copy, from the white-box rows."""
     report.add("## 3. mAP against code length and attack (white-box)")
     white = [r for r in rows if not r.get("transfer") and r.get("topk") is None]
     if not white:
@@ -91,79 +94,102 @@ def map_section(report: Report, rows: list[dict[str, Any]]) -> None:
                       f"map_vs_attack_{_slug(label)}", f"{label}: mAP (%) per attack, per model and code length.")
 
 
-def _load_setting(setting: figure_data.Setting, store: ArtifactStore) -> dict[str, JobArtifacts]:
-    return {attack: store.load(job) for attack, job in setting.jobs.items()}
+FIGURE_SECTIONS = (("Precision-recall curves", 5), ("Retrieval examples", 4), ("Centroid distributions", 3))
 
 
-def artifact_sections(report: Report, records: Records, store: ArtifactStore, model: str | None,
-                      bits: int | None) -> None:
-    """Figs. 5, 4 and 3 of the paper, for one system picked by ``figure_data.pick_setting``."""
-    names = ("Precision-recall curves", "Retrieval examples", "Centroid distributions")
-    titles = [f"## {i}. {name} (paper Fig. {fig})" for i, name, fig in zip((4, 5, 6), names, (5, 4, 3))]
-    setting = figure_data.pick_setting(records, model, bits)
-    why = None
-    if setting is None:
-        why = ("No white-box attack job with its config and cache keys (a job's own results.json) in the inputs"
-               + (f" for model={model}" if model else "") + (f" bits={bits}" if bits else "") + ".")
-    else:
-        try:
-            arts = _load_setting(setting, store)
-        except ArtifactMissing as exc:
-            why = f"The artifacts of {setting.describe} could not be reloaded: {exc}."
-    if why is not None:
-        for title, name in zip(titles, names):
-            report.add(title)
-            report.skip(name, why)
-        return
+def _title(i: int) -> str:
+    name, paper_figure = FIGURE_SECTIONS[i]
+    return f"## {4 + i}. {name} (paper Fig. {paper_figure})"
 
-    q_data = next(iter(arts.values())).data
-    systems = sorted({r["system"] for j in setting.jobs.values() for r in j.rows},
-                     key=lambda s: figures.SYSTEM_ORDER.index(s))
-    ranked = figure_data.rankings(arts, systems)
+
+def pr_section(report: Report, setting: figure_data.Setting, arts: dict[str, JobArtifacts],
+               ranked: figure_data.Ranked) -> None:
+    """Fig. 5, and a check that the reloaded system gives the recorded mAP."""
     record_maps = {(s, a): setting.record_map(s, a) for s, a in ranked}
-    off = {k: (record_maps[k], v) for k, v in figure_data.recomputed_maps(ranked, arts).items()
-           if abs(v - record_maps[k]) > MAP_TOLERANCE}
-    report.add(titles[0], f"System: {setting.describe}; {len(arts)} white-box attack jobs: "
+    off = [f"{s.upper()} {a}: {record_maps[(s, a)]:.2f} recorded, {v:.2f} reloaded"
+           for (s, a), v in figure_data.recomputed_maps(ranked, arts).items()
+           if abs(v - record_maps[(s, a)]) > MAP_TOLERANCE]
+    report.add(_title(0), f"System: {setting.describe} (the one with the most attacks, 16 bits first; `--model` "
+               f"and `--bits` pick another); {len(arts)} white-box attack jobs: "
                + ", ".join(_display(j.path) for j in setting.jobs.values()) + ".")
     if off:
-        report.notes.append(f"Reloaded {setting.describe} gives mAP {off} (records, reloaded) — the artifacts may "
-                            "not be the ones the records were computed with.")
+        report.notes.append(f"The reloaded artifacts of {setting.describe} do not give the recorded mAP ("
+                            + "; ".join(off) + "): they may not be the ones the records were computed with.")
         report.add(report.notes[-1])
+    queries = len(next(iter(arts.values())).data.query)
     report.figure(figures.pr_curves(figure_data.pr_curves(ranked), record_maps,
                                     f"Precision-recall, {setting.describe}"), "pr_curves",
-                  f"Precision and recall at every rank, averaged over the {len(q_data.query)} queries; legend: mAP (%) "
-                  "of the records.")
+                  f"Precision and recall at every rank, averaged over the {queries} queries; legend: mAP (%) of "
+                  "the records.")
 
-    query = figure_data.pick_example_query(ranked)
+
+def examples_section(report: Report, setting: figure_data.Setting, arts: dict[str, JobArtifacts],
+                     ranked: figure_data.Ranked, query: int) -> None:
+    """Fig. 4, one figure per system."""
     q = figure_data.query_description(arts, query)
     amplify = figure_data.perturbation_amplification(arts)
-    report.add(titles[1], f"Query {q['query']} (class {q['class']}): the query whose precision@{figure_data.TOP_K} "
-               "falls most under the attacks, summed over attacks and systems. The perturbation is shown "
-               f"amplified x{amplify:.1f} around grey; frames: green relevant, red irrelevant.")
-    for system in systems:
-        report.figure(figures.retrieval_examples(figure_data.example_rows(arts, ranked, system, query), amplify,
-                                                 f"Top-{figure_data.TOP_K} retrieval, {system.upper()}, "
-                                                 f"{setting.describe}, query {q['query']} ({q['class']})"),
-                      f"retrieval_examples_{system}", f"{system.upper()}: clean and adversarial queries with their "
-                      f"top {figure_data.TOP_K} database images.")
+    k = figure_data.TOP_K
+    report.add(_title(1), f"Query {q['query']} (class {q['class']}): the query whose precision@{k} falls most "
+               "under the attacks, summed over attacks and systems. The perturbation is shown amplified "
+               f"x{amplify:.1f} around grey; frames: green relevant, red irrelevant.")
+    for system in dict.fromkeys(s for s, _ in ranked):
+        rows = figure_data.example_rows(arts, ranked, system, query)
+        title = f"Top-{k} retrieval, {system.upper()}, {setting.describe}, query {q['query']} ({q['class']})"
+        report.figure(figures.retrieval_examples(rows, amplify, title), f"retrieval_examples_{system}",
+                      f"{system.upper()}: clean and adversarial queries with their top {k} database images.")
 
-    report.add(titles[2])
+
+def centroid_section(report: Report, setting: figure_data.Setting, arts: dict[str, JobArtifacts],
+                     query: int) -> None:
+    """Fig. 3: the eq. (7) distribution of one query in one subspace, before and after APD and AOD."""
+    report.add(_title(2))
     dist = figure_data.centroid_distributions(arts, query)
     if dist is None:
-        report.skip("Centroid distributions", f"No APD or AOD job for {setting.describe}.")
+        report.skip(FIGURE_SECTIONS[2][0], f"No APD or AOD job for {setting.describe}.")
         return
     subspace, clean, attacked = dist
     first = arts[next(iter(attacked))]
     m, k = first.codebooks.shape[:2]
-    attack_cfg = first.job.config["attack"]
-    report.figure(figures.centroid_distributions(
-        clean, attacked, f"Soft assignment (eq. 7), query {q['query']} ({q['class']}), subspace {subspace} of {m}"),
-        "centroid_distributions", f"The distribution over the {k} centroids of subspace {subspace} (the clean "
-        "query's most peaked one), before (green) and after (red) each attack; eq. (7) with attack.similarity="
-        f"{attack_cfg.get('similarity')}, attack.temperature={attack_cfg.get('temperature')}.")
+    a = first.job.config["attack"]
+    q = figure_data.query_description(arts, query)
+    title = f"Soft assignment (eq. 7), query {q['query']} ({q['class']}), subspace {subspace} of {m}"
+    report.figure(figures.centroid_distributions(clean, attacked, title), "centroid_distributions",
+                  f"The distribution over the {k} centroids of subspace {subspace} (the clean query's most peaked "
+                  "one), before (green) and after (red) each attack; eq. (7) with attack.similarity="
+                  f"{a.get('similarity')}, attack.temperature={a.get('temperature')}.")
+
+
+def artifact_sections(report: Report, records: Records, store: ArtifactStore, model: str | None,
+                      bits: int | None) -> None:
+    """Figs. 5, 4 and 3 of the paper, for one system picked by ``figure_data.pick_setting``; skipped with a
+    note when no job has its artifacts."""
+    setting = figure_data.pick_setting(records, model, bits)
+    try:
+        if setting is None:
+            raise ArtifactMissing("no white-box attack job with its config and cache keys (a job's own "
+                                  "results.json) in the inputs" + (f" for model={model}" if model else "")
+                                  + (f" bits={bits}" if bits else ""))
+        arts = {attack: store.load(job) for attack, job in setting.jobs.items()}
+    except ArtifactMissing as exc:
+        why = f"The artifacts of {setting.describe} could not be reloaded: {exc}." if setting else f"{exc}."
+        why = why[0].upper() + why[1:]
+        names = [name.lower() for name, _ in FIGURE_SECTIONS]
+        report.notes.append(f"**{', '.join(names[:-1]).capitalize()} and {names[-1]}: not drawn.** {why}")
+        for i, (name, _) in enumerate(FIGURE_SECTIONS):
+            report.add(_title(i))
+            report.skip(name, why, note=False)
+        return
+    systems = sorted({r["system"] for j in setting.jobs.values() for r in j.rows},
+                     key=lambda s: figures.SYSTEM_ORDER.index(s))
+    ranked = figure_data.rankings(arts, systems)
+    pr_section(report, setting, arts, ranked)
+    query = figure_data.pick_example_query(ranked)
+    examples_section(report, setting, arts, ranked, query)
+    centroid_section(report, setting, arts, query)
 
 
 def sources_section(report: Report, records: Records) -> None:
+    """The jobs the rows came from (training epochs, accuracy, device), and cells the inputs disagree on."""
     report.add("## Sources", f"{len(records.files)} records files, {len(records.jobs)} jobs, "
                f"{len(records.rows)} rows after removing repeats.")
     grid = Grid("**Jobs**", ["results", "dataset", "model", "bits", "attack", "epochs", "test accuracy (%)",
@@ -177,10 +203,12 @@ def sources_section(report: Report, records: Records) -> None:
     if grid.rows:
         report.add(grid.markdown())
     if records.conflicts:
-        report.notes.append(f"{len(records.conflicts)} rows repeat a cell with a different mAP (e.g. two training "
-                            "recipes); the first found is shown: " + "; ".join(
-                                f"{d['model']} {d['bits']}b {d['attack']} {d['system']}: {k['map']} shown, "
-                                f"{d['map']} not" for k, d in records.conflicts[:5]))
+        shown = list(records.conflicts.items())[:3]
+        report.notes.append(f"{len(records.conflicts)} cells have rows with different mAP in the inputs (runs of "
+                            "the same setting with, e.g., another training recipe or query split); the tables show "
+                            "the first, in path order: " + "; ".join(
+                                f"{describe_cell(c)}: {', '.join(f'{v:.2f}' for v in vals)}" for c, vals in shown)
+                            + ("; ..." if len(records.conflicts) > len(shown) else "") + ".")
         report.add(report.notes[-1])
 
 
@@ -203,10 +231,11 @@ def build_report(sources: list[str | Path], out: str | Path, cache_dir: str | Pa
                  command: str = "") -> Path:
     """Write ``out/index.md``, the PNG figures and ``out/report.json`` (the rows used); return index.md."""
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     records = collect(sources, exclude=out)
     if not records.rows:
-        raise FileNotFoundError(f"no results records (results.json with rows and meta) in {', '.join(map(str, sources))}")
+        raise FileNotFoundError(f"no results records (results.json with rows and meta) in "
+                                f"{', '.join(map(str, sources))}")
+    out.mkdir(parents=True, exist_ok=True)
     report = Report(out)
     report.add("# Reproduction report: Adversarial Attack on Deep Product Quantization Network (PQ-AG, AAAI 2020)",
                f"Built with `{command or 'python -m pqattack.report'}` from {len(records.files)} records files "

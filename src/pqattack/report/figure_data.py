@@ -12,13 +12,16 @@ import torch
 from ..metrics import mean_average_precision, precision_recall_at_ranks, relevance
 from .artifacts import JobArtifacts
 from .figures import ExampleRow
-from .records import Job, Records
-from .tables import MODEL_ORDER, _order
+from .records import Job, Records, Target
+from .tables import MODEL_ORDER, order_key
 
 ATTACKS = ("basic", "apd", "aod")
 PAPER_MODELS = ("alexnet", "vgg16")
 PAPER_FIGURE_BITS = 16  # the paper's Fig. 5 uses 16-bit codes
 TOP_K = 10
+
+#: the database ranked for each (system, 'clean' or attack): distances, ids and relevance, each [Q, N]
+Ranked = dict[tuple[str, str], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
 
 
 @dataclass
@@ -26,7 +29,7 @@ class Setting:
     """One retrieval system (dataset, model, quantizer, bits, checkpoint, codebooks) and its white-box jobs,
     one per attack; the figures compare its clean queries with each attack's."""
 
-    target: tuple
+    target: Target
     jobs: dict[str, Job]  # attack -> job
 
     @property
@@ -43,18 +46,18 @@ class Setting:
 def pick_setting(records: Records, model: str | None = None, bits: int | None = None) -> Setting | None:
     """The system with white-box jobs for the most attacks; ties go to 16 bits (the paper's Fig. 5), then to
     the paper's models. ``model`` and ``bits`` restrict the choice."""
-    groups: dict[tuple, dict[str, Job]] = {}
+    groups: dict[Target, dict[str, Job]] = {}
     for job in records.jobs:
-        if job.attack in ATTACKS and job.white_box and (model is None or job.target[1] == model) and (
-                bits is None or job.target[3] == bits):
+        if job.attack in ATTACKS and job.white_box and model in (None, job.target.model) and bits in (
+                None, job.target.bits):
             groups.setdefault(job.target, {}).setdefault(job.attack, job)
     if not groups:
         return None
 
-    def score(item: tuple[tuple, dict[str, Job]]) -> tuple:
+    def score(item: tuple[Target, dict[str, Job]]) -> tuple:
         target, jobs = item
-        return (len(jobs), target[3] == PAPER_FIGURE_BITS, target[1] in PAPER_MODELS,
-                -_order(target[1], MODEL_ORDER)[0], -target[3])
+        return (len(jobs), target.bits == PAPER_FIGURE_BITS, target.model in PAPER_MODELS,
+                -order_key(target.model, MODEL_ORDER)[0], -target.bits)
 
     target, jobs = max(sorted(groups.items(), key=lambda kv: str(kv[0])), key=score)
     return Setting(target, {a: jobs[a] for a in ATTACKS if a in jobs})
@@ -66,7 +69,7 @@ def query_features(arts: dict[str, JobArtifacts], attack: str) -> torch.Tensor:
     return any_job.clean_query if attack == "clean" else arts[attack].adversarial_query
 
 
-def rankings(arts: dict[str, JobArtifacts], systems: list[str]) -> dict[tuple[str, str], tuple[torch.Tensor, ...]]:
+def rankings(arts: dict[str, JobArtifacts], systems: list[str]) -> Ranked:
     """Full rankings of the database ``(distances, ids, relevance)`` for each (system, clean or attack)."""
     first = next(iter(arts.values()))
     labels_q, labels_db = first.data.query.labels, first.data.database.labels
@@ -79,8 +82,7 @@ def rankings(arts: dict[str, JobArtifacts], systems: list[str]) -> dict[tuple[st
     return out
 
 
-def pr_curves(ranked: dict[tuple[str, str], tuple[torch.Tensor, ...]]
-              ) -> dict[str, dict[str, tuple[np.ndarray, np.ndarray]]]:
+def pr_curves(ranked: Ranked) -> dict[str, dict[str, tuple[np.ndarray, np.ndarray]]]:
     """``curves[system][attack] = (recall, precision)`` at every rank, averaged over queries (Fig. 5)."""
     curves: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = {}
     for (system, attack), (dist, _, rel) in ranked.items():
@@ -89,21 +91,19 @@ def pr_curves(ranked: dict[tuple[str, str], tuple[torch.Tensor, ...]]
     return curves
 
 
-def recomputed_maps(ranked: dict[tuple[str, str], tuple[torch.Tensor, ...]], arts: dict[str, JobArtifacts]
-                    ) -> dict[tuple[str, str], float]:
+def recomputed_maps(ranked: Ranked, arts: dict[str, JobArtifacts]) -> dict[tuple[str, str], float]:
     """mAP of the reloaded system, to check the artifacts against the records."""
     data = next(iter(arts.values())).data
     return {k: mean_average_precision(dist, ids, data.query.labels, data.database.labels)
             for k, (dist, ids, _) in ranked.items()}
 
 
-def precision_at_k(ranked: dict[tuple[str, str], tuple[torch.Tensor, ...]], k: int = TOP_K
-                   ) -> dict[tuple[str, str], torch.Tensor]:
+def precision_at_k(ranked: Ranked, k: int = TOP_K) -> dict[tuple[str, str], torch.Tensor]:
     """Per-query precision among the first ``k`` results (database order within ties)."""
     return {key: rel[:, :k].float().mean(1) for key, (_, _, rel) in ranked.items()}
 
 
-def pick_example_query(ranked: dict[tuple[str, str], tuple[torch.Tensor, ...]]) -> int:
+def pick_example_query(ranked: Ranked) -> int:
     """The query whose precision@10 falls most under the attacks (summed over attacks and systems)."""
     p_at_k = precision_at_k(ranked)
     drop = sum(p_at_k[(s, "clean")] - p for (s, a), p in p_at_k.items() if a != "clean")
@@ -122,8 +122,7 @@ def perturbation_amplification(arts: dict[str, JobArtifacts]) -> float:
     return 0.5 / max(a.job.config["attack"]["eps"] for a in arts.values())
 
 
-def example_rows(arts: dict[str, JobArtifacts], ranked: dict[tuple[str, str], tuple[torch.Tensor, ...]],
-                 system: str, query: int) -> list[ExampleRow]:
+def example_rows(arts: dict[str, JobArtifacts], ranked: Ranked, system: str, query: int) -> list[ExampleRow]:
     """Fig. 4 for one query: the clean query, then each attack's adversarial query and amplified perturbation,
     each with its top 10 database images and whether each shares the query's label."""
     data = next(iter(arts.values())).data

@@ -4,14 +4,15 @@ and rows (one mAP each), gathered from any mix of run folders, sweep folders and
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, NamedTuple
 
-from .tables import dedupe_rows
+from .tables import CELL_FIELDS, cell_key, dedupe_rows
 
-#: folders inside run folders that hold no records (skipped when searching a folder)
-NOT_RECORDS = {"wandb", "csv", "adversarial_queries", ".hydra", ".cache"}
+#: folders of a run that hold no records (not searched, nor are hidden folders such as .hydra or .cache)
+NOT_RECORDS = {"wandb", "csv", "adversarial_queries"}
 
 
 @dataclass
@@ -44,11 +45,22 @@ class Job:
         return not any(r.get("transfer") for r in self.attack_rows)
 
     @property
-    def target(self) -> tuple:
-        """What the job evaluates: dataset, model, quantizer, bits and the checkpoint and codebooks it used."""
+    def target(self) -> "Target":
+        """The retrieval system the job evaluates."""
         r, keys = self.rows[0], self.meta.get("cache_keys", {})
-        return (r["dataset"], r["model"], r.get("quantizer", "kmeans"), int(r["bits"]), keys.get("checkpoint"),
-                keys.get("codebooks"))
+        return Target(r["dataset"], r["model"], r.get("quantizer", "kmeans"), int(r["bits"]), keys.get("checkpoint"),
+                      keys.get("codebooks"))
+
+
+class Target(NamedTuple):
+    """A retrieval system: jobs with the same target share backbone, features, codebooks and clean rows."""
+
+    dataset: str
+    model: str
+    quantizer: str
+    bits: int
+    checkpoint: str | None  # cache keys
+    codebooks: str | None
 
 
 @dataclass
@@ -58,7 +70,7 @@ class Records:
     files: list[Path]
     jobs: list[Job]
     rows: list[dict[str, Any]]
-    conflicts: list[tuple[dict[str, Any], dict[str, Any]]]  # same cell, different values: (kept, dropped)
+    conflicts: dict[tuple, list[float]]  # cells whose rows disagree: their mAP values, the one shown first
 
 
 def _read(path: Path) -> dict[str, Any] | None:
@@ -71,14 +83,15 @@ def _read(path: Path) -> dict[str, Any] | None:
 
 
 def _candidates(source: Path, exclude: Path | None) -> list[Path]:
+    """``source`` itself, or the JSON files under it; hidden folders, ``NOT_RECORDS`` and ``exclude`` are
+    not entered."""
     if source.is_file():
         return [source]
     found = []
-    for p in sorted(source.rglob("*.json")):
-        inside = p.relative_to(source).parts[:-1]
-        if NOT_RECORDS & set(inside) or (exclude is not None and exclude in p.resolve().parents):
-            continue
-        found.append(p)
+    for folder, dirs, names in os.walk(source):
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d not in NOT_RECORDS
+                         and (exclude is None or (Path(folder) / d).resolve() != exclude))
+        found += [Path(folder) / n for n in sorted(names) if n.endswith(".json")]
     return found
 
 
@@ -90,35 +103,35 @@ def collect(sources: Iterable[str | Path], exclude: Path | None = None) -> Recor
     files: list[Path] = []
     for s in sources:
         files += _candidates(Path(s), exclude)
-    jobs: dict[Path, Job] = {}
+    jobs: list[Job] = []
     collected_rows: list[dict[str, Any]] = []
     used: list[Path] = []
+    seen: set[Path] = set()
     pending = list(files)
     while pending:
         path = pending.pop(0)
-        doc = _read(path)
-        if doc is None or path.resolve() in jobs:
+        doc = None if path.resolve() in seen else _read(path)
+        seen.add(path.resolve())
+        if doc is None:
             continue
         used.append(path)
         if "config" in doc["meta"]:
-            jobs[path.resolve()] = Job(path, doc["meta"], doc["rows"])
+            jobs.append(Job(path, doc["meta"], doc["rows"]))
             continue
         collected_rows += doc["rows"]
         for j in doc["meta"].get("jobs", []):
             job_file = Path(j.get("job_dir", "")) / "results.json"
             if j.get("job_dir") and job_file.is_file():
                 pending.append(job_file)
-    job_list = sorted(jobs.values(), key=lambda j: str(j.path))
+    job_list = sorted(jobs, key=lambda j: str(j.path))
     all_rows = [r for j in job_list for r in j.rows] + collected_rows
-    rows = dedupe_rows(all_rows)
-    kept = {id(r) for r in rows}
-    by_cell = {_cell(r): r for r in rows}
-    conflicts = [(by_cell[_cell(r)], r) for r in all_rows
-                 if id(r) not in kept and r["map"] != by_cell[_cell(r)]["map"]]
-    return Records(used, job_list, rows, conflicts)
+    values: dict[tuple, list[float]] = {}
+    for r in all_rows:
+        seen = values.setdefault(cell_key(r), [])
+        seen += [r["map"]] if r["map"] not in seen else []
+    conflicts = {cell: v for cell, v in values.items() if len(v) > 1}
+    return Records(used, job_list, dedupe_rows(all_rows), conflicts)
 
 
-def _cell(row: dict[str, Any]) -> tuple:
-    """The cell a row fills: the key ``tables.dedupe_rows`` keeps one row per."""
-    return tuple(row.get(k) for k in ("dataset", "model", "quantizer", "bits", "M", "K", "attack", "system",
-                                      "source_model", "source_bits"))
+def describe_cell(cell: tuple) -> str:
+    return " ".join(f"{k}={v}" for k, v in zip(CELL_FIELDS, cell) if v is not None and k not in ("M", "K"))

@@ -11,7 +11,16 @@ ATTACK_ORDER = ("clean", "basic", "apd", "aod")
 SYSTEM_ORDER = ("sdc", "adc")
 
 
-def _order(value: Any, order: tuple[str, ...]) -> tuple[int, str]:
+CELL_FIELDS = ("dataset", "model", "quantizer", "bits", "M", "K", "attack", "system", "source_model", "source_bits")
+
+
+def cell_key(row: dict[str, Any]) -> tuple:
+    """The table cell a row fills; one row is kept per cell."""
+    return tuple(row.get(k) for k in CELL_FIELDS)
+
+
+def order_key(value: Any, order: tuple[str, ...]) -> tuple[int, str]:
+    """Sort key: known values in the paper's order, others after them by name."""
     return (order.index(value), "") if value in order else (len(order), str(value))
 
 
@@ -30,9 +39,7 @@ def dedupe_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Keep one row per (dataset, model, quantizer, bits, M, K, attack, system): clean rows repeat across jobs."""
     seen: dict[tuple, dict[str, Any]] = {}
     for r in rows:
-        key = tuple(r.get(k) for k in ("dataset", "model", "quantizer", "bits", "M", "K", "attack", "system",
-                                       "source_model", "source_bits"))
-        seen.setdefault(key, r)
+        seen.setdefault(cell_key(r), r)
     return list(seen.values())
 
 
@@ -69,7 +76,7 @@ def transfer_tables(rows: list[dict[str, Any]]) -> str:
             out.append("\n".join(lines))
     same_bits = [r for r in adv if r["source_bits"] == r["bits"]]
     if any(r["source_model"] != r["model"] for r in same_bits):
-        key = lambda m: _order(m, MODEL_ORDER)  # noqa: E731
+        key = lambda m: order_key(m, MODEL_ORDER)  # noqa: E731
         for ds, b, attack in sorted({(r["dataset"], r["bits"], r["attack"]) for r in same_bits}):
             group = [r for r in same_bits if (r["dataset"], r["bits"], r["attack"]) == (ds, b, attack)]
             models = sorted({r["model"] for r in group} | {r["source_model"] for r in group}, key=key)
@@ -107,8 +114,8 @@ def markdown_table(rows: list[dict[str, Any]], value: str = "map", digits: int =
         header = ["system", "attack"] + [f"{m}{'' if q == 'kmeans' else '+' + q} {b}b" for m, q, b in cols]
         lines.append("| " + " | ".join(header) + " |")
         lines.append("|" + "---|" * len(header))
-        systems = sorted({r["system"] for r in drows}, key=lambda s: _order(s, SYSTEM_ORDER))
-        attacks = sorted({r["attack"] for r in drows}, key=lambda a: _order(a, ATTACK_ORDER))
+        systems = sorted({r["system"] for r in drows}, key=lambda s: order_key(s, SYSTEM_ORDER))
+        attacks = sorted({r["attack"] for r in drows}, key=lambda a: order_key(a, ATTACK_ORDER))
         for s in systems:
             for a in attacks:
                 vals = [cell.get((s, a, *c)) for c in cols]

@@ -1,0 +1,277 @@
+"""The reproduction report: built from a real sweep through ``python -m pqattack.report``; its tables against
+the records they came from, its figures as PNGs of the expected size, the wandb copy, the paper's numbers,
+the reloaded artifacts and the precision-recall computation."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from sklearn.metrics import precision_recall_curve
+
+from pqattack.metrics import mean_average_precision, precision_recall_at_ranks
+from pqattack.report import figures
+from pqattack.report.__main__ import main as report_main
+from pqattack.report.artifacts import ArtifactStore
+from pqattack.report.paper import MISSING, load_paper, paper_cells
+from pqattack.report.records import collect
+
+from .conftest import TINY, load_results, run_cli
+
+ATTACKS = ("basic", "apd", "aod")
+
+
+# --------------------------------------------------------------------------------------------- helpers
+def markdown_tables(text: str) -> dict[str, tuple[list[str], list[list[str]]]]:
+    """Every markdown table in ``text`` by the first line of the paragraph above it: (header, rows)."""
+    tables, caption = {}, None
+    for block in text.split("\n\n"):
+        lines = block.strip().splitlines()
+        if lines and lines[0].startswith("|"):
+            cells = [[c.strip() for c in ln.strip().strip("|").split("|")] for ln in lines]
+            tables[caption] = (cells[0], cells[2:])
+        elif lines:
+            caption = lines[0]
+    return tables
+
+
+def table_starting(tables: dict, prefix: str) -> tuple[list[str], list[list[str]]]:
+    found = [v for k, v in tables.items() if k and k.startswith(prefix)]
+    assert len(found) == 1, f"{len(found)} tables captioned {prefix!r}: {list(tables)}"
+    return found[0]
+
+
+def job_rows(sweep: Path) -> list[dict]:
+    return [r for f in sorted(sweep.glob("*/results.json")) for r in load_results(f)["rows"]]
+
+
+def fmt(v: float) -> str:
+    return f"{v:.1f}"
+
+
+# --------------------------------------------------------------------------------------------- fixtures
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory: pytest.TempPathFactory, shared_cache: Path) -> Path:
+    """A real 3 attacks x 2 code lengths sweep on the synthetic set (one backbone, from the shared cache)."""
+    cwd = tmp_path_factory.mktemp("report_sweep")
+    run_cli(["-m", *TINY, "attack=basic,apd,aod", "bits=16,24", "hydra.sweep.dir=sweep"], cwd, shared_cache)
+    return cwd / "sweep"
+
+
+@pytest.fixture(scope="module")
+def transfer_sweep(sweep: Path, shared_cache: Path) -> Path:
+    """AOD queries made at 16 and 24 bits, evaluated at both (Table 3's layout); the attacks come from the cache."""
+    run_cli(["-m", *TINY, "attack=aod", "bits=16,24", "transfer.source_bits=16,24", "hydra.sweep.dir=transfer"],
+            sweep.parent, shared_cache)
+    return sweep.parent / "transfer"
+
+
+@pytest.fixture(scope="module")
+def report(sweep: Path) -> Path:
+    """``python -m pqattack.report <sweep> --out <folder> --wandb`` in a subprocess, wandb offline."""
+    out = sweep.parent / "report"
+    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.run([sys.executable, "-m", "pqattack.report", str(sweep), "--out", str(out), "--wandb"],
+                          cwd=sweep.parent, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-5000:]
+    assert proc.stdout.strip().splitlines()[-1] == f"report: {out / 'index.md'}"
+    return out
+
+
+# --------------------------------------------------------------------------------------------- the report
+def test_every_figure_is_a_png_of_its_size_and_none_is_skipped(report: Path) -> None:
+    index = (report / "index.md").read_text()
+    linked = re.findall(r"!\[[^]]*\]\(([^)]+)\)", index)
+    assert "not drawn" not in index
+    kinds = {}
+    for name in linked:
+        kind = next(k for k in figures.FIGSIZE if name.startswith(k))
+        kinds.setdefault(kind, []).append(name)
+        with Image.open(report / name) as im:
+            assert im.format == "PNG"
+            assert im.size == figures.pixel_size(kind), name
+    assert set(kinds) == set(figures.FIGSIZE)
+    assert sorted(kinds["retrieval_examples"]) == ["retrieval_examples_adc.png", "retrieval_examples_sdc.png"]
+    assert sorted(p.name for p in report.glob("*.png")) == sorted(linked)
+
+
+def test_our_records_table_shows_each_job_row(report: Path, sweep: Path) -> None:
+    header, rows = table_starting(markdown_tables((report / "index.md").read_text()), "**synthetic**")
+    assert header == ["system", "attack", "smallcnn 16b", "smallcnn 24b"]
+    shown = {(r[0].lower(), r[1], int(col.split()[-1][:-1])): cell for r in rows
+             for col, cell in zip(header[2:], r[2:])}
+    expected = {(r["system"], r["attack"], r["bits"]): fmt(r["map"]) for r in job_rows(sweep)}
+    assert len(expected) == 2 * 4 * 2 and shown == expected
+
+
+def test_paper_tables_show_paper_numbers_and_nothing_of_ours_for_synthetic(report: Path) -> None:
+    tables = markdown_tables((report / "index.md").read_text())
+    header, rows = table_starting(tables, "**Table 1, paper**")
+    cells = {c["model"]: c for c in paper_cells(1) if (c["dataset"], c["bits"], c["attack"], c["system"])
+             == ("cifar10", 16, "clean", "sdc")}
+    assert rows[0][:2] == ["SDC", "clean"] and rows[0][header.index("CIFAR-10 vgg16 16b")] == fmt(cells["vgg16"]["map"])
+    for t in (1, 2, 3, 4):
+        assert f"**Table {t}, ours: not run**" in (report / "index.md").read_text()
+
+
+def test_wandb_run_holds_the_figures_and_tables(report: Path) -> None:
+    runs = list((report / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1
+    images = list(runs[0].glob("files/media/images/figures/*.png"))
+    assert len(images) == len(list(report.glob("*.png")))
+    tables = runs[0] / "files" / "media" / "table"
+    logged = {str(p.relative_to(tables)).rsplit("_", 2)[0] for p in tables.glob("**/*.table.json")}
+    assert logged == {"records", *(f"table{t}/paper" for t in (1, 2, 3, 4))}  # no 'ours' grids: none filled
+    records = json.loads(next(runs[0].glob("files/media/table/records_*.table.json")).read_text())
+    assert len(records["data"]) == len(json.loads((report / "report.json").read_text())["rows"])
+
+
+def test_paper_comparison_cells_come_from_the_records(sweep: Path, transfer_sweep: Path, tmp_path: Path) -> None:
+    """Jobs relabelled as CIFAR-10 vgg16 fill the paper's layouts; their cache is gone, so the artifact
+    figures are skipped with a note, and the charts from rows are still drawn."""
+    for f in sorted([*sweep.glob("*/results.json"), *transfer_sweep.glob("*/results.json")]):
+        res = load_results(f)
+        res["meta"]["config"]["cache"]["dir"] = str(tmp_path / "deleted-cache")
+        res["rows"] = [{**r, "dataset": "cifar10", "dataset_label": "CIFAR-10 (JPEG copy)", "model": "vgg16",
+                        **({"source_model": "vgg16"} if "source_model" in r else {})} for r in res["rows"]]
+        folder = tmp_path / "in" / f.parent.parent.name / f.parent.name
+        folder.mkdir(parents=True)
+        (folder / "results.json").write_text(json.dumps(res))
+    report_main([str(tmp_path / "in"), "--out", str(tmp_path / "out")])
+    index = (tmp_path / "out" / "index.md").read_text()
+    assert "cells have rows with different mAP" not in index  # the white-box and transfer sweeps agree
+    rows = {(r["system"], r["attack"], r["bits"]): r["map"] for r in job_rows(sweep)}
+    made_at = {(r["system"], r["source_bits"], r["bits"]): r["map"] for r in job_rows(transfer_sweep)
+               if r["attack"] == "aod"}
+    paper = {(c["table"], c["system"], c["attack"], c["model"], c["bits"], c.get("source_bits")): c["map"]
+             for c in load_paper()["cells"] if c["dataset"] == "cifar10"}
+    tables = markdown_tables(index)
+
+    # Table 1: one cell per system x attack x column
+    caption = next(k for k in tables if k and k.startswith("**Table 1, ours**"))
+    assert "CIFAR-10 from CIFAR-10 (JPEG copy)" in caption and "NUS-WIDE not run" in caption
+    header, ours = tables[caption]
+    _, diff = table_starting(tables, "**Table 1, ours minus paper**")
+    filled = 0
+    for line, dline in zip(ours, diff):
+        system, attack = line[0].lower(), line[1]
+        for col, cell, dcell in zip(header[2:], line[2:], dline[2:]):
+            dataset, model, b = col.rsplit(" ", 2)
+            bits = int(b[:-1])
+            if (dataset, model) == ("CIFAR-10", "vgg16") and bits in (16, 24):
+                ours_map = rows[(system, attack, bits)]
+                assert cell == fmt(ours_map)
+                assert dcell == f"{ours_map - paper[(1, system, attack, model, bits, None)]:+.1f}"
+                filled += 1
+            else:
+                assert cell == dcell == MISSING
+    assert filled == 2 * 4 * 2
+
+    # Table 3 (cells SDC / ADC): rows: code length the queries were made at, columns: evaluated at
+    header, ours = table_starting(tables, "**Table 3, ours**")
+    by_row = {(r[0], r[1]): dict(zip(header[2:], r[2:])) for r in ours}
+
+    def pair(values: dict, *key: object) -> str:
+        return f"{fmt(values[('sdc', *key)])} / {fmt(values[('adc', *key)])}"
+
+    assert by_row[("vgg16", "clean")]["16 bits"] == pair(rows, "clean", 16)
+    assert by_row[("vgg16", "24 bits")]["24 bits"] == pair(rows, "aod", 24)
+    for source in (16, 24):
+        for target in (16, 24):
+            assert by_row[("vgg16", f"{source} bits")][f"{target} bits"] == pair(made_at, source, target)
+    not_run = f"{MISSING} / {MISSING}"
+    assert by_row[("vgg16", "16 bits")]["36 bits"] == by_row[("vgg16", "36 bits")]["16 bits"] == not_run
+    assert by_row[("alexnet", "clean")]["16 bits"] == not_run
+
+    # Table 4: 16 bits only, vgg16 column: clean and the vgg16 -> vgg16 diagonal
+    header, ours = table_starting(tables, "**Table 4, ours**")
+    by_row = {(r[0], r[1]): dict(zip(header[2:], r[2:])) for r in ours}
+    assert by_row[("ADC", "vgg16")]["vgg16"] == fmt(rows[("adc", "aod", 16)])
+    assert by_row[("SDC", "clean")]["vgg16"] == fmt(rows[("sdc", "clean", 16)])
+    assert by_row[("SDC", "resnet18")]["vgg16"] == MISSING
+    assert "**Table 2, ours: not run**" in index  # the PQN target
+
+    # artifacts gone: the three artifact figures are skipped, saying why; the row charts are drawn
+    assert index.count("not drawn") >= 3 and "deleted-cache" in index
+    assert {p.name for p in (tmp_path / "out").glob("*.png")} == {"map_vs_bits_cifar_10_jpeg_copy.png",
+                                                                 "map_vs_attack_cifar_10_jpeg_copy.png"}
+
+
+# --------------------------------------------------------------------------------------------- artifacts
+def test_reloaded_artifacts_reproduce_the_recorded_map(sweep: Path) -> None:
+    records = collect([sweep])
+    assert len(records.jobs) == 6 and len(records.rows) == 2 * 2 + 2 * 2 * 3  # clean rows once per code length
+    job = next(j for j in records.jobs if j.attack == "apd" and j.target.bits == 24)
+    arts = ArtifactStore().load(job)
+    labels = (arts.data.query.labels, arts.data.database.labels)
+    for system in ("sdc", "adc"):
+        for attack, z in (("clean", arts.clean_query), ("apd", arts.adversarial_query)):
+            recorded = next(r["map"] for r in job.rows if (r["system"], r["attack"]) == (system, attack))
+            assert mean_average_precision(*arts.index.search(z, system), *labels) == pytest.approx(recorded, abs=1e-3)
+
+
+# --------------------------------------------------------------------------------------------- metric
+@pytest.mark.parametrize("levels", [4, 10**6])
+def test_precision_recall_matches_sklearn_at_every_threshold(levels: int) -> None:
+    rng = np.random.default_rng(levels)
+    n = 200
+    dist = np.sort(rng.integers(0, levels, n)).astype(np.float32)  # few levels: many ties
+    rel = rng.random(n) < 0.3
+    rel[-1] = True
+    precision, recall = precision_recall_at_ranks(torch.from_numpy(dist)[None], torch.from_numpy(rel)[None])
+    sk_precision, sk_recall, thresholds = precision_recall_curve(rel, -dist)
+    group_end = {float(-d): i for i, d in enumerate(dist)}  # last rank of each distance
+    for p, r, t in zip(sk_precision[:-1], sk_recall[:-1], thresholds):
+        i = group_end[float(t)]
+        assert precision[i].item() == pytest.approx(p, abs=1e-12) and recall[i].item() == pytest.approx(r, abs=1e-12)
+
+
+def test_precision_recall_averages_queries_and_ignores_order_inside_ties() -> None:
+    dist = torch.tensor([[0.0, 0.0, 1.0, 1.0], [0.0, 1.0, 2.0, 3.0]])
+    rel = torch.tensor([[True, False, True, False], [False, True, False, True]])
+    precision, recall = precision_recall_at_ranks(dist, rel)
+    swapped, _ = precision_recall_at_ranks(dist, torch.tensor([[False, True, False, True], rel[1].tolist()]))
+    assert torch.allclose(precision, swapped)
+    # query 0: ties spread 1 relevant over 2 ranks -> 0.5/1, 1/2, 1.5/3, 2/4; query 1: 0, 1/2, 1/3, 2/4
+    assert torch.allclose(precision, torch.tensor([0.25, 0.5, (0.5 + 1 / 3) / 2, 0.5], dtype=torch.float64))
+    assert torch.allclose(recall, torch.tensor([0.125, 0.5, 0.625, 1.0], dtype=torch.float64))
+
+
+# --------------------------------------------------------------------------------------------- paper data
+def test_paper_tables_have_every_printed_cell() -> None:
+    counts = {t: len(paper_cells(t)) for t in (1, 2, 3, 4)}
+    assert counts == {1: 2 * 2 * 3 * 2 * 4, 2: 3 * 4 * 2, 3: 2 * 3 * 4 * 2, 4: 2 * 7 * 6}
+    keys = [tuple(sorted((k, v) for k, v in c.items() if k != "map")) for c in load_paper()["cells"]]
+    assert len(set(keys)) == len(keys)
+
+
+def test_paper_table_spot_values() -> None:
+    def value(table: int, **kw: object) -> float:
+        found = [c["map"] for c in paper_cells(table) if all(c.get(k) == v for k, v in kw.items())]
+        assert len(found) == 1, kw
+        return found[0]
+
+    assert value(1, dataset="cifar10", model="vgg16", bits=16, attack="clean", system="sdc") == 83.6
+    assert value(1, dataset="nuswide", model="alexnet", bits=36, attack="apd", system="adc") == 28.3
+    assert value(2, bits=36, attack="aod", system="adc") == 5.8
+    assert value(3, model="vgg16", source_bits=24, bits=36, system="adc") == 7.7
+    assert value(4, system="sdc", source_model="resnet18", model="resnet34") == 36.8
+    assert value(4, system="adc", source_model="vgg16", model="vgg13") == 51.6
+
+
+def test_paper_tables_agree_with_each_other() -> None:
+    """Tables 3 and 4 repeat Table 1's clean and white-box AOD cells: a check on the transcription."""
+    t1 = {(c["model"], c["bits"], c["attack"], c["system"]): c["map"] for c in paper_cells(1)
+          if c["dataset"] == "cifar10"}
+    repeated = [c for c in paper_cells(3) + paper_cells(4) if c["attack"] == "clean" or (
+        c["source_model"] == c["model"] and c["source_bits"] == c["bits"])]
+    in_t1 = [c for c in repeated if (c["model"], c["bits"], c["attack"], c["system"]) in t1]
+    assert len(in_t1) == 2 * 3 * 2 * 2 + 2 * 2  # Table 3: clean + diagonal; Table 4: vgg16 clean + diagonal
+    for c in in_t1:
+        assert c["map"] == t1[(c["model"], c["bits"], c["attack"], c["system"])], c
