@@ -458,12 +458,13 @@ def run(cfg: DictConfig, output_dir: Path, loggers: list | None = None) -> Path:
                 - data.query.images.float() / 255).abs().max().item()
         acc = float((logits_adv.argmax(1) == data.query.labels).float().mean()) * 100
         src = adv.meta["source"]
+        setting = {k: adv.meta["attack"].get(k) for k in ("similarity", "temperature", "eps", "step", "iters")}
         for s, v in attacked.items():
             rows.append({**base, "attack": adv.meta["attack"]["name"], "system": s, "map": round(v, 4), "topk": topk,
                          "source_model": src["model"], "source_bits": src["bits"],
                          "transfer": (src["model"], src["bits"], src["quantizer"]) != (base["model"], base["bits"],
                                                                                        base["quantizer"]),
-                         "codes_changed": round(float(changed), 4), "linf": round(linf, 5),
+                         **setting, "codes_changed": round(float(changed), 4), "linf": round(linf, 5),
                          "query_accuracy": round(acc, 2)})
         adv.save(output_dir / "adversarial_queries")
 

@@ -10,6 +10,8 @@ from functools import cache
 from pathlib import Path
 from typing import Any, Callable
 
+from .tables import is_paper_attack
+
 PAPER_TABLES = Path(__file__).with_name("paper_tables.json")
 MISSING = "—"
 SYSTEMS = ("sdc", "adc")
@@ -120,11 +122,11 @@ def _labels_note(table: int, matched: dict[tuple, dict[str, Any]]) -> str:
 
 def compare(table: int, rows: list[dict[str, Any]]) -> Comparison:
     """Paper, ours and ours minus paper for ``table``. Rows with ``topk`` set (mAP@k) are not compared: the
-    paper's mAP is over the full ranking."""
+    paper's mAP is over the full ranking; nor are attacks with other settings than the paper's."""
     layout = LAYOUTS[table]
     ours_by_key: dict[tuple, dict[str, Any]] = {}
     for r in rows:
-        if r.get("topk") is None:
+        if r.get("topk") is None and is_paper_attack(r):
             ours_by_key.setdefault(cell_key(r), r)
     row_keys, columns, slots = _slots(table)
     matched: dict[tuple, dict[str, Any]] = {}

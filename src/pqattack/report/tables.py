@@ -11,7 +11,26 @@ ATTACK_ORDER = ("clean", "basic", "apd", "aod")
 SYSTEM_ORDER = ("sdc", "adc")
 
 
-CELL_FIELDS = ("dataset", "model", "quantizer", "bits", "M", "K", "attack", "system", "source_model", "source_bits")
+CELL_FIELDS = ("dataset", "model", "quantizer", "bits", "M", "K", "attack", "system", "source_model", "source_bits",
+               "similarity", "temperature", "eps", "step", "iters")
+PAPER_ATTACK = {"similarity": "dot", "temperature": 1.0, "eps": 8 / 255, "step": 0.01, "iters": 5}
+
+
+def is_paper_attack(row: dict[str, Any]) -> bool:
+    """Clean rows, and attacked rows made with the paper's soft assignment and budget."""
+    return all(row.get(k) is None or abs(float(row[k]) - v) < 1e-9 if k != "similarity" else row.get(k) in (None, v)
+               for k, v in PAPER_ATTACK.items())
+
+
+def attack_label(row: dict[str, Any]) -> str:
+    """The attack's name, with the settings that differ from the paper's: ``aod (cos, T=0.1)``."""
+    diff = []
+    if row.get("similarity") not in (None, "dot"):
+        diff.append(row["similarity"])
+    for k, short in (("temperature", "T"), ("eps", "eps"), ("step", "step"), ("iters", "iters")):
+        if row.get(k) is not None and abs(float(row[k]) - PAPER_ATTACK[k]) > 1e-9:
+            diff.append(f"{short}={row[k] * 255:.0f}/255" if k == "eps" else f"{short}={row[k]:g}")
+    return row["attack"] + (f" ({', '.join(diff)})" if diff else "")
 
 
 def cell_key(row: dict[str, Any]) -> tuple:
@@ -108,14 +127,14 @@ def markdown_table(rows: list[dict[str, Any]], value: str = "map", digits: int =
         by_dataset[r.get("dataset_label") or r["dataset"]].append(r)
     for dataset, drows in by_dataset.items():
         cols = sorted({(r["model"], r.get("quantizer", "kmeans"), int(r["bits"])) for r in drows})
-        cell = {(r["system"], r["attack"], r["model"], r.get("quantizer", "kmeans"), int(r["bits"])): r[value]
+        cell = {(r["system"], attack_label(r), r["model"], r.get("quantizer", "kmeans"), int(r["bits"])): r[value]
                 for r in drows}
         lines = [f"**{dataset}**, mAP (%) over the full ranking" if value == "map" else f"**{dataset}**, {value}", ""]
         header = ["system", "attack"] + [f"{m}{'' if q == 'kmeans' else '+' + q} {b}b" for m, q, b in cols]
         lines.append("| " + " | ".join(header) + " |")
         lines.append("|" + "---|" * len(header))
         systems = sorted({r["system"] for r in drows}, key=lambda s: order_key(s, SYSTEM_ORDER))
-        attacks = sorted({r["attack"] for r in drows}, key=lambda a: order_key(a, ATTACK_ORDER))
+        attacks = sorted({attack_label(r) for r in drows}, key=lambda a: order_key(a.split(" ")[0], ATTACK_ORDER) + (a,))
         for s in systems:
             for a in attacks:
                 vals = [cell.get((s, a, *c)) for c in cols]

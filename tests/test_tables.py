@@ -1,0 +1,39 @@
+"""Tables rendered from rows: the Table 1 layout, attack variants, transfer matrices."""
+
+from pqattack.report.tables import attack_label, is_paper_attack, markdown_table, render_tables
+
+
+def row(attack: str, system: str, value: float, **kw) -> dict:
+    return {"dataset": "cifar10", "model": "vgg16", "quantizer": "kmeans", "bits": 16, "M": 4, "K": 16,
+            "attack": attack, "system": system, "map": value, **kw}
+
+
+def test_table1_layout_and_values() -> None:
+    rows = [row("clean", "sdc", 80.04), row("aod", "sdc", 12.25), row("clean", "adc", 81.0),
+            row("clean", "sdc", 80.04, bits=24, K=64)]
+    text = markdown_table(rows)
+    assert "| system | attack | vgg16 16b | vgg16 24b |" in text
+    assert "| SDC | clean | 80.0 | 80.0 |" in text and "| SDC | aod | 12.2 | - |" in text  # 12.25 rounds half-even
+    assert "| ADC | aod | - | - |" in text
+
+
+def test_attack_variants_get_their_own_rows_and_stay_out_of_paper_comparisons() -> None:
+    base = dict(similarity="dot", temperature=1.0, eps=8 / 255, step=0.01, iters=5)
+    paper = row("aod", "sdc", 20.0, **base)
+    sharp = row("aod", "sdc", 9.0, **{**base, "similarity": "cos", "temperature": 0.1})
+    assert attack_label(paper) == "aod" and attack_label(sharp) == "aod (cos, T=0.1)"
+    assert is_paper_attack(paper) and not is_paper_attack(sharp) and is_paper_attack(row("clean", "sdc", 1.0))
+    text = markdown_table([row("clean", "sdc", 50.0), paper, sharp])
+    assert "| SDC | aod | 20.0 |" in text and "| SDC | aod (cos, T=0.1) | 9.0 |" in text
+
+
+def test_model_transfer_matrix() -> None:
+    rows = []
+    for tgt in ("resnet18", "vgg16"):
+        rows.append(row("clean", "sdc", 80.0, model=tgt))
+        for src in ("resnet18", "vgg16"):
+            rows.append(row("aod", "sdc", 10.0 if src == tgt else 50.0, model=tgt, source_model=src,
+                            source_bits=16, transfer=src != tgt))
+    text = render_tables(rows)
+    assert "| system | generated on | resnet18 | vgg16 |" in text
+    assert "| SDC | resnet18 | 10.0 | 50.0 |" in text and "| SDC | vgg16 | 50.0 | 10.0 |" in text
