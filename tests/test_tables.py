@@ -37,3 +37,27 @@ def test_model_transfer_matrix() -> None:
     text = render_tables(rows)
     assert "| system | generated on | resnet18 | vgg16 |" in text
     assert "| SDC | resnet18 | 10.0 | 50.0 |" in text and "| SDC | vgg16 | 50.0 | 10.0 |" in text
+
+
+def test_collect_reads_a_sweep_folder_once(tmp_path) -> None:
+    import json
+
+    from pqattack.report.collect import write_table
+
+    def meta(model: str, seconds: float) -> dict:
+        return {"config": {"model": {"name": model}}, "device": "cpu", "timings_s": {"total": seconds},
+                "test_accuracy": 70.0, "training": {"train_seconds": 600.0}, "versions": {"torch": "x"}}
+
+    jobs = {"0_a": ("vgg16", 60.0, 50.0), "1_b": ("resnet18", 120.0, 40.0)}
+    rows_all = []
+    for name, (model, secs, value) in jobs.items():
+        (tmp_path / name).mkdir()
+        rows = [row("clean", "sdc", value, model=model)]
+        rows_all += rows
+        (tmp_path / name / "results.json").write_text(json.dumps({"meta": meta(model, secs), "rows": rows}))
+    (tmp_path / "results.json").write_text(json.dumps({"meta": {"jobs": [meta("x", 999.0)]}, "rows": rows_all}))
+    md = write_table([tmp_path], tmp_path / "out" / "t", "T", "python -m pqattack experiment=t").read_text()
+    assert "summed: 3.0 min" in md and "resnet18 70.0, vgg16 70.0" in md
+    assert "| SDC | clean | 40.0 | 50.0 |" in md
+    record = json.loads((tmp_path / "out" / "t.json").read_text())
+    assert len(record["rows"]) == 2 and record["meta"]["command"] == "python -m pqattack experiment=t"

@@ -72,7 +72,7 @@ def _fmt(v: float | None, digits: int = 1) -> str:
 def transfer_tables(rows: list[dict[str, Any]]) -> str:
     """Black-box matrices in the paper's layouts: Table 3 (rows: generation bits, columns: target bits,
     cells SDC / ADC, per model) and Table 4 (rows: source model, columns: target model, per system)."""
-    rows = dedupe_rows(rows)
+    rows = [{**r, "dataset": r.get("dataset_label") or r["dataset"]} for r in dedupe_rows(rows)]
     adv = [r for r in rows if r["attack"] != "clean" and "source_model" in r]
     clean = {(r["dataset"], r["model"], r["bits"], r["system"]): r["map"] for r in rows if r["attack"] == "clean"}
     cell = {(r["dataset"], r["attack"], r["source_model"], r["source_bits"], r["model"], r["bits"], r["system"]):
@@ -142,53 +142,3 @@ def markdown_table(rows: list[dict[str, Any]], value: str = "map", digits: int =
         out.append("\n".join(lines))
     return "\n\n".join(out) + "\n"
 
-
-def write_table(sources: list[str | Path], out_prefix: str | Path, title: str, command: str) -> Path:
-    """Collect rows from ``sources`` into ``<out_prefix>.json`` and render ``<out_prefix>.md`` with the
-    command, hardware, versions and wall time taken from the records' own metadata."""
-    files: list[Path] = []
-    for s in sources:
-        s = Path(s)
-        files += [s] if s.is_file() else sorted(s.rglob("results.json"))
-    jobs = [json.loads(f.read_text()) for f in files]
-    job_metas = [m for j in jobs for m in (j["meta"].get("jobs") or [j["meta"]])]
-    rows = dedupe_rows([r for j in jobs for r in j["rows"]])
-    devices = sorted({m.get("device", "?") for m in job_metas})
-    job_seconds = sum(float((m.get("timings_s") or {}).get("total", 0.0)) for m in job_metas)
-    train_seconds = {}
-    for m in job_metas:
-        t = (m.get("training") or {}).get("train_seconds")
-        if t is not None:
-            train_seconds[m.get("cache_keys", {}).get("checkpoint", "?")] = t
-    versions = job_metas[0].get("versions", {}) if job_metas else {}
-    accuracy = {m.get("model"): m.get("test_accuracy") for m in job_metas if m.get("model")}
-    out_prefix = Path(out_prefix)
-    out_prefix.parent.mkdir(parents=True, exist_ok=True)
-    record = {"meta": {"title": title, "command": command, "devices": devices, "versions": versions,
-                       "sum_of_job_seconds": round(job_seconds, 1), "training_seconds_per_checkpoint": train_seconds,
-                       "sources": [str(f) for f in files], "jobs": job_metas}, "rows": rows}
-    (out_prefix.with_suffix(".json")).write_text(json.dumps(record, indent=1, default=str))
-    lines = [f"# {title}", "", f"Command: `{command}`", "",
-             f"Hardware: {', '.join(devices)}. Versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()) + ".",
-             "", f"Wall time, summed over the sweep's jobs: {job_seconds / 60:.1f} min "
-             f"(training, once per backbone: {', '.join(f'{t / 60:.1f} min' for t in train_seconds.values())}).",
-             "", "Backbone test accuracy (%, query + database images): "
-             + ", ".join(f"{k} {v:.1f}" for k, v in sorted(accuracy.items())) + ".", "", render_tables(rows)]
-    (out_prefix.with_suffix(".md")).write_text("\n".join(lines))
-    return out_prefix.with_suffix(".md")
-
-
-def main(argv: list[str] | None = None) -> None:
-    import argparse
-
-    p = argparse.ArgumentParser(description="Render results.json records (files or folders) as one table.")
-    p.add_argument("sources", nargs="+")
-    p.add_argument("--out", required=True, help="output prefix, e.g. results/table1_cpu")
-    p.add_argument("--title", default="Results")
-    p.add_argument("--command", default="", help="the command that produced the records")
-    a = p.parse_args(argv)
-    print(write_table(a.sources, a.out, a.title, a.command))
-
-
-if __name__ == "__main__":
-    main()

@@ -1,0 +1,64 @@
+"""Collect ``results.json`` records (runs or sweep folders) into one committed table with its provenance:
+``python -m pqattack.report.collect <dirs...> --out results/<name> --title ... --command ...``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from .tables import dedupe_rows, render_tables
+
+
+def write_table(sources: list[str | Path], out_prefix: str | Path, title: str, command: str) -> Path:
+    """Collect rows from ``sources`` into ``<out_prefix>.json`` and render ``<out_prefix>.md`` with the
+    command, hardware, versions and wall time taken from the records' own metadata."""
+    files: list[Path] = []
+    for s in sources:
+        s = Path(s)
+        found = [s] if s.is_file() else sorted(s.rglob("results.json"))
+        per_job = [f for f in found if "jobs" not in json.loads(f.read_text())["meta"]]
+        files += per_job or found  # a sweep folder: its jobs' own records, not the collected copy too
+    jobs = [json.loads(f.read_text()) for f in files]
+    job_metas = [m for j in jobs for m in (j["meta"].get("jobs") or [j["meta"]])]
+    rows = dedupe_rows([r for j in jobs for r in j["rows"]])
+    devices = sorted({m.get("device", "?") for m in job_metas})
+    job_seconds = sum(float((m.get("timings_s") or {}).get("total", 0.0)) for m in job_metas)
+    def model_of(m: dict[str, Any]) -> str:
+        return m.get("model") or (m.get("config") or {}).get("model", {}).get("name", "?")
+
+    train_seconds = {model_of(m): (m.get("training") or {}).get("train_seconds") for m in job_metas
+                     if (m.get("training") or {}).get("train_seconds") is not None}
+    versions = job_metas[0].get("versions", {}) if job_metas else {}
+    accuracy = {model_of(m): m.get("test_accuracy") for m in job_metas if m.get("test_accuracy") is not None}
+    out_prefix = Path(out_prefix)
+    out_prefix.parent.mkdir(parents=True, exist_ok=True)
+    record = {"meta": {"title": title, "command": command, "devices": devices, "versions": versions,
+                       "sum_of_job_seconds": round(job_seconds, 1), "training_seconds_per_checkpoint": train_seconds,
+                       "sources": [str(f) for f in files], "jobs": job_metas}, "rows": rows}
+    (out_prefix.with_suffix(".json")).write_text(json.dumps(record, indent=1, default=str))
+    lines = [f"# {title}", "", f"Command: `{command}`", "",
+             f"Hardware: {', '.join(devices)}. Versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()) + ".",
+             "", f"Wall time of these jobs, summed: {job_seconds / 60:.1f} min. Backbone training when its checkpoint "
+             f"was built (then cached): " + ", ".join(f"{k} {t / 60:.1f} min" for k, t in sorted(train_seconds.items()))
+             + ".",
+             "", "Backbone test accuracy (%, query + database images): "
+             + ", ".join(f"{k} {v:.1f}" for k, v in sorted(accuracy.items())) + ".", "", render_tables(rows)]
+    (out_prefix.with_suffix(".md")).write_text("\n".join(lines))
+    return out_prefix.with_suffix(".md")
+
+
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+
+    p = argparse.ArgumentParser(description="Render results.json records (files or folders) as one table.")
+    p.add_argument("sources", nargs="+")
+    p.add_argument("--out", required=True, help="output prefix, e.g. results/table1_cpu")
+    p.add_argument("--title", default="Results")
+    p.add_argument("--command", default="", help="the command that produced the records")
+    a = p.parse_args(argv)
+    print(write_table(a.sources, a.out, a.title, a.command))
+
+
+if __name__ == "__main__":
+    main()
