@@ -259,6 +259,14 @@ def clean_features(cfg: DictConfig, data: RetrievalData, backbone: Backbone, ckp
 
 
 # --------------------------------------------------------------------------------------------- stage 3
+def check_codebooks(codebooks: torch.Tensor, M: int, K: int, dim: int, name: str) -> None:  # noqa: N803
+    """Codebooks must be ``[M, K, dim / M]`` and finite."""
+    expected = (M, K, dim // M)
+    if tuple(codebooks.shape) != expected:
+        raise CacheError(f"{name}: shape {tuple(codebooks.shape)}, expected (M, K, D/M) = {expected}; delete it")
+    check_finite(name, codebooks)
+
+
 def pq_codebooks(cfg: DictConfig, database: torch.Tensor, feat_key: str, rt: Runtime) -> tuple[torch.Tensor, str]:
     q = cfg.quantizer
     spec = {"features": feat_key, "M": q.M, "K": q.K, "niter": q.niter, "seed": q.seed, "kind": q.kind}
@@ -268,11 +276,7 @@ def pq_codebooks(cfg: DictConfig, database: torch.Tensor, feat_key: str, rt: Run
 
     with rt.timed("codebooks"):
         tensors, _, key = rt.cache.get_or_build("codebooks", spec, build)
-    expected = (q.M, q.K, database.shape[1] // q.M)
-    if tuple(tensors["codebooks"].shape) != expected:
-        raise CacheError(f"codebooks {key}: shape {tuple(tensors['codebooks'].shape)}, expected (M, K, D/M) = "
-                         f"{expected}; delete {rt.cache.entry('codebooks', key)}")
-    check_finite("codebooks", tensors["codebooks"])
+    check_codebooks(tensors["codebooks"], q.M, q.K, database.shape[1], f"codebooks {key}")
     rt.keys["codebooks"] = key
     return tensors["codebooks"], key
 

@@ -47,11 +47,6 @@ class ClassifierModule(pl.LightningModule):
                  on_step=False)
         return loss
 
-    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
-        images, labels = batch
-        logits = self.backbone(self.to_float(images))
-        self.log("val/acc", (logits.argmax(1) == labels).float().mean(), prog_bar=True, on_epoch=True)
-
     def configure_optimizers(self):  # noqa: ANN201
         hp = self.hparams
         opt = torch.optim.SGD(self.parameters(), lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay,
