@@ -63,11 +63,10 @@ def test_wandb_offline_writes_run_files_with_metrics(tmp_path: Path, shared_cach
                                            (["dataset.num_queries=5000"], "dataset.num_queries")])
 def test_bad_config_fails_fast_and_writes_nothing(tmp_path: Path, overrides: list[str], key: str) -> None:
     cache = tmp_path / "cache"
-    t0 = time.perf_counter()
     proc = run_cli([*TINY, *overrides], tmp_path, cache, check=False)
     assert proc.returncode == 2
     assert key in proc.stderr and "config error" in proc.stderr
-    assert time.perf_counter() - t0 < 60
+    assert "cache miss" not in proc.stderr + proc.stdout  # nothing was built: it failed before any compute
     assert not (tmp_path / "outputs").exists() or not any((tmp_path / "outputs").rglob("*.json"))
     assert not cache.exists() or not any(p.is_file() for p in cache.rglob("*"))
 

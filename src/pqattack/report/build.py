@@ -19,7 +19,7 @@ from . import figure_data, figures
 from .artifacts import ArtifactMissing, ArtifactStore, JobArtifacts
 from .paper import Grid, comparisons, load_paper
 from .records import Records, collect, describe_cell
-from .tables import render_tables
+from .tables import is_paper_attack, render_tables
 
 MAP_TOLERANCE = 0.05  # mAP points between the records and the reloaded system before a note is written
 
@@ -79,9 +79,10 @@ def paper_section(report: Report, rows: list[dict[str, Any]]) -> None:
 
 
 def map_section(report: Report, rows: list[dict[str, Any]]) -> None:
-    """mAP against code length and against attack, per dataset copy, from the white-box rows."""
+    """mAP against code length and against attack, per dataset copy, from the white-box rows made with the
+    paper's attack setting."""
     report.add("## 3. mAP against code length and attack (white-box)")
-    white = [r for r in rows if not r.get("transfer") and r.get("topk") is None]
+    white = [r for r in rows if not r.get("transfer") and r.get("topk") is None and is_paper_attack(r)]
     if not white:
         report.skip("mAP charts", "No white-box rows with mAP over the full ranking in the records.")
     by_label: dict[str, list[dict[str, Any]]] = {}

@@ -20,15 +20,25 @@ def write_table(sources: list[str | Path], out_prefix: str | Path, title: str, c
         per_job = [f for f in found if "jobs" not in json.loads(f.read_text())["meta"]]
         files += per_job or found  # a sweep folder: its jobs' own records, not the collected copy too
     jobs = [json.loads(f.read_text()) for f in files]
+    for f, j in zip(files, jobs):
+        j["meta"].setdefault("job_dir", str(f.parent))  # lets the report reload the job's artifacts
     job_metas = [m for j in jobs for m in (j["meta"].get("jobs") or [j["meta"]])]
     rows = dedupe_rows([r for j in jobs for r in j["rows"]])
     devices = sorted({m.get("device", "?") for m in job_metas})
     job_seconds = sum(float((m.get("timings_s") or {}).get("total", 0.0)) for m in job_metas)
     def model_of(m: dict[str, Any]) -> str:
-        return m.get("model") or (m.get("config") or {}).get("model", {}).get("name", "?")
+        cfg = m.get("config") or {}
+        kind = cfg.get("quantizer", {}).get("kind", "kmeans")
+        bits = cfg.get("bits")
+        name = m.get("model") or cfg.get("model", {}).get("name", "?")
+        return name if kind == "kmeans" else f"{name}+{kind} {bits}b"
 
-    train_seconds = {model_of(m): (m.get("training") or {}).get("train_seconds") for m in job_metas
-                     if (m.get("training") or {}).get("train_seconds") is not None}
+    train_seconds = {}
+    for m in job_metas:
+        name = model_of(m)
+        t = (m.get("pqn_training") if "+" in name else m.get("training")) or {}
+        if t.get("train_seconds") is not None:
+            train_seconds[name] = t["train_seconds"]
     versions = job_metas[0].get("versions", {}) if job_metas else {}
     accuracy = {model_of(m): m.get("test_accuracy") for m in job_metas if m.get("test_accuracy") is not None}
     out_prefix = Path(out_prefix)

@@ -13,7 +13,7 @@ from ..metrics import mean_average_precision, precision_recall_at_ranks, relevan
 from .artifacts import JobArtifacts
 from .figures import ExampleRow
 from .records import Job, Records, Target
-from .tables import MODEL_ORDER, order_key
+from .tables import MODEL_ORDER, is_paper_attack, order_key
 
 ATTACKS = ("basic", "apd", "aod")
 PAPER_MODELS = ("alexnet", "vgg16")
@@ -48,7 +48,8 @@ def pick_setting(records: Records, model: str | None = None, bits: int | None = 
     the paper's models. ``model`` and ``bits`` restrict the choice."""
     groups: dict[Target, dict[str, Job]] = {}
     for job in records.jobs:
-        if job.attack in ATTACKS and job.white_box and model in (None, job.target.model) and bits in (
+        paper_setting = all(is_paper_attack(r) for r in job.rows)  # not the soft-assignment variants
+        if job.attack in ATTACKS and job.white_box and paper_setting and model in (None, job.target.model) and bits in (
                 None, job.target.bits):
             groups.setdefault(job.target, {}).setdefault(job.attack, job)
     if not groups:
