@@ -22,7 +22,7 @@ data: ## unpack the CIFAR-10 JPEG copy into data/
 table1: ## the paper's Table 1 on CIFAR-10 (GPU)
 	$(BIN)/python -m pqattack experiment=table1
 
-table1-cpu: ## CPU-scale Table 1 on CIFAR-10 (about 30 min on 2 cores)
+table1-cpu: ## CPU-scale Table 1 on CIFAR-10 (55 min measured on 2 shared cores)
 	$(BIN)/python -m pqattack experiment=table1_cpu
 
 REPORT_IN ?= results
