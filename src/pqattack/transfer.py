@@ -29,11 +29,6 @@ class QuerySetError(ValueError):
     """A saved adversarial query set that cannot be used here; the message says why."""
 
 
-def split_signature(data: RetrievalData) -> dict[str, Any]:
-    return {"dataset": data.name, "fingerprint": data.fingerprint, "num_queries": len(data.query),
-            "num_database": len(data.database), "query_index": None}
-
-
 @dataclass
 class AdversarialSet:
     images: torch.Tensor       # uint8 [Q, 3, H, W] (float32 in [0, 1] when attack.quantize_8bit=false)
