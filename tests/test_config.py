@@ -66,6 +66,7 @@ def test_m_and_k_can_be_set_directly() -> None:
     (["attack.iters=0"], "attack.iters"),
     (["dataset.num_queries=2000"], "dataset.num_queries"),
     (["device=tpu"], "device"),
+    (["device=cuda:99"], "device"),
     (["system=hamming"], "system"),
     (["attack.similarity=l1"], "attack.similarity"),
 ])

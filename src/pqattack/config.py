@@ -104,3 +104,11 @@ def validate(cfg: DictConfig) -> None:
     dev = str(cfg.device)
     if not (dev in ("auto", "cpu") or dev == "cuda" or (dev.startswith("cuda:") and dev[5:].isdigit())):
         raise ConfigError(f"device={dev!r}: expected auto, cpu, cuda or cuda:N")
+    if dev.startswith("cuda"):
+        import torch
+
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        index = int(dev[5:]) if dev.startswith("cuda:") else 0
+        if index >= count:
+            raise ConfigError(f"device={dev!r}: this machine has {count} CUDA device(s); use auto or cpu"
+                              + (f" or cuda:0..cuda:{count - 1}" if count else ""))
