@@ -1,0 +1,143 @@
+"""Dataset sources, instantiated from ``conf/dataset/*.yaml`` through ``_target_``.
+
+Each source's ``load(cache)`` returns a ``RetrievalData``: train images for the backbone, and the test
+split cut with a seed into queries and database.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..cache import ArtifactCache
+from .imagefolder import DatasetError, decode_images, fingerprint_files, list_image_folder
+from .synthetic import make_synthetic
+from .types import ImageSet, RetrievalData, split_queries
+
+log = logging.getLogger(__name__)
+
+
+class DataSource:
+    name = "base"
+
+    def __init__(self, num_queries: int, num_database: int, split_seed: int = 0, num_train: int | None = None,
+                 **_: object) -> None:
+        self.num_queries, self.num_database = int(num_queries), int(num_database)
+        self.split_seed = int(split_seed)
+        self.num_train = None if num_train is None else int(num_train)
+
+    def _assemble(self, train: ImageSet, test: ImageSet, classes: list[str], fingerprint: str) -> RetrievalData:
+        if self.num_train is not None:
+            if not 0 < self.num_train <= len(train):
+                raise ValueError(f"dataset.num_train={self.num_train}: must be in [1, {len(train)}]")
+            perm = torch.randperm(len(train), generator=torch.Generator().manual_seed(self.split_seed))
+            train = train.subset(perm[: self.num_train].sort().values)
+        query, database = split_queries(test, self.num_queries, self.num_database, self.split_seed)
+        return RetrievalData(self.name, train, query, database, classes, fingerprint)
+
+    def load(self, cache: ArtifactCache) -> RetrievalData:
+        raise NotImplementedError
+
+
+class SyntheticSource(DataSource):
+    """Procedural shapes-and-colours images (``data.synthetic``); nothing to download."""
+
+    name = "synthetic"
+
+    def __init__(self, num_train: int = 4000, num_test: int = 1200, num_classes: int = 10, image_size: int = 32,
+                 noise: float = 0.12, hue_jitter: float = 0.08, seed: int = 0, **kw: object) -> None:
+        super().__init__(**kw)
+        self.num_train_total, self.num_test = int(num_train), int(num_test)
+        self.num_classes, self.image_size, self.noise, self.seed = int(num_classes), int(image_size), noise, int(seed)
+        self.hue_jitter = hue_jitter
+
+    def load(self, cache: ArtifactCache) -> RetrievalData:
+        tr_x, tr_y = make_synthetic(self.num_train_total, self.seed, self.num_classes, self.image_size, self.noise,
+                                    self.hue_jitter)
+        te_x, te_y = make_synthetic(self.num_test, self.seed + 1, self.num_classes, self.image_size, self.noise,
+                                    self.hue_jitter)
+        fp = hashlib.sha256(f"synthetic:{self.num_train_total}:{self.num_test}:{self.num_classes}:"
+                            f"{self.image_size}:{self.noise}:{self.hue_jitter}:{self.seed}".encode()).hexdigest()
+        classes = [f"class{c}" for c in range(self.num_classes)]
+        return self._assemble(ImageSet(torch.from_numpy(tr_x), torch.from_numpy(tr_y)),
+                              ImageSet(torch.from_numpy(te_x), torch.from_numpy(te_y)), classes, fp)
+
+
+class CIFAR10Source(DataSource):
+    """CIFAR-10 from an ImageFolder tree (``train/<class>/*``, ``test/<class>/*``) or torchvision's copy.
+
+    ``root`` is searched for ``cifar10-jpeg/{train,test}``, ``{train,test}`` and torchvision's
+    ``cifar-10-batches-py``; with none there, torchvision's download is tried when ``download`` is set.
+    Decoded images are cached, so the JPEGs are read once per machine.
+    """
+
+    name = "cifar10"
+    label = "CIFAR-10"
+
+    def __init__(self, root: str = "data", image_size: int = 32, resize: bool = False, download: bool = True,
+                 **kw: object) -> None:
+        super().__init__(**kw)
+        self.root = Path(root).expanduser()
+        self.image_size, self.resize, self.download = int(image_size), bool(resize), bool(download)
+
+    def _folder(self) -> Path | None:
+        for cand in (self.root / "cifar10-jpeg", self.root):
+            if (cand / "train").is_dir() and (cand / "test").is_dir():
+                return cand
+        return None
+
+    def describe(self) -> str:
+        return "CIFAR-10 (JPEG copy)" if self._folder() is not None else "CIFAR-10"
+
+    def _missing(self, why: str = "") -> DatasetError:
+        return DatasetError(
+            f"CIFAR-10 not found under dataset.root={self.root} (env PQATTACK_DATA){why}. Looked for "
+            f"{self.root}/cifar10-jpeg/{{train,test}}/<class>/*.jpg, {self.root}/{{train,test}}/<class>/* and "
+            f"{self.root}/cifar-10-batches-py. Put it there, e.g. `mkdir -p {self.root} && tar -C {self.root} -xJf "
+            f"../shared/data/cifar10-jpeg.tar.xz`, or set dataset.root / PQATTACK_DATA to its folder.")
+
+    def load(self, cache: ArtifactCache) -> RetrievalData:
+        folder = self._folder()
+        if folder is not None:
+            return self._load_folder(folder, cache)
+        if (self.root / "cifar-10-batches-py").is_dir() or self.download:
+            return self._load_torchvision()
+        raise self._missing(" and dataset.download=false")
+
+    def _load_folder(self, folder: Path, cache: ArtifactCache) -> RetrievalData:
+        tr_classes, tr_files, tr_labels = list_image_folder(folder / "train")
+        te_classes, te_files, te_labels = list_image_folder(folder / "test")
+        if tr_classes != te_classes:
+            raise DatasetError(f"{folder}: train and test class folders differ: train={tr_classes}, "
+                               f"test={te_classes}")
+        fp = fingerprint_files(tr_files + te_files)
+        spec = {"fingerprint": fp, "image_size": self.image_size, "resize": self.resize}
+
+        def build() -> tuple[dict[str, torch.Tensor], dict]:
+            log.info("decoding %d images from %s (once; then cached)", len(tr_files) + len(te_files), folder)
+            tr = decode_images(tr_files, self.image_size, self.resize)
+            te = decode_images(te_files, self.image_size, self.resize)
+            return ({"train_x": torch.from_numpy(tr), "test_x": torch.from_numpy(te)},
+                    {"source": str(folder), "num_train": len(tr_files), "num_test": len(te_files)})
+
+        tensors, _, _ = cache.get_or_build("images", spec, build)
+        train = ImageSet(tensors["train_x"], torch.tensor(tr_labels, dtype=torch.int64))
+        test = ImageSet(tensors["test_x"], torch.tensor(te_labels, dtype=torch.int64))
+        return self._assemble(train, test, tr_classes, fp)
+
+    def _load_torchvision(self) -> RetrievalData:
+        from torchvision.datasets import CIFAR10
+
+        try:
+            tr = CIFAR10(str(self.root), train=True, download=self.download)
+            te = CIFAR10(str(self.root), train=False, download=self.download)
+        except Exception as exc:  # offline download failures come in many types
+            raise self._missing(f" (torchvision download failed: {type(exc).__name__}: {exc})") from None
+        to_t = lambda a: torch.from_numpy(np.ascontiguousarray(a.transpose(0, 3, 1, 2)))  # noqa: E731
+        fp = hashlib.sha256(tr.data.tobytes()[:1 << 20] + te.data.tobytes()[:1 << 20]).hexdigest()
+        return self._assemble(ImageSet(to_t(tr.data), torch.tensor(tr.targets)),
+                              ImageSet(to_t(te.data), torch.tensor(te.targets)), list(tr.classes), fp)
