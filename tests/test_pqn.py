@@ -3,6 +3,7 @@
 import csv
 from pathlib import Path
 
+import pytest
 import torch
 
 from pqattack.models import build_backbone
@@ -91,3 +92,15 @@ def test_short_joint_training_lowers_loss_and_keeps_map(tmp_path: Path) -> None:
         assert clean(pqn, s) >= clean(km, s) - 1.0, (clean(pqn, s), clean(km, s))
     rows = {(r["quantizer"], r["attack"], r["system"]) for r in pqn["rows"]}
     assert ("pqn", "aod", "sdc") in rows
+    # the report rebuilds the PQN target (its backbone, learned codebooks, sub-normalised features) exactly
+    from pqattack.metrics import mean_average_precision
+    from pqattack.report.artifacts import ArtifactStore
+    from pqattack.report.records import collect
+
+    job = collect([tmp_path / "pqn"]).jobs[0]
+    arts = ArtifactStore(cache).load(job)
+    labels = (arts.data.query.labels, arts.data.database.labels)
+    for system in ("sdc", "adc"):
+        for attack, z in (("clean", arts.clean_query), ("aod", arts.adversarial_query)):
+            recorded = next(r["map"] for r in job.rows if (r["system"], r["attack"]) == (system, attack))
+            assert mean_average_precision(*arts.index.search(z, system), *labels) == pytest.approx(recorded, abs=1e-3)

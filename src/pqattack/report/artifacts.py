@@ -48,13 +48,23 @@ class JobArtifacts:
 
         if self.adversarial is None:
             return None
-        return embed(self.backbone, self.adversarial, self.runtime, self.job.config["eval"]["batch_size"])[0]
+        return embed(self.backbone, self.adversarial, self.runtime, self.job.config["eval"]["batch_size"],
+                     subvectors=self.subvectors)[0]
+
+    @property
+    def subvectors(self) -> int | None:
+        """M when the job's retrieval feature is normalised per sub-vector (a PQN target), else None."""
+        from omegaconf import OmegaConf
+
+        from ..pipeline import subvectors_of
+
+        return subvectors_of(OmegaConf.create(self.job.config))
 
     def retrieval_model(self) -> RetrievalModel:
         """The differentiable model the attack saw, with its eq. (7) similarity and temperature."""
         a = self.job.config["attack"]
         return RetrievalModel(self.backbone, self.codebooks.to(self.runtime.device), a.get("similarity", "dot"),
-                              a.get("temperature", 1.0)).eval()
+                              a.get("temperature", 1.0), subvector_norm=self.subvectors is not None).eval()
 
 
 class ArtifactStore:
@@ -111,7 +121,7 @@ class ArtifactStore:
         from hydra.utils import instantiate
         from omegaconf import OmegaConf
 
-        from ..pipeline import Runtime, make_backbone, resolve_device
+        from ..pipeline import Runtime, load_backbone, resolve_device
 
         if "config" not in job.meta:
             raise ArtifactMissing(f"{job.path}: no meta.config (not a job's results.json)")
@@ -127,19 +137,21 @@ class ArtifactStore:
 
         data = self._memoised((cache.root, "data", json.dumps(cfg["dataset"], sort_keys=True)), load_data)
         ckpt_key = self._key(job, "checkpoint")
-        state, ckpt_meta = self._entry(cache, "checkpoint", ckpt_key)
+        tensors, ckpt_meta = self._entry(cache, "checkpoint", ckpt_key)
+        pqn = cfg["quantizer"].get("kind") == "pqn"  # a PQN checkpoint holds the backbone and its codebooks
+        state = {k.removeprefix("backbone."): v for k, v in tensors.items() if k.startswith("backbone.")} if pqn \
+            else tensors
 
-        def load_backbone() -> Backbone:
-            net = make_backbone(OmegaConf.create(cfg), int(ckpt_meta.get("num_classes", data.num_classes)))
+        def rebuild_backbone() -> Backbone:
             try:
-                net.load_state_dict(state)
-            except RuntimeError as exc:
-                raise ArtifactMissing(f"checkpoint {ckpt_key} does not fit "
-                                      f"model {cfg['model']}: {str(exc).splitlines()[0]}") from exc
-            return net.to(device).to(memory_format=torch.channels_last).eval()
+                return load_backbone(OmegaConf.create(cfg), state, ckpt_key,
+                                     int(ckpt_meta.get("num_classes", data.num_classes)), runtime)
+            except CacheError as exc:
+                raise ArtifactMissing(str(exc)) from exc
 
-        backbone = self._memoised((cache.root, "backbone", ckpt_key), load_backbone)
+        backbone = self._memoised((cache.root, "backbone", ckpt_key), rebuild_backbone)
         features = self._entry(cache, "features", self._key(job, "features"))[0]
-        codebooks = self._entry(cache, "codebooks", self._key(job, "codebooks"))[0]["codebooks"]
+        codebooks = tensors["codebooks"] if pqn else \
+            self._entry(cache, "codebooks", self._key(job, "codebooks"))[0]["codebooks"]
         return JobArtifacts(job, data, backbone, codebooks, features["query"], features["database"],
                             self._adversarial_images(cache, job), runtime)
