@@ -2,7 +2,7 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install test demo data table1 table1-cpu report clean
+.PHONY: install test demo bench data table1 table1-cpu report clean
 
 install: ## create .venv and install pqattack (editable) with its test extras
 	$(PY) -m venv $(VENV)
@@ -15,6 +15,9 @@ test: ## run the test suite
 
 demo: ## the whole pipeline offline on the synthetic set, CPU, < 60 s
 	$(BIN)/python -m pqattack experiment=demo
+
+bench: ## CPU benchmark, fast path vs plain baseline per figure: ratios, peak memory -> outputs/bench/cpu.json (docs/benchmarks.md)
+	$(BIN)/python -m pqattack.bench --device cpu --out outputs/bench/cpu.json
 
 data: ## unpack the CIFAR-10 JPEG copy into data/
 	mkdir -p data && tar -C data -xJf ../shared/data/cifar10-jpeg.tar.xz

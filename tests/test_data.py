@@ -31,7 +31,7 @@ def test_split_is_seeded_and_disjoint() -> None:
     q3, _ = split_queries(test, 10, 80, seed=1)
     assert torch.equal(q1.labels, q2.labels) and not torch.equal(q1.labels, q3.labels)
     assert not set(q1.labels.tolist()) & set(d1.labels.tolist())
-    with pytest.raises(ValueError, match="dataset.num_queries"):
+    with pytest.raises(DatasetError, match="dataset.num_queries"):
         split_queries(test, 30, 80, seed=0)
 
 

@@ -61,14 +61,14 @@ def main(cfg: DictConfig) -> None:
     from .data import DatasetError
     from .transfer import QuerySetError
 
-    kinds = {DatasetError: "data", QuerySetError: "transfer", CacheError: "cache", FloatingPointError: "numerics"}
+    kinds = {ConfigError: "config", DatasetError: "data", QuerySetError: "transfer", CacheError: "cache", FloatingPointError: "numerics"}
     try:
         path = run(cfg, output_dir, make_loggers(cfg, output_dir))
     except tuple(kinds) as exc:
         kind = next(v for k, v in kinds.items() if isinstance(exc, k))
         print(f"{kind} error: {exc}", file=sys.stderr)
         _remove_empty_run_dir(output_dir)
-        sys.exit(2 if kind in ("data", "transfer") else 3)
+        sys.exit(2 if kind in ("config", "data", "transfer") else 3)
     print((output_dir / "results.md").read_text())
     if HydraConfig.get().mode.name == "RUN":
         print(f"results: {path}")

@@ -44,7 +44,7 @@ def validate(cfg: DictConfig) -> None:
     if cfg.get("bits") is not None and int(cfg.bits) != bits:
         raise ConfigError(f"bits={cfg.bits} but quantizer.M * log2(quantizer.K) = {q.M} * "
                           f"{round(math.log2(q.K))} = {bits}; give consistent values, or bits=null")
-    if q.K > d.num_database:
+    if d.get("num_database") is not None and q.K > d.num_database:
         raise ConfigError(f"quantizer.K={q.K} is larger than dataset.num_database={d.num_database}: K-means "
                           f"needs at least K database vectors")
     if q.kind not in ("kmeans", "pqn"):
@@ -77,12 +77,26 @@ def validate(cfg: DictConfig) -> None:
             raise ConfigError(f"attack.batch_size={a.batch_size}: must be >= 1")
     if cfg.system not in ("sdc", "adc", "both"):
         raise ConfigError(f"system={cfg.system!r}: expected sdc, adc or both")
+    ix = cfg.get("index") or {"kind": "flat"}
+    if ix.get("kind") not in ("flat", "ivfpq"):
+        raise ConfigError(f"index.kind={ix.get('kind')!r}: expected flat or ivfpq")
+    if ix["kind"] == "ivfpq":
+        if cfg.system != "adc":
+            raise ConfigError(f"system={cfg.system}: index=ivfpq searches with ADC only; set system=adc")
+        if cfg.eval.topk is None:
+            raise ConfigError("eval.topk=null: index=ivfpq ranks only the top k; set eval.topk (e.g. 5000)")
+        if not 1 <= ix.nprobe <= ix.nlist:
+            raise ConfigError(f"index.nprobe={ix.nprobe}: must be in [1, index.nlist={ix.nlist}]")
+        if d.get("num_database") is not None and ix.nlist > d.num_database:
+            raise ConfigError(f"index.nlist={ix.nlist} is larger than dataset.num_database={d.num_database}")
     if cfg.eval.topk is not None and cfg.eval.topk < 1:
         raise ConfigError(f"eval.topk={cfg.eval.topk}: must be >= 1 or null (full ranking)")
     test_size = TEST_SPLIT_SIZE.get(d.name, d.get("num_test"))
-    if d.num_queries < 1 or d.num_database < 1:
+    if d.num_queries < 1 or (d.get("num_database") is not None and d.num_database < 1):
         raise ConfigError(f"dataset.num_queries={d.num_queries}, dataset.num_database={d.num_database}: "
-                          f"must both be >= 1")
+                          f"must both be >= 1 (num_database may be null where the dataset allows it)")
+    if d.get("num_database") is None and d.name in ("cifar10", "synthetic"):
+        raise ConfigError(f"dataset.num_database=null: dataset={d.name} needs a number")
     if test_size is not None and d.num_queries + d.num_database > test_size:
         raise ConfigError(f"dataset.num_queries + dataset.num_database = {d.num_queries} + {d.num_database} "
                           f"exceeds the {test_size} test images of dataset={d.name}")
@@ -90,6 +104,14 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"trainer.max_epochs={cfg.trainer.max_epochs}: must be >= 1")
     if cfg.trainer.batch_size < 2:
         raise ConfigError(f"trainer.batch_size={cfg.trainer.batch_size}: must be >= 2 (batch norm)")
+    tr = cfg.trainer
+    if int(tr.get("num_nodes", 1)) != 1:
+        raise ConfigError(f"trainer.num_nodes={tr.num_nodes}: a job trains on one node only (its other stages run "
+                          f"in one process); use trainer.devices for the GPUs of that node, or a SLURM array of jobs")
+    if tr.get("strategy") in ("ddp", "ddp_find_unused_parameters_true") and tr.get("devices", 1) not in (1, [0]):
+        raise ConfigError(f"trainer.strategy={tr.strategy} with trainer.devices={tr.devices}: Lightning would start the "
+                          f"other ranks by re-running this command line, i.e. the whole job; use trainer=ddp "
+                          f"(a spawn-based strategy)")
     if cfg.precision not in ("auto", "fp32", "bf16"):
         raise ConfigError(f"precision={cfg.precision!r}: expected auto, fp32 or bf16")
     t = cfg.get("transfer") or {}

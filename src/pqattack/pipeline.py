@@ -16,20 +16,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
+import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
 from .attacks import PGDConfig, pgd
 from .cache import ArtifactCache, CacheError, spec_key
-from .data import RetrievalData
+from .data import RetrievalData, top1_hit
 
 if TYPE_CHECKING:
     from .transfer import AdversarialSet
 from .metrics import mean_average_precision
 from .models import Backbone, ClassifierModule, RetrievalModel, build_backbone
 from .models.pqn import PQNModule, subvector_normalize
-from .quant import PQIndex, train_codebooks
+from .quant import IVFPQIndex, PQIndex, recall_at_k_with_ties, train_codebooks
 from .report import render_tables
 
 log = logging.getLogger(__name__)
@@ -92,21 +93,51 @@ def container(cfg: DictConfig) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------------------------- stage 2
+def _rank_and_world() -> tuple[int, int]:
+    """This process's rank and the number of training processes (0, 1 outside distributed training)."""
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
 class TensorBatches:
-    """Shuffled mini-batches straight from in-memory tensors (already on the training device)."""
+    """Shuffled mini-batches straight from in-memory tensors (already on the training device with one
+    process; on the CPU with several, where Lightning moves each batch to its rank's device).
+
+    Not a DataLoader, so Lightning inserts no DistributedSampler: the sharding is done here, at iteration
+    time, from ``torch.distributed`` (initialised in each rank by the time Lightning asks for batches).
+    Every rank draws the same permutation (same seeded generator, advanced once per epoch everywhere) and
+    takes every world-th index from its rank on, cut to ``len // world`` on every rank (DistributedSampler
+    with ``drop_last=True``), so all ranks run the same number of steps and no image is seen twice in an
+    epoch. With one process the shard is the whole permutation: the batches are exactly the unsharded ones.
+    """
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, seed: int) -> None:
         self.images, self.labels, self.batch_size = images, labels, batch_size
         self.generator = torch.Generator().manual_seed(seed)
 
     def __len__(self) -> int:
-        return len(self.images) // self.batch_size  # drop the last partial batch (BN needs > 1 sample)
+        _, world = _rank_and_world()  # drop the last partial batch (BN needs > 1 sample)
+        return len(self.images) // world // self.batch_size
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        perm = torch.randperm(len(self.images), generator=self.generator).to(self.images.device)
+        rank, world = _rank_and_world()
+        perm = torch.randperm(len(self.images), generator=self.generator)
+        perm = perm[rank::world][:len(self.images) // world].to(self.images.device)
         for i in range(len(self)):
             idx = perm[i * self.batch_size:(i + 1) * self.batch_size]
             yield self.images[idx], self.labels[idx]
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Spawned ranks receive this object pickled, and a torch.Generator does not survive torch's spawn
+        # pickler (pytorch/pytorch#146828: "unable to resize file" in the child); send its state as bytes.
+        return {**self.__dict__, "generator": self.generator.get_state().numpy().tobytes()}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        generator = torch.Generator()
+        generator.set_state(torch.frombuffer(bytearray(state["generator"]), dtype=torch.uint8))
+        self.__dict__.update({**state, "generator": generator})
 
 
 def make_backbone(cfg: DictConfig, num_classes: int) -> Backbone:
@@ -114,22 +145,128 @@ def make_backbone(cfg: DictConfig, num_classes: int) -> Backbone:
     return build_backbone(num_classes=num_classes, **kw)
 
 
-def fit(module: Any, data: RetrievalData, batch_size: int, epochs: int, seed: int, rt: Runtime,
-        loggers: list) -> dict[str, Any]:
-    """Run Lightning's trainer on the in-memory training images; returns seconds and final metrics."""
-    import pytorch_lightning as pl
+# How training is spread over processes (conf/trainer: strategy, devices, num_nodes). They are left out of the
+# checkpoints' cache keys, which hold the world size instead, and only when it is > 1: one process computes
+# the same thing whatever these say (so single-device checkpoints keep their keys), while N processes
+# do not (each takes 1/N of an epoch's images; the effective batch is N * trainer.batch_size).
+DISTRIBUTED_KEYS = ("strategy", "devices", "num_nodes")
+# trainer.strategy=auto with several devices, and conf/trainer/ddp.yaml: DDP whose ranks are started by
+# torch.multiprocessing.spawn (see fit); unused parameters allowed, as PQN's triplet loss leaves the head unused.
+SPAWN_DDP = "ddp_spawn_find_unused_parameters_true"
 
-    batches = TensorBatches(data.train.images.to(rt.device), data.train.labels.to(rt.device),
-                            min(batch_size, len(data.train)), seed)
+
+def world_size(tcfg: dict[str, Any] | None, device: torch.device) -> int:
+    """The number of training processes that ``trainer.devices`` and ``trainer.num_nodes`` ask for, parsed
+    the way Lightning parses them (``auto``: every visible GPU, or one process on the CPU)."""
+    from pytorch_lightning.accelerators import CPUAccelerator, CUDAAccelerator
+
+    tcfg = tcfg or {}
+    accelerator = CUDAAccelerator if device.type == "cuda" else CPUAccelerator
+    devices = tcfg.get("devices", 1)
+    devices = accelerator.auto_device_count() if devices == "auto" else devices
+    parsed = accelerator.parse_devices(list(devices) if isinstance(devices, (list, tuple)) else devices)
+    return max(1, len(parsed) if isinstance(parsed, list) else int(parsed or 0)) * int(tcfg.get("num_nodes", 1))
+
+
+def distributed_spec(tcfg: dict[str, Any] | None, device: torch.device) -> dict[str, int]:
+    """What a checkpoint's spec holds about distributed training: nothing for one process (see above)."""
+    n = world_size(tcfg, device)
+    return {"world_size": n} if n > 1 else {}
+
+
+class BatchCounter(pl.Callback):
+    """Counts each rank's training batches in the last epoch; at the end of training the counts of all
+    ranks are gathered into ``callback_metrics``, which spawn-based strategies send back to the main process."""
+
+    count = 0
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.count = 0
+
+    def on_train_batch_end(self, *args: Any, **kwargs: Any) -> None:
+        self.count += 1
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        counts = trainer.strategy.all_gather(torch.tensor(self.count, device=pl_module.device)).reshape(-1)
+        for rank, n in enumerate(counts.tolist()):
+            trainer.callback_metrics[f"batches_per_epoch/rank{rank}"] = torch.tensor(float(n))
+
+
+def continue_rank_zero_logs(module: pl.LightningModule, loggers: list) -> None:
+    """After training in spawned ranks: rank 0 wrote the hyperparameters and training metrics through its copy
+    of each logger; make this process's loggers carry them on. (A CSVLogger that first logs here would
+    delete rank 0's metrics.csv, and save empty hyperparameters over rank 0's hparams.yaml.)"""
+    import csv
+
+    from lightning_fabric.loggers.csv_logs import _ExperimentWriter
+    from pytorch_lightning.loggers import CSVLogger
+
+    for lg in loggers:
+        rows: list[dict[str, str]] = []
+        path = Path(lg.log_dir) / _ExperimentWriter.NAME_METRICS_FILE if isinstance(lg, CSVLogger) else None
+        if path is not None and path.is_file():
+            with open(path, newline="") as f:
+                rows = list(csv.DictReader(f))
+        lg.log_hyperparams(module.hparams_initial)
+        if path is not None:
+            writer = lg.experiment
+            path.unlink(missing_ok=True)
+            writer.metrics[:0], writer.metrics_keys = rows, []
+            writer.save()
+
+
+def fit(module: Any, data: RetrievalData, batch_size: int, epochs: int, seed: int, rt: Runtime,
+        loggers: list, tcfg: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Run Lightning's trainer on the in-memory training images; returns seconds, final metrics, the
+    world size and each rank's batches per epoch. ``tcfg`` (the trainer config) gives strategy, devices
+    and num_nodes; without it, or with one process, training runs in this process on ``rt.device``.
+
+    With several processes the strategy must start them itself and run only ``Trainer.fit`` in them
+    (``ddp_spawn``, or ``ddp_fork`` on the CPU): rank 0 sends the trained weights back and Lightning loads
+    them into ``module`` here, so the caller's ``net.state_dict()`` is the trained one. Lightning's
+    ``ddp`` re-runs the command line in each child instead, i.e. the whole job (or sweep), whose cache
+    lookup would wait forever on the lock held by this process; it is refused with an explanation."""
+    from lightning_fabric.plugins.environments import LightningEnvironment
+    from pytorch_lightning.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
+
+    from .config import ConfigError
+
+    tcfg = tcfg or {}
+    world = world_size(tcfg, rt.device)
+    accelerator = "gpu" if rt.device.type == "cuda" else "cpu"
+    if world == 1:  # this process, on rt.device (cuda:N included); the strategy does not matter here
+        place: dict[str, Any] = {"devices": [rt.device.index] if rt.device.index is not None else 1}
+        images, labels = data.train.images.to(rt.device), data.train.labels.to(rt.device)
+    else:
+        if int(tcfg.get("num_nodes", 1)) != 1:
+            raise ConfigError(f"trainer.num_nodes={tcfg['num_nodes']}: a job trains on one node only (its other "
+                              f"stages run in one process); use trainer.devices for the GPUs of that node")
+        strategy = tcfg.get("strategy", "auto")
+        # LightningEnvironment: the spawned ranks are this node's processes even inside a SLURM job that has
+        # one task (SLURMEnvironment would expect one SLURM task per device, each running the whole job).
+        place = {"strategy": SPAWN_DDP if strategy == "auto" else strategy, "devices": tcfg["devices"],
+                 "num_nodes": 1, "plugins": [LightningEnvironment()]}
+        images, labels = data.train.images.cpu(), data.train.labels.cpu()  # each rank's batches go to its device
+    batches = TensorBatches(images, labels, min(batch_size, len(data.train) // world), seed)
     trainer = pl.Trainer(
-        max_epochs=epochs, accelerator="gpu" if rt.device.type == "cuda" else "cpu", devices=1,
+        max_epochs=epochs, accelerator=accelerator, **place,
         precision="bf16-mixed" if rt.precision == "bf16" else "32-true", logger=loggers or False,
         enable_checkpointing=False, enable_model_summary=False, enable_progress_bar=rt.progress,
-        num_sanity_val_steps=0, log_every_n_steps=max(1, min(50, len(batches))), deterministic=False)
+        num_sanity_val_steps=0, log_every_n_steps=max(1, min(50, len(data.train) // world // batches.batch_size)),
+        deterministic=False, callbacks=[BatchCounter()])
+    if isinstance(trainer.strategy.launcher, _SubprocessScriptLauncher):
+        raise ConfigError(f"trainer.strategy={tcfg.get('strategy')!r} with {world} devices: Lightning would start "
+                          f"the other ranks by re-running this command line, i.e. the whole job, whose cache lookup "
+                          f"waits on the lock this process holds. Use trainer=ddp (strategy {SPAWN_DDP}).")
     t0 = time.perf_counter()
     trainer.fit(module, train_dataloaders=batches)
-    return {"train_seconds": round(time.perf_counter() - t0, 2),
-            "train_metrics": {k: float(v) for k, v in trainer.callback_metrics.items()}}
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    per_rank = [int(metrics.pop(f"batches_per_epoch/rank{r}")) for r in range(world)
+                if f"batches_per_epoch/rank{r}" in metrics]
+    if world > 1:
+        continue_rank_zero_logs(module, loggers)
+    return {"train_seconds": round(time.perf_counter() - t0, 2), "train_metrics": metrics,
+            "world_size": world, "batches_per_epoch": per_rank}
 
 
 def optimiser_kwargs(tcfg: dict[str, Any], lr: float | None = None) -> dict[str, Any]:
@@ -155,14 +292,16 @@ def train_backbone(cfg: DictConfig, data: RetrievalData, rt: Runtime, loggers: l
 
     tcfg = container(cfg.trainer)
     spec = {"dataset": data.name, "data": data.fingerprint, "num_train": len(data.train),
-            "model": container(cfg.model), "trainer": {k: v for k, v in tcfg.items() if k != "progress"},
-            "precision": rt.precision, "seed": cfg.seed}
+            "model": container(cfg.model),
+            "trainer": {k: v for k, v in tcfg.items() if k not in ("progress", *DISTRIBUTED_KEYS)},
+            "precision": rt.precision, "seed": cfg.seed, **distributed_spec(tcfg, rt.device)}
 
     def build() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         pl.seed_everything(cfg.seed, workers=True, verbose=False)
         net = make_backbone(cfg, data.num_classes).to(memory_format=torch.channels_last)
-        stats = fit(ClassifierModule(net, **optimiser_kwargs(tcfg)), data, tcfg["batch_size"], tcfg["max_epochs"],
-                    cfg.seed, rt, loggers)
+        stats = fit(ClassifierModule(net, multilabel=data.multilabel, **optimiser_kwargs(tcfg)), data,
+                    tcfg["batch_size"], tcfg["max_epochs"],
+                    cfg.seed, rt, loggers, tcfg)
         return dict(net.state_dict()), {**stats, "arch": cfg.model.arch, "num_classes": data.num_classes}
 
     with rt.timed("train"):
@@ -180,8 +319,9 @@ def train_pqn(cfg: DictConfig, data: RetrievalData, base: Backbone, base_key: st
 
     q, tcfg = cfg.quantizer, container(cfg.trainer)
     spec = {"base_checkpoint": base_key, "quantizer": container(q), "batch_size": tcfg["batch_size"],
-            "trainer": {k: v for k, v in tcfg.items() if k not in ("progress", "max_epochs", "lr")},
-            "precision": rt.precision, "seed": cfg.seed}
+            "trainer": {k: v for k, v in tcfg.items()
+                        if k not in ("progress", "max_epochs", "lr", *DISTRIBUTED_KEYS)},
+            "precision": rt.precision, "seed": cfg.seed, **distributed_spec(tcfg, rt.device)}
 
     def build() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         pl.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -191,8 +331,9 @@ def train_pqn(cfg: DictConfig, data: RetrievalData, base: Backbone, base_key: st
         net = make_backbone(cfg, data.num_classes)
         net.load_state_dict(base.state_dict())
         net = net.to(memory_format=torch.channels_last).train()
-        module = PQNModule(net, init, alpha=q.alpha, loss=q.loss, margin=q.margin, **optimiser_kwargs(tcfg, q.lr))
-        stats = fit(module, data, tcfg["batch_size"], q.epochs, cfg.seed, rt, loggers)
+        module = PQNModule(net, init, alpha=q.alpha, loss=q.loss, margin=q.margin, multilabel=data.multilabel,
+                           **optimiser_kwargs(tcfg, q.lr))
+        stats = fit(module, data, tcfg["batch_size"], q.epochs, cfg.seed, rt, loggers, tcfg)
         codebooks = module.soft_pq.unit_codebooks().detach().float().cpu()
         return {**{f"backbone.{k}": v for k, v in net.state_dict().items()}, "codebooks": codebooks}, stats
 
@@ -247,7 +388,7 @@ def clean_features(cfg: DictConfig, data: RetrievalData, backbone: Backbone, ckp
         bs = cfg.eval.batch_size
         zq, lq = embed(backbone, data.query.images, rt, bs, "query features", sub)
         zd, ld = embed(backbone, data.database.images, rt, bs, "database features", sub)
-        correct = (lq.argmax(1) == data.query.labels).sum() + (ld.argmax(1) == data.database.labels).sum()
+        correct = top1_hit(lq, data.query.labels).sum() + top1_hit(ld, data.database.labels).sum()
         acc = float(correct) / (len(lq) + len(ld)) * 100
         return {"query": zq, "database": zd}, {"test_accuracy": round(acc, 3)}
 
@@ -323,6 +464,9 @@ def evaluate(index: PQIndex, query_z: torch.Tensor, data: RetrievalData, systems
              ) -> dict[str, float]:
     out = {}
     for s in systems:
+        if isinstance(index, PQIndex):  # the same mAP, in blocks of queries, without a [Q, N] ranking
+            out[s] = index.mean_average_precision(query_z, s, data.query.labels, data.database.labels, topk=topk)
+            continue
         dist, ids = index.search(query_z, s, k=topk)
         out[s] = mean_average_precision(dist, ids, data.query.labels, data.database.labels, topk=topk)
     return out
@@ -340,16 +484,21 @@ def versions() -> dict[str, str]:
             "python": platform.python_version()}
 
 
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
+def cpu_model() -> str:
+    """The CPU's model name (from /proc/cpuinfo where there is one)."""
     model = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as f:
             model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), model)
     except OSError:
         pass
-    return f"cpu: {model}, {torch.get_num_threads()} threads"
+    return model
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu: {cpu_model()}, {torch.get_num_threads()} threads"
 
 
 @dataclass
@@ -362,6 +511,7 @@ class Target:
     codebooks: torch.Tensor
     codebooks_key: str
     index: PQIndex
+    ivf: IVFPQIndex | None = None  # index=ivfpq: searched instead of ``index`` (ADC @k); ``index`` gives the exact top k
 
 
 def build_target(cfg: DictConfig, data: RetrievalData, rt: Runtime, loggers: list) -> Target:
@@ -377,7 +527,39 @@ def build_target(cfg: DictConfig, data: RetrievalData, rt: Runtime, loggers: lis
         codebooks, cb_key = pq_codebooks(cfg, feats["database"], rt.keys["features"], rt)
     with rt.timed("index"):
         index = PQIndex(codebooks, feats["database"])
-    return Target(backbone, ckpt_key, feats, codebooks, cb_key, index)
+        ivf = None
+        ix = cfg.get("index") or {"kind": "flat"}
+        if ix["kind"] == "ivfpq":
+            from .config import ConfigError
+
+            try:
+                ivf = IVFPQIndex(codebooks, feats["database"], nlist=ix.nlist, nprobe=ix.nprobe,
+                                 train_size=ix.train_size, seed=ix.seed)
+            except ValueError as exc:
+                raise ConfigError(f"{exc} (the database has {len(feats['database'])} items)") from None
+    return Target(backbone, ckpt_key, feats, codebooks, cb_key, index, ivf)
+
+
+def score(target: Target, query_z: torch.Tensor, data: RetrievalData, systems: list[str], topk: int | None
+          ) -> dict[str, dict[str, float]]:
+    """mAP (percent) per system; with index=ivfpq, mAP@k from the IVF search and its recall@k of the exact PQ
+    (flat ADC) top k."""
+    if target.ivf is None:
+        return {s: {"map": v} for s, v in evaluate(target.index, query_z, data, systems, topk).items()}
+    assert topk is not None and systems == ["adc"]
+    approx, _ = target.ivf.search(query_z, "adc", k=topk)
+    exact, _ = target.index.search(query_z, "adc", k=topk)
+    return {"adc": {"map": evaluate(target.ivf, query_z, data, ["adc"], topk)["adc"],  # type: ignore[arg-type]
+                    "recall": recall_at_k_with_ties(approx, exact)}}
+
+
+def score_fields(scored: dict[str, float], cfg: DictConfig) -> dict[str, Any]:
+    """Row fields of one system's score: ``map``, and for index=ivfpq the index and its recall@k."""
+    out: dict[str, Any] = {"map": round(scored["map"], 4)}
+    if "recall" in scored:
+        out.update(index="ivfpq", nlist=int(cfg.index.nlist), nprobe=int(cfg.index.nprobe),
+                   recall=round(scored["recall"], 4))
+    return out
 
 
 def describe_rows(cfg: DictConfig, data: RetrievalData, dataset_label: str) -> dict[str, Any]:
@@ -451,9 +633,9 @@ def run(cfg: DictConfig, output_dir: Path, loggers: list | None = None) -> Path:
 
     rows = []
     with rt.timed("eval_clean"):
-        clean = evaluate(target.index, target.features["query"], data, systems, topk)
+        clean = score(target, target.features["query"], data, systems, topk)
     for s, v in clean.items():
-        rows.append({**base, "attack": "clean", "system": s, "map": round(v, 4), "topk": topk})
+        rows.append({**base, "attack": "clean", "system": s, **score_fields(v, cfg), "topk": topk})
 
     adv = adversarial_set(cfg, data, target, dataset_label, rt)
     if adv is not None:
@@ -462,15 +644,15 @@ def run(cfg: DictConfig, output_dir: Path, loggers: list | None = None) -> Path:
             z_adv, logits_adv = embed(target.backbone, adv.images, rt, cfg.eval.batch_size, "adversarial features",
                                       subvectors_of(cfg))
             check_finite("adversarial features", z_adv)
-            attacked = evaluate(target.index, z_adv, data, systems, topk)
+            attacked = score(target, z_adv, data, systems, topk)
         changed = (target.index.encode(z_adv) != target.index.encode(target.features["query"])).float().mean()
         linf = (adv.images.float() / (255 if adv.images.dtype == torch.uint8 else 1)
                 - data.query.images.float() / 255).abs().max().item()
-        acc = float((logits_adv.argmax(1) == data.query.labels).float().mean()) * 100
+        acc = float(top1_hit(logits_adv, data.query.labels).float().mean()) * 100
         src = adv.meta["source"]
         setting = {k: adv.meta["attack"].get(k) for k in ("similarity", "temperature", "eps", "step", "iters")}
         for s, v in attacked.items():
-            rows.append({**base, "attack": adv.meta["attack"]["name"], "system": s, "map": round(v, 4), "topk": topk,
+            rows.append({**base, "attack": adv.meta["attack"]["name"], "system": s, **score_fields(v, cfg), "topk": topk,
                          "source_model": src["model"], "source_bits": src["bits"],
                          "transfer": (src["model"], src["bits"], src["quantizer"]) != (base["model"], base["bits"],
                                                                                        base["quantizer"]),

@@ -1,9 +1,12 @@
 """Stage 1, data: image sets decoded once into uint8 tensors, split into train / query / database."""
 
 from .imagefolder import DatasetError
-from .sources import CIFAR10Source, DataSource, SyntheticSource
+from .labels import is_multilabel, shares_label, top1_hit
+from .nuswide import NUSWIDESource
+from .sources import CIFAR10Source, DataSource, ImageFolderSource, SyntheticSource
 from .synthetic import make_synthetic
-from .types import ImageSet, RetrievalData, split_queries
+from .types import ImageSet, RetrievalData, concat, split_queries
 
-__all__ = ["CIFAR10Source", "DataSource", "DatasetError", "ImageSet", "RetrievalData", "SyntheticSource",
-           "make_synthetic", "split_queries"]
+__all__ = ["CIFAR10Source", "DataSource", "DatasetError", "ImageFolderSource", "ImageSet", "NUSWIDESource",
+           "RetrievalData", "SyntheticSource", "concat", "is_multilabel", "make_synthetic", "shares_label",
+           "split_queries", "top1_hit"]

@@ -46,6 +46,8 @@ def fingerprint_files(files: list[Path]) -> str:
 def _decode(path: Path, size: int | None) -> np.ndarray:
     try:
         with Image.open(path) as im:
+            if size is not None and im.format == "JPEG" and min(im.size) >= 2 * size:
+                im.draft("RGB", (size, size))  # let libjpeg decode at a reduced scale: much faster for big photos
             im = im.convert("RGB")
             if size is not None and im.size != (size, size):
                 im = im.resize((size, size), Image.BILINEAR)

@@ -24,16 +24,17 @@ log = logging.getLogger(__name__)
 class DataSource:
     name = "base"
 
-    def __init__(self, num_queries: int, num_database: int, split_seed: int = 0, num_train: int | None = None,
-                 **_: object) -> None:
-        self.num_queries, self.num_database = int(num_queries), int(num_database)
+    def __init__(self, num_queries: int, num_database: int | None, split_seed: int = 0,
+                 num_train: int | None = None, **_: object) -> None:
+        self.num_queries = int(num_queries)
+        self.num_database = None if num_database is None else int(num_database)
         self.split_seed = int(split_seed)
         self.num_train = None if num_train is None else int(num_train)
 
     def _assemble(self, train: ImageSet, test: ImageSet, classes: list[str], fingerprint: str) -> RetrievalData:
         if self.num_train is not None:
             if not 0 < self.num_train <= len(train):
-                raise ValueError(f"dataset.num_train={self.num_train}: must be in [1, {len(train)}]")
+                raise DatasetError(f"dataset.num_train={self.num_train}: must be in [1, {len(train)}]")
             perm = torch.randperm(len(train), generator=torch.Generator().manual_seed(self.split_seed))
             train = train.subset(perm[: self.num_train].sort().values)
         query, database = split_queries(test, self.num_queries, self.num_database, self.split_seed)
@@ -67,7 +68,78 @@ class SyntheticSource(DataSource):
                               ImageSet(torch.from_numpy(te_x), torch.from_numpy(te_y)), classes, fp)
 
 
-class CIFAR10Source(DataSource):
+class ImageFolderSource(DataSource):
+    """Any ImageFolder tree: ``root/{train,test}/<class>/<image>``, or ``root/<class>/<image>`` cut into train
+    and test with ``split_seed`` (``test_fraction`` of each class to test). Images of any size are resized to
+    ``image_size`` x ``image_size`` when ``resize`` is set (else a differently sized image is an error naming
+    it). Decoded images are cached, so the files are read once per machine."""
+
+    name = "imagefolder"
+
+    def __init__(self, root: str = "data/images", image_size: int = 32, resize: bool = True,
+                 test_fraction: float = 0.2, **kw: object) -> None:
+        super().__init__(**kw)
+        self.root = Path(root).expanduser()
+        self.image_size, self.resize = int(image_size), bool(resize)
+        self.test_fraction = float(test_fraction)
+
+    def describe(self) -> str:
+        return f"ImageFolder {self.root}"
+
+    def _folder(self) -> Path | None:
+        return self.root if (self.root / "train").is_dir() and (self.root / "test").is_dir() else None
+
+    def load(self, cache: ArtifactCache) -> RetrievalData:
+        folder = self._folder()
+        if folder is not None:
+            return self._load_folder(folder, cache)
+        if not self.root.is_dir():
+            raise DatasetError(f"dataset.root={self.root}: no such folder (expected {self.root}/{{train,test}}/"
+                               f"<class>/<image> or {self.root}/<class>/<image>)")
+        if not 0 < self.test_fraction < 1:
+            raise DatasetError(f"dataset.test_fraction={self.test_fraction}: must be in (0, 1) to split "
+                               f"{self.root} (it has no train/ and test/ folders)")
+        classes, files, labels = list_image_folder(self.root)
+        y = torch.tensor(labels, dtype=torch.int64)
+        gen = torch.Generator().manual_seed(self.split_seed)
+        test_mask = torch.zeros(len(files), dtype=torch.bool)
+        for c in range(len(classes)):  # stratified: test_fraction of every class (at least one image)
+            members = torch.nonzero(y == c).squeeze(1)
+            take = max(1, round(len(members) * self.test_fraction))
+            test_mask[members[torch.randperm(len(members), generator=gen)[:take]]] = True
+        tr = [f for f, t in zip(files, test_mask.tolist()) if not t]
+        te = [f for f, t in zip(files, test_mask.tolist()) if t]
+        return self._decode_and_assemble(tr, y[~test_mask].tolist(), te, y[test_mask].tolist(), classes, cache,
+                                         self.root, {"split": ["seeded", self.split_seed, self.test_fraction]})
+
+    def _load_folder(self, folder: Path, cache: ArtifactCache) -> RetrievalData:
+        tr_classes, tr_files, tr_labels = list_image_folder(folder / "train")
+        te_classes, te_files, te_labels = list_image_folder(folder / "test")
+        if tr_classes != te_classes:
+            raise DatasetError(f"{folder}: train and test class folders differ: train={tr_classes}, "
+                               f"test={te_classes}")
+        return self._decode_and_assemble(tr_files, tr_labels, te_files, te_labels, tr_classes, cache, folder, {})
+
+    def _decode_and_assemble(self, tr_files: list[Path], tr_labels: list[int], te_files: list[Path],
+                             te_labels: list[int], classes: list[str], cache: ArtifactCache, folder: Path,
+                             extra_spec: dict) -> RetrievalData:
+        fp = fingerprint_files(tr_files + te_files)
+        spec = {"fingerprint": fp, "image_size": self.image_size, "resize": self.resize, **extra_spec}
+
+        def build() -> tuple[dict[str, torch.Tensor], dict]:
+            log.info("decoding %d images from %s (once; then cached)", len(tr_files) + len(te_files), folder)
+            tr = decode_images(tr_files, self.image_size, self.resize)
+            te = decode_images(te_files, self.image_size, self.resize)
+            return ({"train_x": torch.from_numpy(tr), "test_x": torch.from_numpy(te)},
+                    {"source": str(folder), "num_train": len(tr_files), "num_test": len(te_files)})
+
+        tensors, _, _ = cache.get_or_build("images", spec, build)
+        train = ImageSet(tensors["train_x"], torch.tensor(tr_labels, dtype=torch.int64))
+        test = ImageSet(tensors["test_x"], torch.tensor(te_labels, dtype=torch.int64))
+        return self._assemble(train, test, classes, fp)
+
+
+class CIFAR10Source(ImageFolderSource):
     """CIFAR-10 from an ImageFolder tree (``train/<class>/*``, ``test/<class>/*``) or torchvision's copy.
 
     ``root`` is searched for ``cifar10-jpeg/{train,test}``, ``{train,test}`` and torchvision's
@@ -80,9 +152,8 @@ class CIFAR10Source(DataSource):
 
     def __init__(self, root: str = "data", image_size: int = 32, resize: bool = False, download: bool = True,
                  **kw: object) -> None:
-        super().__init__(**kw)
-        self.root = Path(root).expanduser()
-        self.image_size, self.resize, self.download = int(image_size), bool(resize), bool(download)
+        super().__init__(root=root, image_size=image_size, resize=resize, **kw)
+        self.download = bool(download)
 
     def _folder(self) -> Path | None:
         for cand in (self.root / "cifar10-jpeg", self.root):
@@ -107,27 +178,6 @@ class CIFAR10Source(DataSource):
         if (self.root / "cifar-10-batches-py").is_dir() or self.download:
             return self._load_torchvision()
         raise self._missing(" and dataset.download=false")
-
-    def _load_folder(self, folder: Path, cache: ArtifactCache) -> RetrievalData:
-        tr_classes, tr_files, tr_labels = list_image_folder(folder / "train")
-        te_classes, te_files, te_labels = list_image_folder(folder / "test")
-        if tr_classes != te_classes:
-            raise DatasetError(f"{folder}: train and test class folders differ: train={tr_classes}, "
-                               f"test={te_classes}")
-        fp = fingerprint_files(tr_files + te_files)
-        spec = {"fingerprint": fp, "image_size": self.image_size, "resize": self.resize}
-
-        def build() -> tuple[dict[str, torch.Tensor], dict]:
-            log.info("decoding %d images from %s (once; then cached)", len(tr_files) + len(te_files), folder)
-            tr = decode_images(tr_files, self.image_size, self.resize)
-            te = decode_images(te_files, self.image_size, self.resize)
-            return ({"train_x": torch.from_numpy(tr), "test_x": torch.from_numpy(te)},
-                    {"source": str(folder), "num_train": len(tr_files), "num_test": len(te_files)})
-
-        tensors, _, _ = cache.get_or_build("images", spec, build)
-        train = ImageSet(tensors["train_x"], torch.tensor(tr_labels, dtype=torch.int64))
-        test = ImageSet(tensors["test_x"], torch.tensor(te_labels, dtype=torch.int64))
-        return self._assemble(train, test, tr_classes, fp)
 
     def _load_torchvision(self) -> RetrievalData:
         from torchvision.datasets import CIFAR10

@@ -9,7 +9,7 @@ import torch
 
 @dataclass
 class ImageSet:
-    """Images as uint8 ``[N, 3, H, W]`` and labels as int64 ``[N]`` (single-label)."""
+    """Images as uint8 ``[N, 3, H, W]``; labels int64 ``[N]`` (single-label) or bool ``[N, C]`` (multi-hot)."""
 
     images: torch.Tensor
     labels: torch.Tensor
@@ -19,6 +19,9 @@ class ImageSet:
         if self.images.dtype != torch.uint8 or self.images.ndim != 4 or self.images.shape[1] != 3:
             raise ValueError(f"ImageSet.images must be uint8 [N, 3, H, W], got {self.images.dtype} "
                              f"{tuple(self.images.shape)}")
+        if self.labels.ndim not in (1, 2) or (self.labels.ndim == 2 and self.labels.dtype != torch.bool):
+            raise ValueError(f"ImageSet.labels must be int64 [N] or bool [N, C], got {self.labels.dtype} "
+                             f"{tuple(self.labels.shape)}")
         if self.labels.shape[0] != self.images.shape[0]:
             raise ValueError(f"ImageSet: {self.images.shape[0]} images but {self.labels.shape[0]} labels")
 
@@ -45,15 +48,31 @@ class RetrievalData:
         return len(self.classes)
 
     @property
+    def multilabel(self) -> bool:
+        return self.train.labels.ndim == 2
+
+    @property
     def image_size(self) -> int:
         return int(self.train.images.shape[-1])
 
 
-def split_queries(test: ImageSet, num_queries: int, num_database: int, seed: int) -> tuple[ImageSet, ImageSet]:
-    """Split the test set with ``seed`` into disjoint query and database sets (the paper's protocol)."""
+def split_queries(test: ImageSet, num_queries: int, num_database: int | None, seed: int
+                  ) -> tuple[ImageSet, ImageSet]:
+    """Split the test set with ``seed`` into disjoint query and database sets (the paper's protocol);
+    ``num_database=None`` takes every test image that is not a query."""
+    from .imagefolder import DatasetError
+
     n = len(test)
-    if num_queries < 1 or num_database < 1 or num_queries + num_database > n:
-        raise ValueError(f"dataset.num_queries ({num_queries}) + dataset.num_database ({num_database}) must be "
-                         f"positive and at most the test split's {n} images")
+    rest = n - num_queries if num_database is None else num_database
+    if num_queries < 1 or rest < 1 or num_queries + rest > n:
+        raise DatasetError(f"dataset.num_queries ({num_queries}) + dataset.num_database ({num_database}) must be "
+                           f"positive and at most the test split's {n} images")
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
-    return test.subset(perm[:num_queries]), test.subset(perm[num_queries:num_queries + num_database])
+    return test.subset(perm[:num_queries]), test.subset(perm[num_queries:num_queries + rest])
+
+
+def concat(a: ImageSet, b: ImageSet, offset: int) -> ImageSet:
+    """``a`` then ``b``; b's positions are shifted by ``offset`` (so they stay distinct from a's)."""
+    ia = a.index if a.index is not None else torch.arange(len(a))
+    ib = (b.index if b.index is not None else torch.arange(len(b))) + offset
+    return ImageSet(torch.cat([a.images, b.images]), torch.cat([a.labels, b.labels]), torch.cat([ia, ib]))

@@ -4,13 +4,30 @@ order of the database."""
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 
 def tie_groups(sorted_dist: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """For distances ``[Q, n]`` sorted ascending: the first and last position of each position's group of
-    equal distances, two int64 ``[Q, n]``."""
+    equal distances, two int64 ``[Q, n]``.
+
+    On the CPU through numpy: a global group id per position (cumsum of the group starts over the flattened
+    rows; every row starts a group), then each group's first and last position by lookup."""
     q, n = sorted_dist.shape
+    if sorted_dist.device.type == "cpu" and sorted_dist.dtype in (torch.float32, torch.float64):
+        d = sorted_dist.detach().numpy()
+        starts = np.ones((q, n), dtype=bool)
+        np.not_equal(d[:, 1:], d[:, :-1], out=starts[:, 1:])
+        ends = np.ones_like(starts)
+        ends[:, :-1] = starts[:, 1:]
+        gid = np.cumsum(starts.ravel()) - 1
+        offset = (np.arange(q, dtype=np.int64) * n)[:, None]
+        start = np.flatnonzero(starts)[gid].reshape(q, n)
+        end = np.flatnonzero(ends)[gid].reshape(q, n)
+        start -= offset
+        end -= offset
+        return torch.from_numpy(start), torch.from_numpy(end)
     pos = torch.arange(n, device=sorted_dist.device).expand(q, n)
     new_group = torch.ones(q, n, dtype=torch.bool, device=sorted_dist.device)
     new_group[:, 1:] = sorted_dist[:, 1:] != sorted_dist[:, :-1]
@@ -28,7 +45,23 @@ def average_precision(sorted_dist: torch.Tensor, sorted_rel: torch.Tensor, num_r
     AP = (1 / R) * sum_i rel_i * P(g_i), where g_i is the end of the tie group of position i and P the
     precision there. ``num_relevant`` is R; by default the relevant items in the ranking (for a ranking
     cut at k this gives the usual mAP@k). Queries with R = 0 get AP = 0.
+
+    On the CPU (float distances, bool relevance, no NaN) through numpy, per query: with rd the relevant
+    items' distances (ascending, as ranked), P(g_i) = #(rd <= d_i) / #(ranked <= d_i), two binary searches.
     """
+    if (sorted_dist.device.type == "cpu" and sorted_rel.device.type == "cpu" and sorted_rel.dtype == torch.bool
+            and sorted_dist.dtype in (torch.float32, torch.float64)):
+        d, rel_np = sorted_dist.detach().numpy(), sorted_rel.numpy()
+        if not np.isnan(d).any():
+            sums = np.zeros(d.shape[0])
+            for i in range(d.shape[0]):
+                rd = d[i][rel_np[i]]
+                if rd.size:
+                    sums[i] = np.divide(np.searchsorted(rd, rd, side="right"),
+                                        np.searchsorted(d[i], rd, side="right")).sum()
+            r_np = rel_np.sum(1).astype(np.float64) if num_relevant is None else \
+                num_relevant.detach().cpu().numpy().astype(np.float64)
+            return torch.from_numpy(np.where(r_np > 0, sums / np.maximum(r_np, 1), 0.0))
     n = sorted_rel.shape[1]
     rel = sorted_rel.to(torch.float64)
     cum_rel = rel.cumsum(1)
@@ -40,9 +73,27 @@ def average_precision(sorted_dist: torch.Tensor, sorted_rel: torch.Tensor, num_r
     return torch.where(r > 0, ap, torch.zeros_like(ap))
 
 
-def relevance(query_labels: torch.Tensor, db_labels: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-    """``[Q, k]`` bool: does ranked item ``ids[q, i]`` share the query's label."""
-    return db_labels[ids] == query_labels[:, None]
+def relevance(query_labels: torch.Tensor, db_labels: torch.Tensor, ids: torch.Tensor, chunk: int = 128
+              ) -> torch.Tensor:
+    """``[Q, k]`` bool: is ranked item ``ids[q, i]`` relevant to query q.
+
+    Single-label (int ``[N]``): the same class. Multi-label (multi-hot ``[N, C]``, e.g. NUS-WIDE): at least
+    one shared concept. Ids of -1 (no result) are never relevant.
+    """
+    valid = ids >= 0
+    safe = ids.clamp_min(0)
+    if query_labels.ndim == 1:
+        return (db_labels[safe] == query_labels[:, None]) & valid
+    if query_labels.shape[1] <= 63:  # concepts as bits of one int64: one AND per pair
+        weights = 1 << torch.arange(query_labels.shape[1], dtype=torch.int64)
+        q_bits = (query_labels.bool().long() * weights).sum(1)
+        db_bits = (db_labels.bool().long() * weights).sum(1)
+        return ((db_bits[safe] & q_bits[:, None]) != 0) & valid
+    out = torch.empty(ids.shape, dtype=torch.bool)
+    q, db = query_labels.bool(), db_labels.bool()
+    for lo in range(0, ids.shape[0], chunk):
+        out[lo:lo + chunk] = (db[safe[lo:lo + chunk]] & q[lo:lo + chunk, None]).any(-1)
+    return out & valid
 
 
 def mean_average_precision(sorted_dist: torch.Tensor, ids: torch.Tensor, query_labels: torch.Tensor,
@@ -50,7 +101,11 @@ def mean_average_precision(sorted_dist: torch.Tensor, ids: torch.Tensor, query_l
     """mAP in percent (0-100) over the full ranking, or mAP@topk when ``topk`` is given."""
     if topk is not None:
         sorted_dist, ids = sorted_dist[:, :topk], ids[:, :topk]
-    rel = relevance(query_labels.cpu(), db_labels.cpu(), ids.cpu())
+    ql, dl = query_labels.cpu(), db_labels.cpu()
+    if ql.ndim == 1 and ql.dtype == dl.dtype == torch.int64 and ql.numel() and dl.numel() and \
+            -(1 << 15) <= min(ql.min(), dl.min()) and max(ql.max(), dl.max()) < (1 << 15):
+        ql, dl = ql.to(torch.int16), dl.to(torch.int16)  # class ids: the same equalities, a cheaper gather
+    rel = relevance(ql, dl, ids.cpu())
     return float(average_precision(sorted_dist.cpu(), rel).mean()) * 100.0
 
 

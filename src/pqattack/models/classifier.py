@@ -6,6 +6,7 @@ import pytorch_lightning as pl
 import torch
 from torch import nn
 
+from ..data.labels import top1_hit
 from .augment import random_crop_flip
 from .backbones import Backbone
 
@@ -15,15 +16,23 @@ class ClassifierModule(pl.LightningModule):
 
     Batches arrive as uint8 images; conversion to [0, 1] and augmentation happen on the device.
     Label smoothing defaults to 0: it masks gradients and inflates attacked mAP (see the README).
+    Multi-label data (multi-hot labels, e.g. NUS-WIDE) trains with binary cross-entropy per concept instead.
     """
 
     def __init__(self, backbone: Backbone, lr: float = 0.1, momentum: float = 0.9, weight_decay: float = 5e-4,
                  nesterov: bool = True, label_smoothing: float = 0.0, schedule: str = "onecycle",
-                 augment: bool = True, crop_padding: int = 4) -> None:
+                 augment: bool = True, crop_padding: int = 4, multilabel: bool = False) -> None:
         super().__init__()
         self.backbone = backbone
         self.save_hyperparameters(ignore=["backbone"])
-        self.loss = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+        self.ce = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+        self.bce = nn.BCEWithLogitsLoss()
+
+    def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy for class labels ``[B]``; binary cross-entropy for multi-hot labels ``[B, C]``."""
+        if self.hparams.multilabel:
+            return self.bce(logits.float(), labels.float())
+        return self.ce(logits, labels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.backbone(x)
@@ -43,7 +52,7 @@ class ClassifierModule(pl.LightningModule):
             raise FloatingPointError(f"training loss is {loss.item()} at step {self.global_step}: the backbone "
                                      f"diverged; lower trainer.lr or check the data")
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True)
-        self.log("train/acc", (logits.argmax(1) == labels).float().mean(), prog_bar=True, on_epoch=True,
+        self.log("train/acc", top1_hit(logits, labels).float().mean(), prog_bar=True, on_epoch=True,
                  on_step=False)
         return loss
 

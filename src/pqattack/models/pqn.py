@@ -20,6 +20,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..data.labels import shares_label, top1_hit
 from .backbones import Backbone
 from .classifier import ClassifierModule
 
@@ -67,7 +68,7 @@ def asymmetric_triplet_loss(x: torch.Tensor, s: torch.Tensor, labels: torch.Tens
     anchors without a positive or a negative in the batch are skipped."""
     b, m = x.shape[:2]
     sims = torch.einsum("amd,bmd->ab", x, s) / m
-    same = labels[:, None] == labels[None, :]
+    same = shares_label(labels, labels)  # multi-label: sharing at least one concept makes a positive
     eye = torch.eye(b, dtype=torch.bool, device=x.device)
     pos, neg = same & ~eye, ~same
     valid = pos.any(1) & neg.any(1)
@@ -106,7 +107,7 @@ class PQNModule(ClassifierModule):
         if "ce" in self.pqn_loss:
             logits = self.backbone.head(soft.flatten(1))
             loss = loss + self.loss(logits, labels)
-            self.log("train/acc", (logits.argmax(1) == labels).float().mean(), on_epoch=True, on_step=False)
+            self.log("train/acc", top1_hit(logits, labels).float().mean(), on_epoch=True, on_step=False)
         if batch_idx % 50 == 0 and not torch.isfinite(loss):
             raise FloatingPointError(f"PQN training loss is {loss.item()} at step {self.global_step}: lower "
                                      f"quantizer.lr or alpha")

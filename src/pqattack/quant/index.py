@@ -1,7 +1,32 @@
-"""FAISS-backed PQ index: encoding, ADC search, and SDC search (FAISS for 8-bit sub-codes, else an
-M x K x K symmetric table). Distances are squared Euclidean, as in the paper's SDC/ADC definitions."""
+"""FAISS-backed PQ index: encoding, ADC and SDC distances, rankings and the tie-aware mAP over them.
+
+Distances are squared Euclidean, as in the paper's SDC/ADC definitions. Both systems use a per-query lookup table
+``[M, Q, K]`` (ADC: ||y_m - c_mk||^2; SDC: the rows of FAISS's symmetric table ``[M, K, K]`` picked by the query's
+own codes), summed over the sub-spaces at each database item's codes. The ADC table is one batched GEMM in torch,
+||y_m||^2 + ||c_mk||^2 - 2 <y_m, c_mk>, FAISS's formula for sub-vectors of 16 dimensions or more. (FAISS's own
+``compute_distance_tables`` took ~95 ms for this 0.3 ms job with its two OpenMP threads here, and its rounding
+depends on its thread count.) So the ranking paths below and FAISS's heap search can differ in the last bit of a
+distance, which can swap near-equal items: on real-valued features, mAPs differ by up to ~1e-5 points.
+
+How it is made fast (``python -m pqattack.bench --figures retrieval_9k_adc,retrieval_9k_sdc,retrieval_1m_adc``;
+docs/benchmarks.md):
+
+- the table is gathered by the codes with ``numpy.take`` per sub-space (about a nanosecond per item and sub-space),
+  two sub-spaces at once for K <= 64 (a ``[Q, K * K]`` table of pair sums), in blocks of queries so that no more
+  than ``BLOCK_ITEMS`` distances exist at once;
+- a full ranking sorts one int64 key per item, (distance bits << id bits) | id, with numpy's SIMD sort: distances
+  ascending, ties in database order, no separate argsort;
+- a short top k (k <= N / ``FAISS_TOPK_FRACTION``) goes through FAISS's heap search, which never writes the
+  ``[Q, N]`` distances;
+- the mAP over the full ranking (:meth:`PQIndex.mean_average_precision`) needs no ranking at all: a relevant item's
+  tie-aware precision is (relevant items at a distance <= its own) / (items at a distance <= its own), counted by
+  binary search in the sorted distances of the query's row (see :func:`average_precision_unranked`).
+"""
 
 from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
 
 import faiss
 import numpy as np
@@ -10,6 +35,9 @@ import torch
 from .codebooks import nbits_of
 
 SYSTEMS = ("sdc", "adc")
+BLOCK_ITEMS = 1 << 24  # distances held at once when ranking in blocks of queries (64 MiB as float32)
+FAISS_TOPK_FRACTION = 8  # k <= N / 8: FAISS's heap search; longer rankings: gather + sort here
+PAIR_TABLE_MAX = 4096  # K * K up to this (K <= 64): gather sub-spaces two at a time from a [Q, K * K] table
 
 
 def _np(x: torch.Tensor | np.ndarray) -> np.ndarray:
@@ -26,6 +54,80 @@ def unpack_codes(packed: np.ndarray, M: int, nbits: int) -> np.ndarray:  # noqa:
     return (bits.astype(np.int64) << np.arange(nbits, dtype=np.int64)).sum(-1)
 
 
+def _threads() -> int:
+    return max(1, min(torch.get_num_threads(), os.cpu_count() or 1))
+
+
+def _parallel_rows(fn, rows: int, *arrays: np.ndarray) -> list:  # noqa: ANN001
+    """``fn(*[a[s] for a in arrays])`` over contiguous row blocks, one per thread (numpy's sort releases the GIL)."""
+    n = min(_threads(), rows)
+    if n <= 1:
+        return [fn(*arrays)]
+    bounds = np.linspace(0, rows, n + 1).astype(int)
+    with ThreadPoolExecutor(n) as pool:
+        return list(pool.map(lambda i: fn(*[a[bounds[i]:bounds[i + 1]] for a in arrays]), range(n)))
+
+
+def _sort_keys(dist: np.ndarray) -> tuple[np.ndarray, int]:
+    """int64 keys ``[Q, n]`` that order like (distance, column): the float32's bits made monotone (negative
+    floats reversed), shifted left by the id width, or'ed with the column."""
+    id_bits = max(1, int(dist.shape[1] - 1).bit_length())
+    bits = (dist + np.float32(0.0)).view(np.int32).astype(np.int64)  # + 0.0: -0.0 becomes +0.0, as equal
+    np.bitwise_xor(bits, 0x7FFFFFFF, out=bits, where=bits < 0)
+    bits <<= id_bits
+    bits |= np.arange(dist.shape[1], dtype=np.int64)
+    return bits, id_bits
+
+
+def _from_keys(keys: np.ndarray, id_bits: int) -> tuple[np.ndarray, np.ndarray]:
+    ids = keys & ((1 << id_bits) - 1)
+    bits = keys >> id_bits
+    np.bitwise_xor(bits, 0x7FFFFFFF, out=bits, where=bits < 0)
+    return bits.astype(np.int32).view(np.float32), ids
+
+
+def rank(dist: np.ndarray, k: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted ``(distances, ids)`` ``[Q, k]`` of a ``[Q, N]`` float32 distance matrix: nearest first, ties by id."""
+    n = dist.shape[1]
+    k = n if k is None else min(k, n)
+
+    def block(d: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        keys, id_bits = _sort_keys(d)
+        if k < n:
+            keys = np.partition(keys, k - 1, axis=1)[:, :k]
+        keys.sort(axis=1)
+        return _from_keys(keys, id_bits)
+
+    parts = _parallel_rows(block, dist.shape[0], dist)
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+
+def average_precision_unranked(dist: np.ndarray, rel: np.ndarray) -> np.ndarray:
+    """Per-query tie-aware AP (sklearn's ``average_precision_score`` on the scores -dist) from unsorted float32
+    distances ``[Q, n]`` and relevance ``[Q, n]`` (bool), float64 ``[Q]``; queries with no relevant item get 0.
+
+    Items at equal distance form one group; a relevant item counts the precision at the end of its group, i.e.
+    (relevant items with distance <= d) / (items with distance <= d), d its distance. Both counts are binary
+    searches: in the sorted relevant distances and in the sorted distances of the row (values only, no argsort).
+    Equal to :func:`pqattack.metrics.average_precision` on the sorted ranking.
+    """
+
+    def block(d: np.ndarray, r: np.ndarray) -> np.ndarray:
+        srt = np.sort(d, axis=1)
+        out = np.zeros(len(d))
+        for i in range(len(d)):
+            rd = d[i][r[i]]
+            if rd.size == 0:
+                continue
+            rd.sort()
+            rel_le = np.searchsorted(rd, rd, side="right")
+            all_le = np.searchsorted(srt[i], rd, side="right")
+            out[i] = np.divide(rel_le, all_le).sum() / rd.size
+        return out
+
+    return np.concatenate(_parallel_rows(block, dist.shape[0], dist, rel))
+
+
 class PQIndex:
     """A database encoded with fixed codebooks ``[M, K, D/M]`` (K-means or learned, e.g. PQN)."""
 
@@ -40,6 +142,7 @@ class PQIndex:
         self.index.is_trained = True
         self.sdc_table = torch.from_numpy(faiss.vector_to_array(self.index.pq.sdc_table).reshape(M, K, K).copy())
         self.db_codes: torch.Tensor | None = None
+        self._codes_by_space: np.ndarray | None = None  # [M, N] intp, the gather indices
         if database is not None:
             self.add(database)
 
@@ -53,37 +156,122 @@ class PQIndex:
         return torch.from_numpy(unpack_codes(packed, self.M, self.nbits))
 
     def add(self, database: torch.Tensor | np.ndarray) -> None:
-        x = _np(database)
-        self.index.add(x)
-        codes = self.encode(x)
+        """Encode (once) and append to the FAISS index and to ``db_codes``."""
+        packed = self.index.pq.compute_codes(_np(database))
+        self.index.add_sa_codes(packed)
+        codes = torch.from_numpy(unpack_codes(packed, self.M, self.nbits))
         self.db_codes = codes if self.db_codes is None else torch.cat([self.db_codes, codes])
+        self._codes_by_space = None
 
+    def _pairs(self) -> bool:
+        """Gather two sub-spaces at once (a ``[Q, K * K]`` table of their sums per pair) when that table is small."""
+        return self.M % 2 == 0 and self.K * self.K <= PAIR_TABLE_MAX
+
+    def _codes_t(self) -> np.ndarray:
+        """The gather indices ``[M, N]`` (or ``[M/2, N]`` pair indices b_2j * K + b_2j+1), intp, cached."""
+        assert self.db_codes is not None, "PQIndex.add() the database first"
+        if self._codes_by_space is None:
+            codes = self.db_codes.numpy().T.astype(np.intp)
+            if self._pairs():
+                codes = codes[0::2] * self.K + codes[1::2]
+            self._codes_by_space = np.ascontiguousarray(codes)
+        return self._codes_by_space
+
+    # ----------------------------------------------------------------------------------------- distances
+    def lookup_tables(self, queries: torch.Tensor | np.ndarray, system: str) -> np.ndarray:
+        """float32 ``[M, Q, K]``: ADC ||y_m - c_mk||^2; SDC the table rows T[m, b_m(y), :] of the query's codes."""
+        if system not in SYSTEMS:
+            raise ValueError(f"system={system!r}: expected one of {SYSTEMS}")
+        if system == "adc":  # ||y_m||^2 + ||c_mk||^2 - 2 <y_m, c_mk>: one batched GEMM (see the module doc)
+            y = torch.as_tensor(_np(queries)).view(-1, self.M, self.d // self.M).transpose(0, 1)  # [M, Q, D/M]
+            c = self.codebooks
+            tables = torch.baddbmm((y * y).sum(-1, keepdim=True) + (c * c).sum(-1)[:, None, :], y, c.transpose(1, 2),
+                                   alpha=-2)
+            return tables.numpy()
+        return self._sdc_tables(self.encode(queries))
+
+    def _sdc_tables(self, query_codes: torch.Tensor) -> np.ndarray:
+        table = self.sdc_table.numpy()
+        qc = query_codes.numpy().T  # [M, Q]
+        return np.ascontiguousarray(table[np.arange(self.M)[:, None], qc])
+
+    def _gather(self, tables: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """``[Q, N]`` = sum_m tables[m, q, code_m(x)]. With pairs: (T_0 + T_1) + (T_2 + T_3) + ..., each pair's
+        sums made once per table entry; equal codes always get equal distances."""
+        codes = self._codes_t()
+        if self._pairs():
+            tables = np.ascontiguousarray(tables[0::2, :, :, None] + tables[1::2, :, None, :]).reshape(
+                self.M // 2, tables.shape[1], self.K * self.K)
+        if out is None:
+            out = np.empty((tables[0].shape[0], codes.shape[1]), dtype=np.float32)
+        # mode="clip": the codes are in range, and with out= it avoids numpy's buffered copy of mode="raise"
+        dist = np.take(tables[0], codes[0], axis=1, out=out, mode="clip")
+        buf = np.empty_like(dist)
+        for m in range(1, len(codes)):
+            dist += np.take(tables[m], codes[m], axis=1, out=buf, mode="clip")
+        return dist
+
+    def distances(self, queries: torch.Tensor | np.ndarray, system: str) -> torch.Tensor:
+        """``[Q, N]`` float32 squared distances to every database item: ADC d(y, q(x))^2, SDC d(q(y), q(x))^2."""
+        return torch.from_numpy(self._gather(self.lookup_tables(queries, system)))
+
+    def sdc_distances(self, query_codes: torch.Tensor) -> torch.Tensor:
+        """``[Q, N]`` squared SDC distances sum_m T[m, b_m(y), b_m(x)] from the symmetric table."""
+        return torch.from_numpy(self._gather(self._sdc_tables(query_codes)))
+
+    def _block_rows(self) -> int:
+        return max(1, BLOCK_ITEMS // max(1, self.ntotal))
+
+    # ----------------------------------------------------------------------------------------- search
     def search(self, queries: torch.Tensor | np.ndarray, system: str, k: int | None = None
                ) -> tuple[torch.Tensor, torch.Tensor]:
         """Rank the database for each query; ``(distances, ids)``, each ``[Q, k]``, nearest first.
 
-        ``k=None`` ranks the whole database. ADC: d(y, q(x))^2 through FAISS. SDC: d(q(y), q(x))^2, through
-        FAISS's SDC search for 8-bit sub-codes, else through the symmetric table ``[M, K, K]``.
+        ``k=None`` ranks the whole database. ADC: d(y, q(x))^2; SDC: d(q(y), q(x))^2. A short top k goes through
+        FAISS's heap search (ADC, or SDC with 8-bit sub-codes); otherwise the lookup tables are gathered in
+        blocks of queries and sorted here (ties in database order).
         """
         if system not in SYSTEMS:
             raise ValueError(f"system={system!r}: expected one of {SYSTEMS}")
-        k = self.ntotal if k is None else min(k, self.ntotal)
-        q = _np(queries)
-        if system == "adc" or self.nbits == 8:
+        n = self.ntotal
+        k = n if k is None else min(k, n)
+        if k * FAISS_TOPK_FRACTION <= n and (system == "adc" or self.nbits == 8):
             self.index.search_type = faiss.IndexPQ.ST_PQ if system == "adc" else faiss.IndexPQ.ST_SDC
-            dist, ids = self.index.search(q, k)
+            dist, ids = self.index.search(_np(queries), k)
             return torch.from_numpy(dist), torch.from_numpy(ids)
-        dist = self.sdc_distances(self.encode(q))
-        if k == self.ntotal:
-            d_sorted, ids = torch.sort(dist, dim=1, stable=True)
-        else:
-            d_sorted, ids = torch.topk(dist, k, dim=1, largest=False, sorted=True)
-        return d_sorted, ids
+        tables = self.lookup_tables(queries, system)
+        nq, rows = tables.shape[1], self._block_rows()
+        out_d, out_i = np.empty((nq, k), dtype=np.float32), np.empty((nq, k), dtype=np.int64)
+        for lo in range(0, nq, rows):
+            out_d[lo:lo + rows], out_i[lo:lo + rows] = rank(self._gather(tables[:, lo:lo + rows]), k)
+        return torch.from_numpy(out_d), torch.from_numpy(out_i)
 
-    def sdc_distances(self, query_codes: torch.Tensor) -> torch.Tensor:
-        """``[Q, N]`` squared SDC distances sum_m T[m, b_m(y), b_m(x)] from the symmetric table."""
-        assert self.db_codes is not None, "PQIndex.add() the database first"
-        dist = torch.zeros(query_codes.shape[0], self.ntotal)
-        for m in range(self.M):
-            dist += self.sdc_table[m][query_codes[:, m]][:, self.db_codes[:, m]]
-        return dist
+    # ----------------------------------------------------------------------------------------- mAP
+    def mean_average_precision(self, queries: torch.Tensor | np.ndarray, system: str, query_labels: torch.Tensor,
+                               db_labels: torch.Tensor, topk: int | None = None) -> float:
+        """mAP in percent (0-100), the same number as ``metrics.mean_average_precision(*self.search(queries,
+        system, topk), query_labels, db_labels, topk)``: tie-aware, over the full ranking or the top k.
+
+        Over the full ranking, no ranking is materialised (:func:`average_precision_unranked`), and distances
+        exist for one block of queries at a time.
+        """
+        from ..metrics.retrieval import mean_average_precision, relevance
+
+        if topk is not None and topk < self.ntotal:
+            dist, ids = self.search(queries, system, k=topk)
+            return mean_average_precision(dist, ids, query_labels, db_labels, topk=topk)
+        tables = self.lookup_tables(queries, system)
+        nq, n, rows = tables.shape[1], self.ntotal, self._block_rows()
+        ql, dl = query_labels.cpu(), db_labels.cpu()
+        single = ql.ndim == 1
+        buf = np.empty((min(rows, nq), n), dtype=np.float32)
+        ap = np.zeros(nq)
+        for lo in range(0, nq, rows):
+            hi = min(lo + rows, nq)
+            dist = self._gather(tables[:, lo:hi], out=buf[: hi - lo])
+            if single:  # relevance() of the ranking (0..N-1), without gathering labels per query
+                rel = dl.numpy()[None, :] == ql[lo:hi].numpy()[:, None]
+            else:
+                rel = relevance(ql[lo:hi], dl, torch.arange(n).expand(hi - lo, n)).numpy()
+            ap[lo:hi] = average_precision_unranked(dist, rel)
+        return float(ap.mean()) * 100.0 if nq else float("nan")

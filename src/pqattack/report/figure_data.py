@@ -174,7 +174,11 @@ def centroid_distributions(arts: dict[str, JobArtifacts], query: int
 
 def query_description(arts: dict[str, JobArtifacts], query: int) -> dict[str, Any]:
     data = next(iter(arts.values())).data
-    label = int(data.query.labels[query])
-    name = data.classes[label] if label < len(data.classes) else str(label)
+    labels = data.query.labels[query]
+    if labels.ndim == 1:  # multi-label: every concept of the query
+        name = "+".join(data.classes[c] for c in torch.nonzero(labels).squeeze(1).tolist())
+    else:
+        label = int(labels)
+        name = data.classes[label] if label < len(data.classes) else str(label)
     return {"query": query, "class": name, "test_index": int(data.query.index[query])
             if data.query.index is not None else query}

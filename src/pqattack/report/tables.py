@@ -129,7 +129,9 @@ def markdown_table(rows: list[dict[str, Any]], value: str = "map", digits: int =
         cols = sorted({(r["model"], r.get("quantizer", "kmeans"), int(r["bits"])) for r in drows})
         cell = {(r["system"], attack_label(r), r["model"], r.get("quantizer", "kmeans"), int(r["bits"])): r[value]
                 for r in drows}
-        lines = [f"**{dataset}**, mAP (%) over the full ranking" if value == "map" else f"**{dataset}**, {value}", ""]
+        topks = sorted({r.get("topk") or 0 for r in drows})
+        scope = " / ".join(f"mAP@{k} (%)" if k else "mAP (%) over the full ranking" for k in topks)
+        lines = [f"**{dataset}**, {scope}" if value == "map" else f"**{dataset}**, {value}", ""]
         header = ["system", "attack"] + [f"{m}{'' if q == 'kmeans' else '+' + q} {b}b" for m, q, b in cols]
         lines.append("| " + " | ".join(header) + " |")
         lines.append("|" + "---|" * len(header))

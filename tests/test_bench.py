@@ -1,0 +1,142 @@
+"""The benchmark (quick sizes, a real subprocess) and the fast retrieval path against brute force with many ties."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import average_precision_score
+
+from pqattack.metrics import mean_average_precision
+from pqattack.quant import PQIndex
+
+REPO = Path(__file__).resolve().parents[1]
+FIGURES = ["retrieval_9k_adc", "retrieval_9k_sdc", "retrieval_1m_adc", "train_resnet18", "train_recipe",
+           "attack_resnet18", "table1", "sweep_memory"]
+KEYS = {"figure", "fast_value", "baseline_value", "unit", "ratio", "fast_peak_mb", "baseline_peak_mb", "target",
+        "meets_target", "command", "device", "versions", "notes"}
+
+
+@pytest.fixture(scope="module")
+def bench_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, str]:
+    out = tmp_path_factory.mktemp("bench") / "x.json"
+    proc = subprocess.run([sys.executable, "-m", "pqattack.bench", "--quick", "--figures", ",".join(FIGURES),
+                           "--out", str(out)], cwd=REPO, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    assert proc.returncode == 0, f"{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+    return json.loads(out.read_text()), proc.stdout
+
+
+def test_bench_writes_one_record_per_figure(bench_run: tuple[dict, str]) -> None:
+    doc, stdout = bench_run
+    assert doc["device"] == "cpu" and doc["quick"] is True
+    records = {r["figure"]: r for r in doc["records"]}
+    assert list(records) == FIGURES
+    for name, r in records.items():
+        assert KEYS <= set(r), f"{name}: missing {KEYS - set(r)}"
+        assert r["command"].startswith("python -m pqattack.bench --device cpu")
+        assert {"torch", "faiss", "numpy"} <= set(r["versions"])
+        assert any(ln.startswith(f"{name}: fast ") and "| ratio " in ln and "| peak " in ln
+                   for ln in stdout.splitlines()), name
+        if r["fast_value"] is not None and r["baseline_value"] is not None:
+            fast, base = r["fast_value"], r["baseline_value"]
+            expected = fast / base if r["unit"] in ("images/s", "queries/s") else base / fast
+            assert r["ratio"] == pytest.approx(expected, rel=0.02, abs=0.01)
+            assert r["fast_peak_mb"] > 0 and r["baseline_peak_mb"] > 0
+    # the figure's targets are judged on their own device only
+    assert records["retrieval_9k_adc"]["meets_target"] in (True, False)
+    assert records["attack_resnet18"]["meets_target"] is None and "GPU" in records["attack_resnet18"]["target"]
+    # table1 is GPU only: recorded, not run, with the reason
+    t1 = records["table1"]
+    assert t1["fast_value"] is None and "GPU only" in t1["notes"]["reason"]
+    # on the CPU the recipe's wall time is projected from the training throughput of this run
+    assert records["train_recipe"]["notes"]["fast_projected"] is True
+    assert records["train_recipe"]["fast_value"] == pytest.approx(40 * 50_000 / records["train_resnet18"]["fast_value"],
+                                                                  rel=1e-3)
+    assert records["sweep_memory"]["notes"]["rss_mb_after_each_job"]
+
+
+def test_bench_fast_and_baseline_map_agree(bench_run: tuple[dict, str]) -> None:
+    records = {r["figure"]: r for r in bench_run[0]["records"]}
+    for name in ("retrieval_9k_adc", "retrieval_9k_sdc"):
+        n = records[name]["notes"]
+        assert n["fast_map"] == pytest.approx(n["baseline_map"], abs=1e-6)
+        assert n["previous_map"] == pytest.approx(n["baseline_map"], abs=1e-6)
+        assert 20 < n["fast_map"] < 100  # the synthetic classes are separable but not trivially
+    n = records["retrieval_1m_adc"]["notes"]
+    assert n["fast_map_on_baseline_queries"] == pytest.approx(n["baseline_map"], abs=1e-6)
+
+
+def test_bench_markdown_renders_every_figure(bench_run: tuple[dict, str], tmp_path: Path) -> None:
+    src = tmp_path / "x.json"
+    src.write_text(json.dumps(bench_run[0]))
+    doc = tmp_path / "benchmarks.md"
+    doc.write_text("# Benchmarks\n\nintro\n")
+    for _ in range(2):  # the section is replaced in place, not appended twice
+        proc = subprocess.run([sys.executable, "-m", "pqattack.bench", "--markdown", str(src), "--update", str(doc)],
+                              cwd=REPO, capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr
+    text = doc.read_text()
+    assert text.startswith("# Benchmarks\n\nintro\n") and text.count("<!-- bench:cpu:start -->") == 1
+    for name in FIGURES:
+        assert f"| {name} |" in text
+
+
+# --------------------------------------------------------------------------------------------- fast path, ties
+def _tied_index(M: int, K: int, seed: int) -> tuple[PQIndex, torch.Tensor, torch.Tensor]:  # noqa: N803
+    """Small integer codebooks and features: every float32 distance is exact and many are equal."""
+    rng = np.random.default_rng(seed)
+    dsub = 2
+    codebooks = torch.from_numpy(rng.integers(-2, 3, (M, K, dsub)).astype(np.float32))
+    db = torch.from_numpy(rng.integers(-2, 3, (700, M * dsub)).astype(np.float32))
+    q = torch.from_numpy(rng.integers(-2, 3, (25, M * dsub)).astype(np.float32))
+    return PQIndex(codebooks, db), q, codebooks
+
+
+def _brute(index: PQIndex, codebooks: torch.Tensor, q: torch.Tensor, system: str) -> np.ndarray:
+    cb = codebooks.double().numpy()
+    m = np.arange(index.M)
+    recon = lambda c: cb[m[None], c.numpy()].reshape(len(c), -1)  # noqa: E731
+    y = q.double().numpy() if system == "adc" else recon(index.encode(q))
+    return ((y[:, None, :] - recon(index.db_codes)[None]) ** 2).sum(-1)
+
+
+@pytest.mark.parametrize("M,K", [(4, 16), (4, 64), (4, 512), (3, 16)])  # pairs of sub-spaces, single, odd M
+@pytest.mark.parametrize("system", ["adc", "sdc"])
+def test_fast_map_equals_brute_force_with_ties(M: int, K: int, system: str) -> None:  # noqa: N803
+    index, q, codebooks = _tied_index(M, K, seed=M * K)
+    ref = _brute(index, codebooks, q, system)
+    assert len(np.unique(ref[0])) < ref.shape[1] / 4  # many ties
+    np.testing.assert_array_equal(index.distances(q, system).numpy(), ref.astype(np.float32))
+    rng = np.random.default_rng(0)
+    ql, dl = torch.from_numpy(rng.integers(0, 4, 25)), torch.from_numpy(rng.integers(0, 4, 700))
+    rel = dl.numpy()[None, :] == ql.numpy()[:, None]
+    expected = np.mean([average_precision_score(rel[i], -ref[i]) if rel[i].any() else 0.0 for i in range(25)]) * 100
+    # mAP over the full ranking without a ranking (pipeline.evaluate) and through the full ranking (search)
+    assert index.mean_average_precision(q, system, ql, dl) == pytest.approx(expected, abs=1e-9)
+    dist, ids = index.search(q, system)
+    assert mean_average_precision(dist, ids, ql, dl) == pytest.approx(expected, abs=1e-9)
+    # the ranking: distances ascending, ties in database order, every item once
+    order = np.lexsort((np.arange(700)[None].repeat(25, 0), ref), axis=1)
+    np.testing.assert_array_equal(ids.numpy(), order)
+    # top k, short (FAISS's heap search for ADC) and long (gather + partition): a prefix of the full ranking
+    for k in (40, 500):
+        dk, ik = index.search(q, system, k=k)
+        np.testing.assert_array_equal(dk.numpy(), dist[:, :k].numpy())
+        np.testing.assert_array_equal(ik.numpy(), ids[:, :k].numpy())
+        assert index.mean_average_precision(q, system, ql, dl, topk=k) == pytest.approx(
+            mean_average_precision(dist, ids, ql, dl, topk=k), abs=1e-9)
+
+
+def test_fast_map_multilabel_matches_ranking() -> None:
+    index, q, codebooks = _tied_index(4, 16, seed=3)
+    rng = np.random.default_rng(1)
+    ql = torch.from_numpy(rng.random((25, 5)) < 0.3)
+    dl = torch.from_numpy(rng.random((700, 5)) < 0.3)
+    dist, ids = index.search(q, "adc")
+    assert index.mean_average_precision(q, "adc", ql, dl) == pytest.approx(
+        mean_average_precision(dist, ids, ql, dl), abs=1e-9)
