@@ -1,6 +1,9 @@
 """NUS-WIDE's distribution layout, multi-label relevance and mAP@k, and ImageFolder trees of mixed image sizes:
 the real loaders on real files written in those layouts (the real NUS-WIDE images cannot exist here)."""
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -167,6 +170,14 @@ def test_nuswide_job_end_to_end_with_bce_and_map_at_k(nuswide_root: tuple[Path, 
     assert "mAP@100" in (tmp_path / "run" / "results.md").read_text()
     # the backbone trained with binary cross-entropy on the multi-hot labels (its loss is logged)
     assert "train/loss" in res["meta"]["training"]["train_metrics"]
+    # the report rebuilds the multi-label system and reproduces the recorded mAP@k
+    rep = subprocess.run([sys.executable, "-m", "pqattack.report", "run", "--out", "rep"], cwd=tmp_path,
+                         env={**os.environ, "PQATTACK_CACHE": str(tmp_path / "cache")}, capture_output=True,
+                         text=True, timeout=300)
+    assert rep.returncode == 0, rep.stderr[-3000:]
+    index = (tmp_path / "rep" / "index.md").read_text()
+    assert "mAP@100" in index and "do not give the recorded mAP" not in index
+    assert (tmp_path / "rep" / "retrieval_examples_sdc.png").is_file()
 
 
 def test_imagefolder_job_end_to_end(tmp_path: Path) -> None:

@@ -93,9 +93,11 @@ def pr_curves(ranked: Ranked) -> dict[str, dict[str, tuple[np.ndarray, np.ndarra
 
 
 def recomputed_maps(ranked: Ranked, arts: dict[str, JobArtifacts]) -> dict[tuple[str, str], float]:
-    """mAP of the reloaded system, to check the artifacts against the records."""
-    data = next(iter(arts.values())).data
-    return {k: mean_average_precision(dist, ids, data.query.labels, data.database.labels)
+    """mAP of the reloaded system (at the jobs' ``eval.topk``, as recorded), to check the artifacts against the
+    records."""
+    first = next(iter(arts.values()))
+    topk = (first.job.config.get("eval") or {}).get("topk")
+    return {k: mean_average_precision(dist, ids, first.data.query.labels, first.data.database.labels, topk=topk)
             for k, (dist, ids, _) in ranked.items()}
 
 
