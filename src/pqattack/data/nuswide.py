@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from ..cache import ArtifactCache
-from .imagefolder import DatasetError, decode_images
+from .imagefolder import DatasetError, decode_images, fingerprint_files
 from .sources import DataSource
 from .types import ImageSet, RetrievalData, concat, split_queries
 
@@ -144,10 +144,7 @@ class NUSWIDESource(DataSource):
         (tr_files, tr_y), (te_files, te_y) = splits["train"], splits["test"]
         h = hashlib.sha256()
         for split, (files, y) in splits.items():
-            h.update(split.encode() + y.numpy().tobytes())
-            for f in files:
-                st = f.stat()
-                h.update(f"{f.parent.name}/{f.name}:{st.st_size}:{int(st.st_mtime)}\n".encode())
+            h.update(split.encode() + y.numpy().tobytes() + fingerprint_files(files).encode())
         fp = h.hexdigest()
         spec = {"fingerprint": fp, "image_size": self.image_size, "concepts": top}
 
@@ -162,11 +159,7 @@ class NUSWIDESource(DataSource):
         tensors, _, _ = cache.get_or_build("images", spec, build)
         train = ImageSet(tensors["train_x"], tr_y)
         test = ImageSet(tensors["test_x"], te_y)
-        if self.num_train is not None:
-            if not 0 < self.num_train <= len(train):
-                raise DatasetError(f"dataset.num_train={self.num_train}: must be in [1, {len(train)}]")
-            perm = torch.randperm(len(train), generator=torch.Generator().manual_seed(self.split_seed))
-            train = train.subset(perm[: self.num_train].sort().values)
+        train = self._train_subset(train)
         if self.database == "test":
             query, database = split_queries(test, self.num_queries, self.num_database, self.split_seed)
         else:  # the paper: queries from the test split, every other selected image is the database

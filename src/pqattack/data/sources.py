@@ -31,12 +31,17 @@ class DataSource:
         self.split_seed = int(split_seed)
         self.num_train = None if num_train is None else int(num_train)
 
+    def _train_subset(self, train: ImageSet) -> ImageSet:
+        """The training images, or a seeded subset of ``dataset.num_train`` of them."""
+        if self.num_train is None:
+            return train
+        if not 0 < self.num_train <= len(train):
+            raise DatasetError(f"dataset.num_train={self.num_train}: must be in [1, {len(train)}]")
+        perm = torch.randperm(len(train), generator=torch.Generator().manual_seed(self.split_seed))
+        return train.subset(perm[: self.num_train].sort().values)
+
     def _assemble(self, train: ImageSet, test: ImageSet, classes: list[str], fingerprint: str) -> RetrievalData:
-        if self.num_train is not None:
-            if not 0 < self.num_train <= len(train):
-                raise DatasetError(f"dataset.num_train={self.num_train}: must be in [1, {len(train)}]")
-            perm = torch.randperm(len(train), generator=torch.Generator().manual_seed(self.split_seed))
-            train = train.subset(perm[: self.num_train].sort().values)
+        train = self._train_subset(train)
         query, database = split_queries(test, self.num_queries, self.num_database, self.split_seed)
         return RetrievalData(self.name, train, query, database, classes, fingerprint)
 
