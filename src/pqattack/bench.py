@@ -28,7 +28,6 @@ import gc
 import json
 import math
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -853,11 +852,9 @@ DEFAULT_FIGURES = [f for f in FIGURES if f != "demo_bf16"]
 
 
 def versions() -> dict[str, str]:
-    import faiss
+    from .pipeline import versions as framework_versions
 
-    from . import __version__
-    return {"pqattack": __version__, "torch": torch.__version__, "numpy": np.__version__, "faiss": faiss.__version__,
-            "python": platform.python_version()}
+    return {**framework_versions(), "numpy": np.__version__}
 
 
 def device_label(device: torch.device) -> str:

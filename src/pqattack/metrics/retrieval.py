@@ -38,6 +38,28 @@ def tie_groups(sorted_dist: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return start, end
 
 
+def _precision_sum(sorted_row: np.ndarray, relevant_sorted: np.ndarray) -> float:
+    """sum over the relevant items of the tie-aware precision at their distance d: (relevant items at distance
+    <= d) / (items at distance <= d), two binary searches; both inputs sorted ascending."""
+    if relevant_sorted.size == 0:
+        return 0.0
+    return float(np.divide(np.searchsorted(relevant_sorted, relevant_sorted, side="right"),
+                           np.searchsorted(sorted_row, relevant_sorted, side="right")).sum())
+
+
+def average_precision_unranked(dist: np.ndarray, rel: np.ndarray) -> np.ndarray:
+    """Per-query tie-aware AP (sklearn's ``average_precision_score`` on the scores -dist) from UNSORTED float
+    distances ``[Q, n]`` and relevance ``[Q, n]`` (bool), float64 ``[Q]``; queries with no relevant item get 0.
+    Equal to :func:`average_precision` on the sorted ranking, without ranking (values are sorted, ids are not)."""
+    srt = np.sort(dist, axis=1)
+    out = np.zeros(len(dist))
+    for i in range(len(dist)):
+        rd = np.sort(dist[i][rel[i]])
+        if rd.size:
+            out[i] = _precision_sum(srt[i], rd) / rd.size
+    return out
+
+
 def average_precision(sorted_dist: torch.Tensor, sorted_rel: torch.Tensor, num_relevant: torch.Tensor | None = None
                       ) -> torch.Tensor:
     """Per-query AP from distances ``[Q, n]`` sorted ascending and their relevance ``[Q, n]`` (bool).
@@ -53,12 +75,7 @@ def average_precision(sorted_dist: torch.Tensor, sorted_rel: torch.Tensor, num_r
             and sorted_dist.dtype in (torch.float32, torch.float64)):
         d, rel_np = sorted_dist.detach().numpy(), sorted_rel.numpy()
         if not np.isnan(d).any():
-            sums = np.zeros(d.shape[0])
-            for i in range(d.shape[0]):
-                rd = d[i][rel_np[i]]
-                if rd.size:
-                    sums[i] = np.divide(np.searchsorted(rd, rd, side="right"),
-                                        np.searchsorted(d[i], rd, side="right")).sum()
+            sums = np.array([_precision_sum(d[i], d[i][rel_np[i]]) for i in range(d.shape[0])])
             r_np = rel_np.sum(1).astype(np.float64) if num_relevant is None else \
                 num_relevant.detach().cpu().numpy().astype(np.float64)
             return torch.from_numpy(np.where(r_np > 0, sums / np.maximum(r_np, 1), 0.0))

@@ -20,7 +20,8 @@ docs/benchmarks.md):
   ``[Q, N]`` distances;
 - the mAP over the full ranking (:meth:`PQIndex.mean_average_precision`) needs no ranking at all: a relevant item's
   tie-aware precision is (relevant items at a distance <= its own) / (items at a distance <= its own), counted by
-  binary search in the sorted distances of the query's row (see :func:`average_precision_unranked`).
+  binary search in the sorted distances of the query's row
+  (:func:`pqattack.metrics.retrieval.average_precision_unranked`).
 """
 
 from __future__ import annotations
@@ -100,32 +101,6 @@ def rank(dist: np.ndarray, k: int | None = None) -> tuple[np.ndarray, np.ndarray
 
     parts = _parallel_rows(block, dist.shape[0], dist)
     return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
-
-
-def average_precision_unranked(dist: np.ndarray, rel: np.ndarray) -> np.ndarray:
-    """Per-query tie-aware AP (sklearn's ``average_precision_score`` on the scores -dist) from unsorted float32
-    distances ``[Q, n]`` and relevance ``[Q, n]`` (bool), float64 ``[Q]``; queries with no relevant item get 0.
-
-    Items at equal distance form one group; a relevant item counts the precision at the end of its group, i.e.
-    (relevant items with distance <= d) / (items with distance <= d), d its distance. Both counts are binary
-    searches: in the sorted relevant distances and in the sorted distances of the row (values only, no argsort).
-    Equal to :func:`pqattack.metrics.average_precision` on the sorted ranking.
-    """
-
-    def block(d: np.ndarray, r: np.ndarray) -> np.ndarray:
-        srt = np.sort(d, axis=1)
-        out = np.zeros(len(d))
-        for i in range(len(d)):
-            rd = d[i][r[i]]
-            if rd.size == 0:
-                continue
-            rd.sort()
-            rel_le = np.searchsorted(rd, rd, side="right")
-            all_le = np.searchsorted(srt[i], rd, side="right")
-            out[i] = np.divide(rel_le, all_le).sum() / rd.size
-        return out
-
-    return np.concatenate(_parallel_rows(block, dist.shape[0], dist, rel))
 
 
 class PQIndex:
@@ -252,10 +227,11 @@ class PQIndex:
         """mAP in percent (0-100), the same number as ``metrics.mean_average_precision(*self.search(queries,
         system, topk), query_labels, db_labels, topk)``: tie-aware, over the full ranking or the top k.
 
-        Over the full ranking, no ranking is materialised (:func:`average_precision_unranked`), and distances
+        Over the full ranking, no ranking is materialised
+        (:func:`~pqattack.metrics.retrieval.average_precision_unranked`), and distances
         exist for one block of queries at a time.
         """
-        from ..metrics.retrieval import mean_average_precision, relevance
+        from ..metrics.retrieval import average_precision_unranked, mean_average_precision, relevance
 
         if topk is not None and topk < self.ntotal:
             dist, ids = self.search(queries, system, k=topk)
@@ -273,5 +249,5 @@ class PQIndex:
                 rel = dl.numpy()[None, :] == ql[lo:hi].numpy()[:, None]
             else:
                 rel = relevance(ql[lo:hi], dl, torch.arange(n).expand(hi - lo, n)).numpy()
-            ap[lo:hi] = average_precision_unranked(dist, rel)
+            ap[lo:hi] = np.concatenate(_parallel_rows(average_precision_unranked, hi - lo, dist, rel))
         return float(ap.mean()) * 100.0 if nq else float("nan")
