@@ -24,7 +24,7 @@ import torch
 
 log = logging.getLogger(__name__)
 
-CACHE_FORMAT = 1  # part of every key: bump it when a code change alters what an artifact contains
+CACHE_FORMAT = 2  # part of every key: bump it when a code change alters what an artifact contains
 TENSORS_FILE = "tensors.pt"
 META_FILE = "meta.json"
 
