@@ -104,3 +104,27 @@ def test_short_joint_training_lowers_loss_and_keeps_map(tmp_path: Path) -> None:
         for attack, z in (("clean", arts.clean_query), ("aod", arts.adversarial_query)):
             recorded = next(r["map"] for r in job.rows if (r["system"], r["attack"]) == (system, attack))
             assert mean_average_precision(*arts.index.search(z, system), *labels) == pytest.approx(recorded, abs=1e-3)
+
+
+def test_pqn_is_attacked_at_its_own_temperature_and_scored_by_the_head_it_trained() -> None:
+    """A PQN target's soft assignment is its layer's own, softmax(alpha <x_m, c_mk>): attack.temperature=null
+    means 1/alpha (K-means: 1, eq. 7 as printed). Its accuracy comes from the head on the soft-quantised feature
+    when the loss trained that head (ce), and is left out for a triplet-only PQN (its head is the pre-PQN one)."""
+    from pqattack.models.pqn import SoftProductQuantizer
+    from pqattack.pipeline import attack_temperature, classifier_of
+
+    from .conftest import compose_config
+
+    kmeans = compose_config(["model=smallcnn", "quantizer=kmeans"])
+    pqn = compose_config(["model=smallcnn", "quantizer=pqn", "quantizer.alpha=20"])
+    assert attack_temperature(kmeans) == 1.0 and attack_temperature(pqn) == pytest.approx(1 / 20)
+    assert attack_temperature(compose_config(["quantizer=pqn", "attack.temperature=0.5"])) == 0.5
+    net = build_backbone("smallcnn", 10, width=8).eval()
+    codebooks = torch.nn.functional.normalize(torch.randn(4, 16, 8), dim=-1)
+    assert classifier_of(kmeans, net, None) is net.head
+    assert classifier_of(pqn, net, codebooks) is None  # quantizer.loss=triplet
+    ce = compose_config(["model=smallcnn", "quantizer=pqn", "quantizer.loss=triplet+ce", "quantizer.alpha=20"])
+    classify = classifier_of(ce, net, codebooks)
+    f = torch.randn(5, 32)
+    expected = net.head(SoftProductQuantizer(codebooks, 20)(f)[1].flatten(1))
+    assert torch.allclose(classify(f), expected)

@@ -21,7 +21,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
-from .attacks import PEAK_LOSSES, PGDConfig, pgd
+from .attacks import LOSS_IGNORES, PGDConfig, pgd
 from .cache import ArtifactCache, CacheError, spec_key
 from .data import RetrievalData, top1_hit
 
@@ -308,21 +308,42 @@ def load_backbone(cfg: DictConfig, state: dict[str, torch.Tensor], key: str, num
 # Config keys that do not change any artifact's content (where and how verbosely a job runs) are listed in
 # ``RUN_ONLY_KEYS`` below.
 
+def is_off(value: Any) -> bool:
+    """An option's "off" value: null, false, 0, "none", "off" or empty."""
+    return value is None or value is False or (not isinstance(value, bool) and isinstance(value, (int, float))
+                                               and value == 0) or value in ("none", "off", "") or value == []
+
+
+def settings(node: dict[str, Any], core: tuple[str, ...] = ()) -> dict[str, Any]:
+    """A config node as it enters a spec: without ``_target_``, and with every option outside ``core`` left out
+    while it is off, so that adding an option (off by default) to a config leaves existing keys unchanged."""
+    return {k: v for k, v in node.items() if k != "_target_" and (k in core or not is_off(v))}
+
+
+TRAINER_CORE = ("max_epochs", "batch_size", "lr", "momentum", "weight_decay", "nesterov", "label_smoothing",
+                "schedule", "augment")
+ATTACK_CORE = ("name", "loss", "eps", "step", "iters", "random_start", "quantize_8bit", "similarity", "temperature",
+               "peak", "batch_size")
+
+
+def recipe_spec(cfg: DictConfig, exclude: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The training recipe (``trainer``), without where and how verbosely it runs."""
+    tcfg = {k: v for k, v in container(cfg.trainer).items() if k not in ("progress", *DISTRIBUTED_KEYS, *exclude)}
+    return settings(tcfg, TRAINER_CORE)
+
+
 def checkpoint_spec(cfg: DictConfig, data: RetrievalData, precision: str, device: torch.device) -> dict[str, Any]:
     """The cross-entropy backbone: the training items, the model, the recipe, the training precision, the seed
     (and the number of training processes when > 1)."""
-    tcfg = container(cfg.trainer)
-    return {"data": data.train_key, "model": container(cfg.model),
-            "trainer": {k: v for k, v in tcfg.items() if k not in ("progress", *DISTRIBUTED_KEYS)},
-            "precision": precision, "seed": cfg.seed, **distributed_spec(tcfg, device)}
+    return {"data": data.train_key, "model": settings(container(cfg.model)), "trainer": recipe_spec(cfg),
+            "precision": precision, "seed": cfg.seed, **distributed_spec(container(cfg.trainer), device)}
 
 
 def pqn_spec(cfg: DictConfig, base_key: str, precision: str, device: torch.device) -> dict[str, Any]:
     """PQN's joint training from the cross-entropy backbone ``base_key`` (which holds the training items)."""
-    q, tcfg = cfg.quantizer, container(cfg.trainer)
-    return {"base_checkpoint": base_key, "quantizer": container(q), "batch_size": tcfg["batch_size"],
-            "trainer": {k: v for k, v in tcfg.items() if k not in ("progress", "max_epochs", "lr", *DISTRIBUTED_KEYS)},
-            "precision": precision, "seed": cfg.seed, **distributed_spec(tcfg, device)}
+    return {"base_checkpoint": base_key, "quantizer": settings(container(cfg.quantizer)),
+            "batch_size": int(cfg.trainer.batch_size), "trainer": recipe_spec(cfg, exclude=("max_epochs", "lr")),
+            "precision": precision, "seed": cfg.seed, **distributed_spec(container(cfg.trainer), device)}
 
 
 def features_spec(ckpt_key: str, data: RetrievalData, precision: str, subvectors: int | None) -> dict[str, Any]:
@@ -354,9 +375,11 @@ def attack_spec(cfg: DictConfig, data: RetrievalData, checkpoint_key: str, codeb
     """An adversarial query set: the target (checkpoint, and codebooks unless the loss ignores them), the actual
     queries, every attack setting (``batch_size`` included: it orders the random-start draws), precision, seed."""
     a = cfg.attack
+    attack = {k: v for k, v in {**container(a), "temperature": attack_temperature(cfg)}.items()
+              if k not in LOSS_IGNORES.get(a.loss, ())}
     return {"checkpoint": checkpoint_key, "codebooks": codebooks_key if a.loss != "basic" else None,
-            "queries": data.query_key, "attack": {**container(a), "temperature": attack_temperature(cfg)},
-            "precision": precision, "seed": cfg.seed}
+            "queries": data.query_key, "attack": settings(attack, ATTACK_CORE), "precision": precision,
+            "seed": cfg.seed}
 
 
 def train_backbone(cfg: DictConfig, data: RetrievalData, rt: Runtime, loggers: list) -> tuple[Backbone, str]:
@@ -704,6 +727,7 @@ RUN_ONLY_KEYS = (
     "dataset.resize",      # whether an image of another size is resized or refused; the data keys hold the size
     "dataset.name",        # the option's label; the loader (`_target_`) names the data in its keys
     "trainer.strategy",    # how training processes start; their number (world size) is in the checkpoint key
+    "trainer.num_nodes",   # must be 1 (config.validate); the world size is in the checkpoint key
 )
 
 
@@ -716,12 +740,17 @@ def _drop(tree: dict[str, Any], dotted: str) -> None:
         tree.pop(head, None)
 
 
+def _without_off(tree: dict[str, Any]) -> dict[str, Any]:
+    return {k: _without_off(v) if isinstance(v, dict) else v for k, v in tree.items() if not is_off(v)}
+
+
 def results_spec(cfg: DictConfig, precision: str) -> dict[str, Any]:
-    """A job's results: its whole config except ``RUN_ONLY_KEYS``, with the precision it resolved to."""
+    """A job's results: its whole config except ``RUN_ONLY_KEYS`` and options that are off, with the precision it
+    resolved to."""
     spec = container(cfg)
     for key in RUN_ONLY_KEYS:
         _drop(spec, key)
-    return {**spec, "precision": precision}
+    return {**_without_off(spec), "precision": precision}
 
 
 def artifact_keys(cfg: DictConfig, data: RetrievalData, precision: str, device: torch.device) -> dict[str, str]:
@@ -809,8 +838,8 @@ def run(cfg: DictConfig, output_dir: Path, loggers: list | None = None) -> Path:
         linf = (adv.images.float() / (255 if adv.images.dtype == torch.uint8 else 1)
                 - data.query.images.float() / 255).abs().max().item()
         src, made = adv.meta["source"], adv.meta["attack"]
-        setting = {k: made.get(k) for k in ("similarity", "temperature", "eps", "step", "iters")}
-        setting["peak"] = made.get("peak") if made.get("loss") in PEAK_LOSSES else None
+        setting = {k: None if k in LOSS_IGNORES.get(made.get("loss"), ()) else made.get(k)
+                   for k in ("similarity", "temperature", "peak", "eps", "step", "iters")}
         extra = {} if logits_adv is None else {
             "query_accuracy": round(float(top1_hit(logits_adv, data.query.labels).float().mean()) * 100, 2)}
         for s, v in attacked.items():
