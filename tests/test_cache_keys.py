@@ -1,12 +1,12 @@
 """Every config key is in the key of every cached artifact it determines.
 
 The test composes every option of the dataset, model, quantizer, index, attack and trainer groups, walks every
-leaf key of the composed config, changes it, and checks which artifact keys (``pipeline.artifact_keys``) change:
+leaf key of the composed config, changes it, and checks which artifact keys (``stages.keys.artifact_keys``) change:
 - a dataset key must change the loaded content (train, query or database items) or be listed below, and the
   artifacts built from the changed part must get new keys;
 - any other key must be classified in ``FEEDS`` (the first artifact it determines): that artifact and every
   one after it must get a new key, and the ones before it must not;
-- keys that change no artifact are in ``pipeline.RUN_ONLY_KEYS`` (with the reason there).
+- keys that change no artifact are in ``stages.keys.RUN_ONLY_KEYS`` (with the reason there).
 A key added to a config later fails here until it is classified.
 """
 
@@ -23,9 +23,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from pqattack.attacks import LOSS_IGNORES
 from pqattack.cache import ArtifactCache
-from pqattack.config import CONF_DIR, validate
+from pqattack.config import CONF_DIR, load_job
 from pqattack.data import DatasetError
-from pqattack.pipeline import RUN_ONLY_KEYS, artifact_keys, resolve_precision
+from pqattack.runtime import resolve_precision
+from pqattack.stages.keys import RUN_ONLY_KEYS, artifact_keys
 
 from .fixtures import make_image_folder, make_nuswide_tree
 
@@ -118,7 +119,7 @@ class Walk:
     def compose(self, overrides: list[str]) -> DictConfig:
         with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
             cfg = compose("config", overrides=overrides)
-        validate(cfg)
+        load_job(cfg)
         return cfg
 
     def data(self, cfg: DictConfig) -> Any:
@@ -129,7 +130,7 @@ class Walk:
 
     def keys(self, cfg: DictConfig) -> tuple[dict[str, str], Any]:
         data = self.data(cfg)
-        return artifact_keys(cfg, data, resolve_precision(cfg.precision, CPU), CPU), data
+        return artifact_keys(load_job(cfg), data, resolve_precision(cfg.precision, CPU), CPU), data
 
     def changed(self, base: list[str], key: str, value: Any) -> tuple[list[str], DictConfig]:
         """The first change of ``key`` that composes, validates and loads."""
@@ -218,7 +219,7 @@ def test_every_dataset_key_is_in_the_keys_of_what_it_changes(tmp_path: Path, tre
                 a, b = content(data0), content(data1)
                 moved = [part for part in a if not same(a[part], b[part])]
                 assert moved, (f"{option}: {change} loads the same items as before: list {key} in "
-                               f"pipeline.RUN_ONLY_KEYS (with the reason) or in FEEDS")
+                               f"stages.keys.RUN_ONLY_KEYS (with the reason) or in FEEDS")
                 expect = expected_from("checkpoint" if "train" in moved else "features", cfg1)
             stale = [k for k in expect if k in keys0 and keys0[k] == keys1.get(k)]
             assert not stale, f"{option}: {change} changes the data but not the keys of {stale}"
@@ -258,7 +259,7 @@ def test_every_other_key_is_in_the_key_of_each_artifact_it_determines(tmp_path: 
             if run_only(key) or key.rsplit(".", 1)[-1] in SELECTORS:
                 continue
             assert key in FEEDS, (f"{key} (from {group}={option}) is not classified: add it to FEEDS in this test with "
-                                  f"the first artifact it determines, or to pipeline.RUN_ONLY_KEYS with the reason")
+                                  f"the first artifact it determines, or to stages.keys.RUN_ONLY_KEYS with the reason")
             change, cfg1 = walk.changed(base, key, value)
             keys1, _ = walk.keys(cfg1)
             expect = expected_from(feeds(key, cfg0), cfg1)
@@ -290,7 +291,7 @@ def test_attack_batch_size_is_in_the_query_set_key(tmp_path: Path) -> None:
 
 def test_a_job_uses_exactly_the_keys_artifact_keys_computes(tmp_path: Path) -> None:
     """``artifact_keys`` (what the walk above checks) is what a real job uses: run one and compare."""
-    from pqattack.pipeline import run
+    from pqattack.pipeline import run  # a whole job, as `python -m pqattack` runs it
 
     walk = Walk(tmp_path)
     cfg = walk.compose(COMMON + SYNTHETIC + ["trainer.max_epochs=1", "trainer.batch_size=64",

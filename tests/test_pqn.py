@@ -111,19 +111,24 @@ def test_pqn_is_attacked_at_its_own_temperature_and_scored_by_the_head_it_traine
     means 1/alpha (K-means: 1, eq. 7 as printed). Its accuracy comes from the head on the soft-quantised feature
     when the loss trained that head (ce), and is left out for a triplet-only PQN (its head is the pre-PQN one)."""
     from pqattack.models.pqn import SoftProductQuantizer
-    from pqattack.pipeline import attack_temperature, classifier_of
+    from pqattack.config import load_job
+    from pqattack.stages.features import classifier_of
+    from pqattack.stages.keys import attack_temperature
 
     from .conftest import compose_config
 
-    kmeans = compose_config(["model=smallcnn", "quantizer=kmeans"])
-    pqn = compose_config(["model=smallcnn", "quantizer=pqn", "quantizer.alpha=20"])
+    def job(overrides: list[str]):  # noqa: ANN202
+        return load_job(compose_config(overrides))
+
+    kmeans = job(["model=smallcnn", "quantizer=kmeans"])
+    pqn = job(["model=smallcnn", "quantizer=pqn", "quantizer.alpha=20"])
     assert attack_temperature(kmeans) == 1.0 and attack_temperature(pqn) == pytest.approx(1 / 20)
-    assert attack_temperature(compose_config(["quantizer=pqn", "attack.temperature=0.5"])) == 0.5
+    assert attack_temperature(job(["quantizer=pqn", "attack.temperature=0.5"])) == 0.5
     net = build_backbone("smallcnn", 10, width=8).eval()
     codebooks = torch.nn.functional.normalize(torch.randn(4, 16, 8), dim=-1)
     assert classifier_of(kmeans, net, None) is net.head
     assert classifier_of(pqn, net, codebooks) is None  # quantizer.loss=triplet
-    ce = compose_config(["model=smallcnn", "quantizer=pqn", "quantizer.loss=triplet+ce", "quantizer.alpha=20"])
+    ce = job(["model=smallcnn", "quantizer=pqn", "quantizer.loss=triplet+ce", "quantizer.alpha=20"])
     classify = classifier_of(ce, net, codebooks)
     f = torch.randn(5, 32)
     expected = net.head(SoftProductQuantizer(codebooks, 20)(f)[1].flatten(1))

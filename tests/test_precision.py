@@ -10,7 +10,8 @@ import torch
 import torch.nn.functional as F
 
 from pqattack.attacks import LOSSES, Reference
-from pqattack.pipeline import cpu_has_native_bf16, resolve_precision, retrieval_model
+from pqattack.runtime import cpu_has_native_bf16, resolve_precision
+from pqattack.stages.attack import retrieval_model
 
 
 def head_in_float64(model, f: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # noqa: ANN001
@@ -26,12 +27,12 @@ def test_losses_and_gradients_under_bf16_autocast_match_a_float64_head(trained_d
     """Under bf16 autocast the backbone runs in bf16; the head must not: each loss and its gradient with respect
     to the images match the same backbone with a float64 head (cosine >= 0.999), and APD's peak codes are equal.
     (With the head under autocast, AOD's gradient cosine was about 0.2.)"""
-    cfg, data, target = trained_demo
+    job, data, target = trained_demo
     if bits != 16:
         from pqattack.quant import train_codebooks
 
         target = type(target)(**{**target.__dict__, "codebooks": train_codebooks(target.features["database"], 4, 256)})
-    model = retrieval_model(cfg, target, torch.device("cpu"))
+    model = retrieval_model(job, target, torch.device("cpu"))
     x = data.query.images[:64].float() / 255
     x_adv = (x + (torch.rand(x.shape, generator=torch.Generator().manual_seed(0)) * 2 - 1) * 8 / 255).clamp(0, 1)
     for name, loss_fn in LOSSES.items():
@@ -69,9 +70,9 @@ def test_auto_precision_is_bf16_only_with_native_bf16(tmp_path: Path, flags: str
     cpuinfo = tmp_path / "cpuinfo"
     cpuinfo.write_text(f"processor\t: 0\nmodel name\t: Some CPU\nflags\t\t: {flags}\n")
     assert cpu_has_native_bf16(str(cpuinfo)) is native
-    import pqattack.pipeline as pipeline
+    import pqattack.runtime as runtime
 
-    monkeypatch.setattr(pipeline, "cpu_has_native_bf16", lambda: native)
+    monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: native)
     assert resolve_precision("auto", torch.device("cpu")) == ("bf16" if native else "fp32")
     assert resolve_precision("fp32", torch.device("cpu")) == "fp32"
     assert resolve_precision("bf16", torch.device("cpu")) == "bf16"

@@ -299,17 +299,18 @@ def framework_fit(arch: str, images: torch.Tensor, labels: torch.Tensor, device:
     """The framework's training path (``pipeline.fit``: Lightning, in-memory uint8 batches on the device, crop +
     flip on the device, channels_last, the recipe's optimiser and schedule, bf16 autocast when asked):
     (images/s from the median of ``steps`` batches after ``warmup`` in the first epoch, wall seconds of the fit)."""
-    from . import pipeline
     from .cache import ArtifactCache
     from .models import ClassifierModule, build_backbone
+    from .runtime import Runtime
+    from .training import fit, optimiser_kwargs
 
     tcfg = {"lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4, "nesterov": True, "label_smoothing": 0.0,
             "schedule": "onecycle", "augment": True}
     net = build_backbone(arch, 10).to(memory_format=torch.channels_last)
-    module = _timed_module(ClassifierModule, warmup, steps, device)(net, **pipeline.optimiser_kwargs(tcfg))
+    module = _timed_module(ClassifierModule, warmup, steps, device)(net, **optimiser_kwargs(tcfg))
     with tempfile.TemporaryDirectory() as tmp:
-        rt = pipeline.Runtime(device, precision, ArtifactCache(tmp, enabled=False), progress=False)
-        stats = pipeline.fit(module, _bench_data(images, labels), batch, epochs, 0, rt, [])
+        rt = Runtime(device, precision, ArtifactCache(tmp, enabled=False), progress=False)
+        stats = fit(module, _bench_data(images, labels), batch, epochs, 0, rt, [])
     return batch / step_seconds(module.ends, warmup), float(stats["train_seconds"])
 
 
@@ -444,9 +445,9 @@ def run_attack(model: Any, images: torch.Tensor, batch: int, device: torch.devic
                channels_last: bool) -> float:
     """Queries/s of 5-step PGD with the AOD loss over ``images`` in batches (the loop of
     ``pipeline.attack_queries``), from the median batch."""
-    from .attacks import PGDConfig, pgd
+    from .attacks import AttackConfig, pgd
 
-    cfg = PGDConfig()
+    cfg = AttackConfig(name="aod", loss="aod")
     gen = torch.Generator(device=device).manual_seed(0)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16" else _null()
     sync(device)
@@ -776,10 +777,8 @@ def figure_sweep_memory(device: torch.device, sz: dict[str, Any]) -> list[dict[s
     attacks x bits sharing one cache; the growth from job 2 (everything warm) to the last job."""
     from hydra import compose, initialize_config_dir
 
-    from . import pipeline
-    from .config import CONF_DIR, register_resolvers
-
-    register_resolvers()
+    from . import pipeline  # the figure measures whole jobs, as the orchestrator runs them
+    from .config import CONF_DIR
     jobs = [(a, b) for b in (16, 24) for a in ("basic", "apd", "aod")][: sz["sweep_jobs"]]
     rss, seconds = [], []
     reset_peak(device)
@@ -852,13 +851,13 @@ DEFAULT_FIGURES = [f for f in FIGURES if f != "demo_bf16"]
 
 
 def versions() -> dict[str, str]:
-    from .pipeline import versions as framework_versions
+    from .runtime import versions as framework_versions
 
     return {**framework_versions(), "numpy": np.__version__}
 
 
 def device_label(device: torch.device) -> str:
-    from .pipeline import cpu_model
+    from .runtime import cpu_model
 
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)

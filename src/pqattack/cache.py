@@ -22,15 +22,13 @@ from typing import Any, Callable, Iterator
 
 import torch
 
+from .errors import CacheError
+
 log = logging.getLogger(__name__)
 
 CACHE_FORMAT = 2  # part of every key: bump it when a code change alters what an artifact contains
 TENSORS_FILE = "tensors.pt"
 META_FILE = "meta.json"
-
-
-class CacheError(RuntimeError):
-    """A cache entry that fails its checksum or cannot be read."""
 
 
 def spec_key(kind: str, spec: dict[str, Any]) -> str:

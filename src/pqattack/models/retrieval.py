@@ -26,10 +26,6 @@ class RetrievalModel(nn.Module):
     def __init__(self, backbone: Backbone, codebooks: torch.Tensor, similarity: str = "dot",
                  temperature: float = 1.0, subvector_norm: bool = False) -> None:
         super().__init__()
-        if similarity not in SIMILARITIES:
-            raise ValueError(f"attack.similarity={similarity!r}: expected one of {', '.join(SIMILARITIES)}")
-        if temperature <= 0:
-            raise ValueError(f"attack.temperature={temperature}: must be > 0")
         self.backbone = backbone
         self.register_buffer("codebooks", codebooks.float(), persistent=False)
         self.similarity = similarity

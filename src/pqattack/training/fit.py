@@ -1,0 +1,69 @@
+"""``fit``: Lightning's trainer on the in-memory training images, on one device or several spawned ranks."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytorch_lightning as pl
+
+from ..data import RetrievalData
+from ..errors import ConfigError
+from ..runtime import Runtime
+from .batches import TensorBatches
+from .distributed import SPAWN_DDP, BatchCounter, continue_rank_zero_logs, world_size
+
+
+def fit(module: Any, data: RetrievalData, batch_size: int, epochs: int, seed: int, rt: Runtime,
+        loggers: list, tcfg: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Run Lightning's trainer on the in-memory training images; returns seconds, final metrics, the
+    world size and each rank's batches per epoch. ``tcfg`` (the trainer config) gives strategy, devices
+    and num_nodes; without it, or with one process, training runs in this process on ``rt.device``.
+
+    With several processes the strategy must start them itself and run only ``Trainer.fit`` in them
+    (``ddp_spawn``, or ``ddp_fork`` on the CPU): rank 0 sends the trained weights back and Lightning loads
+    them into ``module`` here, so the caller's ``net.state_dict()`` is the trained one. Lightning's
+    ``ddp`` re-runs the command line in each child instead, i.e. the whole job (or sweep), whose cache
+    lookup would wait forever on the lock held by this process; it is refused with an explanation."""
+    from lightning_fabric.plugins.environments import LightningEnvironment
+    from pytorch_lightning.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
+
+    tcfg = tcfg or {}
+    world = world_size(tcfg, rt.device)
+    accelerator = "gpu" if rt.device.type == "cuda" else "cpu"
+    if world == 1:  # this process, on rt.device (cuda:N included); the strategy does not matter here
+        place: dict[str, Any] = {"devices": [rt.device.index] if rt.device.index is not None else 1}
+        images, labels = data.train.images.to(rt.device), data.train.labels.to(rt.device)
+    else:
+        strategy = tcfg.get("strategy", "auto")
+        # LightningEnvironment: the spawned ranks are this node's processes even inside a SLURM job that has
+        # one task (SLURMEnvironment would expect one SLURM task per device, each running the whole job).
+        place = {"strategy": SPAWN_DDP if strategy == "auto" else strategy, "devices": tcfg["devices"],
+                 "num_nodes": 1, "plugins": [LightningEnvironment()]}
+        images, labels = data.train.images.cpu(), data.train.labels.cpu()  # each rank's batches go to its device
+    batches = TensorBatches(images, labels, min(batch_size, len(data.train) // world), seed)
+    trainer = pl.Trainer(
+        max_epochs=epochs, accelerator=accelerator, **place,
+        precision="bf16-mixed" if rt.precision == "bf16" else "32-true", logger=loggers or False,
+        enable_checkpointing=False, enable_model_summary=False, enable_progress_bar=rt.progress,
+        num_sanity_val_steps=0, log_every_n_steps=max(1, min(50, len(data.train) // world // batches.batch_size)),
+        deterministic=False, callbacks=[BatchCounter()])
+    if isinstance(trainer.strategy.launcher, _SubprocessScriptLauncher):
+        raise ConfigError(f"trainer.strategy={tcfg.get('strategy')!r} with {world} devices: Lightning would start "
+                          f"the other ranks by re-running this command line, i.e. the whole job, whose cache lookup "
+                          f"waits on the lock this process holds. Use trainer=ddp (strategy {SPAWN_DDP}).")
+    t0 = time.perf_counter()
+    trainer.fit(module, train_dataloaders=batches)
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    per_rank = [int(metrics.pop(f"batches_per_epoch/rank{r}")) for r in range(world)
+                if f"batches_per_epoch/rank{r}" in metrics]
+    if world > 1:
+        continue_rank_zero_logs(module, loggers)
+    return {"train_seconds": round(time.perf_counter() - t0, 2), "train_metrics": metrics,
+            "world_size": world, "batches_per_epoch": per_rank}
+
+
+def optimiser_kwargs(tcfg: dict[str, Any], lr: float | None = None) -> dict[str, Any]:
+    return {"lr": tcfg["lr"] if lr is None else lr, "momentum": tcfg["momentum"],
+            "weight_decay": tcfg["weight_decay"], "nesterov": tcfg["nesterov"],
+            "label_smoothing": tcfg["label_smoothing"], "schedule": tcfg["schedule"], "augment": tcfg["augment"]}
