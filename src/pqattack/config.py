@@ -7,6 +7,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from .metrics import EMPTY, TIES
 from .models.backbones import ARCHITECTURES
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
@@ -91,6 +92,10 @@ def validate(cfg: DictConfig) -> None:
             raise ConfigError(f"index.nlist={ix.nlist} is larger than dataset.num_database={d.num_database}")
     if cfg.eval.topk is not None and cfg.eval.topk < 1:
         raise ConfigError(f"eval.topk={cfg.eval.topk}: must be >= 1 or null (full ranking)")
+    if cfg.eval.ties not in TIES:
+        raise ConfigError(f"eval.ties={cfg.eval.ties!r}: expected one of {', '.join(TIES)}")
+    if cfg.eval.empty not in EMPTY:
+        raise ConfigError(f"eval.empty={cfg.eval.empty!r}: expected one of {', '.join(EMPTY)}")
     test_size = TEST_SPLIT_SIZE.get(d.name, d.get("num_test"))
     if d.num_queries < 1 or (d.get("num_database") is not None and d.num_database < 1):
         raise ConfigError(f"dataset.num_queries={d.num_queries}, dataset.num_database={d.num_database}: "

@@ -27,10 +27,10 @@ from .data import RetrievalData, top1_hit
 
 if TYPE_CHECKING:
     from .transfer import AdversarialSet
-from .metrics import mean_average_precision
+from .metrics import QueryAP, query_average_precisions
 from .models import Backbone, ClassifierModule, RetrievalModel, build_backbone
 from .models.pqn import PQNModule, subvector_normalize
-from .quant import IVFPQIndex, PQIndex, recall_at_k_with_ties, train_codebooks
+from .quant import IVFPQIndex, PQIndex, recall_at_k_with_ties, search_past_ties, train_codebooks
 from .report import render_tables
 
 log = logging.getLogger(__name__)
@@ -461,11 +461,12 @@ def attack_queries(cfg: DictConfig, data: RetrievalData, target: "Target", descr
 
 # --------------------------------------------------------------------------------------------- stage 5
 def evaluate(index: PQIndex, query_z: torch.Tensor, data: RetrievalData, systems: list[str], topk: int | None
-             ) -> dict[str, float]:
-    """mAP (percent) per system over the full ranking or at ``topk``: the same number as ranking with
-    ``index.search`` and scoring with ``mean_average_precision``, computed in blocks of queries without
-    building the ``[Q, N]`` ranking."""
-    return {s: index.mean_average_precision(query_z, s, data.query.labels, data.database.labels, topk=topk)
+             ) -> dict[str, QueryAP]:
+    """Per-query APs per system, both tie conventions, over the full ranking or at ``topk``: those of ranking
+    with ``index.search`` (at ``topk``: ``index.search_past_ties``) and scoring with
+    ``metrics.query_average_precisions``; over the full ranking computed in blocks of queries without building
+    the ``[Q, N]`` ranking."""
+    return {s: index.average_precisions(query_z, s, data.query.labels, data.database.labels, topk=topk)
             for s in systems}
 
 
@@ -538,21 +539,28 @@ def build_target(cfg: DictConfig, data: RetrievalData, rt: Runtime, loggers: lis
 
 
 def score(target: Target, query_z: torch.Tensor, data: RetrievalData, systems: list[str], topk: int | None
-          ) -> dict[str, dict[str, float]]:
-    """mAP (percent) per system; with index=ivfpq, mAP@k from the IVF search and its recall@k of the exact PQ
-    (flat ADC) top k."""
+          ) -> dict[str, dict[str, Any]]:
+    """Per system, the per-query APs (``aps``); with index=ivfpq, those of the IVF search at ``topk`` (continued
+    past the tie group at k) and its recall@k of the exact PQ (flat ADC) top k."""
     if target.ivf is None:
-        return {s: {"map": v} for s, v in evaluate(target.index, query_z, data, systems, topk).items()}
+        return {s: {"aps": v} for s, v in evaluate(target.index, query_z, data, systems, topk).items()}
     assert topk is not None and systems == ["adc"]
-    approx, ids = target.ivf.search(query_z, "adc", k=topk)
+    approx, ids = search_past_ties(lambda n: target.ivf.search(query_z, "adc", k=n), topk, target.ivf.ntotal)
     exact, _ = target.index.search(query_z, "adc", k=topk)
-    return {"adc": {"map": mean_average_precision(approx, ids, data.query.labels, data.database.labels, topk=topk),
+    return {"adc": {"aps": query_average_precisions(approx, ids, data.query.labels, data.database.labels, topk=topk),
                     "recall": recall_at_k_with_ties(approx, exact)}}
 
 
-def score_fields(scored: dict[str, float], cfg: DictConfig) -> dict[str, Any]:
-    """Row fields of one system's score: ``map``, and for index=ivfpq the index and its recall@k."""
-    out: dict[str, Any] = {"map": round(scored["map"], 4)}
+def score_fields(scored: dict[str, Any], cfg: DictConfig) -> dict[str, Any]:
+    """Row fields of one system's score: ``map`` (the ``eval.ties`` convention), ``map_grouped`` (sklearn's),
+    ``ties``, with ``eval.topk`` also ``empty`` (both maps follow it); for index=ivfpq the index and its
+    recall@k."""
+    ev = cfg.eval
+    empty = ev.empty if ev.topk is not None else "zero"
+    out: dict[str, Any] = {"map": round(scored["aps"].mean(ev.ties, empty), 4),
+                           "map_grouped": round(scored["aps"].mean("grouped", empty), 4), "ties": ev.ties}
+    if ev.topk is not None:
+        out["empty"] = empty
     if "recall" in scored:
         out.update(index="ivfpq", nlist=int(cfg.index.nlist), nprobe=int(cfg.index.nprobe),
                    recall=round(scored["recall"], 4))
