@@ -154,7 +154,8 @@ class QueryAP:
 
     @classmethod
     def concat(cls, parts: list["QueryAP"]) -> "QueryAP":
-        return cls(*(np.concatenate([getattr(p, f) for p in parts]) for f in
+        """The queries of several blocks, in order."""
+        return cls(*(np.concatenate([np.zeros(0)] + [getattr(p, f) for p in parts]) for f in
                      ("expected", "grouped", "expected_found", "grouped_found")))
 
     def mean(self, ties: str = "expected", empty: str = "zero") -> float:

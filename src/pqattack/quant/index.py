@@ -18,8 +18,8 @@ docs/benchmarks.md):
   ascending, ties in database order, no separate argsort;
 - a short top k (k <= N / ``FAISS_TOPK_FRACTION``) goes through FAISS's heap search, which never writes the
   ``[Q, N]`` distances;
-- the mAP over the full ranking (:meth:`PQIndex.mean_average_precision`) needs no ranking at all: each relevant
-  item's tie group is found by binary searches in the sorted distances of the query's row
+- the mAP over the full ranking (:meth:`PQIndex.mean_average_precision`) needs no ranking of the ids: one sort of
+  (distance, relevance) keys per query row gives each relevant item's tie group
   (:func:`pqattack.metrics.retrieval.average_precision_unranked`);
 - mAP@k ranks the top k and goes on past the tie group at position k (:func:`search_past_ties`), which the
   expected AP@k needs whole.
