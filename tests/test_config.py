@@ -69,6 +69,8 @@ def test_m_and_k_can_be_set_directly() -> None:
     (["device=cuda:99"], "device"),
     (["system=hamming"], "system"),
     (["attack.similarity=l1"], "attack.similarity"),
+    (["eval.ties=random"], "eval.ties='random': expected one of expected, grouped"),
+    (["eval.empty=skip"], "eval.empty='skip': expected one of zero, drop"),
 ])
 def test_bad_values_name_the_key(overrides: list[str], key: str) -> None:
     cfg = make(overrides)

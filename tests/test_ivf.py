@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from pqattack.quant import IVFPQIndex, PQIndex, recall_at_k, train_codebooks
+from pqattack.quant import IVFPQIndex, PQIndex, recall_at_k, search_past_ties, train_codebooks
 from pqattack.quant.ivf import _hits_by_mask, _hits_by_sort
 
 
@@ -43,6 +43,16 @@ def test_exhaustive_ivf_equals_pq_adc(small) -> None:
         strict = lambda d, i: set(i[d < kth - 1e-5].tolist())  # noqa: E731
         assert strict(dk[row], ik[row]) == strict(d_ref[row, :k], i_ref[row, :k])
     assert recall_at_k(ik, i_ref[:, :k]) >= 0.99  # 1.0 unless ids tie at the boundary
+
+
+def test_ivf_ranking_past_ties_keeps_its_top_k(small) -> None:
+    cb, db, q = small
+    ivf = IVFPQIndex(cb, db, nlist=32, nprobe=2, train_size=2000)
+    k = 50
+    dk, ik = ivf.search(q, "adc", k=k)
+    dp, ip = search_past_ties(lambda n: ivf.search(q, "adc", k=n), k, ivf.ntotal)
+    assert torch.equal(dp[:, :k], dk) and torch.equal(ip[:, :k], ik)
+    assert dp.shape[1] > k and ((dp[:, -1] > dp[:, k - 1]) | (ip[:, -1] < 0)).all()
 
 
 def test_missing_results_are_minus_one_and_inf(small) -> None:
@@ -139,14 +149,22 @@ def test_ivfpq_job_reports_map_at_k_and_recall(tmp_path: Path, shared_cache: Pat
     common = [*TINY, "attack=basic", "system=adc", "eval.topk=50"]
     runs = {}
     for name, extra in (("flat", []), ("all", ["index=ivfpq", "index.nlist=16", "index.nprobe=16"]),
-                        ("one", ["index=ivfpq", "index.nlist=16", "index.nprobe=1"])):
+                        ("one", ["index=ivfpq", "index.nlist=16", "index.nprobe=1"]),
+                        ("grouped", ["eval.ties=grouped", "eval.empty=drop"])):
         proc = run_cli([*common, *extra, f"hydra.run.dir={name}"], tmp_path, shared_cache)
         runs[name] = {r["attack"]: r for r in load_results(results_path(proc, tmp_path))["rows"]}
     for attack in ("clean", "basic"):
         assert "recall" not in runs["flat"][attack]
         assert runs["all"][attack]["recall"] == 1.0
-        # same distances; only which of the items tied at the k-th distance make the cut may differ
-        assert runs["all"][attack]["map"] == pytest.approx(runs["flat"][attack]["map"], abs=0.2)
+        # same distances (up to float rounding): the expected mAP@k does not depend on how ties at k are broken
+        assert runs["all"][attack]["map"] == pytest.approx(runs["flat"][attack]["map"], abs=0.01)
+        assert runs["all"][attack]["map_grouped"] == pytest.approx(runs["flat"][attack]["map_grouped"], abs=0.2)
+        # both conventions in every row; eval.ties picks the headline, eval.empty is recorded with eval.topk
+        for name, (ties, empty) in (("flat", ("expected", "zero")), ("grouped", ("grouped", "drop"))):
+            row = runs[name][attack]
+            assert (row["ties"], row["empty"], row["topk"]) == (ties, empty, 50)
+        assert runs["grouped"][attack]["map"] == runs["grouped"][attack]["map_grouped"]
+        assert runs["grouped"][attack]["map_grouped"] >= runs["flat"][attack]["map_grouped"]  # drop >= zero
         assert 0 < runs["one"][attack]["recall"] < 1
         assert (runs["one"][attack]["index"], runs["one"][attack]["nprobe"]) == ("ivfpq", 1)
     bad = run_cli([*TINY, "index=ivfpq", "eval.topk=50", "hydra.run.dir=bad"], tmp_path, shared_cache, check=False)

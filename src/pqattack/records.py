@@ -34,20 +34,26 @@ def recipe_fields(job: JobConfig, target: Target, rt: Runtime) -> dict[str, Any]
             "seed": job.seed, "checkpoint": target.checkpoint_key, "codebooks": target.codebooks_key}
 
 
-def score_fields(scored: dict[str, float], job: JobConfig) -> dict[str, Any]:
-    """Row fields of one system's score: ``map``, and for index=ivfpq the index and its recall@k."""
-    out: dict[str, Any] = {"map": round(scored["map"], 4)}
+def score_fields(scored: dict[str, Any], job: JobConfig) -> dict[str, Any]:
+    """Row fields of one system's score: ``map`` (the ``eval.ties`` convention), ``map_grouped`` (sklearn's),
+    ``ties``, with ``eval.topk`` also ``empty`` (both maps follow it); for index=ivfpq the index and its
+    recall@k."""
+    empty = job.empty if job.topk is not None else "zero"
+    out: dict[str, Any] = {"map": round(scored["aps"].mean(job.ties, empty), 4),
+                           "map_grouped": round(scored["aps"].mean("grouped", empty), 4), "ties": job.ties}
+    if job.topk is not None:
+        out["empty"] = empty
     if "recall" in scored:
         out.update(index="ivfpq", nlist=job.index.nlist, nprobe=job.index.nprobe, recall=round(scored["recall"], 4))
     return out
 
 
-def clean_rows(base: dict[str, Any], scored: dict[str, dict[str, float]], job: JobConfig) -> list[dict[str, Any]]:
+def clean_rows(base: dict[str, Any], scored: dict[str, dict[str, Any]], job: JobConfig) -> list[dict[str, Any]]:
     return [{**base, "attack": "clean", "system": s, **score_fields(v, job), "topk": job.topk}
             for s, v in scored.items()]
 
 
-def attacked_rows(base: dict[str, Any], scored: dict[str, dict[str, float]], job: JobConfig, adv: AdversarialSet,
+def attacked_rows(base: dict[str, Any], scored: dict[str, dict[str, Any]], job: JobConfig, adv: AdversarialSet,
                   data: RetrievalData, codes_changed: float, logits: torch.Tensor | None) -> list[dict[str, Any]]:
     """Rows of an adversarial query set: its source (white-box or transfer), its settings (those its loss reads),
     the share of sub-codes it changed, its L-inf distance and the classifier's accuracy on it."""

@@ -93,11 +93,13 @@ def pr_curves(ranked: Ranked) -> dict[str, dict[str, tuple[np.ndarray, np.ndarra
 
 
 def recomputed_maps(ranked: Ranked, arts: dict[str, JobArtifacts]) -> dict[tuple[str, str], float]:
-    """mAP of the reloaded system (at the jobs' ``eval.topk``, as recorded), to check the artifacts against the
-    records."""
+    """mAP of the reloaded system (at the jobs' ``eval.topk``, ``eval.ties`` and ``eval.empty``, as recorded), to
+    check the artifacts against the records. Records made before ``eval.ties`` existed hold the grouped mAP."""
     first = next(iter(arts.values()))
-    topk = (first.job.config.get("eval") or {}).get("topk")
-    return {k: mean_average_precision(dist, ids, first.data.query.labels, first.data.database.labels, topk=topk)
+    ev = first.job.config.get("eval") or {}
+    topk, ties, empty = ev.get("topk"), ev.get("ties", "grouped"), ev.get("empty", "zero")
+    return {k: mean_average_precision(dist, ids, first.data.query.labels, first.data.database.labels, topk=topk,
+                                      ties=ties, empty=empty if topk is not None else "zero")
             for k, (dist, ids, _) in ranked.items()}
 
 

@@ -12,7 +12,8 @@ from ..config import JobConfig
 from ..data import RetrievalData
 from ..errors import CacheError, ConfigError
 from ..models import Backbone
-from ..quant import IVFPQIndex, PQIndex, train_codebooks
+from ..metrics import QueryAP, query_average_precisions
+from ..quant import IVFPQIndex, PQIndex, recall_at_k_with_ties, search_past_ties, train_codebooks
 from ..runtime import Runtime
 from .backbone import train_backbone, train_pqn
 from .features import Classifier, check_finite, classifier_of, clean_features
@@ -91,25 +92,23 @@ def peak_agreement(target: Target, query_z: torch.Tensor) -> float:
 
 
 def evaluate(index: PQIndex, query_z: torch.Tensor, data: RetrievalData, systems: list[str], topk: int | None
-             ) -> dict[str, float]:
-    """mAP (percent) per system over the full ranking or at ``topk``: the same number as ranking with
-    ``index.search`` and scoring with ``mean_average_precision``, computed in blocks of queries without
-    building the ``[Q, N]`` ranking."""
-    return {s: index.mean_average_precision(query_z, s, data.query.labels, data.database.labels, topk=topk)
+             ) -> dict[str, QueryAP]:
+    """Per-query APs per system, both tie conventions, over the full ranking or at ``topk``: those of ranking
+    with ``index.search`` (at ``topk``: ``index.search_past_ties``) and scoring with
+    ``metrics.query_average_precisions``; over the full ranking computed in blocks of queries without building
+    the ``[Q, N]`` ranking."""
+    return {s: index.average_precisions(query_z, s, data.query.labels, data.database.labels, topk=topk)
             for s in systems}
 
 
 def score(target: Target, query_z: torch.Tensor, data: RetrievalData, systems: list[str], topk: int | None
-          ) -> dict[str, dict[str, float]]:
-    """mAP (percent) per system; with index=ivfpq, mAP@k from the IVF search and its recall@k of the exact PQ
-    (flat ADC) top k."""
-    from ..metrics import mean_average_precision
-    from ..quant import recall_at_k_with_ties
-
+          ) -> dict[str, dict[str, Any]]:
+    """Per system, the per-query APs (``aps``); with index=ivfpq, those of the IVF search at ``topk`` (continued
+    past the tie group at k) and its recall@k of the exact PQ (flat ADC) top k."""
     if target.ivf is None:
-        return {s: {"map": v} for s, v in evaluate(target.index, query_z, data, systems, topk).items()}
+        return {s: {"aps": v} for s, v in evaluate(target.index, query_z, data, systems, topk).items()}
     assert topk is not None and systems == ["adc"]
-    approx, ids = target.ivf.search(query_z, "adc", k=topk)
+    approx, ids = search_past_ties(lambda n: target.ivf.search(query_z, "adc", k=n), topk, target.ivf.ntotal)
     exact, _ = target.index.search(query_z, "adc", k=topk)
-    return {"adc": {"map": mean_average_precision(approx, ids, data.query.labels, data.database.labels, topk=topk),
+    return {"adc": {"aps": query_average_precisions(approx, ids, data.query.labels, data.database.labels, topk=topk),
                     "recall": recall_at_k_with_ties(approx, exact)}}
