@@ -54,7 +54,7 @@ def test_retrieval_model_soft_assignment_options() -> None:
     l2 = RetrievalModel(net, cb, similarity="l2", temperature=0.5).assignment_logits(zc)
     assert torch.allclose(l2, torch.tensor([[[-0.25, -2.25], [-1.0, -1.0]]]) / 0.5)
     with pytest.raises(ValueError, match="attack.similarity"):
-        RetrievalModel(net, cb, similarity="hamming")
+        AttackConfig(similarity="hamming")
 
 
 def test_index_peak_is_eq1_and_argmax_peak_is_eq6() -> None:

@@ -84,6 +84,10 @@ def test_bits_not_a_multiple_of_M_fails_when_resolved() -> None:
         OmegaConf.resolve(cfg)
 
 
-def test_conf_dir_is_the_repos() -> None:
-    from pqattack.__main__ import CONFIG_DIR
-    assert Path(CONFIG_DIR) == CONF
+def test_configs_are_package_data() -> None:
+    """The configs ship inside the package (``pqattack/conf``), so an installed wheel finds them."""
+    import pqattack
+    from pqattack.config import CONF_DIR
+
+    assert CONF_DIR == Path(pqattack.__file__).parent / "conf" == CONF
+    assert (CONF_DIR / "config.yaml").is_file()
