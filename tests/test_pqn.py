@@ -95,9 +95,9 @@ def test_short_joint_training_lowers_loss_and_keeps_map(tmp_path: Path) -> None:
     # the report rebuilds the PQN target (its backbone, learned codebooks, sub-normalised features) exactly
     from pqattack.metrics import mean_average_precision
     from pqattack.report.artifacts import ArtifactStore
-    from pqattack.report.records import collect
+    from pqattack.report.records import gather_records
 
-    job = collect([tmp_path / "pqn"]).jobs[0]
+    job = gather_records([tmp_path / "pqn"]).jobs[0]
     arts = ArtifactStore(cache).load(job)
     labels = (arts.data.query.labels, arts.data.database.labels)
     for system in ("sdc", "adc"):

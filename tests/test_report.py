@@ -20,7 +20,7 @@ from pqattack.report import figures
 from pqattack.report.__main__ import main as report_main
 from pqattack.report.artifacts import ArtifactStore
 from pqattack.report.paper import MISSING, load_paper, paper_cells
-from pqattack.report.records import collect
+from pqattack.report.records import gather_records
 from pqattack.report.tables import recipe_label
 
 from .conftest import TINY, load_results, run_cli
@@ -208,7 +208,7 @@ def test_paper_comparison_cells_come_from_the_records(sweep: Path, transfer_swee
 
 # --------------------------------------------------------------------------------------------- artifacts
 def test_reloaded_artifacts_reproduce_the_recorded_map(sweep: Path) -> None:
-    records = collect([sweep])
+    records = gather_records([sweep])
     assert len(records.jobs) == 6 and len(records.rows) == 2 * 2 + 2 * 2 * 3  # clean rows once per code length
     job = next(j for j in records.jobs if j.attack == "apd" and j.target.bits == 24)
     arts = ArtifactStore().load(job)

@@ -19,6 +19,25 @@ register()
 log = logging.getLogger("pqattack")
 
 
+def set_log_level(cfg: DictConfig) -> None:
+    """Quiet by default (``log_level: warning``): the project's progress bars, warnings and table; no FAISS loader
+    lines, Lightning tips or library deprecation notes. ``log_level=info`` (or ``hydra.verbose=true``) shows them."""
+    import warnings
+
+    from hydra.core.hydra_config import HydraConfig
+
+    if HydraConfig.get().verbose:
+        return
+    level = getattr(logging, str(cfg.get("log_level", "warning")).upper())
+    logging.getLogger().setLevel(level)
+    for name in ("pqattack", "faiss", "pytorch_lightning", "lightning", "lightning_fabric"):
+        logging.getLogger(name).setLevel(level)
+    if level > logging.INFO:
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        warnings.filterwarnings("ignore", module="pytorch_lightning")
+
+
 def make_loggers(cfg: DictConfig, output_dir: Path) -> list:
     """Lightning loggers for the run: CSV always; wandb (offline unless WANDB_MODE says otherwise)."""
     from pytorch_lightning.loggers import CSVLogger
@@ -57,6 +76,7 @@ def main(cfg: DictConfig) -> None:
     from .config import load_job
     from .pipeline import run
 
+    set_log_level(cfg)
     output_dir = Path(HydraConfig.get().runtime.output_dir)
     loggers: list = []
     status = "failed"

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
+from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from .attacks.config import AttackConfig
@@ -175,6 +176,29 @@ def load_job(cfg: DictConfig) -> JobConfig:
     return JobConfig(config=cfg, model=container(cfg.model), trainer=container(tr), quantizer=q, index=index,
                attack=attack, systems=SYSTEMS[cfg.system], topk=ev.topk, ties=ev.ties, empty=ev.empty,
                eval_batch_size=int(ev.batch_size), seed=int(cfg.seed), transfer=t)
+
+
+class ValidateSweep(Callback):
+    """Hydra callback: before a sweep starts (and makes its folder), compose and check every job it will run, so a
+    bad value stops it with one error and nothing written (exit 2)."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        import itertools
+        import sys
+
+        from hydra.core.override_parser.overrides_parser import OverridesParser
+
+        task = list(config.hydra.overrides.task)
+        params = [f"{k}={v}" for k, v in (config.hydra.sweeper.get("params") or {}).items()]
+        parsed = OverridesParser.create().parse_overrides(task + params)
+        choices = [[f"{o.get_key_element()}={v}" for v in o.sweep_string_iterator()] if o.is_sweep_override()
+                   else [o.input_line] for o in parsed]
+        for overrides in itertools.product(*choices):
+            try:
+                load_job(compose_config(list(overrides)))
+            except ConfigError as exc:
+                print(f"config error: {exc} (sweep job: {' '.join(overrides)})", file=sys.stderr)
+                sys.exit(ConfigError.exit_code)
 
 
 def validate(cfg: DictConfig) -> None:

@@ -20,7 +20,7 @@ docs/benchmarks.md):
   ``[Q, N]`` distances;
 - the mAP over the full ranking (:meth:`PQIndex.mean_average_precision`) needs no ranking of the ids: one sort of
   (distance, relevance) keys per query row gives each relevant item's tie group
-  (:func:`pqattack.metrics.retrieval.average_precision_unranked`);
+  (:func:`pqattack.metrics.average_precision.average_precision_unranked`);
 - mAP@k ranks the top k and goes on past the tie group at position k (:func:`search_past_ties`), which the
   expected AP@k needs whole.
 """
@@ -35,7 +35,7 @@ import faiss
 import numpy as np
 import torch
 
-from ..metrics.retrieval import QueryAP, average_precision_unranked, query_average_precisions, relevance
+from ..metrics.average_precision import QueryAP, average_precision_unranked, query_average_precisions, relevance
 from .codebooks import nbits_of
 
 SYSTEMS = ("sdc", "adc")
@@ -258,11 +258,11 @@ class PQIndex:
     # ----------------------------------------------------------------------------------------- mAP
     def average_precisions(self, queries: torch.Tensor | np.ndarray, system: str, query_labels: torch.Tensor,
                            db_labels: torch.Tensor, topk: int | None = None) -> QueryAP:
-        """Per-query APs, both tie conventions (:class:`~pqattack.metrics.retrieval.QueryAP`), over the full ranking
+        """Per-query APs, both tie conventions (:class:`~pqattack.metrics.average_precision.QueryAP`), over the full ranking
         or at ``topk``: those of ``metrics.query_average_precisions`` on this index's rankings.
 
         Over the full ranking, no ranking is materialised
-        (:func:`~pqattack.metrics.retrieval.average_precision_unranked`), and distances exist for one block of
+        (:func:`~pqattack.metrics.average_precision.average_precision_unranked`), and distances exist for one block of
         queries at a time. At ``topk``, the ranking of :meth:`search_past_ties`.
         """
         if topk is not None and topk < self.ntotal:
@@ -289,5 +289,5 @@ class PQIndex:
                                empty: str = "zero") -> float:
         """mAP in percent (0-100), the same number as ``metrics.mean_average_precision`` on this index's
         rankings: over the full ranking or at ``topk``; ``ties`` and ``empty`` as in
-        :meth:`~pqattack.metrics.retrieval.QueryAP.mean`."""
+        :meth:`~pqattack.metrics.average_precision.QueryAP.mean`."""
         return self.average_precisions(queries, system, query_labels, db_labels, topk).mean(ties, empty)

@@ -18,7 +18,7 @@ from typing import Any
 from . import figure_data, figures
 from .artifacts import ArtifactMissing, ArtifactStore, JobArtifacts
 from .paper import MISSING, Grid, comparisons, load_paper
-from .records import Records, collect
+from .records import Records, gather_records
 from .tables import is_paper_attack, recipe_label, render_tables
 
 MAP_TOLERANCE = 0.05  # mAP points between the records and the reloaded system before a note is written
@@ -248,7 +248,7 @@ def build_report(sources: list[str | Path], out: str | Path, cache_dir: str | Pa
                  command: str = "") -> Path:
     """Write ``out/index.md``, the PNG figures and ``out/report.json`` (the rows used); return index.md."""
     out = Path(out)
-    records = collect(sources, exclude=out)
+    records = gather_records(sources, exclude=out)
     if not records.rows:
         raise FileNotFoundError(f"no results records (results.json with rows and meta) in "
                                 f"{', '.join(map(str, sources))}")

@@ -27,7 +27,7 @@ def paper_cells(table: int) -> list[dict[str, Any]]:
     return [c for c in load_paper()["cells"] if c["table"] == table]
 
 
-def cell_key(record: dict[str, Any]) -> tuple:
+def experiment_key(record: dict[str, Any]) -> tuple:
     """What a number measures: a paper cell and a results row with the same key are the same experiment.
     Clean queries and white-box attacks have the target as their source."""
     return (record["dataset"], record.get("quantizer", "kmeans"), record["model"], int(record["bits"]),
@@ -103,7 +103,7 @@ class Comparison:
     paper: Grid
     ours: Grid
     difference: Grid
-    matched: dict[tuple, dict[str, Any]]  # cell_key -> our row, for every filled cell
+    matched: dict[tuple, dict[str, Any]]  # experiment_key -> our row, for every filled cell
     recipe: str | None = None  # how our numbers were made (``tables.recipe_label``)
 
     @property
@@ -129,7 +129,7 @@ def compare(table: int, rows: list[dict[str, Any]], recipe: str | None = None) -
     ours_by_key: dict[tuple, dict[str, Any]] = {}
     for r in rows:
         if r.get("topk") is None and is_paper_attack(r):
-            ours_by_key.setdefault(cell_key(r), r)
+            ours_by_key.setdefault(experiment_key(r), r)
     row_keys, columns, slots = _slots(table)
     matched: dict[tuple, dict[str, Any]] = {}
     grids: dict[str, list[list[str]]] = {"paper": [], "ours": [], "difference": []}
@@ -139,9 +139,9 @@ def compare(table: int, rows: list[dict[str, Any]], recipe: str | None = None) -
             cells = sorted(slots.get((rk, col), []), key=lambda c: SYSTEMS.index(c["system"]))
             texts: dict[str, list[str]] = {name: [] for name in grids}
             for c in cells:
-                ours = ours_by_key.get(cell_key(c))
+                ours = ours_by_key.get(experiment_key(c))
                 if ours is not None:
-                    matched[cell_key(c)] = ours
+                    matched[experiment_key(c)] = ours
                 texts["paper"].append(_fmt(c["map"]))
                 texts["ours"].append(_fmt(None if ours is None else ours["map"]))
                 texts["difference"].append(_fmt(None if ours is None else ours["map"] - c["map"], signed=True))

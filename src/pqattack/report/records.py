@@ -94,7 +94,7 @@ def _candidates(source: Path, exclude: Path | None) -> list[Path]:
     return found
 
 
-def collect(sources: Iterable[str | Path], exclude: Path | None = None) -> Records:
+def gather_records(sources: Iterable[str | Path], exclude: Path | None = None) -> Records:
     """Jobs and rows from files or folders (searched recursively; ``exclude``, e.g. the report's own folder,
     is skipped). A collected file (a sweep's ``results.json``, or ``report.collect``' record) adds its jobs'
     own ``results.json`` where they still exist, and its rows; rows repeated across jobs are kept once, and rows

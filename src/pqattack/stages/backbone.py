@@ -44,7 +44,7 @@ def train_backbone(job: JobConfig, data: RetrievalData, rt: Runtime, loggers: li
         net = make_backbone(job.model, data.num_classes).to(memory_format=torch.channels_last)
         module = ClassifierModule(net, multilabel=data.multilabel, **optimiser_kwargs(job.trainer))
         stats = fit(module, data, job.trainer["batch_size"], job.trainer["max_epochs"], job.seed, rt, loggers,
-                    job.trainer)
+                    job.trainer, f"{job.model['name']}, {job.trainer['max_epochs']} epochs")
         return dict(net.state_dict()), {**stats, "arch": job.model["arch"], "num_classes": data.num_classes}
 
     with rt.timed("train"):
@@ -75,7 +75,8 @@ def train_pqn(job: JobConfig, data: RetrievalData, base: Backbone, base_key: str
         net = net.to(memory_format=torch.channels_last).train()
         module = PQNModule(net, init, alpha=q.alpha, loss=q.loss, margin=q.margin, multilabel=data.multilabel,
                            **optimiser_kwargs(job.trainer, q.lr))
-        stats = fit(module, data, job.trainer["batch_size"], q.epochs, job.seed, rt, loggers, job.trainer)
+        stats = fit(module, data, job.trainer["batch_size"], q.epochs, job.seed, rt, loggers, job.trainer,
+                    f"PQN on {job.model['name']}, {q.epochs} epochs")
         codebooks = module.soft_pq.unit_codebooks().detach().float().cpu()
         return {**{f"backbone.{k}": v for k, v in net.state_dict().items()}, "codebooks": codebooks}, stats
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
@@ -13,9 +14,11 @@ from ..runtime import Runtime
 from .batches import TensorBatches
 from .distributed import SPAWN_DDP, BatchCounter, continue_rank_zero_logs, world_size
 
+log = logging.getLogger(__name__)
+
 
 def fit(module: Any, data: RetrievalData, batch_size: int, epochs: int, seed: int, rt: Runtime,
-        loggers: list, tcfg: dict[str, Any] | None = None) -> dict[str, Any]:
+        loggers: list, tcfg: dict[str, Any] | None = None, what: str = "training") -> dict[str, Any]:
     """Run Lightning's trainer on the in-memory training images; returns seconds, final metrics, the
     world size and each rank's batches per epoch. ``tcfg`` (the trainer config) gives strategy, devices
     and num_nodes; without it, or with one process, training runs in this process on ``rt.device``.
@@ -24,7 +27,10 @@ def fit(module: Any, data: RetrievalData, batch_size: int, epochs: int, seed: in
     (``ddp_spawn``, or ``ddp_fork`` on the CPU): rank 0 sends the trained weights back and Lightning loads
     them into ``module`` here, so the caller's ``net.state_dict()`` is the trained one. Lightning's
     ``ddp`` re-runs the command line in each child instead, i.e. the whole job (or sweep), whose cache
-    lookup would wait forever on the lock held by this process; it is refused with an explanation."""
+    lookup would wait forever on the lock held by this process; it is refused with an explanation.
+
+    With progress bars on, a training that will take more than ``TimeEstimate.threshold_s`` says so, with the
+    way out, after its first batches (``what`` names it: "VGG16, 40 epochs")."""
     from lightning_fabric.plugins.environments import LightningEnvironment
     from pytorch_lightning.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
 
@@ -47,7 +53,7 @@ def fit(module: Any, data: RetrievalData, batch_size: int, epochs: int, seed: in
         precision="bf16-mixed" if rt.precision == "bf16" else "32-true", logger=loggers or False,
         enable_checkpointing=False, enable_model_summary=False, enable_progress_bar=rt.progress,
         num_sanity_val_steps=0, log_every_n_steps=max(1, min(50, len(data.train) // world // batches.batch_size)),
-        deterministic=False, callbacks=[BatchCounter()])
+        deterministic=False, callbacks=[BatchCounter(), *([TimeEstimate(epochs, what)] if rt.progress else [])])
     if isinstance(trainer.strategy.launcher, _SubprocessScriptLauncher):
         raise ConfigError(f"trainer.strategy={tcfg.get('strategy')!r} with {world} devices: Lightning would start "
                           f"the other ranks by re-running this command line, i.e. the whole job, whose cache lookup "
@@ -61,6 +67,36 @@ def fit(module: Any, data: RetrievalData, batch_size: int, epochs: int, seed: in
         continue_rank_zero_logs(module, loggers)
     return {"train_seconds": round(time.perf_counter() - t0, 2), "train_metrics": metrics,
             "world_size": world, "batches_per_epoch": per_rank}
+
+
+class TimeEstimate(pl.Callback):
+    """After a few timed batches, log the training's expected duration when it is long, and how to shorten it."""
+
+    threshold_s = 600.0
+    warmup, timed = 2, 5
+
+    def __init__(self, epochs: int, what: str) -> None:
+        self.epochs, self.what = epochs, what
+        self.t0: float | None = None
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
+        step = trainer.global_step
+        if trainer.current_epoch or step > self.warmup + self.timed:
+            return
+        if step == self.warmup:
+            self.t0 = time.perf_counter()
+        elif step == self.warmup + self.timed and self.t0 is not None:
+            per_batch = (time.perf_counter() - self.t0) / self.timed
+            total = per_batch * trainer.num_training_batches * self.epochs
+            if total > self.threshold_s:
+                where = "this GPU" if pl_module.device.type == "cuda" else "this CPU"
+                log.warning("%s on %s: about %s. Use a GPU, a CPU preset (experiment=table1_fast_cpu, "
+                            "experiment=table1_cpu) or fewer trainer.max_epochs; progress=false hides this.",
+                            self.what, where, _duration(total))
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds / 3600:.1f} h" if seconds >= 5400 else f"{seconds / 60:.0f} min"
 
 
 def optimiser_kwargs(tcfg: dict[str, Any], lr: float | None = None) -> dict[str, Any]:
