@@ -36,7 +36,51 @@ def register_resolvers() -> None:
 register_resolvers()
 
 
+def _check_recipes(cfg: DictConfig) -> None:
+    """A preset that trains each model with its own recipe (``recipes.<model name>``, with
+    ``trainer: ${recipes.${model.name}}``) must hold one for the target and for the transfer source."""
+    recipes = cfg.get("recipes")
+    if recipes is None:
+        return
+    t = cfg.get("transfer") or {}
+    for key, name in (("model", cfg.model.name), ("transfer.source_model", t.get("source_model"))):
+        if name is not None and name not in recipes:
+            raise ConfigError(f"{key}={name}: this preset trains each model with its recipe in `recipes`, which has "
+                              f"none for {name!r} (only {', '.join(recipes)}); add /trainer@recipes.{name}: <recipe> "
+                              f"to its defaults")
+    for name, recipe in recipes.items():
+        _check_trainer(recipe, f"recipes.{name}", cfg.dataset.get("image_size", 32))
+
+
+def _check_trainer(tr: DictConfig, key: str, image_size: int) -> None:
+    """The recipe's values (``key``: ``trainer`` or ``recipes.<model>``)."""
+    from .models.augment import PAD_MODES
+    from .models.classifier import SCHEDULES
+
+    if tr.max_epochs < 1:
+        raise ConfigError(f"{key}.max_epochs={tr.max_epochs}: must be >= 1")
+    if tr.batch_size < 2:
+        raise ConfigError(f"{key}.batch_size={tr.batch_size}: must be >= 2 (batch norm)")
+    if tr.schedule not in SCHEDULES:
+        raise ConfigError(f"{key}.schedule={tr.schedule!r}: expected one of {', '.join(SCHEDULES)}")
+    if not 0 <= tr.get("warmup", 0) < 1:
+        raise ConfigError(f"{key}.warmup={tr.warmup}: must be in [0, 1) (a fraction of the steps)")
+    for name in ("lr_start", "lr_end"):
+        if tr.get(name, 0) < 0:
+            raise ConfigError(f"{key}.{name}={tr[name]}: must be >= 0 (a fraction of {key}.lr)")
+    if tr.get("norm_lr_scale", 1) <= 0:
+        raise ConfigError(f"{key}.norm_lr_scale={tr.norm_lr_scale}: must be > 0")
+    if not 0 <= tr.get("lookahead", 0) < 1 or tr.get("lookahead_every", 1) < 1:
+        raise ConfigError(f"{key}.lookahead={tr.get('lookahead')}, {key}.lookahead_every={tr.get('lookahead_every')}: "
+                          f"lookahead must be in [0, 1) (0: off) and lookahead_every >= 1")
+    if tr.get("crop_pad_mode", "zeros") not in PAD_MODES:
+        raise ConfigError(f"{key}.crop_pad_mode={tr.crop_pad_mode!r}: expected one of {', '.join(PAD_MODES)}")
+    if not 0 <= tr.get("crop_padding", 0) < image_size:
+        raise ConfigError(f"{key}.crop_padding={tr.crop_padding}: must be in [0, {image_size}) (dataset.image_size)")
+
+
 def validate(cfg: DictConfig) -> None:
+    _check_recipes(cfg)
     q, a, d = cfg.quantizer, cfg.attack, cfg.dataset
     if q.M < 1:
         raise ConfigError(f"quantizer.M={q.M}: must be >= 1")
@@ -104,11 +148,8 @@ def validate(cfg: DictConfig) -> None:
     if test_size is not None and d.num_queries + d.num_database > test_size:
         raise ConfigError(f"dataset.num_queries + dataset.num_database = {d.num_queries} + {d.num_database} "
                           f"exceeds the {test_size} test images of dataset={d.name}")
-    if cfg.trainer.max_epochs < 1:
-        raise ConfigError(f"trainer.max_epochs={cfg.trainer.max_epochs}: must be >= 1")
-    if cfg.trainer.batch_size < 2:
-        raise ConfigError(f"trainer.batch_size={cfg.trainer.batch_size}: must be >= 2 (batch norm)")
     tr = cfg.trainer
+    _check_trainer(tr, "trainer", d.get("image_size", 32))
     if int(tr.get("num_nodes", 1)) != 1:
         raise ConfigError(f"trainer.num_nodes={tr.num_nodes}: a job trains on one node only (its other stages run "
                           f"in one process); use trainer.devices for the GPUs of that node, or a SLURM array of jobs")

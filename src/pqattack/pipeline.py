@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from .transfer import AdversarialSet
 from .metrics import mean_average_precision
 from .models import Backbone, ClassifierModule, RetrievalModel, build_backbone
+from .models.classifier import RECIPE_OPTIONS
 from .models.pqn import PQNModule, SoftProductQuantizer, subvector_normalize
 from .quant import IVFPQIndex, PQIndex, recall_at_k_with_ties, train_codebooks
 from .report import render_tables
@@ -287,7 +288,8 @@ def fit(module: Any, data: RetrievalData, batch_size: int, epochs: int, seed: in
 def optimiser_kwargs(tcfg: dict[str, Any], lr: float | None = None) -> dict[str, Any]:
     return {"lr": tcfg["lr"] if lr is None else lr, "momentum": tcfg["momentum"],
             "weight_decay": tcfg["weight_decay"], "nesterov": tcfg["nesterov"],
-            "label_smoothing": tcfg["label_smoothing"], "schedule": tcfg["schedule"], "augment": tcfg["augment"]}
+            "label_smoothing": tcfg["label_smoothing"], "schedule": tcfg["schedule"], "augment": tcfg["augment"],
+            **{k: tcfg[k] for k in RECIPE_OPTIONS if k in tcfg}}
 
 
 def load_backbone(cfg: DictConfig, state: dict[str, torch.Tensor], key: str, num_classes: int, rt: Runtime

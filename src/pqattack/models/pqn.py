@@ -94,14 +94,13 @@ class PQNModule(ClassifierModule):
         self.soft_pq = SoftProductQuantizer(codebooks, alpha)
         self.pqn_loss, self.margin = loss, margin
 
+    def on_train_start(self) -> None:
+        """Nothing to initialise from the data: the backbone is already trained."""
+
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         images, labels = batch
-        x = self.to_float(images)
-        if self.hparams.augment:
-            from .augment import random_crop_flip
-            x = random_crop_flip(x, padding=self.hparams.crop_padding)
-        sub, soft, _ = self.soft_pq(self.backbone.forward_features(x))
-        loss = torch.zeros((), device=x.device)
+        sub, soft, _ = self.soft_pq(self.backbone.forward_features(self.augmented(images)))
+        loss = torch.zeros((), device=images.device)
         if "triplet" in self.pqn_loss:
             loss = loss + asymmetric_triplet_loss(sub, soft, labels, self.margin)
         if "ce" in self.pqn_loss:
