@@ -111,7 +111,7 @@ class ClassifierModule(pl.LightningModule):
 
     # ------------------------------------------------------------------------------------------ optimiser
     def parameter_groups(self) -> list[dict]:
-        """One group; with ``norm_lr_scale`` != 1 a second one for the batch-norm parameters."""
+        """The trained parameters: the batch-norm ones (at ``norm_lr_scale``) and the others."""
         hp = self.hparams
         norm = [p for m in self.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
                 for p in m.parameters(recurse=False) if p.requires_grad]
@@ -122,8 +122,7 @@ class ClassifierModule(pl.LightningModule):
 
     def configure_optimizers(self):  # noqa: ANN201
         hp = self.hparams
-        params = self.parameters() if hp.norm_lr_scale == 1 else self.parameter_groups()
-        opt = torch.optim.SGD(params, lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay,
+        opt = torch.optim.SGD(self.parameter_groups(), lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay,
                               nesterov=hp.nesterov and hp.momentum > 0)
         if hp.schedule == "constant":
             return opt
@@ -131,7 +130,7 @@ class ClassifierModule(pl.LightningModule):
             raise ValueError(f"trainer.schedule={hp.schedule!r}: expected one of {', '.join(SCHEDULES)}")
         steps = int(self.trainer.estimated_stepping_batches)
         if hp.schedule == "triangle":
-            peak = hp.warmup * steps
+            peak = round(hp.warmup * steps)
 
             def factor(step: int) -> float:
                 if step < peak:
