@@ -74,7 +74,6 @@ def test_bench_fast_and_baseline_map_agree(bench_run: tuple[dict, str]) -> None:
     n = records["retrieval_1m_adc"]["notes"]
     assert n["fast_map_on_baseline_queries"] == pytest.approx(n["baseline_map"], abs=1e-6)
     assert n["fast_map_grouped_on_baseline_queries"] == pytest.approx(n["baseline_map_grouped"], abs=1e-6)
-    assert n["ranked_past_ties"] > n["topk"]
 
 
 def test_bench_markdown_renders_every_figure(bench_run: tuple[dict, str], tmp_path: Path) -> None:
