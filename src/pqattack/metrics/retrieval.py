@@ -15,8 +15,9 @@ relevant items at its end, and the counts before and through each group follow b
 
 mAP@k keeps the usual normaliser, the number of relevant items in the top k. Under the random order, the group
 that straddles position k puts a hypergeometric number of its relevant items in the top k, and the normaliser
-depends on it; :func:`_straddling_group` sums over that number exactly. This needs the whole straddling group, so
-a ranking cut at k must go on past the group's end (``quant.index.search_past_ties``) or hold every item.
+depends on it; :func:`_straddling_group` sums over that number exactly. This needs the whole straddling group: a
+ranking cut at k goes on past the group's end (``quant.index.search_past_ties``), or holds every item, or comes
+with the group's counts (``PQIndex`` counts them over its distinct codes).
 """
 
 from __future__ import annotations
