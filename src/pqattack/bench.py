@@ -544,8 +544,8 @@ def plain_expected_average_precision(sorted_dist: torch.Tensor, sorted_rel: torc
     (no closed form). With ``k``: AP@k normalised by the relevant items in the top k; the tie group at position k
     (n items, r relevant: counted in ``sorted_dist``, which then holds it whole, or given per query by
     ``group_at_k``) puts x of its r relevant items in the top k with the hypergeometric probability
-    C(r, x) C(n - r, m - x) / C(n, m), m its slots in the top k; given x, the terms of its first m positions are as
-    above with r -> x, n -> m. A query without a relevant item in its top k gets 0."""
+    C(r, x) C(n - r, m - x) / C(n, m) (from log-gamma), m its slots in the top k; given x, the terms of its first m
+    positions are as above with r -> x, n -> m. A query without a relevant item in its top k gets 0."""
     terms = _expected_precision_terms(sorted_dist, sorted_rel)
     rel = sorted_rel.to(torch.float64)
     if k is None or (k >= rel.shape[1] and group_at_k is None):
@@ -560,14 +560,14 @@ def plain_expected_average_precision(sorted_dist: torch.Tensor, sorted_rel: torc
         if group_at_k is not None:
             n, r = int(group_at_k[0][i]), int(group_at_k[1][i])
         pre = float(terms[i, :s].sum())
-        j = np.arange(1, m + 1)
-        for x in range(max(0, m - (n - r)), min(r, m) + 1):
-            if r_before + x == 0:
-                continue
-            p = math.comb(r, x) * math.comb(n - r, m - x) / math.comb(n, m)
-            others = (j - 1) * (x - 1) / (m - 1) if m > 1 else np.zeros(m)
-            part = float((x / m * (r_before + 1 + others) / (s + j)).sum())
-            out[i] += p * (pre + part) / (r_before + x)
+        j = np.arange(1, m + 1, dtype=np.float64)
+        first, later = (1 / (s + j)).sum(), ((j - 1) / (s + j)).sum()  # the j-sums of the terms, for any x
+        lc = lambda a, b: math.lgamma(a + 1) - math.lgamma(b + 1) - math.lgamma(a - b + 1)  # noqa: E731  log C(a, b)
+        x = np.arange(max(0, m - (n - r)), min(r, m) + 1, dtype=np.float64)
+        p = np.exp([lc(r, v) + lc(n - r, m - v) - lc(n, m) for v in x])
+        part = x / m * ((r_before + 1) * first + (x - 1) / max(m - 1, 1) * later)
+        hits = r_before + x
+        out[i] = float((p * (pre + part) / np.maximum(hits, 1))[hits > 0].sum())
     return out
 
 
