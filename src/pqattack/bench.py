@@ -61,7 +61,7 @@ SIZES: dict[str, dict[str, Any]] = {
               "bits_extra": [], "sweep_jobs": 3, "loader_workers": 0},
 }
 
-# The targets: (device, comparison, value); a figure without one on this device reports meets_target null.
+# The targets: (device, comparison, value); a figure without one on this device reports meets_target null.
 TARGETS: dict[str, tuple[str, str, float, str]] = {
     "train_recipe": ("cuda", "<=", 20.0, "s"),
     "attack_resnet18": ("cuda", ">=", 30_000.0, "queries/s"),
