@@ -105,6 +105,8 @@ def validate(cfg: DictConfig) -> None:
     if cfg.trainer.batch_size < 2:
         raise ConfigError(f"trainer.batch_size={cfg.trainer.batch_size}: must be >= 2 (batch norm)")
     tr = cfg.trainer
+    if not isinstance(tr.get("compile", False), bool):
+        raise ConfigError(f"trainer.compile={tr.compile!r}: expected true or false")
     if int(tr.get("num_nodes", 1)) != 1:
         raise ConfigError(f"trainer.num_nodes={tr.num_nodes}: a job trains on one node only (its other stages run "
                           f"in one process); use trainer.devices for the GPUs of that node, or a SLURM array of jobs")

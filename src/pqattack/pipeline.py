@@ -192,6 +192,23 @@ class BatchCounter(pl.Callback):
             trainer.callback_metrics[f"batches_per_epoch/rank{rank}"] = torch.tensor(float(n))
 
 
+class EpochTimer(pl.Callback):
+    """Wall seconds of each training epoch, up to the work queued on the GPU (the first epoch includes warm-up:
+    cuDNN's algorithm search, compilation)."""
+
+    def __init__(self) -> None:
+        self.seconds: list[float] = []
+        self.start = 0.0
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.start = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if pl_module.device.type == "cuda":
+            torch.cuda.synchronize(pl_module.device)
+        self.seconds.append(round(time.perf_counter() - self.start, 3))
+
+
 def continue_rank_zero_logs(module: pl.LightningModule, loggers: list) -> None:
     """After training in spawned ranks: rank 0 wrote the hyperparameters and training metrics through its copy
     of each logger; make this process's loggers carry them on. (A CSVLogger that first logs here would
@@ -218,7 +235,7 @@ def continue_rank_zero_logs(module: pl.LightningModule, loggers: list) -> None:
 def fit(module: Any, data: RetrievalData, batch_size: int, epochs: int, seed: int, rt: Runtime,
         loggers: list, tcfg: dict[str, Any] | None = None) -> dict[str, Any]:
     """Run Lightning's trainer on the in-memory training images; returns seconds, final metrics, the
-    world size and each rank's batches per epoch. ``tcfg`` (the trainer config) gives strategy, devices
+    world size, each rank's batches per epoch and (in one process) each epoch's seconds. ``tcfg`` (the trainer config) gives strategy, devices
     and num_nodes; without it, or with one process, training runs in this process on ``rt.device``.
 
     With several processes the strategy must start them itself and run only ``Trainer.fit`` in them
@@ -247,26 +264,38 @@ def fit(module: Any, data: RetrievalData, batch_size: int, epochs: int, seed: in
         place = {"strategy": SPAWN_DDP if strategy == "auto" else strategy, "devices": tcfg["devices"],
                  "num_nodes": 1, "plugins": [LightningEnvironment()]}
         images, labels = data.train.images.cpu(), data.train.labels.cpu()  # each rank's batches go to its device
+    compiled = bool(tcfg.get("compile"))
+    if compiled and world > 1:
+        raise ConfigError(f"trainer.compile=true with {world} training processes: compilation is supported for "
+                          f"training in one process only")
     batches = TensorBatches(images, labels, min(batch_size, len(data.train) // world), seed)
+    timer = EpochTimer()
     trainer = pl.Trainer(
         max_epochs=epochs, accelerator=accelerator, **place,
         precision="bf16-mixed" if rt.precision == "bf16" else "32-true", logger=loggers or False,
         enable_checkpointing=False, enable_model_summary=False, enable_progress_bar=rt.progress,
         num_sanity_val_steps=0, log_every_n_steps=max(1, min(50, len(data.train) // world // batches.batch_size)),
-        deterministic=False, callbacks=[BatchCounter()])
+        deterministic=False, benchmark=True if rt.device.type == "cuda" else None, callbacks=[BatchCounter(), timer])
     if isinstance(trainer.strategy.launcher, _SubprocessScriptLauncher):
         raise ConfigError(f"trainer.strategy={tcfg.get('strategy')!r} with {world} devices: Lightning would start "
                           f"the other ranks by re-running this command line, i.e. the whole job, whose cache lookup "
                           f"waits on the lock this process holds. Use trainer=ddp (strategy {SPAWN_DDP}).")
+    backbone = module.backbone
+    if compiled:  # the backbone's feature extractor, which classifier and PQN training both call
+        backbone.forward_features = torch.compile(backbone.forward_features)
     t0 = time.perf_counter()
-    trainer.fit(module, train_dataloaders=batches)
+    try:
+        trainer.fit(module, train_dataloaders=batches)
+    finally:
+        if compiled:
+            del backbone.forward_features
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     per_rank = [int(metrics.pop(f"batches_per_epoch/rank{r}")) for r in range(world)
                 if f"batches_per_epoch/rank{r}" in metrics]
     if world > 1:
         continue_rank_zero_logs(module, loggers)
     return {"train_seconds": round(time.perf_counter() - t0, 2), "train_metrics": metrics,
-            "world_size": world, "batches_per_epoch": per_rank}
+            "world_size": world, "batches_per_epoch": per_rank, "epoch_seconds": timer.seconds}
 
 
 def optimiser_kwargs(tcfg: dict[str, Any], lr: float | None = None) -> dict[str, Any]:
@@ -286,15 +315,30 @@ def load_backbone(cfg: DictConfig, state: dict[str, torch.Tensor], key: str, num
     return backbone.to(rt.device).to(memory_format=torch.channels_last).eval()
 
 
+def checkpoint_spec(cfg: DictConfig, data: RetrievalData, precision: str, device: torch.device) -> dict[str, Any]:
+    """The cross-entropy backbone: the training data, the model, the recipe, the training precision, the seed
+    (and the number of training processes when > 1); the checkpoint's cache key is its hash."""
+    tcfg = container(cfg.trainer)
+    return {"dataset": data.name, "data": data.fingerprint, "num_train": len(data.train),
+            "model": container(cfg.model),
+            "trainer": {k: v for k, v in tcfg.items() if k not in ("progress", *DISTRIBUTED_KEYS)},
+            "precision": precision, "seed": cfg.seed, **distributed_spec(tcfg, device)}
+
+
+def pqn_spec(cfg: DictConfig, base_key: str, precision: str, device: torch.device) -> dict[str, Any]:
+    """PQN's joint training from the cross-entropy backbone ``base_key``."""
+    q, tcfg = cfg.quantizer, container(cfg.trainer)
+    return {"base_checkpoint": base_key, "quantizer": container(q), "batch_size": tcfg["batch_size"],
+            "trainer": {k: v for k, v in tcfg.items() if k not in ("progress", "max_epochs", "lr", *DISTRIBUTED_KEYS)},
+            "precision": precision, "seed": cfg.seed, **distributed_spec(tcfg, device)}
+
+
 def train_backbone(cfg: DictConfig, data: RetrievalData, rt: Runtime, loggers: list) -> tuple[Backbone, str]:
     """Train (or load from the cache) the backbone with cross-entropy through Lightning."""
     import pytorch_lightning as pl
 
     tcfg = container(cfg.trainer)
-    spec = {"dataset": data.name, "data": data.fingerprint, "num_train": len(data.train),
-            "model": container(cfg.model),
-            "trainer": {k: v for k, v in tcfg.items() if k not in ("progress", *DISTRIBUTED_KEYS)},
-            "precision": rt.precision, "seed": cfg.seed, **distributed_spec(tcfg, rt.device)}
+    spec = checkpoint_spec(cfg, data, rt.precision, rt.device)
 
     def build() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         pl.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -307,7 +351,7 @@ def train_backbone(cfg: DictConfig, data: RetrievalData, rt: Runtime, loggers: l
     with rt.timed("train"):
         state, meta, key = rt.cache.get_or_build("checkpoint", spec, build)
     rt.keys["checkpoint"] = key
-    rt.info["training"] = {k: meta.get(k) for k in ("train_seconds", "train_metrics")}
+    rt.info["training"] = {k: meta.get(k) for k in ("train_seconds", "train_metrics", "epoch_seconds")}
     return load_backbone(cfg, state, key, data.num_classes, rt), key
 
 
@@ -318,10 +362,7 @@ def train_pqn(cfg: DictConfig, data: RetrievalData, base: Backbone, base_key: st
     import pytorch_lightning as pl
 
     q, tcfg = cfg.quantizer, container(cfg.trainer)
-    spec = {"base_checkpoint": base_key, "quantizer": container(q), "batch_size": tcfg["batch_size"],
-            "trainer": {k: v for k, v in tcfg.items()
-                        if k not in ("progress", "max_epochs", "lr", *DISTRIBUTED_KEYS)},
-            "precision": rt.precision, "seed": cfg.seed, **distributed_spec(tcfg, rt.device)}
+    spec = pqn_spec(cfg, base_key, rt.precision, rt.device)
 
     def build() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         pl.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -341,7 +382,7 @@ def train_pqn(cfg: DictConfig, data: RetrievalData, base: Backbone, base_key: st
         tensors, meta, key = rt.cache.get_or_build("checkpoint", spec, build)
     state = {k.removeprefix("backbone."): v for k, v in tensors.items() if k.startswith("backbone.")}
     rt.keys["checkpoint"] = key
-    rt.info["pqn_training"] = {k: meta.get(k) for k in ("train_seconds", "train_metrics")}
+    rt.info["pqn_training"] = {k: meta.get(k) for k in ("train_seconds", "train_metrics", "epoch_seconds")}
     return load_backbone(cfg, state, key, data.num_classes, rt), key, tensors["codebooks"]
 
 
@@ -585,6 +626,18 @@ def adversarial_set(cfg: DictConfig, data: RetrievalData, target: Target, datase
 
 
 RUN_ONLY_KEYS = ("progress", "logger", "resume", "cache")  # do not change a job's numbers
+_LOADED: dict[str, RetrievalData] = {}  # the last dataset loaded in this process (see load_data)
+
+
+def load_data(cfg: DictConfig, source: Any, rt: Runtime) -> RetrievalData:
+    """``source.load(rt.cache)``, once per process for the same dataset config and cache: the jobs of a sweep,
+    which Hydra's basic launcher runs in one process, share the decoded images instead of listing, hashing and
+    loading them again in every job."""
+    key = json.dumps([container(cfg.dataset), str(rt.cache.root), rt.cache.enabled], sort_keys=True, default=str)
+    if key not in _LOADED:
+        _LOADED.clear()
+        _LOADED[key] = source.load(rt.cache)
+    return _LOADED[key]
 
 
 def write_results(output_dir: Path, results: dict[str, Any]) -> Path:
@@ -610,6 +663,8 @@ def run(cfg: DictConfig, output_dir: Path, loggers: list | None = None) -> Path:
     device = resolve_device(cfg.device)
     precision = resolve_precision(cfg.precision, device)
     torch.manual_seed(cfg.seed)
+    if device.type == "cuda":  # fixed input shapes: let cuDNN pick the fastest algorithms (eval and attacks too)
+        torch.backends.cudnn.benchmark = True
     rt = Runtime(device, precision, ArtifactCache(cfg.cache.dir, cfg.cache.enabled), progress=cfg.progress)
     results_spec = {k: v for k, v in container(cfg).items() if k not in RUN_ONLY_KEYS}
     results_spec["precision"] = precision
@@ -623,7 +678,7 @@ def run(cfg: DictConfig, output_dir: Path, loggers: list | None = None) -> Path:
 
     with rt.timed("data"):
         source = instantiate(cfg.dataset)
-        data = source.load(rt.cache)
+        data = load_data(cfg, source, rt)
     dataset_label = getattr(source, "describe", lambda: data.name)()
     target = build_target(cfg, data, rt, loggers or [])
     base = describe_rows(cfg, data, dataset_label)
