@@ -79,7 +79,8 @@ def render_table(records: Path, stage: str, results: Path, env: dict[str, Any]) 
     name, title = TABLES[stage]
     epochs = sorted({int(c["trainer"]["max_epochs"]) for c in configs})
     if stage == "table4":
-        title += f", backbones trained {'/'.join(map(str, epochs))} epochs (the recipe's is 40)"
+        title += f", backbones trained {'/'.join(map(str, epochs))} epoch{'s' if epochs != [1] else ''} (the " \
+                 f"recipe's is 40)"
     title += f"; {machine_text(env)}{stage_note(status)}"
     command = "; ".join("python " + " ".join(c["argv"]) for c in status["commands"] if c.get("jobs") and "argv" in c)
     proc = subprocess.run([sys.executable, "-m", "pqattack.report.collect", *map(str, sweeps), "--out",
@@ -110,12 +111,10 @@ def run_summary(records: Path, env: dict[str, Any]) -> str:
              f"Deadline {run['deadline_s']:.0f} s; the run took {run['elapsed_s']:.0f} s (tools/gpu-run, records "
              f"unpacked in `{records}`).", "", "| stage | status | wall (s) | estimate (s) | note |", "|---|---|---|---|---|"]
     for name, st in run["stages"].items():
-        status = json.loads((records / name / "status.json").read_text()) if (records / name / "status.json").is_file() \
-            else st
-        estimates = [c.get("estimate_s") for c in status.get("commands", []) if c.get("estimate_s") is not None]
-        lines.append(f"| {name} | {st['status']} | {st['wall_s']:.1f} | "
-                     f"{sum(estimates):.0f} | {st.get('reason') or ''} |" if estimates else
-                     f"| {name} | {st['status']} | {st['wall_s']:.1f} | - | {st.get('reason') or ''} |")
+        commands = json.loads((records / name / "status.json").read_text())["commands"]
+        estimates = [c["estimate_s"] for c in commands if c.get("estimate_s") is not None]
+        estimate = f"{sum(estimates):.0f}" if estimates else "-"
+        lines.append(f"| {name} | {st['status']} | {st['wall_s']:.1f} | {estimate} | {st.get('reason') or ''} |")
     return "\n".join(lines) + "\n"
 
 

@@ -48,6 +48,7 @@ STAGES = ("smoke", "table1", "table2", "table3", "bench", "table4", "bench_compi
 REQUIRED = ("smoke",)  # a failure here stops the run
 PACK_RESERVE_S = 15.0  # kept back from every command's timeout: packing the records, moving the checkpoints
 EXPORT_PART_MB = 15.5  # checkpoint parts, under the 16 MiB a file may have in <out>
+RESUMED_JOB_S = 0.5  # not measured (no smoke job is resumed): a resumed job reads one small record from the cache
 
 # What one device call brings back from <out>: files, bytes per file, bytes in all, folder depth, names.
 OUT_LIMITS = {"files": 8, "file_bytes": 16 * 2**20, "total_bytes": 64 * 2**20, "depth": 2}
@@ -177,13 +178,12 @@ def job_records(folder: Path) -> list[dict[str, Any]]:
 
 def measure_costs(smoke: Path) -> Costs:
     """Costs from the smoke stage's records: its reference training (2 epochs; the second is the steady rate), its
-    PQN training, its jobs' stage timings and its commands' wall times."""
+    PQN training, its jobs' stage timings and its commands' wall times. KeyError or StopIteration where they lack
+    any of these."""
     status = json.loads((smoke / "status.json").read_text())
     attacks = job_records(smoke / "attacks")
     pqn = job_records(smoke / "pqn-transfer")
-    if not attacks or not pqn:
-        raise RuntimeError(f"{smoke}: the smoke records needed for the estimates are missing")
-    built = next(j for j in attacks if any(b.startswith("checkpoint/") for b in j["meta"]["cache_builds"]))
+    built = next(j for j in attacks if (j["meta"].get("training") or {}).get("epoch_seconds"))
     train = built["meta"]["training"]
     images = int(built["meta"]["config"]["dataset"]["num_train"])
     epochs = train["epoch_seconds"]
@@ -204,7 +204,7 @@ def measure_costs(smoke: Path) -> Costs:
     process_s = max(1.0, walls["attacks"]["wall_s"] - sum(t["total"] for t in timings))
     return Costs(train_s_per_image={built["meta"]["config"]["model"]["arch"]: steady},
                  reference=built["meta"]["config"]["model"]["arch"], pqn_factor=pqn_factor, fit_s=fit_s,
-                 job_s=statistics.median(besides(t) for t in timings), resumed_s=0.5, process_s=process_s,
+                 job_s=statistics.median(besides(t) for t in timings), resumed_s=RESUMED_JOB_S, process_s=process_s,
                  attack_s_per_query=max(attack_s) if attack_s else 0.0, kmeans_s_per_k=max(kmeans),
                  decode_s=max(t.get("data", 0.0) for t in timings))
 
@@ -213,9 +213,8 @@ def refine_costs(costs: Costs, stage: Path) -> None:
     """Per-arch training rates from a stage's records (the whole fit over its epochs: warm-up included)."""
     for job in job_records(stage):
         m = job["meta"]
-        t = m.get("training") or {}
-        if t.get("train_seconds") and any(b.startswith("checkpoint/") for b in m.get("cache_builds", [])) \
-                and m["config"]["quantizer"]["kind"] == "kmeans":
+        t = m.get("training") or {}  # the cross-entropy backbone's, whether this job built it or found it cached
+        if t.get("train_seconds"):
             images = m["config"]["dataset"].get("num_train") or CIFAR_TRAIN
             costs.train_s_per_image[m["config"]["model"]["arch"]] = t["train_seconds"] / (
                 m["config"]["trainer"]["max_epochs"] * images)
@@ -332,7 +331,7 @@ class Run:
             return Stage(name, [self.sweep(name, "sweep", "table1", [f"model={m.base_models}", f"bits={m.bits}"],
                                            plan.jobs, plan)])
         if name == "table2":
-            e, pe = self.epochs("table1"), (1 if m.tiny else self.pqn_epochs())
+            e, pe = self.epochs("table1"), self.pqn_epochs()
             models = m.base_models.split(",")
             done = self.valid("table1")
             jobs = len(models) * len(bits) * 3
@@ -391,6 +390,8 @@ class Run:
         from .bench import SIZES
 
         c, sz = self.costs, SIZES["quick" if self.mode.tiny else self.mode.device]
+        if c is None:
+            return 0.0
         s = 0.0
         for f in figures:
             kind, arch = f.split("_", 1)
@@ -663,16 +664,19 @@ class Run:
             if self.valid(name):
                 self.log(f"{name}: skipped: its records are present and valid ({self.stages_dir / name})")
             else:
-                if name != "smoke" and self.costs is None:
-                    if not self.valid("smoke"):
-                        self.log(f"{name}: skipped: no smoke records to estimate its cost from")
-                        continue
+                if name != "smoke" and not self.valid("smoke"):
+                    self.log(f"{name}: skipped: no valid smoke records (the smoke stage checks the GPU path first)")
+                    continue
                 status = self.run_stage(name)
                 if name in REQUIRED and status != "ok":
                     self.log(f"{name}: {status}: the run stops here")
                     code = 1
             if self.valid("smoke") and self.costs is None:
-                self.costs = measure_costs(self.stages_dir / "smoke")
+                try:
+                    self.costs = measure_costs(self.stages_dir / "smoke")
+                except (KeyError, StopIteration, ValueError, ZeroDivisionError) as exc:
+                    self.log(f"estimates: the smoke records lack a timing ({type(exc).__name__}: {exc}); the later "
+                             f"stages run without estimates, stopped by the deadline only")
             if name == "table1" and self.status("table1"):
                 if self.costs is not None:
                     refine_costs(self.costs, self.stages_dir / "table1")
@@ -788,7 +792,7 @@ def check_prep(folder: Path) -> int:
     return 0 if not problems else 2
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m pqattack.gpu_run", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     p.add_argument("--out", help="where the records come back (default: $OUT, else <work>/out)")
@@ -799,7 +803,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--previous", help="records.tar.gz (or its folder) of an earlier run: its valid stages are kept")
     p.add_argument("--started", help=argparse.SUPPRESS)  # the wrapper's start time (epoch s): the deadline counts from it
     p.add_argument("--check-prep", metavar="DIR", help="check a prepared .gpu/ folder (make gpu-check) and exit")
-    args = p.parse_args(argv)
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     if args.check_prep:
         return check_prep(Path(args.check_prep))
     return Run(args).main()
