@@ -21,9 +21,20 @@ REPO = Path(__file__).resolve().parents[1]
 STAGE_NAMES = ("smoke", "table1", "table2", "table3", "bench", "table4", "bench_compile")
 
 
+def without_wandb(folder: Path) -> Path:
+    """A folder whose sitecustomize makes ``import wandb`` fail in every process that has it on PYTHONPATH, as on the
+    GPU machine, where wandb is not installed."""
+    folder.mkdir(exist_ok=True)
+    (folder / "sitecustomize.py").write_text("import sys\nsys.modules['wandb'] = None\n")
+    return folder
+
+
 def gpu_run(args: list[str], data: Path, timeout: int = 1800) -> subprocess.CompletedProcess:
-    """tools/gpu-run with ``data`` as the data folder (empty: the synthetic set, as in CI without make data)."""
-    env = {**os.environ, "PYTHON": sys.executable, "PYTHONWARNINGS": "ignore", "PQATTACK_DATA": str(data)}
+    """tools/gpu-run with ``data`` as the data folder (empty: the synthetic set, as in CI without make data), and
+    without wandb."""
+    blocker = without_wandb(data.parent / "no-wandb")
+    env = {**os.environ, "PYTHON": sys.executable, "PYTHONWARNINGS": "ignore", "PQATTACK_DATA": str(data),
+           "PYTHONPATH": str(blocker)}
     env.pop("OUT", None)
     return subprocess.run([str(REPO / "tools" / "gpu-run"), *args], cwd=REPO, capture_output=True, text=True,
                           env=env, timeout=timeout)
@@ -48,6 +59,9 @@ def archive_names(out: Path) -> list[str]:
 def test_tiny_run_every_stage_render_resume_deadline(tmp_path: Path) -> None:
     work, out, data = tmp_path / "work", tmp_path / "out", tmp_path / "no-data"
     data.mkdir()
+    blocked = subprocess.run([sys.executable, "-c", "import wandb"], capture_output=True, text=True,
+                             env={**os.environ, "PYTHONPATH": str(without_wandb(tmp_path / "no-wandb"))})
+    assert blocked.returncode != 0 and "wandb" in blocked.stderr  # the run below cannot use wandb
     first = gpu_run(["--tiny", "--work", str(work), "--out", str(out), "--deadline", "1500"], data)
     assert first.returncode == 0, first.stdout[-5000:] + first.stderr[-3000:]
     run = json.loads((work / "run.json").read_text())
