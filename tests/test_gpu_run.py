@@ -194,3 +194,48 @@ def test_check_prep_finds_what_the_gpu_machine_would_lack(tmp_path: Path, capsys
     assert "rich-click: neither a wheel here nor on the GPU machine" in report
     assert "does not install on CPython 3.12" in report and "hydra-core needs omegaconf<2.4" in report
     assert "pywin32" not in report  # a requirement for another platform
+
+
+def expand_sweep(overrides: list[str]) -> list[list[str]]:
+    """The jobs Hydra's basic sweeper makes of a command line: the preset's sweeper params, then the command line's
+    overrides (which win), expanded by Hydra's own BasicSweeper."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from pqattack.config import CONF_DIR
+
+    plain = [o for o in overrides if "," not in o.split("=", 1)[1]]
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        params = compose("config", overrides=plain, return_hydra_config=True).hydra.sweeper.params or {}
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper  # after Hydra has loaded its plugins
+
+    sweeper = BasicSweeper(max_batch_size=None, params=dict(params))
+    parsed = OverridesParser.create().parse_overrides([*sweeper._parse_config(), *overrides])
+    return BasicSweeper.split_arguments(parsed, None)[0]
+
+
+def test_full_mode_commands_make_the_jobs_they_expect_and_every_job_validates(tmp_path: Path) -> None:
+    """Every sweep of the GPU run, as built for the GPU (not --tiny): Hydra expands it into the number of jobs the
+    stage waits for, and every job's config composes and passes the start-up checks (on the CPU here)."""
+    from hydra import compose, initialize_config_dir
+
+    from pqattack.config import CONF_DIR, validate
+
+    run = Run(parse_args(["--work", str(tmp_path / "work"), "--out", str(tmp_path / "out")]))
+    total = 0
+    for name in ("smoke", "table1", "table2", "table3", "table4"):
+        for cmd in run.stage(name).commands:
+            if not cmd.jobs:
+                continue
+            overrides = [o for o in cmd.argv[2:] if not o.startswith("hydra.")]
+            jobs = expand_sweep(overrides)
+            assert len(jobs) == cmd.jobs, (name, cmd.name, len(jobs))
+            for job in jobs:
+                with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+                    cfg = compose("config", overrides=[o if o != "device=cuda" else "device=cpu" for o in job])
+                validate(cfg)
+                assert cfg.dataset.name == "cifar10" and cfg.resume and not cfg.progress
+            total += len(jobs)
+    assert total == 3 + 1 + 27 + 54 + 18 + 25 + 36
+    bench = run.stage("bench").commands[0].argv
+    assert bench[:2] == ["-m", "pqattack.bench"] and "--quick" not in bench and bench[bench.index("--device") + 1] == "cuda"
