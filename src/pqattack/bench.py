@@ -493,7 +493,8 @@ def figures_from_table1(run: Path, records: list[dict[str, Any]]) -> list[dict[s
         out.append(record(figure, train["train_seconds"], base_s, "s", Measured(train["train_seconds"], None, None, {}),
                           None, notes))
     fresh = bool(status.get("fresh_cache")) and status.get("status") == "ok"
-    notes = {"what": "python -m pqattack experiment=table1, from the JPEG files, as run by tools/gpu-run's table1 stage",
+    notes = {"what": "python -m pqattack experiment=table1 from an empty cache (image decoding included), as run by "
+                     "tools/gpu-run's table1 stage",
              "command": "python " + " ".join(sweep["argv"]), "stage_seconds": _stage_seconds(run / "sweep"),
              "baseline": "not applicable (no plain end-to-end variant)"}
     if not fresh:
