@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from pqattack.attacks import (LOSSES, PGDConfig, feature_distance_loss, overall_distribution_loss,
-                              peak_distribution_loss, pgd)
+from pqattack.attacks import (LOSSES, PGDConfig, Reference, feature_distance_loss, overall_distribution_loss,
+                              peak_distribution_loss, pgd, reference)
 from pqattack.models import RetrievalModel, build_backbone
 
 
@@ -28,14 +28,18 @@ def test_apd_and_aod_by_hand() -> None:
     lc, la = logp(zc, cb), logp(za, cb)
     # clean logits: m=0: [0.5, -0.5] -> peak 0; m=1: [2, 0] -> peak 0
     # adversarial logits: m=0: [-0.5, 0.5]; m=1: [0, 0]
+    ref = Reference(zc, lc, torch.tensor([[0, 0]]))
     log_sig = lambda t: -math.log1p(math.exp(-t))  # noqa: E731  log softmax of a 2-way split
     apd = -(log_sig(-1.0) + math.log(0.5))  # -log p^_{0,0} - log p^_{1,0}
-    assert float(peak_distribution_loss(za, la, zc, lc)) == pytest.approx(apd, rel=1e-6)
+    assert float(peak_distribution_loss(za, la, ref)) == pytest.approx(apd, rel=1e-6)
+    # another peak code: -log p^_{0,1} - log p^_{1,1}
+    other = Reference(zc, lc, torch.tensor([[1, 1]]))
+    assert float(peak_distribution_loss(za, la, other)) == pytest.approx(-(log_sig(1.0) + math.log(0.5)), rel=1e-6)
     p0 = [math.exp(log_sig(1.0)), math.exp(log_sig(-1.0))]
     p1 = [math.exp(log_sig(2.0)), math.exp(log_sig(-2.0))]
     aod = -(p0[0] * log_sig(-1.0) + p0[1] * log_sig(1.0) + p1[0] * math.log(0.5) + p1[1] * math.log(0.5))
-    assert float(overall_distribution_loss(za, la, zc, lc)) == pytest.approx(aod, rel=1e-6)
-    assert float(feature_distance_loss(za, la, zc, lc)) == pytest.approx(1.0 + 1.0)
+    assert float(overall_distribution_loss(za, la, ref)) == pytest.approx(aod, rel=1e-6)
+    assert float(feature_distance_loss(za, la, ref)) == pytest.approx(1.0 + 1.0)
 
 
 def test_retrieval_model_soft_assignment_options() -> None:
@@ -46,8 +50,41 @@ def test_retrieval_model_soft_assignment_options() -> None:
     assert torch.allclose(logits, torch.tensor([[[1.0, -1.0], [4.0, 0.0]]]))
     cos = RetrievalModel(net, cb, similarity="cos").assignment_logits(zc)
     assert torch.allclose(cos, torch.tensor([[[1.0, -1.0], [1.0, 0.0]]]))
+    # l2: -(z_m - c_mk)^2 / T: m=0: -(0.5-1)^2, -(0.5+1)^2; m=1: -(1-2)^2, -(1-0)^2
+    l2 = RetrievalModel(net, cb, similarity="l2", temperature=0.5).assignment_logits(zc)
+    assert torch.allclose(l2, torch.tensor([[[-0.25, -2.25], [-1.0, -1.0]]]) / 0.5)
     with pytest.raises(ValueError, match="attack.similarity"):
-        RetrievalModel(net, cb, similarity="l2")
+        RetrievalModel(net, cb, similarity="hamming")
+
+
+def test_index_peak_is_eq1_and_argmax_peak_is_eq6() -> None:
+    """With codewords of unequal norms the largest inner product (eq. 6) and the nearest codeword (eq. 1, the
+    index's code) differ: z_1 = 0.8 is nearer c_11 = 0 (0.64 < 1.44) but has the larger product with c_10 = 2."""
+    cb = torch.tensor([[[1.0], [-1.0]], [[2.0], [0.0]]])
+    z = torch.tensor([[0.5, 0.8]])
+    net = build_backbone("smallcnn", 10, width=4)
+    model = RetrievalModel(net, cb)
+    assert model.index_codes(z).tolist() == [[0, 1]]
+    assert model.argmax_codes(z).tolist() == [[0, 0]]
+    from pqattack.quant import PQIndex
+
+    assert PQIndex(cb).encode(z).tolist() == [[0, 1]]  # the FAISS index agrees with eq. (1)
+
+
+def test_apd_peak_option_chooses_the_target_code() -> None:
+    """attack.peak=index pushes away from the index's code, argmax from eq. (6)'s; the references differ
+    exactly where the two codes differ."""
+    torch.manual_seed(0)
+    net = build_backbone("smallcnn", 10, width=8).eval()
+    cb = torch.randn(4, 64, 8) * torch.rand(4, 64, 1)  # unequal norms, as K-means centroids have
+    model = RetrievalModel(net, cb)
+    x = torch.rand(16, 3, 32, 32)
+    by_index, by_argmax = reference(model, x, "index"), reference(model, x, "argmax")
+    assert torch.equal(by_index.codes, model.index_codes(by_index.z))
+    assert torch.equal(by_argmax.codes, model.argmax_codes(by_argmax.z))
+    assert (by_index.codes != by_argmax.codes).any()
+    with pytest.raises(ValueError, match="attack.peak"):
+        PGDConfig(peak="mode")
 
 
 @pytest.mark.parametrize("loss", sorted(LOSSES))
@@ -74,15 +111,14 @@ def test_pgd_increases_its_loss() -> None:
     net = build_backbone("smallcnn", 10, width=8).eval()
     model = RetrievalModel(net, torch.randn(4, 16, 8) * 0.3)
     x = torch.rand(8, 3, 32, 32)
-    with torch.no_grad():
-        zc, lc = model(x)
+    ref = reference(model, x)
     for name, fn in LOSSES.items():
         # random start matters for basic: its gradient is exactly zero at the clean image
         adv = pgd(model, x, name, PGDConfig(quantize_8bit=False, iters=10), generator=torch.Generator().manual_seed(0))
         with torch.no_grad():
             za, la = model(adv)
             za0, la0 = model(x)
-        assert fn(za, la, zc, lc).sum() > fn(za0, la0, zc, lc).sum(), name
+        assert fn(za, la, ref).sum() > fn(za0, la0, ref).sum(), name
 
 
 @pytest.mark.parametrize("kw,key", [({"eps": 0}, "attack.eps"), ({"eps": 1.5}, "attack.eps"),

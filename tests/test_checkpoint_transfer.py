@@ -57,8 +57,8 @@ def test_export_in_parts_import_elsewhere_and_a_job_finds_it(trained: tuple[Path
     assert proc.returncode == 0, proc.stderr
     [overrides] = overrides_printed(proc.stdout)
     assert f"imported checkpoint {key}" in proc.stdout
-    assert {"dataset=synthetic", "model=smallcnn", "model.width=8", "trainer.max_epochs=2", "precision=fp32"} <= set(
-        overrides)
+    assert {"dataset=synthetic", "model=smallcnn", "model.width=8", "trainer.max_epochs=2",
+            f"precision={ce['meta']['precision']}"} <= set(overrides)  # the training precision is in the key
     job = load_results(results_path(run_cli([*overrides, "attack=none", "device=cpu", "progress=false",
                                              "hydra.run.dir=again"], cwd, cache_b), cwd))
     assert job["meta"]["cache_keys"]["checkpoint"] == key

@@ -25,7 +25,7 @@ import torch
 
 log = logging.getLogger(__name__)
 
-CACHE_FORMAT = 1  # part of every key: bump it when a code change alters what an artifact contains
+CACHE_FORMAT = 2  # part of every key: bump it when a code change alters what an artifact contains
 TENSORS_FILE = "tensors.pt"
 META_FILE = "meta.json"
 
@@ -305,10 +305,11 @@ def _override(key: str, value: Any) -> str:
     return f"{key}={text}"
 
 
-def job_overrides(entry: dict[str, Any], base: dict[str, Any] | None) -> list[str]:
+def job_overrides(entry: dict[str, Any], base: dict[str, Any] | None, extra: list[str] | None = None) -> list[str]:
     """The overrides under which ``python -m pqattack`` finds this checkpoint: the config groups it was made with,
     every setting of theirs that differs from the defaults, the training precision (part of the key) and the seed.
-    ``base`` is a PQN's cross-entropy checkpoint entry (its recipe comes first)."""
+    ``base`` is a PQN's cross-entropy checkpoint entry (its recipe comes first). The dataset comes from the job
+    config exported with the checkpoint, else from ``dataset=<name>`` among ``extra``."""
     from hydra import compose, initialize_config_dir
 
     from .config import CONF_DIR
@@ -321,12 +322,14 @@ def job_overrides(entry: dict[str, Any], base: dict[str, Any] | None) -> list[st
         own = [f"quantizer={q['kind']}", f"bits={q['M'] * (q['K'].bit_length() - 1)}"]
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
             default = compose("config", overrides=own)
-        return job_overrides(base, None) + own + [
+        return job_overrides(base, None, extra) + own + [
             _override(f"quantizer.{k}", v) for k, v in q.items() if k != "kind" and default.quantizer.get(k) != v]
     config = entry.get("config") or {}
-    dataset = config.get("dataset") or {"name": spec.get("dataset")}
+    given = next((o.split("=", 1)[1] for o in extra or [] if o.startswith("dataset=")), None)
+    dataset = config.get("dataset") or {"name": given}
     if not dataset.get("name"):
-        raise CacheError(f"import: checkpoint {entry['key']} does not name its dataset; give dataset=<name>")
+        raise CacheError(f"import: checkpoint {entry['key']} was exported without its job's config (by key): give "
+                         f"dataset=<name> and the dataset settings it was trained with")
     groups = [f"dataset={dataset['name']}", f"model={spec['model']['name']}"]
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         default = compose("config", overrides=groups)
@@ -359,7 +362,7 @@ def import_checkpoints(path: str | Path, cache_dir: str | None = None, extra: li
     for entry in manifest["entries"]:
         spec = entry["meta"]["spec"]
         base = entries.get(spec.get("base_checkpoint")) if "base_checkpoint" in spec else None
-        overrides = job_overrides(entry, base)
+        overrides = job_overrides(entry, base, extra)
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
             cfg = compose("config", overrides=[*overrides, *(extra or []), "device=cpu"])
         validate(cfg)
@@ -374,6 +377,8 @@ def import_checkpoints(path: str | Path, cache_dir: str | None = None, extra: li
             ours = base_spec
             differ = [f"{k}: trained with {theirs.get(k)!r}, here {ours.get(k)!r}" for k in sorted(set(theirs) | set(ours))
                       if theirs.get(k) != ours.get(k)]
+            if theirs.get("data") != ours.get("data"):
+                differ.append("the training data differ (other image files or decoding, or another training subset)")
             raise CacheError(f"import: {path}: checkpoint {entry['key']} ({spec.get('model', {}).get('name', 'pqn')}) "
                              f"does not fit this machine's data and config under {' '.join(overrides)}: "
                              + "; ".join(differ or ["the PQN settings differ"])

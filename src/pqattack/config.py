@@ -7,7 +7,9 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from .attacks.losses import PEAKS
 from .models.backbones import ARCHITECTURES
+from .models.retrieval import SIMILARITIES
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 TEST_SPLIT_SIZE = {"cifar10": 10_000}
@@ -69,10 +71,12 @@ def validate(cfg: DictConfig) -> None:
             raise ConfigError(f"attack.step={a.step}: must be > 0")
         if a.iters < 1:
             raise ConfigError(f"attack.iters={a.iters}: must be >= 1")
-        if a.similarity not in ("dot", "cos"):
-            raise ConfigError(f"attack.similarity={a.similarity!r}: expected dot or cos")
-        if a.temperature <= 0:
-            raise ConfigError(f"attack.temperature={a.temperature}: must be > 0")
+        if a.similarity not in SIMILARITIES:
+            raise ConfigError(f"attack.similarity={a.similarity!r}: expected one of {', '.join(SIMILARITIES)}")
+        if a.get("temperature") is not None and a.temperature <= 0:
+            raise ConfigError(f"attack.temperature={a.temperature}: must be > 0, or null (the target's own)")
+        if a.get("peak", "index") not in PEAKS:
+            raise ConfigError(f"attack.peak={a.peak!r}: expected one of {', '.join(PEAKS)}")
         if a.batch_size < 1:
             raise ConfigError(f"attack.batch_size={a.batch_size}: must be >= 1")
     if cfg.system not in ("sdc", "adc", "both"):

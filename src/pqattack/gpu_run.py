@@ -597,20 +597,14 @@ class Run:
     def export_checkpoints(self) -> None:
         """Table 1's backbones into ``<out>/checkpoints/`` as fp16 parts, if they fit what <out> may hold (the paper's
         backbones first, when not all of them do)."""
-        sweep = self.stages_dir / "table1" / "sweep"
-        jobs = job_records(sweep)
-        if not jobs:
-            return
-        order = [m for m in ("vgg16", "alexnet", "resnet18", "smallcnn") if m in
-                 {j["meta"]["config"]["model"]["name"] for j in jobs}]
+        folders: dict[str, str] = {}  # one job folder per model: its records name the checkpoint and its config
+        for path in sorted((self.stages_dir / "table1" / "sweep").glob("*/results.json")):
+            folders.setdefault(json.loads(path.read_text())["meta"]["config"]["model"]["name"], str(path.parent))
+        order = sorted(folders, key=lambda m: ("vgg16", "alexnet").index(m) if m in ("vgg16", "alexnet") else 2)
         staging = self.work / "checkpoints"
         for n in range(len(order), 0, -1):
-            keys = []
-            for j in jobs:
-                if j["meta"]["config"]["model"]["name"] in order[:n] and j["meta"]["cache_keys"]["checkpoint"] not in keys:
-                    keys.append(j["meta"]["cache_keys"]["checkpoint"])
             shutil.rmtree(staging, ignore_errors=True)
-            proc = subprocess.run([sys.executable, "-m", "pqattack.cache", "export", *keys,
+            proc = subprocess.run([sys.executable, "-m", "pqattack.cache", "export", *[folders[m] for m in order[:n]],
                                    str(staging / "table1-backbones.pqc"), "--dtype", "fp16", "--part-mb",
                                    str(EXPORT_PART_MB), "--cache", str(self.cache)], cwd=REPO, capture_output=True,
                                   text=True, timeout=max(10.0, self.left()))

@@ -14,14 +14,14 @@ import time
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
-from .attacks import PGDConfig, pgd
+from .attacks import PEAK_LOSSES, PGDConfig, pgd
 from .cache import ArtifactCache, CacheError, spec_key
 from .data import RetrievalData, top1_hit
 
@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from .transfer import AdversarialSet
 from .metrics import mean_average_precision
 from .models import Backbone, ClassifierModule, RetrievalModel, build_backbone
-from .models.pqn import PQNModule, subvector_normalize
+from .models.pqn import PQNModule, SoftProductQuantizer, subvector_normalize
 from .quant import IVFPQIndex, PQIndex, recall_at_k_with_ties, train_codebooks
 from .report import render_tables
 
@@ -80,9 +80,24 @@ def resolve_device(name: str) -> torch.device:
     raise ValueError(f"device={name!r}: expected auto, cpu, cuda or cuda:N")
 
 
+def cpu_has_native_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
+    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX-BF16 among ``cpuinfo``'s flags). Without
+    them, bf16 autocast is emulated and slower than fp32."""
+    try:
+        with open(cpuinfo) as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
 def resolve_precision(name: str, device: torch.device) -> str:
+    """``auto``: bf16 autocast for the backbone on a GPU with bf16 and on a CPU that computes bf16 natively,
+    else fp32. The retrieval head (normalisation, soft assignment) is float32 in every case."""
     if name == "auto":
-        return "bf16" if device.type == "cuda" else "fp32"
+        if device.type == "cuda":
+            return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+        return "bf16" if device.type == "cpu" and cpu_has_native_bf16() else "fp32"
     if name not in ("fp32", "bf16"):
         raise ValueError(f"precision={name!r}: expected auto, fp32 or bf16")
     return name
@@ -315,22 +330,62 @@ def load_backbone(cfg: DictConfig, state: dict[str, torch.Tensor], key: str, num
     return backbone.to(rt.device).to(memory_format=torch.channels_last).eval()
 
 
+# --------------------------------------------------------------------------------------------- artifact keys
+# Every cached artifact's key is the hash of its spec: everything that determines its content. The specs are
+# built here, from the config and the data's actual items (``RetrievalData.train_key`` etc.), without building
+# anything, so ``artifact_keys`` can list a job's keys and tests can check that every config key is in them.
+# Config keys that do not change any artifact's content (where and how verbosely a job runs) are listed in
+# ``RUN_ONLY_KEYS`` below.
+
 def checkpoint_spec(cfg: DictConfig, data: RetrievalData, precision: str, device: torch.device) -> dict[str, Any]:
-    """The cross-entropy backbone: the training data, the model, the recipe, the training precision, the seed
-    (and the number of training processes when > 1); the checkpoint's cache key is its hash."""
+    """The cross-entropy backbone: the training items, the model, the recipe, the training precision, the seed
+    (and the number of training processes when > 1)."""
     tcfg = container(cfg.trainer)
-    return {"dataset": data.name, "data": data.fingerprint, "num_train": len(data.train),
-            "model": container(cfg.model),
+    return {"data": data.train_key, "model": container(cfg.model),
             "trainer": {k: v for k, v in tcfg.items() if k not in ("progress", *DISTRIBUTED_KEYS)},
             "precision": precision, "seed": cfg.seed, **distributed_spec(tcfg, device)}
 
 
 def pqn_spec(cfg: DictConfig, base_key: str, precision: str, device: torch.device) -> dict[str, Any]:
-    """PQN's joint training from the cross-entropy backbone ``base_key``."""
+    """PQN's joint training from the cross-entropy backbone ``base_key`` (which holds the training items)."""
     q, tcfg = cfg.quantizer, container(cfg.trainer)
     return {"base_checkpoint": base_key, "quantizer": container(q), "batch_size": tcfg["batch_size"],
             "trainer": {k: v for k, v in tcfg.items() if k not in ("progress", "max_epochs", "lr", *DISTRIBUTED_KEYS)},
             "precision": precision, "seed": cfg.seed, **distributed_spec(tcfg, device)}
+
+
+def features_spec(ckpt_key: str, data: RetrievalData, precision: str, subvectors: int | None) -> dict[str, Any]:
+    """Clean query and database features of checkpoint ``ckpt_key``."""
+    spec: dict[str, Any] = {"checkpoint": ckpt_key, "query": data.query_key, "database": data.database_key,
+                            "precision": precision}
+    if subvectors:
+        spec["norm"] = f"subvector/{subvectors}"
+    return spec
+
+
+def codebooks_spec(cfg: DictConfig, feat_key: str) -> dict[str, Any]:
+    """K-means codebooks on the database features ``feat_key``."""
+    q = cfg.quantizer
+    return {"features": feat_key, "M": q.M, "K": q.K, "niter": q.niter, "seed": q.seed, "kind": q.kind}
+
+
+def attack_temperature(cfg: DictConfig) -> float:
+    """``attack.temperature``, or the target's own when null: 1 for K-means (eq. 7 as printed), 1 / alpha for
+    PQN (its soft layer, softmax(alpha <x_m, c_mk>))."""
+    t = cfg.attack.get("temperature")
+    if t is not None:
+        return float(t)
+    return 1.0 / float(cfg.quantizer.alpha) if cfg.quantizer.kind == "pqn" else 1.0
+
+
+def attack_spec(cfg: DictConfig, data: RetrievalData, checkpoint_key: str, codebooks_key: str | None, precision: str
+                ) -> dict[str, Any]:
+    """An adversarial query set: the target (checkpoint, and codebooks unless the loss ignores them), the actual
+    queries, every attack setting (``batch_size`` included: it orders the random-start draws), precision, seed."""
+    a = cfg.attack
+    return {"checkpoint": checkpoint_key, "codebooks": codebooks_key if a.loss != "basic" else None,
+            "queries": data.query_key, "attack": {**container(a), "temperature": attack_temperature(cfg)},
+            "precision": precision, "seed": cfg.seed}
 
 
 def train_backbone(cfg: DictConfig, data: RetrievalData, rt: Runtime, loggers: list) -> tuple[Backbone, str]:
@@ -387,22 +442,41 @@ def train_pqn(cfg: DictConfig, data: RetrievalData, base: Backbone, base_key: st
 
 
 # --------------------------------------------------------------------------------------------- features
+Classifier = Callable[[torch.Tensor], torch.Tensor]
+
+
+def classifier_of(cfg: DictConfig, backbone: Backbone, codebooks: torch.Tensor | None) -> Classifier | None:
+    """The classification head applied to the features it was trained on: the raw embedding for a cross-entropy
+    backbone; PQN's soft-quantised embedding when its loss has a cross-entropy term; None for a triplet-only PQN,
+    whose head was trained on the embedding of the backbone before joint training (it is stale)."""
+    q = cfg.quantizer
+    if q.kind != "pqn":
+        return backbone.head
+    if "ce" not in q.loss or codebooks is None:
+        return None
+    soft_pq = SoftProductQuantizer(codebooks, q.alpha).to(next(backbone.parameters()).device)
+    return lambda f: backbone.head(soft_pq(f)[1].flatten(1))
+
+
 @torch.no_grad()
 def embed(backbone: Backbone, images: torch.Tensor, rt: Runtime, batch_size: int, desc: str = "features",
-          subvectors: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(z, logits)`` for uint8 or float images, float32 on the CPU: z l2-normalised as a whole, or per
-    sub-vector when ``subvectors`` (M) is given (PQN); then the logits are the head's on z."""
+          subvectors: int | None = None, classify: Classifier | None = None
+          ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``(z, logits)`` for uint8 or float images, float32 on the CPU. The backbone runs under the run's autocast;
+    z is l2-normalised in float32 outside it, as a whole, or per sub-vector when ``subvectors`` (M) is given
+    (PQN). ``logits`` are ``classify`` of the embedding (float32), or None without a classifier."""
     zs, logits = [], []
     for i in tqdm(range(0, len(images), batch_size), desc=desc, disable=not rt.progress, leave=False):
         x = images[i:i + batch_size].to(rt.device, non_blocking=True)
         x = (x.float() / 255.0 if x.dtype == torch.uint8 else x).contiguous(memory_format=torch.channels_last)
         with rt.autocast():
             f = backbone.forward_features(x)
-            z = subvector_normalize(f, subvectors) if subvectors else torch.nn.functional.normalize(f.float(), dim=1)
-            out = backbone.head(z.to(f.dtype) if subvectors else f)
-        zs.append(z.float().cpu())
-        logits.append(out.float().cpu())
-    return torch.cat(zs), torch.cat(logits)
+        f = f.float()
+        z = subvector_normalize(f, subvectors) if subvectors else torch.nn.functional.normalize(f, dim=1)
+        zs.append(z.cpu())
+        if classify is not None:
+            logits.append(classify(f).float().cpu())
+    return torch.cat(zs), (torch.cat(logits) if classify is not None else None)
 
 
 def check_finite(name: str, t: torch.Tensor) -> None:
@@ -416,28 +490,28 @@ def subvectors_of(cfg: DictConfig) -> int | None:
     return int(cfg.quantizer.M) if cfg.quantizer.kind == "pqn" else None
 
 
-def clean_features(cfg: DictConfig, data: RetrievalData, backbone: Backbone, ckpt_key: str, rt: Runtime
-                   ) -> dict[str, torch.Tensor]:
-    """Database and clean-query features (cached), plus the backbone's test accuracy on them."""
-    spec = {"checkpoint": ckpt_key, "split": [data.fingerprint, len(data.query), len(data.database),
-                                                 cfg.dataset.split_seed], "precision": rt.precision}
+def clean_features(cfg: DictConfig, data: RetrievalData, backbone: Backbone, ckpt_key: str, rt: Runtime,
+                   classify: Classifier | None) -> tuple[dict[str, torch.Tensor], float | None]:
+    """Database and clean-query features (cached), and the classifier's test accuracy on those images (None
+    without a classifier)."""
     sub = subvectors_of(cfg)
-    if sub:
-        spec["norm"] = f"subvector/{sub}"
+    spec = features_spec(ckpt_key, data, rt.precision, sub)
 
     def build() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         bs = cfg.eval.batch_size
-        zq, lq = embed(backbone, data.query.images, rt, bs, "query features", sub)
-        zd, ld = embed(backbone, data.database.images, rt, bs, "database features", sub)
-        correct = top1_hit(lq, data.query.labels).sum() + top1_hit(ld, data.database.labels).sum()
-        acc = float(correct) / (len(lq) + len(ld)) * 100
-        return {"query": zq, "database": zd}, {"test_accuracy": round(acc, 3)}
+        zq, lq = embed(backbone, data.query.images, rt, bs, "query features", sub, classify)
+        zd, ld = embed(backbone, data.database.images, rt, bs, "database features", sub, classify)
+        acc = None
+        if lq is not None and ld is not None:
+            correct = top1_hit(lq, data.query.labels).sum() + top1_hit(ld, data.database.labels).sum()
+            acc = round(float(correct) / (len(lq) + len(ld)) * 100, 3)
+        return {"query": zq, "database": zd}, {"test_accuracy": acc}
 
     with rt.timed("features"):
         tensors, meta, key = rt.cache.get_or_build("features", spec, build)
     check_finite("database features", tensors["database"])
     rt.keys["features"] = key
-    return {**tensors, "test_accuracy": torch.tensor(meta["test_accuracy"])}
+    return tensors, meta["test_accuracy"]
 
 
 # --------------------------------------------------------------------------------------------- stage 3
@@ -451,19 +525,27 @@ def check_codebooks(codebooks: torch.Tensor, M: int, K: int, dim: int, name: str
 
 def pq_codebooks(cfg: DictConfig, database: torch.Tensor, feat_key: str, rt: Runtime) -> tuple[torch.Tensor, str]:
     q = cfg.quantizer
-    spec = {"features": feat_key, "M": q.M, "K": q.K, "niter": q.niter, "seed": q.seed, "kind": q.kind}
 
     def build() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         return {"codebooks": train_codebooks(database, q.M, q.K, niter=q.niter, seed=q.seed)}, {}
 
     with rt.timed("codebooks"):
-        tensors, _, key = rt.cache.get_or_build("codebooks", spec, build)
+        tensors, _, key = rt.cache.get_or_build("codebooks", codebooks_spec(cfg, feat_key), build)
     check_codebooks(tensors["codebooks"], q.M, q.K, database.shape[1], f"codebooks {key}")
     rt.keys["codebooks"] = key
     return tensors["codebooks"], key
 
 
 # --------------------------------------------------------------------------------------------- stage 4
+def retrieval_model(cfg: DictConfig, target: "Target", device: torch.device) -> RetrievalModel:
+    """What the attack sees of ``target``: backbone, normalisation and the soft assignment of ``cfg.attack``."""
+    model = RetrievalModel(target.backbone, target.codebooks.to(device), cfg.attack.similarity,
+                           attack_temperature(cfg), subvector_norm=cfg.quantizer.kind == "pqn").eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
 def attack_queries(cfg: DictConfig, data: RetrievalData, target: "Target", description: dict[str, Any],
                    rt: Runtime) -> "AdversarialSet":
     """Adversarial queries made against ``target`` with ``cfg.attack`` (cached as 8-bit images when quantised)."""
@@ -471,16 +553,9 @@ def attack_queries(cfg: DictConfig, data: RetrievalData, target: "Target", descr
 
     a = cfg.attack
     pgd_cfg = PGDConfig(eps=a.eps, step=a.step, iters=a.iters, random_start=a.random_start,
-                        quantize_8bit=a.quantize_8bit)
-    uses_codebooks = a.loss != "basic"
-    spec = {"checkpoint": target.checkpoint_key, "codebooks": target.codebooks_key if uses_codebooks else None,
-            "queries": [data.fingerprint, len(data.query), cfg.dataset.split_seed],
-            "attack": {k: v for k, v in container(a).items() if k not in ("batch_size", "name")},
-            "precision": rt.precision, "seed": cfg.seed}
-    model = RetrievalModel(target.backbone, target.codebooks.to(rt.device), a.similarity, a.temperature,
-                           subvector_norm=cfg.quantizer.kind == "pqn").eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
+                        quantize_8bit=a.quantize_8bit, peak=a.peak)
+    spec = attack_spec(cfg, data, target.checkpoint_key, target.codebooks_key, rt.precision)
+    model = retrieval_model(cfg, target, rt.device)
 
     def build() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         gen = torch.Generator(device=rt.device).manual_seed(cfg.seed)
@@ -492,12 +567,12 @@ def attack_queries(cfg: DictConfig, data: RetrievalData, target: "Target", descr
             with rt.autocast():
                 adv = pgd(model, x, a.loss, pgd_cfg, generator=gen)
             out.append(torch.round(adv * 255).to(torch.uint8).cpu() if a.quantize_8bit else adv.float().cpu())
-        made = AdversarialSet.make(torch.cat(out), data, "", target.checkpoint_key, cfg, description)
+        made = AdversarialSet.make(torch.cat(out), data, "", target.checkpoint_key, cfg, description, spec["attack"])
         return made.tensors(), {k: v for k, v in made.meta.items() if k != "key"}
 
     with rt.timed(f"attack_{a.name}"):
         tensors, _, key = rt.cache.get_or_build("adversarial_queries", spec, build)
-    return AdversarialSet.make(tensors["images"], data, key, target.checkpoint_key, cfg, description)
+    return AdversarialSet.make(tensors["images"], data, key, target.checkpoint_key, cfg, description, spec["attack"])
 
 
 # --------------------------------------------------------------------------------------------- stage 5
@@ -550,6 +625,8 @@ class Target:
     codebooks_key: str
     index: PQIndex
     ivf: IVFPQIndex | None = None  # index=ivfpq: searched instead of ``index`` (ADC @k); ``index`` gives the exact top k
+    classify: Classifier | None = None  # the head on the features it was trained on (None: no valid head)
+    test_accuracy: float | None = None  # classify's top-1 accuracy on the query + database images
 
 
 def build_target(cfg: DictConfig, data: RetrievalData, rt: Runtime, loggers: list) -> Target:
@@ -558,10 +635,12 @@ def build_target(cfg: DictConfig, data: RetrievalData, rt: Runtime, loggers: lis
     if cfg.quantizer.kind == "pqn":
         rt.keys["base_checkpoint"] = ckpt_key
         backbone, ckpt_key, codebooks = train_pqn(cfg, data, backbone, ckpt_key, rt, loggers)
-        feats = clean_features(cfg, data, backbone, ckpt_key, rt)
+        classify = classifier_of(cfg, backbone, codebooks)
+        feats, acc = clean_features(cfg, data, backbone, ckpt_key, rt, classify)
         cb_key = rt.keys["codebooks"] = ckpt_key  # the learned codebooks live in the PQN checkpoint
     else:
-        feats = clean_features(cfg, data, backbone, ckpt_key, rt)
+        classify = classifier_of(cfg, backbone, None)
+        feats, acc = clean_features(cfg, data, backbone, ckpt_key, rt, classify)
         codebooks, cb_key = pq_codebooks(cfg, feats["database"], rt.keys["features"], rt)
     with rt.timed("index"):
         index = PQIndex(codebooks, feats["database"])
@@ -575,7 +654,15 @@ def build_target(cfg: DictConfig, data: RetrievalData, rt: Runtime, loggers: lis
                                  train_size=ix.train_size, seed=ix.seed)
             except ValueError as exc:
                 raise ConfigError(f"{exc} (the database has {len(feats['database'])} items)") from None
-    return Target(backbone, ckpt_key, feats, codebooks, cb_key, index, ivf)
+    return Target(backbone, ckpt_key, feats, codebooks, cb_key, index, ivf, classify, acc)
+
+
+def peak_agreement(target: Target, query_z: torch.Tensor) -> float:
+    """The share of (query, sub-space) pairs where eq. (6)'s peak, argmax_k <z_m, c_mk>, is the code the index
+    assigns (eq. 1, argmin_k ||z_m - c_mk||^2), on the clean queries."""
+    m, k, dsub = target.codebooks.shape
+    dots = torch.einsum("bmd,mkd->bmk", query_z.float().view(-1, m, dsub), target.codebooks.float())
+    return float((dots.argmax(-1) == target.index.encode(query_z)).float().mean())
 
 
 def score(target: Target, query_z: torch.Tensor, data: RetrievalData, systems: list[str], topk: int | None
@@ -606,6 +693,16 @@ def describe_rows(cfg: DictConfig, data: RetrievalData, dataset_label: str) -> d
             "quantizer": q.kind, "bits": int(q.M * math.log2(q.K)), "M": q.M, "K": q.K}
 
 
+def recipe_fields(cfg: DictConfig, target: Target, rt: Runtime) -> dict[str, Any]:
+    """Row fields that say how the numbers were made: the backbone's epochs (and PQN's, with its alpha), the device
+    type, the precision, the seed, and the checkpoint and codebooks keys (which hold every recipe and data
+    setting)."""
+    q = cfg.quantizer
+    pqn = {"pqn_epochs": int(q.epochs), "alpha": float(q.alpha)} if q.kind == "pqn" else {}
+    return {"epochs": int(cfg.trainer.max_epochs), **pqn, "device": rt.device.type, "precision": rt.precision,
+            "seed": int(cfg.seed), "checkpoint": target.checkpoint_key, "codebooks": target.codebooks_key}
+
+
 def adversarial_set(cfg: DictConfig, data: RetrievalData, target: Target, dataset_label: str, rt: Runtime
                     ) -> "AdversarialSet | None":
     """The adversarial queries this job evaluates: white-box (made against ``target``), or a transfer
@@ -625,7 +722,62 @@ def adversarial_set(cfg: DictConfig, data: RetrievalData, target: Target, datase
     return attack_queries(src_cfg, data, src, describe_rows(src_cfg, data, dataset_label), rt)
 
 
-RUN_ONLY_KEYS = ("progress", "logger", "resume", "cache")  # do not change a job's numbers
+# Config keys that change no artifact's content, so no cache key holds them (tests/test_cache_keys.py walks every
+# config key and fails on one that is neither here nor in an artifact's key):
+RUN_ONLY_KEYS = (
+    "progress", "logger", "resume", "cache",  # what is shown and logged, resuming, where the cache is
+    "device",              # where it runs: a checkpoint is the same recipe on any device (and travels between them)
+    "eval.batch_size",     # memory only: images are embedded one by one, whatever the batch
+    "dataset.download",    # whether a missing dataset may be downloaded; the data keys hold what was loaded
+    "dataset.skip_missing",  # whether missing files stop the run; the data keys hold the items that were loaded
+    "dataset.resize",      # whether an image of another size is resized or refused; the data keys hold the size
+    "dataset.name",        # the option's label; the loader (`_target_`) names the data in its keys
+    "trainer.strategy",    # how training processes start; their number (world size) is in the checkpoint key
+)
+
+
+def _drop(tree: dict[str, Any], dotted: str) -> None:
+    head, _, rest = dotted.partition(".")
+    if rest:
+        if isinstance(tree.get(head), dict):
+            _drop(tree[head], rest)
+    else:
+        tree.pop(head, None)
+
+
+def results_spec(cfg: DictConfig, precision: str) -> dict[str, Any]:
+    """A job's results: its whole config except ``RUN_ONLY_KEYS``, with the precision it resolved to."""
+    spec = container(cfg)
+    for key in RUN_ONLY_KEYS:
+        _drop(spec, key)
+    return {**spec, "precision": precision}
+
+
+def artifact_keys(cfg: DictConfig, data: RetrievalData, precision: str, device: torch.device) -> dict[str, str]:
+    """The cache key of every artifact a job uses, from its config and data alone: nothing is built or loaded.
+    (A saved adversarial set given by ``transfer.source`` has its own key, read when it is loaded.)"""
+    def target_keys(c: DictConfig) -> dict[str, str]:
+        out = {"checkpoint": spec_key("checkpoint", checkpoint_spec(c, data, precision, device))}
+        if c.quantizer.kind == "pqn":
+            out["base_checkpoint"] = out["checkpoint"]
+            out["checkpoint"] = spec_key("checkpoint", pqn_spec(c, out["base_checkpoint"], precision, device))
+        out["features"] = spec_key("features", features_spec(out["checkpoint"], data, precision, subvectors_of(c)))
+        out["codebooks"] = (out["checkpoint"] if c.quantizer.kind == "pqn"
+                            else spec_key("codebooks", codebooks_spec(c, out["features"])))
+        return out
+
+    from .transfer import source_config
+
+    keys = target_keys(cfg)
+    if cfg.attack.name != "none" and not (cfg.get("transfer") or {}).get("source"):
+        src = source_config(cfg) or cfg
+        made = target_keys(src) if src is not cfg else keys
+        keys["adversarial_queries"] = spec_key("adversarial_queries", attack_spec(
+            src, data, made["checkpoint"], made["codebooks"], precision))
+    keys["results"] = spec_key("results", results_spec(cfg, precision))
+    return keys
+
+
 _LOADED: dict[str, RetrievalData] = {}  # the last dataset loaded in this process (see load_data)
 
 
@@ -666,10 +818,9 @@ def run(cfg: DictConfig, output_dir: Path, loggers: list | None = None) -> Path:
     if device.type == "cuda":  # fixed input shapes: let cuDNN pick the fastest algorithms (eval and attacks too)
         torch.backends.cudnn.benchmark = True
     rt = Runtime(device, precision, ArtifactCache(cfg.cache.dir, cfg.cache.enabled), progress=cfg.progress)
-    results_spec = {k: v for k, v in container(cfg).items() if k not in RUN_ONLY_KEYS}
-    results_spec["precision"] = precision
+    results_key = spec_key("results", results_spec(cfg, precision))
     if cfg.get("resume") and rt.cache.enabled:
-        found = rt.cache.load("results", spec_key("results", results_spec))
+        found = rt.cache.load("results", results_key)
         if found is not None:
             log.info("resume: this job's results are complete in the cache; not recomputed")
             return write_results(output_dir, {**found[1]["results"], "resumed": True})
@@ -683,6 +834,8 @@ def run(cfg: DictConfig, output_dir: Path, loggers: list | None = None) -> Path:
     target = build_target(cfg, data, rt, loggers or [])
     base = describe_rows(cfg, data, dataset_label)
 
+    base = {**base, **recipe_fields(cfg, target, rt),
+            "peak_agreement": round(peak_agreement(target, target.features["query"]), 4)}
     rows = []
     with rt.timed("eval_clean"):
         clean = score(target, target.features["query"], data, systems, topk)
@@ -694,33 +847,34 @@ def run(cfg: DictConfig, output_dir: Path, loggers: list | None = None) -> Path:
         rt.keys["adversarial_queries"] = adv.key
         with rt.timed("eval_adversarial"):
             z_adv, logits_adv = embed(target.backbone, adv.images, rt, cfg.eval.batch_size, "adversarial features",
-                                      subvectors_of(cfg))
+                                      subvectors_of(cfg), target.classify)
             check_finite("adversarial features", z_adv)
             attacked = score(target, z_adv, data, systems, topk)
         changed = (target.index.encode(z_adv) != target.index.encode(target.features["query"])).float().mean()
         linf = (adv.images.float() / (255 if adv.images.dtype == torch.uint8 else 1)
                 - data.query.images.float() / 255).abs().max().item()
-        acc = float(top1_hit(logits_adv, data.query.labels).float().mean()) * 100
-        src = adv.meta["source"]
-        setting = {k: adv.meta["attack"].get(k) for k in ("similarity", "temperature", "eps", "step", "iters")}
+        src, made = adv.meta["source"], adv.meta["attack"]
+        setting = {k: made.get(k) for k in ("similarity", "temperature", "eps", "step", "iters")}
+        setting["peak"] = made.get("peak") if made.get("loss") in PEAK_LOSSES else None
+        extra = {} if logits_adv is None else {
+            "query_accuracy": round(float(top1_hit(logits_adv, data.query.labels).float().mean()) * 100, 2)}
         for s, v in attacked.items():
-            rows.append({**base, "attack": adv.meta["attack"]["name"], "system": s, **score_fields(v, cfg), "topk": topk,
+            rows.append({**base, "attack": made["name"], "system": s, **score_fields(v, cfg), "topk": topk,
                          "source_model": src["model"], "source_bits": src["bits"],
                          "transfer": (src["model"], src["bits"], src["quantizer"]) != (base["model"], base["bits"],
                                                                                        base["quantizer"]),
-                         **setting, "codes_changed": round(float(changed), 4), "linf": round(linf, 5),
-                         "query_accuracy": round(acc, 2)})
+                         **setting, "codes_changed": round(float(changed), 4), "linf": round(linf, 5), **extra})
         adv.save(output_dir / "adversarial_queries")
 
     rt.timings["total"] = round(time.perf_counter() - t_start, 3)
     meta = {"config": container(cfg), "versions": versions(), "device": device_name(device),
             "precision": precision, "seed": cfg.seed, "cache_keys": rt.keys, "cache_hits": rt.cache.hits,
             "cache_builds": rt.cache.builds, "timings_s": rt.timings,
-            "test_accuracy": float(target.features["test_accuracy"]), "dataset_label": dataset_label, **rt.info,
+            "test_accuracy": target.test_accuracy, "dataset_label": dataset_label, **rt.info,
             "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     path = write_results(output_dir, {"meta": meta, "rows": rows})
     if rt.cache.enabled:
-        rt.cache.save("results", spec_key("results", results_spec), {}, {"results": {"meta": meta, "rows": rows}})
+        rt.cache.save("results", results_key, {}, {"results": {"meta": meta, "rows": rows}})
     for lg in loggers or []:
         lg.log_metrics({f"map/{r['attack']}/{r['system']}": r["map"] for r in rows})
         if hasattr(lg, "log_table"):

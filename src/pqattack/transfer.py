@@ -21,8 +21,8 @@ from .cache import ArtifactCache
 from .data import DatasetError, RetrievalData
 
 KIND = "adversarial_queries"
-ATTACK_FIELDS = ("name", "loss", "eps", "step", "iters", "random_start", "similarity", "temperature",
-                 "quantize_8bit")
+ATTACK_FIELDS = ("name", "loss", "eps", "step", "iters", "random_start", "similarity", "temperature", "peak",
+                 "quantize_8bit", "batch_size")
 
 
 class QuerySetError(ValueError):
@@ -42,12 +42,12 @@ class AdversarialSet:
 
     @classmethod
     def make(cls, images: torch.Tensor, data: RetrievalData, key: str, checkpoint_key: str, cfg: DictConfig,
-             description: dict[str, Any]) -> "AdversarialSet":
-        a = cfg.attack
+             description: dict[str, Any], attack: dict[str, Any]) -> "AdversarialSet":
+        """A set made against ``checkpoint_key`` with the resolved ``attack`` settings (temperature included)."""
         meta = {"key": key, "source": {**description, "checkpoint": checkpoint_key, "fingerprint": data.fingerprint,
-                                       "num_queries": len(data.query), "num_database": len(data.database),
-                                       "split_seed": int(cfg.dataset.split_seed)},
-                "attack": {k: a.get(k) for k in ATTACK_FIELDS}, "seed": int(cfg.seed)}
+                                       "queries": data.query_key, "num_queries": len(data.query),
+                                       "num_database": len(data.database), "split_seed": int(cfg.dataset.split_seed)},
+                "attack": {k: attack.get(k) for k in ATTACK_FIELDS}, "seed": int(cfg.seed)}
         return cls(images, data.query.index, data.query.labels, meta)
 
     def tensors(self) -> dict[str, torch.Tensor]:
@@ -94,7 +94,9 @@ def load_adversarial_set(source: str, data: RetrievalData, cache: ArtifactCache)
         raise QuerySetError(f"transfer.source={source}: made on dataset {src['dataset']!r} (images "
                             f"{src['fingerprint'][:12]}), but this run's dataset is {data.name!r} (images "
                             f"{data.fingerprint[:12]})")
-    if not torch.equal(adv.query_index, data.query.index) or not torch.equal(adv.labels, data.query.labels):
+    same = src.get("queries") == data.query_key if "queries" in src else (
+        torch.equal(adv.query_index, data.query.index) and torch.equal(adv.labels, data.query.labels))
+    if not same:
         raise QuerySetError(f"transfer.source={source}: its {len(adv.query_index)} queries are not this run's "
                             f"query split (dataset.num_queries={len(data.query)}, dataset.split_seed); use the "
                             f"split it was made with (num_queries={src['num_queries']}, split_seed="

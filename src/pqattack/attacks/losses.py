@@ -1,30 +1,46 @@
 """PQ-AG attack losses. Each returns a per-query loss ``[B]`` that the PGD loop *maximises*
-(the paper writes the objectives as minimisation of the negated quantity)."""
+(the paper writes the objectives as minimisation of the negated quantity).
+
+A loss sees the adversarial query's features and log soft assignment, and the clean query's
+:class:`Reference`: its features, its log soft assignment and its peak codes.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
+PEAKS = ("index", "argmax")
+PEAK_LOSSES = ("apd",)  # the losses that use the clean query's peak codes (``attack.peak``)
 
-def feature_distance_loss(z_adv: torch.Tensor, logp_adv: torch.Tensor, z_clean: torch.Tensor,
-                          logp_clean: torch.Tensor) -> torch.Tensor:
+
+@dataclass
+class Reference:
+    """What an attack compares the adversarial query with: the clean query's ``z [B, D]``, its log soft
+    assignment ``logp [B, M, K]`` (eq. 7) and its peak codes ``codes [B, M]`` (``attack.peak``: ``index``, the
+    code the index assigns, eq. 1; ``argmax``, eq. 6 as printed)."""
+
+    z: torch.Tensor
+    logp: torch.Tensor
+    codes: torch.Tensor
+
+
+def feature_distance_loss(z_adv: torch.Tensor, logp_adv: torch.Tensor, ref: Reference) -> torch.Tensor:
     """Basic attack, eq. (3): ||F(y) - F(y^)||_2^2 on the l2-normalised features."""
-    return (z_adv - z_clean).pow(2).sum(1)
+    return (z_adv - ref.z).pow(2).sum(1)
 
 
-def peak_distribution_loss(z_adv: torch.Tensor, logp_adv: torch.Tensor, z_clean: torch.Tensor,
-                           logp_clean: torch.Tensor) -> torch.Tensor:
-    """APD (Type I), eq. (8): sum_m CE(p^_m, onehot(b_m)) = -sum_m log p^_{m, b_m},
-    with b_m = argmax_k <z_m, c_mk> of the clean query (eq. 6)."""
-    peak = logp_clean.argmax(-1, keepdim=True)  # [B, M, 1]
-    return -logp_adv.gather(-1, peak).squeeze(-1).sum(1)
+def peak_distribution_loss(z_adv: torch.Tensor, logp_adv: torch.Tensor, ref: Reference) -> torch.Tensor:
+    """APD (Type I), eq. (8): sum_m CE(p^_m, onehot(b_m)) = -sum_m log p^_{m, b_m}, with b_m the clean query's
+    peak code (``ref.codes``: eq. 1's or eq. 6's)."""
+    return -logp_adv.gather(-1, ref.codes.unsqueeze(-1)).squeeze(-1).sum(1)
 
 
-def overall_distribution_loss(z_adv: torch.Tensor, logp_adv: torch.Tensor, z_clean: torch.Tensor,
-                              logp_clean: torch.Tensor) -> torch.Tensor:
+def overall_distribution_loss(z_adv: torch.Tensor, logp_adv: torch.Tensor, ref: Reference) -> torch.Tensor:
     """AOD (Type II), eq. (9): sum_m CE(p^_m, p_m) = -sum_m sum_k p_mk log p^_mk, with p the clean
     query's soft distribution (eq. 7)."""
-    return -(logp_clean.exp() * logp_adv).sum((1, 2))
+    return -(ref.logp.exp() * logp_adv).sum((1, 2))
 
 
 LOSSES = {

@@ -7,11 +7,11 @@ from dataclasses import dataclass
 from typing import Callable
 
 import torch
-from torch import nn
 
-from .losses import LOSSES
+from ..models.retrieval import RetrievalModel
+from .losses import LOSSES, PEAKS, Reference
 
-Loss = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+Loss = Callable[[torch.Tensor, torch.Tensor, Reference], torch.Tensor]
 
 
 @dataclass
@@ -21,6 +21,7 @@ class PGDConfig:
     iters: int = 5
     random_start: bool = True
     quantize_8bit: bool = True
+    peak: str = "index"  # the clean query's peak codes: index (eq. 1) | argmax (eq. 6)
 
     def __post_init__(self) -> None:
         if not 0 < self.eps <= 1:
@@ -29,9 +30,19 @@ class PGDConfig:
             raise ValueError(f"attack.step={self.step}: must be > 0")
         if self.iters < 1:
             raise ValueError(f"attack.iters={self.iters}: must be >= 1")
+        if self.peak not in PEAKS:
+            raise ValueError(f"attack.peak={self.peak!r}: expected one of {', '.join(PEAKS)}")
 
 
-def pgd(model: nn.Module, images: torch.Tensor, loss_fn: Loss | str, cfg: PGDConfig,
+@torch.no_grad()
+def reference(model: RetrievalModel, x: torch.Tensor, peak: str = "index") -> Reference:
+    """The clean query's features, log soft assignment and peak codes (float32 whatever the autocast)."""
+    z, logp = model(x)
+    codes = model.index_codes(z) if peak == "index" else model.argmax_codes(z)
+    return Reference(z, logp, codes)
+
+
+def pgd(model: RetrievalModel, images: torch.Tensor, loss_fn: Loss | str, cfg: PGDConfig,
         generator: torch.Generator | None = None) -> torch.Tensor:
     """Maximise ``loss_fn`` over ``||delta||_inf <= eps`` for images in [0, 1].
 
@@ -41,8 +52,7 @@ def pgd(model: nn.Module, images: torch.Tensor, loss_fn: Loss | str, cfg: PGDCon
     """
     loss_fn = LOSSES[loss_fn] if isinstance(loss_fn, str) else loss_fn
     x = images.detach()
-    with torch.no_grad():
-        z_clean, logp_clean = model(x)
+    ref = reference(model, x, cfg.peak)
     if cfg.random_start:
         delta = (torch.rand(x.shape, generator=generator, device=x.device) * 2 - 1) * cfg.eps
         delta = (x + delta).clamp(0, 1) - x
@@ -51,7 +61,7 @@ def pgd(model: nn.Module, images: torch.Tensor, loss_fn: Loss | str, cfg: PGDCon
     for _ in range(cfg.iters):
         delta.requires_grad_(True)
         z_adv, logp_adv = model(x + delta)
-        loss = loss_fn(z_adv, logp_adv, z_clean, logp_clean).sum()
+        loss = loss_fn(z_adv, logp_adv, ref).sum()
         (grad,) = torch.autograd.grad(loss, delta)
         with torch.no_grad():
             delta = delta + cfg.step * grad.sign()

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import torch
 
@@ -31,6 +33,15 @@ class ImageSet:
     def subset(self, index: torch.Tensor) -> "ImageSet":
         return ImageSet(self.images[index], self.labels[index], index if self.index is None else self.index[index])
 
+    def digest(self, source: str) -> str:
+        """Content address of this set within ``source`` (the split's files): image size, the positions of its
+        items in the split, and their labels. 24 hex digits."""
+        index = self.index if self.index is not None else torch.arange(len(self))
+        h = hashlib.sha256(f"{source}:{tuple(self.images.shape[1:])}:{len(self)}:".encode())
+        h.update(index.to(torch.int64).contiguous().numpy().tobytes())
+        h.update(self.labels.contiguous().numpy().tobytes())
+        return h.hexdigest()[:24]
+
 
 @dataclass
 class RetrievalData:
@@ -41,7 +52,27 @@ class RetrievalData:
     query: ImageSet
     database: ImageSet
     classes: list[str] = field(default_factory=list)
-    fingerprint: str = ""  # content hash of the source images, part of every downstream cache key
+    fingerprint: str = ""  # content hash of the source files (names, sizes, times) or generator settings
+
+    @cached_property
+    def train_key(self) -> str:
+        """What a backbone is trained on: the source, the image size, the actual training items and labels."""
+        return self.train.digest(f"{self.name}:{self.fingerprint}:train")
+
+    @cached_property
+    def query_key(self) -> str:
+        """The actual query items (positions in the test split, size, labels) of this source."""
+        return self.query.digest(f"{self.name}:{self.fingerprint}:query")
+
+    @cached_property
+    def database_key(self) -> str:
+        """The actual database items (positions, size, labels) of this source."""
+        return self.database.digest(f"{self.name}:{self.fingerprint}:database")
+
+    @property
+    def key(self) -> str:
+        """The whole split: train, query and database keys together."""
+        return hashlib.sha256(f"{self.train_key}:{self.query_key}:{self.database_key}".encode()).hexdigest()[:24]
 
     @property
     def num_classes(self) -> int:

@@ -2,7 +2,7 @@
 reproduction report with figures (``python -m pqattack.report``, ``report.build``)."""
 
 from .paper import compare, comparisons, load_paper
-from .tables import load_rows, markdown_table, render_tables, transfer_tables
+from .tables import markdown_table, render_tables, transfer_tables
 
-__all__ = ["compare", "comparisons", "load_paper", "load_rows", "markdown_table", "render_tables",
+__all__ = ["compare", "comparisons", "load_paper", "markdown_table", "render_tables",
            "transfer_tables"]

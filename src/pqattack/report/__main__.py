@@ -8,6 +8,7 @@ import shlex
 import sys
 
 from .build import build_report
+from .tables import TableError
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -25,7 +26,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         index = build_report(a.sources, a.out, a.cache, a.model, a.bits, a.wandb,
                              command=shlex.join(["python", "-m", "pqattack.report", *argv]))
-    except FileNotFoundError as exc:
+    except (FileNotFoundError, TableError) as exc:
         print(f"report error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
     print(f"report: {index}")

@@ -62,9 +62,13 @@ class JobArtifacts:
 
     def retrieval_model(self) -> RetrievalModel:
         """The differentiable model the attack saw, with its eq. (7) similarity and temperature."""
-        a = self.job.config["attack"]
-        return RetrievalModel(self.backbone, self.codebooks.to(self.runtime.device), a.get("similarity", "dot"),
-                              a.get("temperature", 1.0), subvector_norm=self.subvectors is not None).eval()
+        from omegaconf import OmegaConf
+
+        from ..pipeline import attack_temperature
+
+        cfg = OmegaConf.create(self.job.config)
+        return RetrievalModel(self.backbone, self.codebooks.to(self.runtime.device), cfg.attack.get("similarity", "dot"),
+                              attack_temperature(cfg), subvector_norm=self.subvectors is not None).eval()
 
 
 class ArtifactStore:

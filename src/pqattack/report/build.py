@@ -18,7 +18,7 @@ from typing import Any
 from . import figure_data, figures
 from .artifacts import ArtifactMissing, ArtifactStore, JobArtifacts
 from .paper import Grid, comparisons, load_paper
-from .records import Records, collect, describe_cell
+from .records import Records, collect
 from .tables import is_paper_attack, render_tables
 
 MAP_TOLERANCE = 0.05  # mAP points between the records and the reloaded system before a note is written
@@ -199,18 +199,10 @@ def sources_section(report: Report, records: Records) -> None:
         r, cfg = j.rows[0], j.config
         grid.rows.append([_display(j.path), r.get("dataset_label") or r["dataset"], r["model"], str(r["bits"]),
                           j.attack or "none", str(cfg.get("trainer", {}).get("max_epochs", "?")),
-                          f"{j.meta.get('test_accuracy', float('nan')):.1f}", j.meta.get("device", "?"),
+                          "-" if j.meta.get("test_accuracy") is None else f"{j.meta['test_accuracy']:.1f}", j.meta.get("device", "?"),
                           j.meta.get("precision", "?")])
     if grid.rows:
         report.add(grid.markdown())
-    if records.conflicts:
-        shown = list(records.conflicts.items())[:3]
-        report.notes.append(f"{len(records.conflicts)} cells have rows with different mAP in the inputs (runs of "
-                            "the same setting with, e.g., another training recipe or query split); the tables show "
-                            "the first, in path order: " + "; ".join(
-                                f"{describe_cell(c)}: {', '.join(f'{v:.2f}' for v in vals)}" for c, vals in shown)
-                            + ("; ..." if len(records.conflicts) > len(shown) else "") + ".")
-        report.add(report.notes[-1])
 
 
 def log_to_wandb(report: Report, rows: list[dict[str, Any]]) -> None:

@@ -22,7 +22,7 @@ class CollectResults(Callback):
             print(f"no job of the sweep in {sweep_dir} wrote results.json")
             return
         jobs = [json.loads(f.read_text()) for f in files]
-        rows = dedupe_rows([r for j in jobs for r in j["rows"]])
+        rows = dedupe_rows([r for j in jobs for r in j["rows"]], [str(f) for f, j in zip(files, jobs) for _ in j["rows"]])
         metas = [{"job_dir": str(f.parent), "model": j["meta"]["config"]["model"]["name"],
                   **{k: j["meta"].get(k) for k in ("device", "precision", "seed", "cache_keys", "timings_s",
                                                    "test_accuracy", "training", "versions")}}

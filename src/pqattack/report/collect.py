@@ -4,10 +4,11 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
-from .tables import dedupe_rows, render_tables
+from .tables import TableError, dedupe_rows, render_tables
 
 
 def write_table(sources: list[str | Path], out_prefix: str | Path, title: str, command: str) -> Path:
@@ -23,7 +24,7 @@ def write_table(sources: list[str | Path], out_prefix: str | Path, title: str, c
     for f, j in zip(files, jobs):
         j["meta"].setdefault("job_dir", str(f.parent))  # lets the report reload the job's artifacts
     job_metas = [m for j in jobs for m in (j["meta"].get("jobs") or [j["meta"]])]
-    rows = dedupe_rows([r for j in jobs for r in j["rows"]])
+    rows = dedupe_rows([r for j in jobs for r in j["rows"]], [str(f) for f, j in zip(files, jobs) for _ in j["rows"]])
     devices = sorted({m.get("device", "?") for m in job_metas})
     job_seconds = sum(float((m.get("timings_s") or {}).get("total", 0.0)) for m in job_metas)
     def model_of(m: dict[str, Any]) -> str:
@@ -67,7 +68,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--title", default="Results")
     p.add_argument("--command", default="", help="the command that produced the records")
     a = p.parse_args(argv)
-    print(write_table(a.sources, a.out, a.title, a.command))
+    try:
+        print(write_table(a.sources, a.out, a.title, a.command))
+    except TableError as exc:
+        print(f"table error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

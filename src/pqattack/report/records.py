@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, NamedTuple
 
-from .tables import CELL_FIELDS, cell_key, dedupe_rows
+from .tables import dedupe_rows
 
 #: folders of a run that hold no records (not searched, nor are hidden folders such as .hydra or .cache)
 NOT_RECORDS = {"wandb", "csv", "adversarial_queries"}
@@ -70,7 +70,6 @@ class Records:
     files: list[Path]
     jobs: list[Job]
     rows: list[dict[str, Any]]
-    conflicts: dict[tuple, list[float]]  # cells whose rows disagree: their mAP values, the one shown first
 
 
 def _read(path: Path) -> dict[str, Any] | None:
@@ -98,13 +97,14 @@ def _candidates(source: Path, exclude: Path | None) -> list[Path]:
 def collect(sources: Iterable[str | Path], exclude: Path | None = None) -> Records:
     """Jobs and rows from files or folders (searched recursively; ``exclude``, e.g. the report's own folder,
     is skipped). A collected file (a sweep's ``results.json``, or ``report.collect``' record) adds its jobs'
-    own ``results.json`` where they still exist, and its rows; rows repeated across jobs are kept once."""
+    own ``results.json`` where they still exist, and its rows; rows repeated across jobs are kept once, and rows
+    of one cell that differ stop the collection (``tables.TableError``, naming both files)."""
     exclude = exclude.resolve() if exclude is not None else None
     files: list[Path] = []
     for s in sources:
         files += _candidates(Path(s), exclude)
     jobs: list[Job] = []
-    collected_rows: list[dict[str, Any]] = []
+    collected: list[tuple[Path, list[dict[str, Any]]]] = []
     used: list[Path] = []
     seen: set[Path] = set()
     pending = list(files)
@@ -118,20 +118,11 @@ def collect(sources: Iterable[str | Path], exclude: Path | None = None) -> Recor
         if "config" in doc["meta"]:
             jobs.append(Job(path, doc["meta"], doc["rows"]))
             continue
-        collected_rows += doc["rows"]
+        collected.append((path, doc["rows"]))
         for j in doc["meta"].get("jobs", []):
             job_file = Path(j.get("job_dir", "")) / "results.json"
             if j.get("job_dir") and job_file.is_file():
                 pending.append(job_file)
     job_list = sorted(jobs, key=lambda j: str(j.path))
-    all_rows = [r for j in job_list for r in j.rows] + collected_rows
-    values: dict[tuple, list[float]] = {}
-    for r in all_rows:
-        seen = values.setdefault(cell_key(r), [])
-        seen += [r["map"]] if r["map"] not in seen else []
-    conflicts = {cell: v for cell, v in values.items() if len(v) > 1}
-    return Records(used, job_list, dedupe_rows(all_rows), conflicts)
-
-
-def describe_cell(cell: tuple) -> str:
-    return " ".join(f"{k}={v}" for k, v in zip(CELL_FIELDS, cell) if v is not None and k not in ("M", "K"))
+    sourced = [(str(j.path), r) for j in job_list for r in j.rows] + [(str(p), r) for p, rows in collected for r in rows]
+    return Records(used, job_list, dedupe_rows([r for _, r in sourced], [p for p, _ in sourced]))

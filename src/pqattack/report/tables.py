@@ -11,26 +11,56 @@ ATTACK_ORDER = ("clean", "basic", "apd", "aod")
 SYSTEM_ORDER = ("sdc", "adc")
 
 
+#: What a table cell is: the system under attack, the attack and its settings, and the recipe that made the
+#: numbers (backbone epochs, PQN epochs, device, precision). Rows of one cell must agree on everything else.
 CELL_FIELDS = ("dataset", "model", "quantizer", "bits", "M", "K", "attack", "system", "source_model", "source_bits",
-               "similarity", "temperature", "eps", "step", "iters")
-PAPER_ATTACK = {"similarity": "dot", "temperature": 1.0, "eps": 8 / 255, "step": 0.01, "iters": 5}
+               "similarity", "temperature", "peak", "eps", "step", "iters", "epochs", "pqn_epochs", "device",
+               "precision")
+RECIPE_FIELDS = ("epochs", "pqn_epochs", "device", "precision")
+PAPER_ATTACK = {"similarity": "dot", "eps": 8 / 255, "step": 0.01, "iters": 5}
+
+
+class TableError(ValueError):
+    """Rows that cannot be put in one table; the message names their source files."""
+
+
+def default_temperature(row: dict[str, Any]) -> float:
+    """The target's own soft-assignment temperature: 1 (eq. 7 as printed) for K-means, 1 / alpha for PQN."""
+    return 1.0 / float(row["alpha"]) if row.get("quantizer") == "pqn" and row.get("alpha") else 1.0
 
 
 def is_paper_attack(row: dict[str, Any]) -> bool:
-    """Clean rows, and attacked rows made with the paper's soft assignment and budget."""
+    """Clean rows, and attacked rows made with the paper's soft assignment (the target's own temperature, the
+    index's peak code) and budget."""
+    if row.get("temperature") is not None and abs(float(row["temperature"]) - default_temperature(row)) > 1e-9:
+        return False
+    if row.get("peak") not in (None, "index"):
+        return False
     return all(row.get(k) is None or abs(float(row[k]) - v) < 1e-9 if k != "similarity" else row.get(k) in (None, v)
                for k, v in PAPER_ATTACK.items())
 
 
 def attack_label(row: dict[str, Any]) -> str:
-    """The attack's name, with the settings that differ from the paper's: ``aod (cos, T=0.1)``."""
+    """The attack's name, with the settings that differ from the defaults: ``aod (cos, T=0.1)``."""
     diff = []
     if row.get("similarity") not in (None, "dot"):
         diff.append(row["similarity"])
-    for k, short in (("temperature", "T"), ("eps", "eps"), ("step", "step"), ("iters", "iters")):
+    if row.get("peak") not in (None, "index"):
+        diff.append(f"peak={row['peak']}")
+    if row.get("temperature") is not None and abs(float(row["temperature"]) - default_temperature(row)) > 1e-9:
+        diff.append(f"T={row['temperature']:g}")
+    for k, short in (("eps", "eps"), ("step", "step"), ("iters", "iters")):
         if row.get(k) is not None and abs(float(row[k]) - PAPER_ATTACK[k]) > 1e-9:
             diff.append(f"{short}={row[k] * 255:.0f}/255" if k == "eps" else f"{short}={row[k]:g}")
     return row["attack"] + (f" ({', '.join(diff)})" if diff else "")
+
+
+def recipe_label(row: dict[str, Any]) -> str:
+    """How a row's numbers were made: ``2 epochs, cpu, bf16`` (``+ PQN 1 epoch`` for PQN targets)."""
+    if row.get("epochs") is None:
+        return "recipe not recorded"
+    pqn = f" + PQN {row['pqn_epochs']} ep" if row.get("pqn_epochs") is not None else ""
+    return f"{row['epochs']} epochs{pqn}, {row.get('device', '?')}, {row.get('precision', '?')}"
 
 
 def cell_key(row: dict[str, Any]) -> tuple:
@@ -43,23 +73,30 @@ def order_key(value: Any, order: tuple[str, ...]) -> tuple[int, str]:
     return (order.index(value), "") if value in order else (len(order), str(value))
 
 
-def load_rows(paths: Iterable[str | Path]) -> list[dict[str, Any]]:
-    """Rows of every ``results.json`` given (files, or folders searched recursively)."""
-    rows: list[dict[str, Any]] = []
-    for p in paths:
-        p = Path(p)
-        files = [p] if p.is_file() else sorted(p.rglob("results.json"))
-        for f in files:
-            rows += json.loads(f.read_text())["rows"]
-    return rows
+def dedupe_rows(rows: list[dict[str, Any]], sources: list[str] | None = None) -> list[dict[str, Any]]:
+    """One row per cell: clean rows repeat across the jobs of one target. Rows of one cell must be identical;
+    two that differ in anything (top k, seed, tie protocol, checkpoint, the mAP itself, ...) are not merged:
+    ``TableError`` names their ``sources`` (a file per row) and the fields that differ."""
+    seen: dict[tuple, int] = {}
+    out: list[dict[str, Any]] = []
+    for i, r in enumerate(rows):
+        cell = cell_key(r)
+        if cell not in seen:
+            seen[cell] = i
+            out.append(r)
+            continue
+        first = rows[seen[cell]]
+        diff = sorted(k for k in set(first) | set(r) if first.get(k) != r.get(k))
+        if diff:
+            where = (f"{sources[seen[cell]]} and {sources[i]}" if sources else f"rows {seen[cell]} and {i}")
+            shown = ", ".join(f"{k}: {first.get(k)!r} vs {r.get(k)!r}" for k in diff[:4])
+            raise TableError(f"{where} both fill the cell {describe_cell(cell)} but differ in {shown}"
+                             f"{' ...' if len(diff) > 4 else ''}; collect them into separate tables")
+    return out
 
 
-def dedupe_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Keep one row per (dataset, model, quantizer, bits, M, K, attack, system): clean rows repeat across jobs."""
-    seen: dict[tuple, dict[str, Any]] = {}
-    for r in rows:
-        seen.setdefault(cell_key(r), r)
-    return list(seen.values())
+def describe_cell(cell: tuple) -> str:
+    return " ".join(f"{k}={v}" for k, v in zip(CELL_FIELDS, cell) if v is not None and k not in ("M", "K"))
 
 
 MODEL_ORDER = ("resnet18", "resnet34", "resnet50", "vgg11", "vgg13", "vgg16", "alexnet", "smallcnn")
@@ -69,10 +106,22 @@ def _fmt(v: float | None, digits: int = 1) -> str:
     return "-" if v is None else f"{v:.{digits}f}"
 
 
+def model_recipes(rows: list[dict[str, Any]]) -> dict[str, str]:
+    """Each model's recipe label; a model with rows of two recipes cannot share a transfer matrix (TableError)."""
+    found: dict[str, str] = {}
+    for r in rows:
+        label = recipe_label(r)
+        if found.setdefault(r["model"], label) != label:
+            raise TableError(f"model {r['model']} has rows of two recipes ({found[r['model']]}; {label}); collect "
+                             f"them into separate tables")
+    return found
+
+
 def transfer_tables(rows: list[dict[str, Any]]) -> str:
     """Black-box matrices in the paper's layouts: Table 3 (rows: generation bits, columns: target bits,
     cells SDC / ADC, per model) and Table 4 (rows: source model, columns: target model, per system)."""
     rows = [{**r, "dataset": r.get("dataset_label") or r["dataset"]} for r in dedupe_rows(rows)]
+    recipes = model_recipes(rows)
     adv = [r for r in rows if r["attack"] != "clean" and "source_model" in r]
     clean = {(r["dataset"], r["model"], r["bits"], r["system"]): r["map"] for r in rows if r["attack"] == "clean"}
     cell = {(r["dataset"], r["attack"], r["source_model"], r["source_bits"], r["model"], r["bits"], r["system"]):
@@ -84,7 +133,7 @@ def transfer_tables(rows: list[dict[str, Any]]) -> str:
             bits = sorted({r["bits"] for r in same_model if (r["dataset"], r["model"]) == (ds, model)}
                           | {r["source_bits"] for r in same_model if (r["dataset"], r["model"]) == (ds, model)})
             lines = [f"**{ds}**, {model}, {attack.upper()} queries made at the row's code length, evaluated at the "
-                     f"column's; mAP (%) SDC / ADC", "", "| generated at | " + " | ".join(f"{b} bits" for b in bits)
+                     f"column's; mAP (%) SDC / ADC; recipe: {recipes[model]}", "", "| generated at | " + " | ".join(f"{b} bits" for b in bits)
                      + " |", "|" + "---|" * (len(bits) + 1)]
             lines.append("| clean | " + " | ".join(f"{_fmt(clean.get((ds, model, b, 'sdc')))} / "
                                                    f"{_fmt(clean.get((ds, model, b, 'adc')))}" for b in bits) + " |")
@@ -100,7 +149,7 @@ def transfer_tables(rows: list[dict[str, Any]]) -> str:
             group = [r for r in same_bits if (r["dataset"], r["bits"], r["attack"]) == (ds, b, attack)]
             models = sorted({r["model"] for r in group} | {r["source_model"] for r in group}, key=key)
             lines = [f"**{ds}**, {b} bits, {attack.upper()} queries made on the row's model, evaluated on the "
-                     f"column's; mAP (%)", "", "| system | generated on | " + " | ".join(models) + " |",
+                     f"column's; mAP (%); recipes: " + "; ".join(f"{m} {recipes.get(m, '?')}" for m in models), "", "| system | generated on | " + " | ".join(models) + " |",
                      "|" + "---|" * (len(models) + 2)]
             for system in SYSTEM_ORDER:
                 lines.append(f"| {system.upper()} | clean | " + " | ".join(_fmt(clean.get((ds, m, b, system)))
@@ -118,21 +167,34 @@ def render_tables(rows: list[dict[str, Any]]) -> str:
     return markdown_table(white) + ("\n" + transfer_tables(rows) if any(r.get("transfer") for r in rows) else "")
 
 
+def recipe_heading(rows: list[dict[str, Any]]) -> str:
+    """``; recipe: 2 epochs, cpu, bf16`` when every row has one recipe, else '' (the recipe is then a column)."""
+    recipes = {recipe_label(r) for r in rows}
+    return f"; recipe: {recipes.pop()}" if len(recipes) == 1 else ""
+
+
 def markdown_table(rows: list[dict[str, Any]], value: str = "map", digits: int = 1) -> str:
-    """The paper's Table 1 layout: one block per dataset; columns model x bits; rows system x attack."""
+    """The paper's Table 1 layout: one block per dataset; columns model x bits (x recipe, when rows of several
+    recipes are mixed; else the recipe is in the heading); rows system x attack."""
     rows = dedupe_rows(rows)
     out: list[str] = []
     by_dataset: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for r in rows:
         by_dataset[r.get("dataset_label") or r["dataset"]].append(r)
     for dataset, drows in by_dataset.items():
-        cols = sorted({(r["model"], r.get("quantizer", "kmeans"), int(r["bits"])) for r in drows})
-        cell = {(r["system"], attack_label(r), r["model"], r.get("quantizer", "kmeans"), int(r["bits"])): r[value]
-                for r in drows}
+        mixed = not recipe_heading(drows)
+
+        def column(r: dict[str, Any]) -> tuple:
+            return (r["model"], r.get("quantizer", "kmeans"), int(r["bits"]), recipe_label(r) if mixed else "")
+
+        cols = sorted({column(r) for r in drows})
+        cell = {(r["system"], attack_label(r), *column(r)): r[value] for r in drows}
         topks = sorted({r.get("topk") or 0 for r in drows})
         scope = " / ".join(f"mAP@{k} (%)" if k else "mAP (%) over the full ranking" for k in topks)
-        lines = [f"**{dataset}**, {scope}" if value == "map" else f"**{dataset}**, {value}", ""]
-        header = ["system", "attack"] + [f"{m}{'' if q == 'kmeans' else '+' + q} {b}b" for m, q, b in cols]
+        heading = f"**{dataset}**, {scope}" if value == "map" else f"**{dataset}**, {value}"
+        lines = [heading + recipe_heading(drows), ""]
+        header = ["system", "attack"] + [f"{m}{'' if q == 'kmeans' else '+' + q} {b}b" + (f" ({rc})" if rc else "")
+                                         for m, q, b, rc in cols]
         lines.append("| " + " | ".join(header) + " |")
         lines.append("|" + "---|" * len(header))
         systems = sorted({r["system"] for r in drows}, key=lambda s: order_key(s, SYSTEM_ORDER))
@@ -143,4 +205,3 @@ def markdown_table(rows: list[dict[str, Any]], value: str = "map", digits: int =
                 lines.append("| " + " | ".join([s.upper(), a] + [_fmt(v, digits) for v in vals]) + " |")
         out.append("\n".join(lines))
     return "\n\n".join(out) + "\n"
-
