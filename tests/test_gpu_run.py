@@ -79,6 +79,16 @@ def test_tiny_run_every_stage_render_resume_deadline(tmp_path: Path) -> None:
     table1 = json.loads(next((work / "stages" / "table1" / "sweep").glob("*/results.json")).read_text())
     assert [e["key"] for e in manifest["entries"]] == [table1["meta"]["cache_keys"]["checkpoint"]]
 
+    # an <out> that has no room for another file keeps its limits: the export is left out, with the reason
+    full = tmp_path / "full-out"
+    full.mkdir()
+    for i in range(7):
+        (full / f"f{i}").write_bytes(b"x")
+    crowded = Run(parse_args(["--tiny", "--work", str(work), "--out", str(full)]))
+    crowded.export_checkpoints()
+    assert not (full / "checkpoints").exists()
+    assert "do not fit" in (full / "gpu-run.log").read_text()
+
     # back on the CPU: the tables and the bench section, into folders of the test's own
     bench_doc = tmp_path / "benchmarks.md"
     bench_doc.write_text("# Benchmarks\n")
@@ -238,4 +248,18 @@ def test_full_mode_commands_make_the_jobs_they_expect_and_every_job_validates(tm
             total += len(jobs)
     assert total == 3 + 1 + 27 + 54 + 18 + 25 + 36
     bench = run.stage("bench").commands[0].argv
-    assert bench[:2] == ["-m", "pqattack.bench"] and "--quick" not in bench and bench[bench.index("--device") + 1] == "cuda"
+    assert bench[:2] == ["-m", "pqattack.bench"] and "--quick" not in bench
+    assert bench[bench.index("--device") + 1] == "cuda"
+
+
+@pytest.mark.parametrize("body,expected", [("def test_ok():\n    assert True\n", "ok"),
+                                           ("import pytest\n\n@pytest.mark.skip(reason='no GPU')\ndef test_s():\n"
+                                            "    pass\n", "failed")])
+def test_on_the_gpu_the_gpu_tests_must_run_not_skip(tmp_path: Path, body: str, expected: str) -> None:
+    """The smoke stage's check of pytest's report: on the GPU machine, skipped gpu tests mean no usable GPU."""
+    run = tiny_run(tmp_path, deadline=300)
+    (run.stages_dir / "smoke").mkdir(parents=True)
+    (tmp_path / "test_probe.py").write_text(body)
+    subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(tmp_path / "test_probe.py"),
+                    f"--junitxml={run.stages_dir / 'smoke' / 'gpu-tests.xml'}"], cwd=tmp_path, capture_output=True)
+    assert run.check_gpu_tests() == expected

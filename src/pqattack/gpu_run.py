@@ -28,7 +28,6 @@ import argparse
 import datetime as dt
 import io
 import json
-import math
 import os
 import re
 import shutil
@@ -40,7 +39,7 @@ import tarfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[2]
 CIFAR_TRAIN = 50_000  # CIFAR-10's training images (the full recipe trains on all of them)
@@ -67,7 +66,6 @@ class Mode:
     device: str
     data: list[str]          # dataset overrides
     train_images: int        # training images of the tables' backbones
-    smoke_train_images: int
     queries: int
     bits: str                # the tables' code lengths
     base_models: str         # Tables 1 and 2
@@ -79,7 +77,7 @@ class Mode:
     @classmethod
     def make(cls, tiny: bool) -> "Mode":
         if not tiny:
-            return cls(False, "cuda", ["dataset=cifar10"], CIFAR_TRAIN, 10_240, 1000, "16,24,36",
+            return cls(False, "cuda", ["dataset=cifar10"], CIFAR_TRAIN, 1000, "16,24,36",
                        "alexnet,vgg16,resnet18", "alexnet,vgg16", "vgg11,vgg13,vgg16,resnet18,resnet34",
                        "vgg11,vgg13,vgg16,resnet18,resnet34,resnet50")
         root = Path(os.environ.get("PQATTACK_DATA", "data"))
@@ -88,13 +86,14 @@ class Mode:
         else:
             data = ["dataset=synthetic", "dataset.num_train=256", "dataset.num_test=400", "dataset.num_queries=50",
                     "dataset.num_database=300"]
-        return cls(True, "cpu", data, 256, 256, 50, "16,24", "smallcnn", "smallcnn", "smallcnn", "smallcnn,alexnet",
+        return cls(True, "cpu", data, 256, 50, "16,24", "smallcnn", "smallcnn", "smallcnn", "smallcnn,alexnet",
                    ["trainer.max_epochs=1", "trainer.batch_size=64", "attack.batch_size=50"])
 
 
 # --------------------------------------------------------------------------------------------- cost estimates
 def training_flops(arch: str) -> float:
-    """FLOPs of one training step per image (forward + backward), counted on the meta device (no compute)."""
+    """Work of one training step per image (forward + backward; FLOPs / 2, as ``bench.flops_per_item`` counts),
+    counted on the meta device, without computing anything. The estimates use its ratios between backbones."""
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -544,14 +543,15 @@ class Run:
         st = self.stage(name)
         started, results, skipped = time.time(), [], []
         fresh = not (self.cache / "images").is_dir()
-        for cmd in st.commands:
+        for cmd in st.commands:  # each builds on the one before: once one is skipped, so are the rest
             estimate = self.costs.estimate(cmd.plan) if self.costs else None
             left = self.left() - PACK_RESERVE_S
-            if estimate is not None and estimate > left:
-                reason = f"estimated {estimate:.0f} s > {left:.0f} s left before the deadline"
+            if skipped or (estimate is not None and estimate > left):
+                reason = (f"estimated {estimate:.0f} s > {left:.0f} s left before the deadline" if not skipped
+                          else f"follows {skipped[0]['name']}, which was skipped")
                 self.log(f"{name}/{cmd.name}: skipped: {reason}")
                 skipped.append({"name": cmd.name, "argv": cmd.argv, "jobs": cmd.jobs, "skipped": reason,
-                                "estimate_s": round(estimate, 1)})
+                                "estimate_s": None if estimate is None else round(estimate, 1)})
                 continue
             res = self.run_command(name, cmd)
             res["estimate_s"] = None if estimate is None else round(estimate, 1)
