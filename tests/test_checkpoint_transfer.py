@@ -107,9 +107,9 @@ def test_damaged_or_missing_parts_and_other_data_are_refused(trained: tuple[Path
     blob[len(blob) // 2] ^= 0xFF
     parts[1].write_bytes(bytes(blob))
     proc = cache_cli(["import", str(parts[0])], cwd, cwd / "cache-d")
-    assert proc.returncode == 2 and ("sha256" in proc.stderr or "not a readable export" in proc.stderr), proc.stderr
+    assert proc.returncode == 3 and ("sha256" in proc.stderr or "not a readable export" in proc.stderr), proc.stderr
     # a missing part
     parts[1].unlink()
     proc = cache_cli(["import", str(parts[0])], cwd, cwd / "cache-d")
-    assert proc.returncode == 2 and "missing" in proc.stderr, proc.stderr
+    assert proc.returncode == 3 and "missing" in proc.stderr, proc.stderr
     assert not (cwd / "cache-d" / "checkpoint").exists()

@@ -17,7 +17,8 @@ def test_single_run_writes_results_and_logs(tmp_path: Path, shared_cache: Path) 
     rows = {(r["attack"], r["system"]): r for r in res["rows"]}
     assert set(rows) == {("clean", "sdc"), ("clean", "adc"), ("apd", "sdc"), ("apd", "adc")}
     for r in rows.values():
-        assert 0 <= r["map"] <= 100
+        assert 0 <= r["map"] <= 100 and 0 <= r["map_grouped"] <= 100
+        assert r["ties"] == "expected" and "empty" not in r  # over the full ranking, eval.empty does not apply
         assert (r["dataset"], r["model"], r["bits"], r["M"], r["K"]) == ("synthetic", "smallcnn", 16, 4, 16)
     assert rows[("apd", "sdc")]["linf"] <= 8 / 255 + 1e-6
     meta = res["meta"]
@@ -25,6 +26,7 @@ def test_single_run_writes_results_and_logs(tmp_path: Path, shared_cache: Path) 
     assert meta["device"].startswith("cpu") and meta["seed"] == 0
     assert {"checkpoint", "features", "codebooks", "adversarial_queries"} <= set(meta["cache_keys"])
     assert meta["config"]["attack"]["eps"] == pytest.approx(8 / 255)
+    assert (meta["config"]["eval"]["ties"], meta["config"]["eval"]["empty"]) == ("expected", "zero")
     assert "SDC" in (tmp_path / "run" / "results.md").read_text()
     assert (tmp_path / "run" / "csv" / "metrics.csv").is_file()
 

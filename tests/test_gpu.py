@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch.nn import functional as F  # noqa: N812
 
-from pqattack.attacks import PGDConfig, pgd
+from pqattack.attacks import AttackConfig, pgd
 from pqattack.cache import ArtifactCache
 from pqattack.data import SyntheticSource
 from pqattack.models import ClassifierModule, RetrievalModel, build_backbone
@@ -79,9 +79,10 @@ def test_augmentation_on_the_gpu_crops_and_flips() -> None:
 
 
 def test_training_takes_uint8_batches_on_the_gpu(tmp_path: Path) -> None:
-    """pipeline.fit on CUDA: every batch arrives as uint8 already on the GPU (no host copy per step), the augmented
+    """training.fit on CUDA: every batch arrives as uint8 already on the GPU (no host copy per step), the augmented
     float batch stays there, and the model learns."""
-    from pqattack import pipeline
+    from pqattack.runtime import Runtime
+    from pqattack.training import fit
 
     data = SyntheticSource(num_train=2048, num_test=300, num_queries=50, num_database=200).load(
         ArtifactCache(tmp_path, enabled=False))
@@ -94,8 +95,8 @@ def test_training_takes_uint8_batches_on_the_gpu(tmp_path: Path) -> None:
 
     net = build_backbone("smallcnn", 10, width=16).to(memory_format=torch.channels_last)
     module = Recording(net, lr=0.05)
-    rt = pipeline.Runtime(CUDA, "bf16", ArtifactCache(tmp_path, enabled=False), progress=False)
-    stats = pipeline.fit(module, data, 128, 3, 0, rt, [])
+    rt = Runtime(CUDA, "bf16", ArtifactCache(tmp_path, enabled=False), progress=False)
+    stats = fit(module, data, 128, 3, 0, rt, [])
     assert len(seen) == 3 * (2048 // 128)
     assert set(seen) == {("cuda", torch.uint8, "cuda")}
     assert len(stats["epoch_seconds"]) == 3
@@ -115,7 +116,7 @@ def test_cuda_attack_generator_is_deterministic() -> None:
     def attack(seed: int) -> torch.Tensor:
         generator = torch.Generator(device=CUDA).manual_seed(seed)
         with torch.autocast("cuda", dtype=torch.bfloat16):
-            return pgd(model, images, "aod", PGDConfig(), generator=generator)
+            return pgd(model, images, "aod", AttackConfig(name="aod", loss="aod"), generator=generator)
 
     with deterministic_cudnn():
         first, again, other = attack(0), attack(0), attack(1)
@@ -131,8 +132,9 @@ def test_precision_auto_is_bf16_on_the_gpu(tmp_path: Path) -> None:
 
     from pqattack import pipeline
     from pqattack.config import CONF_DIR
+    from pqattack.runtime import resolve_precision
 
-    assert pipeline.resolve_precision("auto", CUDA) == "bf16"
+    assert resolve_precision("auto", CUDA) == "bf16"
     overrides = [o for o in TINY if not o.startswith("device=")] + [
         "device=cuda", "precision=auto", "attack=apd", "trainer.max_epochs=1", "cache.enabled=false"]
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):

@@ -23,15 +23,13 @@ from typing import Any, Callable, Iterator
 
 import torch
 
+from .errors import CacheError
+
 log = logging.getLogger(__name__)
 
 CACHE_FORMAT = 2  # part of every key: bump it when a code change alters what an artifact contains
 TENSORS_FILE = "tensors.pt"
 META_FILE = "meta.json"
-
-
-class CacheError(RuntimeError):
-    """A cache entry that fails its checksum or cannot be read."""
 
 
 def spec_key(kind: str, spec: dict[str, Any]) -> str:
@@ -353,8 +351,11 @@ def import_checkpoints(path: str | Path, cache_dir: str | None = None, extra: li
     from hydra import compose, initialize_config_dir
     from hydra.utils import instantiate
 
-    from . import pipeline
-    from .config import CONF_DIR, validate
+    from .config import CONF_DIR, load_job
+    from .errors import DatasetError
+    from .pipeline import load_data
+    from .runtime import Runtime
+    from .stages.keys import checkpoint_spec, pqn_spec
 
     manifest, tensors = read_export(path)
     entries = {e["key"]: e for e in manifest["entries"]}
@@ -365,13 +366,12 @@ def import_checkpoints(path: str | Path, cache_dir: str | None = None, extra: li
         overrides = job_overrides(entry, base, extra)
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
             cfg = compose("config", overrides=[*overrides, *(extra or []), "device=cpu"])
-        validate(cfg)
+        job = load_job(cfg)
         cache = ArtifactCache(cache_dir or cfg.cache.dir)
         cpu = torch.device("cpu")
-        data = pipeline.load_data(cfg, instantiate(cfg.dataset), pipeline.Runtime(cpu, "fp32", cache))
-        base_spec = pipeline.checkpoint_spec(cfg, data, spec["precision"], cpu)
-        local = base_spec if base is None else pipeline.pqn_spec(cfg, spec_key("checkpoint", base_spec),
-                                                               spec["precision"], cpu)
+        data = load_data(cfg, instantiate(cfg.dataset), Runtime(cpu, "fp32", cache))
+        base_spec = checkpoint_spec(job, data, spec["precision"], cpu)
+        local = base_spec if base is None else pqn_spec(job, spec_key("checkpoint", base_spec), spec["precision"], cpu)
         if spec_key("checkpoint", local) != entry["key"]:
             theirs = spec if base is None else base["meta"]["spec"]
             ours = base_spec
@@ -379,7 +379,7 @@ def import_checkpoints(path: str | Path, cache_dir: str | None = None, extra: li
                       if theirs.get(k) != ours.get(k)]
             if theirs.get("data") != ours.get("data"):
                 differ.append("the training data differ (other image files or decoding, or another training subset)")
-            raise CacheError(f"import: {path}: checkpoint {entry['key']} ({spec.get('model', {}).get('name', 'pqn')}) "
+            raise DatasetError(f"import: {path}: checkpoint {entry['key']} ({spec.get('model', {}).get('name', 'pqn')}) "
                              f"does not fit this machine's data and config under {' '.join(overrides)}: "
                              + "; ".join(differ or ["the PQN settings differ"])
                              + f" (dataset.root={cfg.dataset.get('root')}); point dataset.root at the same copy of the "
@@ -409,8 +409,7 @@ def main(argv: list[str] | None = None) -> int:
     im.add_argument("overrides", nargs="*", help="config overrides for this machine, e.g. dataset.root=/data")
     im.add_argument("--cache", default=None, help="cache folder (default: cache.dir of the config)")
     a = p.parse_args(argv)
-    from .config import ConfigError
-    from .data import DatasetError
+    from .errors import PQAttackError
 
     try:
         if a.command == "export":
@@ -424,15 +423,14 @@ def main(argv: list[str] | None = None) -> int:
             state = "imported" if fresh else "already in the cache:"
             print(f"{state} checkpoint {key}; a job finds it with: python -m pqattack {' '.join(overrides)}")
         return 0
-    except (CacheError, ConfigError, DatasetError) as exc:
-        kind = "config" if isinstance(exc, ConfigError) else "data" if isinstance(exc, DatasetError) else "cache"
-        print(f"{kind} error: {exc}", file=sys.stderr)
-        return 2
+    except PQAttackError as exc:  # exit 2 for bad input (the data, a config), 3 for a damaged or missing file
+        print(f"{exc.kind} error: {exc}", file=sys.stderr)
+        return exc.exit_code
 
 
 if __name__ == "__main__":
     import sys
 
-    from pqattack.cache import main as _main  # the package's module, not this __main__ copy: one CacheError class
+    from pqattack.cache import main as _main  # the package's module, not this __main__ copy of it
 
     sys.exit(_main())

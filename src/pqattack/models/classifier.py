@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from ..data.labels import top1_hit
+from ..errors import NumericsError
 from .augment import random_crop_flip
 from .backbones import Backbone
 
@@ -56,7 +57,7 @@ class ClassifierModule(pl.LightningModule):
         logits = self.backbone(x)
         loss = self.loss(logits, labels)
         if batch_idx % 50 == 0 and not torch.isfinite(loss):  # a NaN stays NaN: checking now and then suffices
-            raise FloatingPointError(f"training loss is {loss.item()} at step {self.global_step}: the backbone "
+            raise NumericsError(f"training loss is {loss.item()} at step {self.global_step}: the backbone "
                                      f"diverged; lower trainer.lr or check the data")
         self.log("train/loss", loss, prog_bar=self.step_value_on_progress_bar, on_step=True, on_epoch=True)
         self.log("train/acc", top1_hit(logits, labels).float().mean(), prog_bar=True, on_epoch=True,
@@ -69,8 +70,6 @@ class ClassifierModule(pl.LightningModule):
                               nesterov=hp.nesterov and hp.momentum > 0)
         if hp.schedule == "constant":
             return opt
-        if hp.schedule != "onecycle":
-            raise ValueError(f"trainer.schedule={hp.schedule!r}: expected onecycle or constant")
         steps = int(self.trainer.estimated_stepping_batches)
         sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=hp.lr, total_steps=max(steps, 10),  # OneCycleLR needs a few steps per phase
                                                     pct_start=0.25, anneal_strategy="linear")

@@ -18,21 +18,24 @@ docs/benchmarks.md):
   ascending, ties in database order, no separate argsort;
 - a short top k (k <= N / ``FAISS_TOPK_FRACTION``) goes through FAISS's heap search, which never writes the
   ``[Q, N]`` distances;
-- the mAP over the full ranking (:meth:`PQIndex.mean_average_precision`) needs no ranking at all: a relevant item's
-  tie-aware precision is (relevant items at a distance <= its own) / (items at a distance <= its own), counted by
-  binary search in the sorted distances of the query's row
-  (:func:`pqattack.metrics.retrieval.average_precision_unranked`).
+- the mAP over the full ranking (:meth:`PQIndex.mean_average_precision`) needs no ranking of the ids: one sort of
+  (distance, relevance) keys per query row gives each relevant item's tie group
+  (:func:`pqattack.metrics.average_precision.average_precision_unranked`);
+- mAP@k ranks the top k and goes on past the tie group at position k (:func:`search_past_ties`), which the
+  expected AP@k needs whole.
 """
 
 from __future__ import annotations
 
 import os
 from concurrent.futures import ThreadPoolExecutor
+from typing import Callable
 
 import faiss
 import numpy as np
 import torch
 
+from ..metrics.average_precision import QueryAP, average_precision_unranked, query_average_precisions, relevance
 from .codebooks import nbits_of
 
 SYSTEMS = ("sdc", "adc")
@@ -101,6 +104,20 @@ def rank(dist: np.ndarray, k: int | None = None) -> tuple[np.ndarray, np.ndarray
 
     parts = _parallel_rows(block, dist.shape[0], dist)
     return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+
+def search_past_ties(search: Callable[[int], tuple[torch.Tensor, torch.Tensor]], k: int, total: int
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """A top-k ranking continued past the tie group at position k: ``search(n)`` (a ``(distances, ids)`` top n,
+    ``[Q, n]``, ascending) for the smallest n tried (k + k / 8 + 16, then doubling, at most ``total``) at which
+    every row ends at a larger distance than its k-th, or with a missing result (id -1), or holds all ``total``
+    items. The expected mAP@k needs the whole group that straddles position k."""
+    n = min(total, k + k // 8 + 16)
+    while True:
+        dist, ids = search(n)
+        if n >= total or bool(((dist[:, -1] > dist[:, k - 1]) | (ids[:, -1] < 0)).all()):
+            return dist, ids
+        n = min(total, 2 * n)
 
 
 class PQIndex:
@@ -198,6 +215,10 @@ class PQIndex:
         return max(1, BLOCK_ITEMS // max(1, self.ntotal))
 
     # ----------------------------------------------------------------------------------------- search
+    def _heap_search(self, k: int, system: str) -> bool:
+        """A short top k (ADC, or SDC with 8-bit sub-codes) goes through FAISS's heap search."""
+        return k * FAISS_TOPK_FRACTION <= self.ntotal and (system == "adc" or self.nbits == 8)
+
     def search(self, queries: torch.Tensor | np.ndarray, system: str, k: int | None = None
                ) -> tuple[torch.Tensor, torch.Tensor]:
         """Rank the database for each query; ``(distances, ids)``, each ``[Q, k]``, nearest first.
@@ -208,9 +229,12 @@ class PQIndex:
         """
         if system not in SYSTEMS:
             raise ValueError(f"system={system!r}: expected one of {SYSTEMS}")
-        n = self.ntotal
-        k = n if k is None else min(k, n)
-        if k * FAISS_TOPK_FRACTION <= n and (system == "adc" or self.nbits == 8):
+        k = self.ntotal if k is None else min(k, self.ntotal)
+        return self._search(queries, system, k, self._heap_search(k, system))
+
+    def _search(self, queries: torch.Tensor | np.ndarray, system: str, k: int, heap: bool
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        if heap:
             self.index.search_type = faiss.IndexPQ.ST_PQ if system == "adc" else faiss.IndexPQ.ST_SDC
             dist, ids = self.index.search(_np(queries), k)
             return torch.from_numpy(dist), torch.from_numpy(ids)
@@ -221,27 +245,35 @@ class PQIndex:
             out_d[lo:lo + rows], out_i[lo:lo + rows] = rank(self._gather(tables[:, lo:lo + rows]), k)
         return torch.from_numpy(out_d), torch.from_numpy(out_i)
 
+    def search_past_ties(self, queries: torch.Tensor | np.ndarray, system: str, k: int
+                         ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``search(queries, system, k)`` continued past each row's tie group at position k (see
+        :func:`search_past_ties`); the first k columns are ``search``'s, bit for bit."""
+        if system not in SYSTEMS:
+            raise ValueError(f"system={system!r}: expected one of {SYSTEMS}")
+        k = min(k, self.ntotal)
+        heap = self._heap_search(k, system)
+        return search_past_ties(lambda n: self._search(queries, system, n, heap), k, self.ntotal)
+
     # ----------------------------------------------------------------------------------------- mAP
-    def mean_average_precision(self, queries: torch.Tensor | np.ndarray, system: str, query_labels: torch.Tensor,
-                               db_labels: torch.Tensor, topk: int | None = None) -> float:
-        """mAP in percent (0-100), the same number as ``metrics.mean_average_precision(*self.search(queries,
-        system, topk), query_labels, db_labels, topk)``: tie-aware, over the full ranking or the top k.
+    def average_precisions(self, queries: torch.Tensor | np.ndarray, system: str, query_labels: torch.Tensor,
+                           db_labels: torch.Tensor, topk: int | None = None) -> QueryAP:
+        """Per-query APs, both tie conventions (:class:`~pqattack.metrics.average_precision.QueryAP`), over the full ranking
+        or at ``topk``: those of ``metrics.query_average_precisions`` on this index's rankings.
 
         Over the full ranking, no ranking is materialised
-        (:func:`~pqattack.metrics.retrieval.average_precision_unranked`), and distances
-        exist for one block of queries at a time.
+        (:func:`~pqattack.metrics.average_precision.average_precision_unranked`), and distances exist for one block of
+        queries at a time. At ``topk``, the ranking of :meth:`search_past_ties`.
         """
-        from ..metrics.retrieval import average_precision_unranked, mean_average_precision, relevance
-
         if topk is not None and topk < self.ntotal:
-            dist, ids = self.search(queries, system, k=topk)
-            return mean_average_precision(dist, ids, query_labels, db_labels, topk=topk)
+            dist, ids = self.search_past_ties(queries, system, topk)
+            return query_average_precisions(dist, ids, query_labels, db_labels, topk=topk)
         tables = self.lookup_tables(queries, system)
         nq, n, rows = tables.shape[1], self.ntotal, self._block_rows()
         ql, dl = query_labels.cpu(), db_labels.cpu()
         single = ql.ndim == 1
         buf = np.empty((min(rows, nq), n), dtype=np.float32)
-        ap = np.zeros(nq)
+        parts = []
         for lo in range(0, nq, rows):
             hi = min(lo + rows, nq)
             dist = self._gather(tables[:, lo:hi], out=buf[: hi - lo])
@@ -249,5 +281,13 @@ class PQIndex:
                 rel = dl.numpy()[None, :] == ql[lo:hi].numpy()[:, None]
             else:
                 rel = relevance(ql[lo:hi], dl, torch.arange(n).expand(hi - lo, n)).numpy()
-            ap[lo:hi] = np.concatenate(_parallel_rows(average_precision_unranked, hi - lo, dist, rel))
-        return float(ap.mean()) * 100.0 if nq else float("nan")
+            parts += _parallel_rows(average_precision_unranked, hi - lo, dist, rel)
+        return QueryAP.concat(parts)
+
+    def mean_average_precision(self, queries: torch.Tensor | np.ndarray, system: str, query_labels: torch.Tensor,
+                               db_labels: torch.Tensor, topk: int | None = None, ties: str = "expected",
+                               empty: str = "zero") -> float:
+        """mAP in percent (0-100), the same number as ``metrics.mean_average_precision`` on this index's
+        rankings: over the full ranking or at ``topk``; ``ties`` and ``empty`` as in
+        :meth:`~pqattack.metrics.average_precision.QueryAP.mean`."""
+        return self.average_precisions(queries, system, query_labels, db_labels, topk).mean(ties, empty)
