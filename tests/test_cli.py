@@ -35,7 +35,8 @@ def test_a_preset_sweep_runs_the_command_lines_values_of_its_swept_keys(tmp_path
     """experiment=table1 sweeps model, bits and attack; given on the command line, they are what the sweep runs
     (Hydra's rule: the command line wins over the preset's params), and the start-up check checks those jobs: here
     the preset's 36 bits (K=512) would not fit the tiny database of 300 items."""
-    run_cli(["-m", "experiment=table1", *TINY, "attack=apd", "hydra.sweep.dir=sweep"], tmp_path, tmp_path / "cache")
+    tiny = [o for o in TINY if o != "model.width=8"]  # a key of smallcnn's only: other models' configs refuse it
+    run_cli(["-m", "experiment=table1", *tiny, "attack=apd", "hydra.sweep.dir=sweep"], tmp_path, tmp_path / "cache")
     [job] = sorted((tmp_path / "sweep").glob("*/results.json"))
     rows = load_results(job)["rows"]
     assert {(r["model"], r["bits"], r["attack"]) for r in rows} == {("smallcnn", 16, "clean"), ("smallcnn", 16, "apd")}
