@@ -10,11 +10,11 @@ install: ## create .venv and install pqattack (editable) with its test extras
 	$(BIN)/pip install -q torch==2.14.1 torchvision==0.29.1 || $(BIN)/pip install -q torch torchvision
 	$(BIN)/pip install -q -e '.[test]'
 
-test: ## run the test suite
-	$(BIN)/python -m pytest -q
+test: ## run the test suite, without the slow tests (pyproject.toml's markers)
+	$(BIN)/python -m pytest -q -m "not slow"
 
-test-all: ## every test, the slow ones included (gpu tests skip without CUDA)
-	$(BIN)/python -m pytest -q -m "slow or not slow"
+test-all: ## every test, the slow ones included (the gpu tests skip without CUDA)
+	$(BIN)/python -m pytest -q
 
 demo: ## the whole pipeline offline on the synthetic set, CPU, < 60 s
 	$(BIN)/python -m pqattack experiment=demo

@@ -94,9 +94,8 @@ def peak_agreement(target: Target, query_z: torch.Tensor) -> float:
 def evaluate(index: PQIndex, query_z: torch.Tensor, data: RetrievalData, systems: list[str], topk: int | None
              ) -> dict[str, QueryAP]:
     """Per-query APs per system, both tie conventions, over the full ranking or at ``topk``: those of ranking
-    with ``index.search`` (at ``topk``: ``index.search_past_ties``) and scoring with
-    ``metrics.query_average_precisions``; over the full ranking computed in blocks of queries without building
-    the ``[Q, N]`` ranking."""
+    with ``index.search`` and scoring with ``metrics.query_average_precisions``, computed without building the
+    ``[Q, N]`` ranking (see ``PQIndex.average_precisions``)."""
     return {s: index.average_precisions(query_z, s, data.query.labels, data.database.labels, topk=topk)
             for s in systems}
 
