@@ -41,7 +41,7 @@ FEEDS: dict[str, str] = {
     "transfer.source_bits": "adversarial_queries",
     **{f"model.{k}": "checkpoint" for k in ("name", "arch", "batch_norm", "hidden", "dropout", "width")},
     **{f"trainer.{k}": "checkpoint" for k in ("max_epochs", "batch_size", "lr", "momentum", "weight_decay", "nesterov",
-                                              "label_smoothing", "schedule", "augment", "devices")},
+                                              "label_smoothing", "schedule", "augment", "devices", "compile")},
     **{f"quantizer.{k}": "quantizer" for k in ("M", "K", "niter", "seed", "alpha", "loss", "margin", "epochs", "lr",
                                                "init_samples")},
     **{f"index.{k}": "results" for k in ("nlist", "nprobe", "train_size", "seed")},

@@ -161,6 +161,8 @@ def load_job(cfg: DictConfig) -> JobConfig:
                           f"(a spawn-based strategy)")
     if tr.get("schedule", "onecycle") not in ("onecycle", "constant"):
         raise ConfigError(f"trainer.schedule={tr.schedule!r}: expected onecycle or constant")
+    if not isinstance(tr.get("compile", False), bool):
+        raise ConfigError(f"trainer.compile={tr.compile!r}: expected true or false")
     if cfg.precision not in PRECISIONS:
         raise ConfigError(f"precision={cfg.precision!r}: expected one of {', '.join(PRECISIONS)}")
     t = container(cfg.get("transfer") or OmegaConf.create({}))
@@ -188,9 +190,11 @@ class ValidateSweep(Callback):
 
         from hydra.core.override_parser.overrides_parser import OverridesParser
 
-        task = list(config.hydra.overrides.task)
-        params = [f"{k}={v}" for k, v in (config.hydra.sweeper.get("params") or {}).items()]
-        parsed = OverridesParser.create().parse_overrides(task + params)
+        parser = OverridesParser.create()
+        task = parser.parse_overrides(list(config.hydra.overrides.task))
+        given = {o.get_key_element() for o in task}  # as in Hydra's sweeper: the command line wins over the params
+        params = [f"{k}={v}" for k, v in (config.hydra.sweeper.get("params") or {}).items() if k not in given]
+        parsed = parser.parse_overrides(params) + task
         choices = [[f"{o.get_key_element()}={v}" for v in o.sweep_string_iterator()] if o.is_sweep_override()
                    else [o.input_line] for o in parsed]
         for overrides in itertools.product(*choices):

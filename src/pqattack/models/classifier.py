@@ -42,6 +42,13 @@ class ClassifierModule(pl.LightningModule):
     def to_float(images: torch.Tensor) -> torch.Tensor:
         return images.float().div_(255.0).contiguous(memory_format=torch.channels_last)
 
+    @property
+    def step_value_on_progress_bar(self) -> bool:
+        """Whether a per-step value goes to the progress bar. Lightning reads progress-bar values back to the host
+        (``.item()``) after every step, with or without a bar; on a GPU that waits for the step to finish, so the
+        next step's kernels are not queued while it runs. There the step loss goes to the logger only."""
+        return self.device.type != "cuda"
+
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         images, labels = batch
         x = self.to_float(images)
@@ -52,7 +59,7 @@ class ClassifierModule(pl.LightningModule):
         if batch_idx % 50 == 0 and not torch.isfinite(loss):  # a NaN stays NaN: checking now and then suffices
             raise NumericsError(f"training loss is {loss.item()} at step {self.global_step}: the backbone "
                                      f"diverged; lower trainer.lr or check the data")
-        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True)
+        self.log("train/loss", loss, prog_bar=self.step_value_on_progress_bar, on_step=True, on_epoch=True)
         self.log("train/acc", top1_hit(logits, labels).float().mean(), prog_bar=True, on_epoch=True,
                  on_step=False)
         return loss

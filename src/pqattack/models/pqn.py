@@ -106,5 +106,5 @@ class PQNModule(ClassifierModule):
         if batch_idx % 50 == 0 and not torch.isfinite(loss):
             raise NumericsError(f"PQN training loss is {loss.item()} at step {self.global_step}: lower "
                                      f"quantizer.lr or alpha")
-        self.log("train/pqn_loss", loss, prog_bar=True, on_step=True, on_epoch=True)
+        self.log("train/pqn_loss", loss, prog_bar=self.step_value_on_progress_bar, on_step=True, on_epoch=True)
         return loss
