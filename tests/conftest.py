@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-CONF = REPO / "conf"
+CONF = REPO / "src" / "pqattack" / "conf"
 
 # A tiny but real job: synthetic images, a narrow CNN, one epoch, few queries.
 TINY = ["dataset=synthetic", "model=smallcnn", "model.width=8", "dataset.num_train=600", "dataset.num_test=400",
@@ -44,3 +44,38 @@ def load_results(path: Path) -> dict:
 def shared_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One artifact cache for the session: tests that use the same tiny backbone train it once."""
     return tmp_path_factory.mktemp("cache")
+
+
+def compose_config(overrides: list[str]):  # noqa: ANN201
+    """The job config ``python -m pqattack <overrides>`` would run, composed in-process and validated."""
+    from hydra import compose, initialize_config_dir
+
+    from pqattack.config import CONF_DIR, load_job
+
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        cfg = compose("config", overrides=overrides)
+    load_job(cfg)
+    return cfg
+
+
+@pytest.fixture(scope="session")
+def trained_demo(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
+    """A small CNN trained in-process on the synthetic set (fp32), with its data and 16-bit K-means target:
+    ``(job, data, target)``."""
+    import torch
+    from hydra.utils import instantiate
+
+    from pqattack.cache import ArtifactCache
+    from pqattack.config import load_job
+    from pqattack.runtime import Runtime
+    from pqattack.stages.target import build_target
+
+    cache = tmp_path_factory.mktemp("trained_demo_cache")
+    cfg = compose_config(["dataset=synthetic", "model=smallcnn", "model.width=16", "dataset.num_train=1500",
+                          "dataset.num_test=600", "dataset.num_queries=100", "dataset.num_database=500",
+                          "trainer.max_epochs=3", "trainer.batch_size=64", "trainer.lr=0.05", "bits=16",
+                          "device=cpu", "precision=fp32", "progress=false", f"cache.dir={cache}"])
+    rt = Runtime(torch.device("cpu"), "fp32", ArtifactCache(cache), progress=False)
+    data = instantiate(cfg.dataset).load(rt.cache)
+    job = load_job(cfg)
+    return job, data, build_target(job, data, rt, [])

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from pqattack.attacks import (LOSSES, PGDConfig, Reference, feature_distance_loss, overall_distribution_loss,
+from pqattack.attacks import (LOSSES, AttackConfig, Reference, feature_distance_loss, overall_distribution_loss,
                               peak_distribution_loss, pgd, reference)
 from pqattack.models import RetrievalModel, build_backbone
 
@@ -54,7 +54,7 @@ def test_retrieval_model_soft_assignment_options() -> None:
     l2 = RetrievalModel(net, cb, similarity="l2", temperature=0.5).assignment_logits(zc)
     assert torch.allclose(l2, torch.tensor([[[-0.25, -2.25], [-1.0, -1.0]]]) / 0.5)
     with pytest.raises(ValueError, match="attack.similarity"):
-        RetrievalModel(net, cb, similarity="hamming")
+        AttackConfig(similarity="hamming")
 
 
 def test_index_peak_is_eq1_and_argmax_peak_is_eq6() -> None:
@@ -84,7 +84,7 @@ def test_apd_peak_option_chooses_the_target_code() -> None:
     assert torch.equal(by_argmax.codes, model.argmax_codes(by_argmax.z))
     assert (by_index.codes != by_argmax.codes).any()
     with pytest.raises(ValueError, match="attack.peak"):
-        PGDConfig(peak="mode")
+        AttackConfig(peak="mode")
 
 
 @pytest.mark.parametrize("loss", sorted(LOSSES))
@@ -95,14 +95,14 @@ def test_pgd_stays_in_eps_ball_and_image_range(loss: str) -> None:
     x = torch.randint(0, 256, (6, 3, 32, 32), dtype=torch.uint8).float() / 255
     x[0] = 0.0  # saturated images exercise the [0, 1] clamp
     x[1] = 1.0
-    cfg = PGDConfig()
+    cfg = AttackConfig()
     adv = pgd(model, x, loss, cfg, generator=torch.Generator().manual_seed(0))
     assert adv.min() >= 0 and adv.max() <= 1
     assert (adv - x).abs().max() <= cfg.eps + 1e-6
     assert torch.equal(torch.round(adv * 255), adv * 255)  # on the 8-bit grid
     assert (adv != x).any()
     # without rounding, the float result is still in the ball
-    raw = pgd(model, x, loss, PGDConfig(quantize_8bit=False, random_start=False))
+    raw = pgd(model, x, loss, AttackConfig(quantize_8bit=False, random_start=False))
     assert (raw - x).abs().max() <= cfg.eps + 1e-6 and raw.min() >= 0 and raw.max() <= 1
 
 
@@ -114,7 +114,7 @@ def test_pgd_increases_its_loss() -> None:
     ref = reference(model, x)
     for name, fn in LOSSES.items():
         # random start matters for basic: its gradient is exactly zero at the clean image
-        adv = pgd(model, x, name, PGDConfig(quantize_8bit=False, iters=10), generator=torch.Generator().manual_seed(0))
+        adv = pgd(model, x, name, AttackConfig(quantize_8bit=False, iters=10), generator=torch.Generator().manual_seed(0))
         with torch.no_grad():
             za, la = model(adv)
             za0, la0 = model(x)
@@ -125,13 +125,13 @@ def test_pgd_increases_its_loss() -> None:
                                     ({"step": 0}, "attack.step"), ({"iters": 0}, "attack.iters")])
 def test_pgd_config_rejects_bad_values(kw: dict, key: str) -> None:
     with pytest.raises(ValueError, match=key):
-        PGDConfig(**kw)
+        AttackConfig(**kw)
 
 
 def test_pgd_model_is_not_trained_by_the_attack() -> None:
     net = build_backbone("smallcnn", 10, width=8).eval()
     before = {k: v.clone() for k, v in net.state_dict().items()}
     model = RetrievalModel(net, torch.randn(4, 8, 8))
-    pgd(model, torch.rand(4, 3, 32, 32), "aod", PGDConfig())
+    pgd(model, torch.rand(4, 3, 32, 32), "aod", AttackConfig())
     assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
     assert isinstance(model.backbone.head, nn.Linear)

@@ -1,5 +1,6 @@
 """The benchmark (quick sizes, a real subprocess) and the fast retrieval path against brute force with many ties."""
 
+import itertools
 import json
 import os
 import subprocess
@@ -11,8 +12,9 @@ import pytest
 import torch
 from sklearn.metrics import average_precision_score
 
+from pqattack.bench import plain_expected_average_precision
 from pqattack.metrics import mean_average_precision
-from pqattack.quant import PQIndex
+from pqattack.quant import PQIndex, search_past_ties
 
 REPO = Path(__file__).resolve().parents[1]
 FIGURES = ["retrieval_9k_adc", "retrieval_9k_sdc", "retrieval_1m_adc", "train_resnet18", "train_recipe",
@@ -64,11 +66,14 @@ def test_bench_fast_and_baseline_map_agree(bench_run: tuple[dict, str]) -> None:
     records = {r["figure"]: r for r in bench_run[0]["records"]}
     for name in ("retrieval_9k_adc", "retrieval_9k_sdc"):
         n = records[name]["notes"]
-        assert n["fast_map"] == pytest.approx(n["baseline_map"], abs=1e-6)
-        assert n["previous_map"] == pytest.approx(n["baseline_map"], abs=1e-6)
+        for key in ("map", "map_grouped"):
+            assert n[f"fast_{key}"] == pytest.approx(n[key if key != "map" else "baseline_map"], abs=1e-6)
+            assert n[f"previous_{key}"] == pytest.approx(n[f"fast_{key}"], abs=1e-6)
         assert 20 < n["fast_map"] < 100  # the synthetic classes are separable but not trivially
+        assert n["fast_map"] != n["fast_map_grouped"]  # 16 bits: ties, and the conventions differ on them
     n = records["retrieval_1m_adc"]["notes"]
     assert n["fast_map_on_baseline_queries"] == pytest.approx(n["baseline_map"], abs=1e-6)
+    assert n["fast_map_grouped_on_baseline_queries"] == pytest.approx(n["baseline_map_grouped"], abs=1e-6)
 
 
 def test_bench_markdown_renders_every_figure(bench_run: tuple[dict, str], tmp_path: Path) -> None:
@@ -115,11 +120,17 @@ def test_fast_map_equals_brute_force_with_ties(M: int, K: int, system: str) -> N
     rng = np.random.default_rng(0)
     ql, dl = torch.from_numpy(rng.integers(0, 4, 25)), torch.from_numpy(rng.integers(0, 4, 700))
     rel = dl.numpy()[None, :] == ql.numpy()[:, None]
-    expected = np.mean([average_precision_score(rel[i], -ref[i]) if rel[i].any() else 0.0 for i in range(25)]) * 100
+    sk = np.mean([average_precision_score(rel[i], -ref[i]) if rel[i].any() else 0.0 for i in range(25)]) * 100
+    order = np.argsort(ref, 1, kind="stable")
+    plain = plain_expected_average_precision(torch.from_numpy(np.take_along_axis(ref, order, 1)),
+                                             torch.from_numpy(np.take_along_axis(rel, order, 1)))
     # mAP over the full ranking without a ranking (pipeline.evaluate) and through the full ranking (search)
-    assert index.mean_average_precision(q, system, ql, dl) == pytest.approx(expected, abs=1e-9)
+    assert index.mean_average_precision(q, system, ql, dl, ties="grouped") == pytest.approx(sk, abs=1e-9)
+    assert index.mean_average_precision(q, system, ql, dl) == pytest.approx(float(plain.mean()) * 100, abs=1e-9)
     dist, ids = index.search(q, system)
-    assert mean_average_precision(dist, ids, ql, dl) == pytest.approx(expected, abs=1e-9)
+    for ties in ("expected", "grouped"):
+        assert mean_average_precision(dist, ids, ql, dl, ties=ties) == pytest.approx(
+            index.mean_average_precision(q, system, ql, dl, ties=ties), abs=1e-9)
     # the ranking: distances ascending, ties in database order, every item once
     order = np.lexsort((np.arange(700)[None].repeat(25, 0), ref), axis=1)
     np.testing.assert_array_equal(ids.numpy(), order)
@@ -128,8 +139,38 @@ def test_fast_map_equals_brute_force_with_ties(M: int, K: int, system: str) -> N
         dk, ik = index.search(q, system, k=k)
         np.testing.assert_array_equal(dk.numpy(), dist[:, :k].numpy())
         np.testing.assert_array_equal(ik.numpy(), ids[:, :k].numpy())
-        assert index.mean_average_precision(q, system, ql, dl, topk=k) == pytest.approx(
-            mean_average_precision(dist, ids, ql, dl, topk=k), abs=1e-9)
+        assert (dk[:, -1] == dist[:, k]).any()  # some tie group straddles k
+        for ties, empty in itertools.product(("expected", "grouped"), ("zero", "drop")):
+            assert index.mean_average_precision(q, system, ql, dl, topk=k, ties=ties, empty=empty) == pytest.approx(
+                mean_average_precision(dist, ids, ql, dl, topk=k, ties=ties, empty=empty), abs=1e-9)
+            if ties == "grouped":  # the top k of search(k) as ranked, bit for bit
+                assert index.mean_average_precision(q, system, ql, dl, topk=k, ties=ties, empty=empty) == \
+                    mean_average_precision(dk, ik, ql, dl, topk=k, ties=ties, empty=empty)
+        at_k = plain_expected_average_precision(dist, torch.from_numpy(rel).gather(1, ids), k)
+        assert index.mean_average_precision(q, system, ql, dl, topk=k) == pytest.approx(float(at_k.mean()) * 100,
+                                                                                        abs=1e-9)
+
+
+@pytest.mark.parametrize("system,K", [("adc", 16), ("sdc", 16), ("sdc", 256)])  # FAISS heap: adc, 8-bit sdc
+def test_map_at_k_counts_a_large_tie_group_over_the_database(system: str, K: int) -> None:  # noqa: N803
+    """Real-valued features, 3,000 items on 12 distinct vectors: the tie group at k runs far past the items ranked
+    after k, and is counted over the distinct codes in the ranking's own arithmetic (FAISS's or the gathers')."""
+    g = torch.Generator().manual_seed(K)
+    codebooks = torch.randn(4, K, 8, generator=g)
+    index = PQIndex(codebooks, torch.randn(12, 32, generator=g)[torch.randint(0, 12, (3000,), generator=g)])
+    q = torch.randn(30, 32, generator=g)
+    ql = torch.randint(0, 3, (30,), generator=g)
+    dl = torch.randint(0, 3, (3000,), generator=g)
+    dist, ids = index.search(q, system)
+    for k in (40, 700):
+        assert ((dist == dist[:, k - 1:k]).sum(1) > k // 8 + 16 + 100).all()
+        dk, ik = index.search(q, system, k=k)
+        for ties, empty in itertools.product(("expected", "grouped"), ("zero", "drop")):
+            got = index.mean_average_precision(q, system, ql, dl, topk=k, ties=ties, empty=empty)
+            assert got == pytest.approx(mean_average_precision(dist, ids, ql, dl, topk=k, ties=ties, empty=empty),
+                                        abs=1e-9)
+            if ties == "grouped":
+                assert got == mean_average_precision(dk, ik, ql, dl, topk=k, ties=ties, empty=empty)
 
 
 def test_fast_map_multilabel_matches_ranking() -> None:
@@ -138,5 +179,29 @@ def test_fast_map_multilabel_matches_ranking() -> None:
     ql = torch.from_numpy(rng.random((25, 5)) < 0.3)
     dl = torch.from_numpy(rng.random((700, 5)) < 0.3)
     dist, ids = index.search(q, "adc")
-    assert index.mean_average_precision(q, "adc", ql, dl) == pytest.approx(
-        mean_average_precision(dist, ids, ql, dl), abs=1e-9)
+    for ties in ("expected", "grouped"):
+        assert index.mean_average_precision(q, "adc", ql, dl, ties=ties) == pytest.approx(
+            mean_average_precision(dist, ids, ql, dl, ties=ties), abs=1e-9)
+        assert index.mean_average_precision(q, "adc", ql, dl, topk=60, ties=ties, empty="drop") == pytest.approx(
+            mean_average_precision(dist, ids, ql, dl, topk=60, ties=ties, empty="drop"), abs=1e-9)
+
+
+def test_ranking_past_ties_grows_until_the_group_at_k_ends() -> None:
+    """``search_past_ties`` over a search that returns a top n: doubled until every row passes its tie group at
+    position k, or the ranking holds every item, or the search runs out of items (id -1)."""
+    rows = torch.tensor([[0.0] * 3 + [1.0] * 40 + [2.0] * 57, [0.0] * 100])
+    calls = []
+
+    def top(dist: torch.Tensor):  # noqa: ANN202
+        def search(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+            calls.append(n)
+            return dist[:, :n], torch.arange(n).expand(len(dist), n)
+        return search
+
+    d, _ = search_past_ties(top(rows[:1]), 5, 100)  # k = 5 is in the group at positions 4..43
+    assert calls == [21, 42, 84] and d.shape[1] == 84
+    calls.clear()
+    search_past_ties(top(rows[1:]), 5, 100)  # one group: only the whole ranking passes it
+    assert calls == [21, 42, 84, 100]
+    ran_out = (torch.tensor([[0.0, 1.0, 1.0, float("inf")]]), torch.tensor([[0, 1, 2, -1]]))
+    assert search_past_ties(lambda n: ran_out, 2, 100)[1].shape[1] == 4

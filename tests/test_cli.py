@@ -17,7 +17,8 @@ def test_single_run_writes_results_and_logs(tmp_path: Path, shared_cache: Path) 
     rows = {(r["attack"], r["system"]): r for r in res["rows"]}
     assert set(rows) == {("clean", "sdc"), ("clean", "adc"), ("apd", "sdc"), ("apd", "adc")}
     for r in rows.values():
-        assert 0 <= r["map"] <= 100
+        assert 0 <= r["map"] <= 100 and 0 <= r["map_grouped"] <= 100
+        assert r["ties"] == "expected" and "empty" not in r  # over the full ranking, eval.empty does not apply
         assert (r["dataset"], r["model"], r["bits"], r["M"], r["K"]) == ("synthetic", "smallcnn", 16, 4, 16)
     assert rows[("apd", "sdc")]["linf"] <= 8 / 255 + 1e-6
     meta = res["meta"]
@@ -25,8 +26,20 @@ def test_single_run_writes_results_and_logs(tmp_path: Path, shared_cache: Path) 
     assert meta["device"].startswith("cpu") and meta["seed"] == 0
     assert {"checkpoint", "features", "codebooks", "adversarial_queries"} <= set(meta["cache_keys"])
     assert meta["config"]["attack"]["eps"] == pytest.approx(8 / 255)
+    assert (meta["config"]["eval"]["ties"], meta["config"]["eval"]["empty"]) == ("expected", "zero")
     assert "SDC" in (tmp_path / "run" / "results.md").read_text()
     assert (tmp_path / "run" / "csv" / "metrics.csv").is_file()
+
+
+def test_a_preset_sweep_runs_the_command_lines_values_of_its_swept_keys(tmp_path: Path) -> None:
+    """experiment=table1 sweeps model, bits and attack; given on the command line, they are what the sweep runs
+    (Hydra's rule: the command line wins over the preset's params), and the start-up check checks those jobs: here
+    the preset's 36 bits (K=512) would not fit the tiny database of 300 items."""
+    tiny = [o for o in TINY if o != "model.width=8"]  # a key of smallcnn's only: other models' configs refuse it
+    run_cli(["-m", "experiment=table1", *tiny, "attack=apd", "hydra.sweep.dir=sweep"], tmp_path, tmp_path / "cache")
+    [job] = sorted((tmp_path / "sweep").glob("*/results.json"))
+    rows = load_results(job)["rows"]
+    assert {(r["model"], r["bits"], r["attack"]) for r in rows} == {("smallcnn", 16, "clean"), ("smallcnn", 16, "apd")}
 
 
 def test_two_job_sweep_trains_once_and_collects_one_table(tmp_path: Path) -> None:

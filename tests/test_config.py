@@ -69,6 +69,8 @@ def test_m_and_k_can_be_set_directly() -> None:
     (["device=cuda:99"], "device"),
     (["system=hamming"], "system"),
     (["attack.similarity=l1"], "attack.similarity"),
+    (["eval.ties=random"], "eval.ties='random': expected one of expected, grouped"),
+    (["eval.empty=skip"], "eval.empty='skip': expected one of zero, drop"),
 ])
 def test_bad_values_name_the_key(overrides: list[str], key: str) -> None:
     cfg = make(overrides)
@@ -82,6 +84,10 @@ def test_bits_not_a_multiple_of_M_fails_when_resolved() -> None:
         OmegaConf.resolve(cfg)
 
 
-def test_conf_dir_is_the_repos() -> None:
-    from pqattack.__main__ import CONFIG_DIR
-    assert Path(CONFIG_DIR) == CONF
+def test_configs_are_package_data() -> None:
+    """The configs ship inside the package (``pqattack/conf``), so an installed wheel finds them."""
+    import pqattack
+    from pqattack.config import CONF_DIR
+
+    assert CONF_DIR == Path(pqattack.__file__).parent / "conf" == CONF
+    assert (CONF_DIR / "config.yaml").is_file()

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from pqattack.pipeline import distributed_spec, world_size
+from pqattack.training import distributed_spec, world_size
 
 from .conftest import TINY, load_results, results_path, run_cli
 

@@ -95,12 +95,41 @@ def test_short_joint_training_lowers_loss_and_keeps_map(tmp_path: Path) -> None:
     # the report rebuilds the PQN target (its backbone, learned codebooks, sub-normalised features) exactly
     from pqattack.metrics import mean_average_precision
     from pqattack.report.artifacts import ArtifactStore
-    from pqattack.report.records import collect
+    from pqattack.report.records import gather_records
 
-    job = collect([tmp_path / "pqn"]).jobs[0]
+    job = gather_records([tmp_path / "pqn"]).jobs[0]
     arts = ArtifactStore(cache).load(job)
     labels = (arts.data.query.labels, arts.data.database.labels)
     for system in ("sdc", "adc"):
         for attack, z in (("clean", arts.clean_query), ("aod", arts.adversarial_query)):
             recorded = next(r["map"] for r in job.rows if (r["system"], r["attack"]) == (system, attack))
             assert mean_average_precision(*arts.index.search(z, system), *labels) == pytest.approx(recorded, abs=1e-3)
+
+
+def test_pqn_is_attacked_at_its_own_temperature_and_scored_by_the_head_it_trained() -> None:
+    """A PQN target's soft assignment is its layer's own, softmax(alpha <x_m, c_mk>): attack.temperature=null
+    means 1/alpha (K-means: 1, eq. 7 as printed). Its accuracy comes from the head on the soft-quantised feature
+    when the loss trained that head (ce), and is left out for a triplet-only PQN (its head is the pre-PQN one)."""
+    from pqattack.models.pqn import SoftProductQuantizer
+    from pqattack.config import load_job
+    from pqattack.stages.features import classifier_of
+    from pqattack.stages.keys import attack_temperature
+
+    from .conftest import compose_config
+
+    def job(overrides: list[str]):  # noqa: ANN202
+        return load_job(compose_config(overrides))
+
+    kmeans = job(["model=smallcnn", "quantizer=kmeans"])
+    pqn = job(["model=smallcnn", "quantizer=pqn", "quantizer.alpha=20"])
+    assert attack_temperature(kmeans) == 1.0 and attack_temperature(pqn) == pytest.approx(1 / 20)
+    assert attack_temperature(job(["quantizer=pqn", "attack.temperature=0.5"])) == 0.5
+    net = build_backbone("smallcnn", 10, width=8).eval()
+    codebooks = torch.nn.functional.normalize(torch.randn(4, 16, 8), dim=-1)
+    assert classifier_of(kmeans, net, None) is net.head
+    assert classifier_of(pqn, net, codebooks) is None  # quantizer.loss=triplet
+    ce = job(["model=smallcnn", "quantizer=pqn", "quantizer.loss=triplet+ce", "quantizer.alpha=20"])
+    classify = classifier_of(ce, net, codebooks)
+    f = torch.randn(5, 32)
+    expected = net.head(SoftProductQuantizer(codebooks, 20)(f)[1].flatten(1))
+    assert torch.allclose(classify(f), expected)

@@ -128,27 +128,27 @@ def test_empty_class_folder_is_named(tmp_path: Path) -> None:
 
 def test_checkpoint_of_another_architecture_or_class_count_is_a_clear_error(tmp_path: Path) -> None:
     import pytest
-    from omegaconf import OmegaConf
 
     from pqattack.cache import CacheError
     from pqattack.models import build_backbone
-    from pqattack.pipeline import Runtime, load_backbone
+    from pqattack.runtime import Runtime
+    from pqattack.stages.backbone import load_backbone
 
     rt = Runtime(torch.device("cpu"), "fp32", ArtifactCache(tmp_path))
-    cfg = OmegaConf.create({"model": {"name": "smallcnn", "arch": "smallcnn", "width": 8}})
+    model = {"name": "smallcnn", "arch": "smallcnn", "width": 8}
     other = build_backbone("alexnet", 10).state_dict()
     with pytest.raises(CacheError, match="does not fit model.arch=smallcnn"):
-        load_backbone(cfg, other, "k1", 10, rt)
+        load_backbone(model, other, "k1", 10, rt)
     fewer = build_backbone("smallcnn", 5, width=8).state_dict()
     with pytest.raises(CacheError, match="10 classes"):
-        load_backbone(cfg, fewer, "k2", 10, rt)
+        load_backbone(model, fewer, "k2", 10, rt)
 
 
 def test_codebooks_of_the_wrong_shape_or_with_nan_are_refused() -> None:
     import pytest
 
     from pqattack.cache import CacheError
-    from pqattack.pipeline import check_codebooks
+    from pqattack.stages.target import check_codebooks
 
     check_codebooks(torch.zeros(4, 16, 8), 4, 16, 32, "ok")
     with pytest.raises(CacheError, match=r"expected \(M, K, D/M\) = \(4, 16, 8\)"):

@@ -1,6 +1,6 @@
 """Tables rendered from rows: the Table 1 layout, attack variants, transfer matrices."""
 
-from pqattack.report.tables import attack_label, is_paper_attack, markdown_table, render_tables
+from pqattack.report.tables import attack_label, dedupe_rows, is_paper_attack, markdown_table, render_tables
 
 
 def row(attack: str, system: str, value: float, **kw) -> dict:
@@ -61,3 +61,40 @@ def test_collect_reads_a_sweep_folder_once(tmp_path) -> None:
     assert "| SDC | clean | 40.0 | 50.0 |" in md
     record = json.loads((tmp_path / "out" / "t.json").read_text())
     assert len(record["rows"]) == 2 and record["meta"]["command"] == "python -m pqattack experiment=t"
+
+
+def test_rows_of_one_cell_that_differ_are_refused_with_both_files(tmp_path) -> None:
+    """Two records fill the same cell with rows that differ outside the cell (here the seed and the tie
+    protocol): collecting them stops with an error naming both files, and writes nothing."""
+    import json
+    import subprocess
+    import sys
+
+    recipe = dict(epochs=2, device="cpu", precision="bf16")
+    a = row("clean", "sdc", 60.0, seed=0, ties="expected", **recipe)
+    b = row("clean", "sdc", 60.0, seed=1, ties="grouped", **recipe)
+    for name, r in (("a", a), ("b", b)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "results.json").write_text(json.dumps({"meta": {"config": {"model": {"name": "vgg16"}}},
+                                                                  "rows": [r]}))
+    proc = subprocess.run([sys.executable, "-m", "pqattack.report.collect", str(tmp_path / "a"), str(tmp_path / "b"),
+                           "--out", str(tmp_path / "out" / "t")], capture_output=True, text=True)
+    assert proc.returncode == 2
+    err = proc.stderr.strip()
+    assert err.startswith("table error:") and len(err.splitlines()) == 1
+    assert str(tmp_path / "a" / "results.json") in err and str(tmp_path / "b" / "results.json") in err
+    assert "seed" in err and "ties" in err
+    assert not (tmp_path / "out").exists()
+    # identical rows (the clean row every job of one target repeats) are merged
+    assert len(dedupe_rows([a, dict(a)])) == 1
+
+
+def test_the_recipe_is_in_the_heading_or_a_column_when_mixed() -> None:
+    cpu = dict(epochs=2, device="cpu", precision="bf16")
+    gpu = dict(epochs=40, device="cuda", precision="bf16")
+    one = markdown_table([row("clean", "sdc", 60.0, **cpu), row("aod", "sdc", 20.0, **cpu)])
+    assert "; recipe: 2 epochs, cpu, bf16" in one.splitlines()[0]
+    both = markdown_table([row("clean", "sdc", 60.0, **cpu), row("clean", "sdc", 85.0, **gpu)])
+    assert "recipe:" not in both.splitlines()[0]
+    assert "| vgg16 16b (2 epochs, cpu, bf16) | vgg16 16b (40 epochs, cuda, bf16) |" in both
+    assert "| SDC | clean | 60.0 | 85.0 |" in both

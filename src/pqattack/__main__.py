@@ -1,21 +1,41 @@
-"""``python -m pqattack [overrides]``: one job, or a sweep with ``-m``. See ``conf/config.yaml``."""
+"""``pqattack [overrides]`` (or ``python -m pqattack``): one job, or a sweep with ``-m``. See ``conf/config.yaml``
+and ``pqattack --help``."""
 
 from __future__ import annotations
 
 import logging
 import os
+import shutil
 import sys
 from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
 
-from .config import CONF_DIR, register_resolvers
+from .config import register
+from .errors import PQAttackError
 
-register_resolvers()
-
-CONFIG_DIR = str(CONF_DIR)
+register()
 log = logging.getLogger("pqattack")
+
+
+def set_log_level(cfg: DictConfig) -> None:
+    """Quiet by default (``log_level: warning``): the project's progress bars, warnings and table; no FAISS loader
+    lines, Lightning tips or library deprecation notes. ``log_level=info`` (or ``hydra.verbose=true``) shows them."""
+    import warnings
+
+    from hydra.core.hydra_config import HydraConfig
+
+    if HydraConfig.get().verbose:
+        return
+    level = getattr(logging, str(cfg.get("log_level", "warning")).upper())
+    logging.getLogger().setLevel(level)
+    for name in ("pqattack", "faiss", "pytorch_lightning", "lightning", "lightning_fabric"):
+        logging.getLogger(name).setLevel(level)
+    if level > logging.INFO:
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        warnings.filterwarnings("ignore", module="pytorch_lightning")
 
 
 def make_loggers(cfg: DictConfig, output_dir: Path) -> list:
@@ -34,41 +54,45 @@ def make_loggers(cfg: DictConfig, output_dir: Path) -> list:
     return loggers
 
 
-def _remove_empty_run_dir(output_dir: Path) -> None:
-    """Undo Hydra's run folder when the job failed before writing anything of its own."""
-    import shutil
+def finish_loggers(loggers: list, status: str) -> None:
+    """Close every logger, on success and on failure (wandb: its run's files are flushed and the run ended)."""
+    for lg in loggers:
+        lg.finalize(status)
+        if hasattr(lg, "log_table"):
+            lg.experiment.finish(exit_code=0 if status == "success" else 1)
 
+
+def remove_empty_run_dir(output_dir: Path) -> None:
+    """Undo Hydra's run folder when the job failed before writing anything of its own."""
     own = [p for p in output_dir.iterdir() if p.name != ".hydra" and p.suffix != ".log"] if output_dir.is_dir() else []
     if output_dir.is_dir() and not own:
         shutil.rmtree(output_dir, ignore_errors=True)
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
+@hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
 
-    from .config import ConfigError, validate
+    from .config import load_job
     from .pipeline import run
 
+    set_log_level(cfg)
     output_dir = Path(HydraConfig.get().runtime.output_dir)
+    loggers: list = []
+    status = "failed"
     try:
-        validate(cfg)
-    except ConfigError as exc:
-        print(f"config error: {exc}", file=sys.stderr)
-        _remove_empty_run_dir(output_dir)
-        sys.exit(2)
-    from .cache import CacheError
-    from .data import DatasetError
-    from .transfer import QuerySetError
-
-    kinds = {ConfigError: "config", DatasetError: "data", QuerySetError: "transfer", CacheError: "cache", FloatingPointError: "numerics"}
-    try:
-        path = run(cfg, output_dir, make_loggers(cfg, output_dir))
-    except tuple(kinds) as exc:
-        kind = next(v for k, v in kinds.items() if isinstance(exc, k))
-        print(f"{kind} error: {exc}", file=sys.stderr)
-        _remove_empty_run_dir(output_dir)
-        sys.exit(2 if kind in ("config", "data", "transfer") else 3)
+        load_job(cfg)
+        loggers = make_loggers(cfg, output_dir)
+        path = run(cfg, output_dir, loggers)
+        status = "success"
+    except PQAttackError as exc:
+        print(f"{exc.kind} error: {exc}", file=sys.stderr)
+        finish_loggers(loggers, status)
+        loggers = []
+        remove_empty_run_dir(output_dir)
+        sys.exit(exc.exit_code)
+    finally:
+        finish_loggers(loggers, status)
     print((output_dir / "results.md").read_text())
     if HydraConfig.get().mode.name == "RUN":
         print(f"results: {path}")

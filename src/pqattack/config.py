@@ -1,22 +1,28 @@
-"""Start-up checks: bad input fails here, before any compute, with the key, the value and what is allowed."""
+"""The config: the schemas Hydra checks types against, and the start-up checks. Bad input fails in
+``load_job``, before any compute, with the key, the value and what is allowed (``ConfigError``)."""
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+from hydra.core.config_store import ConfigStore
+from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from .attacks.losses import PEAKS
+from .attacks.config import AttackConfig
+from .errors import ConfigError
+from .models.augment import PAD_MODES
 from .models.backbones import ARCHITECTURES
-from .models.retrieval import SIMILARITIES
+from .models.classifier import SCHEDULES
+from .quant.config import IndexConfig, KMeansConfig, PQNConfig
+from .runtime import PRECISIONS, resolve_device
 
-CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+CONF_DIR = Path(__file__).with_name("conf")  # package data; `--config-dir` adds a user's own folder
 TEST_SPLIT_SIZE = {"cifar10": 10_000}
-
-
-class ConfigError(ValueError):
-    """A config value that is not allowed; the message names the key."""
+SYSTEMS = {"sdc": ["sdc"], "adc": ["adc"], "both": ["sdc", "adc"]}
 
 
 def _pq_k(bits: int | None, M: int, default: int) -> int:  # noqa: N803
@@ -28,12 +34,25 @@ def _pq_k(bits: int | None, M: int, default: int) -> int:  # noqa: N803
     return 2 ** (int(bits) // int(M))
 
 
-def register_resolvers() -> None:
+def _options(group: str) -> str:
+    """The public options of a config group (for ``--help``): its YAML files not starting with ``_``."""
+    return ", ".join(sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml") if not p.stem.startswith("_")))
+
+
+def register() -> None:
+    """The ``pq_k`` and ``pqattack_options`` resolvers, and the schemas the group YAML files extend."""
     if not OmegaConf.has_resolver("pq_k"):
         OmegaConf.register_new_resolver("pq_k", _pq_k)
+    if not OmegaConf.has_resolver("pqattack_options"):
+        OmegaConf.register_new_resolver("pqattack_options", _options)
+    cs = ConfigStore.instance()
+    cs.store(group="attack", name="_schema", node=AttackConfig)
+    cs.store(group="quantizer", name="_kmeans_schema", node=KMeansConfig)
+    cs.store(group="quantizer", name="_pqn_schema", node=PQNConfig)
+    cs.store(group="index", name="_schema", node=IndexConfig)
 
 
-register_resolvers()
+register()
 
 
 def _check_recipes(cfg: DictConfig) -> None:
@@ -54,9 +73,6 @@ def _check_recipes(cfg: DictConfig) -> None:
 
 def _check_trainer(tr: DictConfig, key: str, image_size: int) -> None:
     """The recipe's values (``key``: ``trainer`` or ``recipes.<model>``)."""
-    from .models.augment import PAD_MODES
-    from .models.classifier import SCHEDULES
-
     if tr.max_epochs < 1:
         raise ConfigError(f"{key}.max_epochs={tr.max_epochs}: must be >= 1")
     if tr.batch_size < 2:
@@ -79,66 +95,92 @@ def _check_trainer(tr: DictConfig, key: str, image_size: int) -> None:
         raise ConfigError(f"{key}.crop_padding={tr.crop_padding}: must be in [0, {image_size}) (dataset.image_size)")
 
 
-def validate(cfg: DictConfig) -> None:
-    _check_recipes(cfg)
-    q, a, d = cfg.quantizer, cfg.attack, cfg.dataset
-    if q.M < 1:
-        raise ConfigError(f"quantizer.M={q.M}: must be >= 1")
-    if q.K < 2 or 2 ** round(math.log2(q.K)) != q.K or q.K > 2 ** 16:
-        raise ConfigError(f"quantizer.K={q.K}: must be a power of two in [2, 65536]")
-    bits = q.M * round(math.log2(q.K))
-    if cfg.get("bits") is not None and int(cfg.bits) != bits:
+def compose_config(overrides: list[str]) -> DictConfig:
+    """The config ``python -m pqattack <overrides>`` composes: through the running app's Hydra when there is one
+    (so a user's ``--config-dir`` counts), else from the package's ``conf``."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    if GlobalHydra.instance().is_initialized():
+        return compose("config", overrides=overrides)
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        return compose("config", overrides=overrides)
+
+
+def container(cfg: DictConfig) -> dict[str, Any]:
+    """A resolved plain-dict copy of a config node."""
+    return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
+
+
+@dataclass
+class JobConfig:
+    """One job's settings, typed and checked: what the pipeline's stages take instead of the raw config."""
+
+    config: DictConfig  # the whole resolved config, for the records and the results key
+    model: dict[str, Any]  # model.* (arch and its options; ``name`` labels it)
+    trainer: dict[str, Any]  # trainer.*: the recipe, and where training runs (strategy, devices, num_nodes)
+    quantizer: KMeansConfig  # a PQNConfig for quantizer=pqn
+    index: IndexConfig
+    attack: AttackConfig
+    systems: list[str]
+    topk: int | None
+    ties: str
+    empty: str
+    eval_batch_size: int
+    seed: int
+    transfer: dict[str, Any]
+
+    @property
+    def pqn(self) -> bool:
+        return self.quantizer.kind == "pqn"
+
+    @property
+    def subvectors(self) -> int | None:
+        """M when the retrieval feature is normalised per sub-vector (PQN), else None (whole-vector l2)."""
+        return self.quantizer.M if self.pqn else None
+
+
+def _typed(node: DictConfig, schema: type) -> Any:
+    """The node as its schema's dataclass (which checks it), whatever the node's own type."""
+    fields = {k: v for k, v in container(node).items() if k in schema.__dataclass_fields__}
+    return schema(**fields)
+
+
+def load_job(cfg: DictConfig) -> JobConfig:
+    """Check ``cfg`` and return it typed. Every start-up check is here or in the schemas it builds
+    (``AttackConfig``, ``KMeansConfig``/``PQNConfig``, ``IndexConfig``), and ``runtime.resolve_device``."""
+    from .metrics import EMPTY, TIES
+
+    q = _typed(cfg.quantizer, PQNConfig if cfg.quantizer.kind == "pqn" else KMeansConfig)
+    if cfg.quantizer.kind not in ("kmeans", "pqn"):
+        raise ConfigError(f"quantizer.kind={cfg.quantizer.kind!r}: expected kmeans or pqn")
+    attack, index = _typed(cfg.attack, AttackConfig), _typed(cfg.get("index") or {"kind": "flat"}, IndexConfig)
+    d, ev, tr = cfg.dataset, cfg.eval, cfg.trainer
+    if cfg.get("bits") is not None and int(cfg.bits) != q.bits:
         raise ConfigError(f"bits={cfg.bits} but quantizer.M * log2(quantizer.K) = {q.M} * "
-                          f"{round(math.log2(q.K))} = {bits}; give consistent values, or bits=null")
+                          f"{round(math.log2(q.K))} = {q.bits}; give consistent values, or bits=null")
     if d.get("num_database") is not None and q.K > d.num_database:
         raise ConfigError(f"quantizer.K={q.K} is larger than dataset.num_database={d.num_database}: K-means "
                           f"needs at least K database vectors")
-    if q.kind not in ("kmeans", "pqn"):
-        raise ConfigError(f"quantizer.kind={q.kind!r}: expected kmeans or pqn")
-    if q.kind == "pqn":
-        from .models.pqn import PQN_LOSSES
-
-        if q.alpha <= 0:
-            raise ConfigError(f"quantizer.alpha={q.alpha}: must be > 0")
-        if q.loss not in PQN_LOSSES:
-            raise ConfigError(f"quantizer.loss={q.loss!r}: expected one of {', '.join(PQN_LOSSES)}")
-        if q.epochs < 1 or q.lr <= 0:
-            raise ConfigError(f"quantizer.epochs={q.epochs}, quantizer.lr={q.lr}: must be >= 1 and > 0")
-        if q.K > q.init_samples:
-            raise ConfigError(f"quantizer.K={q.K} is larger than quantizer.init_samples={q.init_samples}")
     if cfg.model.arch not in ARCHITECTURES:
         raise ConfigError(f"model.arch={cfg.model.arch!r}: expected one of {', '.join(ARCHITECTURES)}")
-    if a.name != "none":
-        if not 0 < a.eps <= 1:
-            raise ConfigError(f"attack.eps={a.eps}: must be in (0, 1] (pixel scale; the paper's is 8/255)")
-        if a.step <= 0:
-            raise ConfigError(f"attack.step={a.step}: must be > 0")
-        if a.iters < 1:
-            raise ConfigError(f"attack.iters={a.iters}: must be >= 1")
-        if a.similarity not in SIMILARITIES:
-            raise ConfigError(f"attack.similarity={a.similarity!r}: expected one of {', '.join(SIMILARITIES)}")
-        if a.get("temperature") is not None and a.temperature <= 0:
-            raise ConfigError(f"attack.temperature={a.temperature}: must be > 0, or null (the target's own)")
-        if a.get("peak", "index") not in PEAKS:
-            raise ConfigError(f"attack.peak={a.peak!r}: expected one of {', '.join(PEAKS)}")
-        if a.batch_size < 1:
-            raise ConfigError(f"attack.batch_size={a.batch_size}: must be >= 1")
-    if cfg.system not in ("sdc", "adc", "both"):
+    if cfg.system not in SYSTEMS:
         raise ConfigError(f"system={cfg.system!r}: expected sdc, adc or both")
-    ix = cfg.get("index") or {"kind": "flat"}
-    if ix.get("kind") not in ("flat", "ivfpq"):
-        raise ConfigError(f"index.kind={ix.get('kind')!r}: expected flat or ivfpq")
-    if ix["kind"] == "ivfpq":
+    if index.kind == "ivfpq":
         if cfg.system != "adc":
             raise ConfigError(f"system={cfg.system}: index=ivfpq searches with ADC only; set system=adc")
-        if cfg.eval.topk is None:
+        if ev.topk is None:
             raise ConfigError("eval.topk=null: index=ivfpq ranks only the top k; set eval.topk (e.g. 5000)")
-        if not 1 <= ix.nprobe <= ix.nlist:
-            raise ConfigError(f"index.nprobe={ix.nprobe}: must be in [1, index.nlist={ix.nlist}]")
-        if d.get("num_database") is not None and ix.nlist > d.num_database:
-            raise ConfigError(f"index.nlist={ix.nlist} is larger than dataset.num_database={d.num_database}")
-    if cfg.eval.topk is not None and cfg.eval.topk < 1:
-        raise ConfigError(f"eval.topk={cfg.eval.topk}: must be >= 1 or null (full ranking)")
+        if d.get("num_database") is not None and index.nlist > d.num_database:
+            raise ConfigError(f"index.nlist={index.nlist} is larger than dataset.num_database={d.num_database}")
+    if ev.topk is not None and ev.topk < 1:
+        raise ConfigError(f"eval.topk={ev.topk}: must be >= 1 or null (full ranking)")
+    if ev.ties not in TIES:
+        raise ConfigError(f"eval.ties={ev.ties!r}: expected one of {', '.join(TIES)}")
+    if ev.empty not in EMPTY:
+        raise ConfigError(f"eval.empty={ev.empty!r}: expected one of {', '.join(EMPTY)}")
+    if ev.batch_size < 1:
+        raise ConfigError(f"eval.batch_size={ev.batch_size}: must be >= 1")
     test_size = TEST_SPLIT_SIZE.get(d.name, d.get("num_test"))
     if d.num_queries < 1 or (d.get("num_database") is not None and d.num_database < 1):
         raise ConfigError(f"dataset.num_queries={d.num_queries}, dataset.num_database={d.num_database}: "
@@ -148,7 +190,7 @@ def validate(cfg: DictConfig) -> None:
     if test_size is not None and d.num_queries + d.num_database > test_size:
         raise ConfigError(f"dataset.num_queries + dataset.num_database = {d.num_queries} + {d.num_database} "
                           f"exceeds the {test_size} test images of dataset={d.name}")
-    tr = cfg.trainer
+    _check_recipes(cfg)
     _check_trainer(tr, "trainer", d.get("image_size", 32))
     if int(tr.get("num_nodes", 1)) != 1:
         raise ConfigError(f"trainer.num_nodes={tr.num_nodes}: a job trains on one node only (its other stages run "
@@ -157,25 +199,50 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"trainer.strategy={tr.strategy} with trainer.devices={tr.devices}: Lightning would start the "
                           f"other ranks by re-running this command line, i.e. the whole job; use trainer=ddp "
                           f"(a spawn-based strategy)")
-    if cfg.precision not in ("auto", "fp32", "bf16"):
-        raise ConfigError(f"precision={cfg.precision!r}: expected auto, fp32 or bf16")
-    t = cfg.get("transfer") or {}
+    if not isinstance(tr.get("compile", False), bool):
+        raise ConfigError(f"trainer.compile={tr.compile!r}: expected true or false")
+    if cfg.precision not in PRECISIONS:
+        raise ConfigError(f"precision={cfg.precision!r}: expected one of {', '.join(PRECISIONS)}")
+    t = container(cfg.get("transfer") or OmegaConf.create({}))
     if t.get("source") and (t.get("source_model") or t.get("source_bits")):
         raise ConfigError("transfer.source (a saved set) and transfer.source_model / transfer.source_bits (make "
                           "the set now) exclude each other; give one")
-    if t.get("source_model") is not None and not (CONF_DIR / "model" / f"{t.source_model}.yaml").is_file():
-        options = sorted(p.stem for p in (CONF_DIR / "model").glob("*.yaml"))
-        raise ConfigError(f"transfer.source_model={t.source_model!r}: expected one of {', '.join(options)}")
-    if t.get("source_bits") is not None and (int(t.source_bits) < 1 or int(t.source_bits) % q.M):
-        raise ConfigError(f"transfer.source_bits={t.source_bits}: must be a positive multiple of quantizer.M={q.M}")
-    dev = str(cfg.device)
-    if not (dev in ("auto", "cpu") or dev == "cuda" or (dev.startswith("cuda:") and dev[5:].isdigit())):
-        raise ConfigError(f"device={dev!r}: expected auto, cpu, cuda or cuda:N")
-    if dev.startswith("cuda"):
-        import torch
+    if t.get("source_model") is not None and not (CONF_DIR / "model" / f"{t['source_model']}.yaml").is_file():
+        raise ConfigError(f"transfer.source_model={t['source_model']!r}: expected one of {_options('model')}")
+    if t.get("source_bits") is not None and (int(t["source_bits"]) < 1 or int(t["source_bits"]) % q.M):
+        raise ConfigError(f"transfer.source_bits={t['source_bits']}: must be a positive multiple of "
+                          f"quantizer.M={q.M}")
+    resolve_device(cfg.device)
+    return JobConfig(config=cfg, model=container(cfg.model), trainer=container(tr), quantizer=q, index=index,
+               attack=attack, systems=SYSTEMS[cfg.system], topk=ev.topk, ties=ev.ties, empty=ev.empty,
+               eval_batch_size=int(ev.batch_size), seed=int(cfg.seed), transfer=t)
 
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        index = int(dev[5:]) if dev.startswith("cuda:") else 0
-        if index >= count:
-            raise ConfigError(f"device={dev!r}: this machine has {count} CUDA device(s); use auto or cpu"
-                              + (f" or cuda:0..cuda:{count - 1}" if count else ""))
+
+class ValidateSweep(Callback):
+    """Hydra callback: before a sweep starts (and makes its folder), compose and check every job it will run, so a
+    bad value stops it with one error and nothing written (exit 2)."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        import itertools
+        import sys
+
+        from hydra.core.override_parser.overrides_parser import OverridesParser
+
+        parser = OverridesParser.create()
+        task = parser.parse_overrides(list(config.hydra.overrides.task))
+        given = {o.get_key_element() for o in task}  # as in Hydra's sweeper: the command line wins over the params
+        params = [f"{k}={v}" for k, v in (config.hydra.sweeper.get("params") or {}).items() if k not in given]
+        parsed = parser.parse_overrides(params) + task
+        choices = [[f"{o.get_key_element()}={v}" for v in o.sweep_string_iterator()] if o.is_sweep_override()
+                   else [o.input_line] for o in parsed]
+        for overrides in itertools.product(*choices):
+            try:
+                load_job(compose_config(list(overrides)))
+            except ConfigError as exc:
+                print(f"config error: {exc} (sweep job: {' '.join(overrides)})", file=sys.stderr)
+                sys.exit(ConfigError.exit_code)
+
+
+def validate(cfg: DictConfig) -> None:
+    """Raise ``ConfigError`` for the first bad value of ``cfg`` (see ``load_job``)."""
+    load_job(cfg)

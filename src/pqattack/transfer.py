@@ -8,25 +8,23 @@ loads by key or by path with ``transfer.source=...``.
 
 from __future__ import annotations
 
-import copy
-import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
 
 from .cache import ArtifactCache
-from .data import DatasetError, RetrievalData
+from .data import RetrievalData
+from .errors import QuerySetError
+
+if TYPE_CHECKING:
+    from .config import JobConfig
 
 KIND = "adversarial_queries"
 ATTACK_FIELDS = ("name", "loss", "eps", "step", "iters", "random_start", "similarity", "temperature", "peak",
                  "quantize_8bit", "batch_size")
-
-
-class QuerySetError(ValueError):
-    """A saved adversarial query set that cannot be used here; the message says why."""
 
 
 @dataclass
@@ -41,13 +39,13 @@ class AdversarialSet:
         return self.meta["key"]
 
     @classmethod
-    def make(cls, images: torch.Tensor, data: RetrievalData, key: str, checkpoint_key: str, cfg: DictConfig,
-             description: dict[str, Any], attack: dict[str, Any]) -> "AdversarialSet":
+    def make(cls, images: torch.Tensor, data: RetrievalData, key: str, checkpoint_key: str, description: dict[str, Any],
+             attack: dict[str, Any], seed: int) -> "AdversarialSet":
         """A set made against ``checkpoint_key`` with the resolved ``attack`` settings (temperature included)."""
         meta = {"key": key, "source": {**description, "checkpoint": checkpoint_key, "fingerprint": data.fingerprint,
                                        "queries": data.query_key, "num_queries": len(data.query),
-                                       "num_database": len(data.database), "split_seed": int(cfg.dataset.split_seed)},
-                "attack": {k: attack.get(k) for k in ATTACK_FIELDS}, "seed": int(cfg.seed)}
+                                       "num_database": len(data.database)},
+                "attack": {k: attack.get(k) for k in ATTACK_FIELDS}, "seed": int(seed)}
         return cls(images, data.query.index, data.query.labels, meta)
 
     def tensors(self) -> dict[str, torch.Tensor]:
@@ -99,30 +97,26 @@ def load_adversarial_set(source: str, data: RetrievalData, cache: ArtifactCache)
     if not same:
         raise QuerySetError(f"transfer.source={source}: its {len(adv.query_index)} queries are not this run's "
                             f"query split (dataset.num_queries={len(data.query)}, dataset.split_seed); use the "
-                            f"split it was made with (num_queries={src['num_queries']}, split_seed="
-                            f"{src['split_seed']})")
+                            f"split it was made with ({src['num_queries']} queries, {src['num_database']} database "
+                            f"images)")
     return adv
 
 
-def source_config(cfg: DictConfig) -> DictConfig | None:
-    """The config of the model that makes the queries in a transfer job, or None for white-box."""
-    from .config import CONF_DIR
+def source_job(job: "JobConfig") -> "JobConfig | None":
+    """The job of the model that makes the queries in a transfer job (``transfer.source_model`` and/or
+    ``transfer.source_bits``), or None for white-box. The source's model node is composed by Hydra from
+    ``conf/model/<source_model>``; everything else is the target job's."""
+    from .config import compose_config, load_job
 
-    t = cfg.get("transfer") or {}
+    t = job.transfer
     model, bits = t.get("source_model"), t.get("source_bits")
-    target_bits = int(cfg.quantizer.M * math.log2(cfg.quantizer.K))
-    if (model is None or model == cfg.model.name) and (bits is None or int(bits) == target_bits):
+    if (model is None or model == job.model["name"]) and (bits is None or int(bits) == job.quantizer.bits):
         return None
-    src = copy.deepcopy(cfg)
-    OmegaConf.set_struct(src, False)
-    if model is not None and model != cfg.model.name:
-        path = Path(CONF_DIR) / "model" / f"{model}.yaml"
-        if not path.is_file():
-            options = sorted(p.stem for p in path.parent.glob("*.yaml"))
-            raise DatasetError(f"transfer.source_model={model!r}: expected one of {', '.join(options)}")
-        src.model = OmegaConf.load(path)
+    src = OmegaConf.create(OmegaConf.to_container(job.config, resolve=True))
+    if model is not None and model != job.model["name"]:
+        src.model = compose_config([f"model={model}"]).model
     if bits is not None:
         src.bits = int(bits)
-        src.quantizer.K = 2 ** (int(bits) // int(cfg.quantizer.M))
+        src.quantizer.K = 2 ** (int(bits) // job.quantizer.M)
     src.transfer = {"source": None, "source_model": None, "source_bits": None}
-    return src
+    return load_job(src)

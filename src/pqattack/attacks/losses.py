@@ -13,6 +13,8 @@ import torch
 
 PEAKS = ("index", "argmax")
 PEAK_LOSSES = ("apd",)  # the losses that use the clean query's peak codes (``attack.peak``)
+#: attack settings a loss does not read: they are left out of its query set's key and its rows
+LOSS_IGNORES = {"basic": ("similarity", "temperature", "peak"), "aod": ("peak",)}
 
 
 @dataclass

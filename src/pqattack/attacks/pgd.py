@@ -3,35 +3,15 @@ by their loss (``losses.LOSSES``)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Callable
 
 import torch
 
 from ..models.retrieval import RetrievalModel
-from .losses import LOSSES, PEAKS, Reference
+from .config import AttackConfig
+from .losses import LOSSES, Reference
 
 Loss = Callable[[torch.Tensor, torch.Tensor, Reference], torch.Tensor]
-
-
-@dataclass
-class PGDConfig:
-    eps: float = 8 / 255
-    step: float = 0.01
-    iters: int = 5
-    random_start: bool = True
-    quantize_8bit: bool = True
-    peak: str = "index"  # the clean query's peak codes: index (eq. 1) | argmax (eq. 6)
-
-    def __post_init__(self) -> None:
-        if not 0 < self.eps <= 1:
-            raise ValueError(f"attack.eps={self.eps}: must be in (0, 1] (pixel scale [0, 1]; 8/255 is the paper's)")
-        if self.step <= 0:
-            raise ValueError(f"attack.step={self.step}: must be > 0")
-        if self.iters < 1:
-            raise ValueError(f"attack.iters={self.iters}: must be >= 1")
-        if self.peak not in PEAKS:
-            raise ValueError(f"attack.peak={self.peak!r}: expected one of {', '.join(PEAKS)}")
 
 
 @torch.no_grad()
@@ -42,7 +22,7 @@ def reference(model: RetrievalModel, x: torch.Tensor, peak: str = "index") -> Re
     return Reference(z, logp, codes)
 
 
-def pgd(model: RetrievalModel, images: torch.Tensor, loss_fn: Loss | str, cfg: PGDConfig,
+def pgd(model: RetrievalModel, images: torch.Tensor, loss_fn: Loss | str, cfg: AttackConfig,
         generator: torch.Generator | None = None) -> torch.Tensor:
     """Maximise ``loss_fn`` over ``||delta||_inf <= eps`` for images in [0, 1].
 

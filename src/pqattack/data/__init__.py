@@ -1,6 +1,6 @@
 """Stage 1, data: image sets decoded once into uint8 tensors, split into train / query / database."""
 
-from .imagefolder import DatasetError
+from ..errors import DatasetError
 from .labels import is_multilabel, shares_label, top1_hit
 from .nuswide import NUSWIDESource
 from .sources import CIFAR10Source, DataSource, ImageFolderSource, SyntheticSource

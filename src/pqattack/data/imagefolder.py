@@ -10,11 +10,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from ..errors import DatasetError
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".webp", ".tif", ".tiff")
-
-
-class DatasetError(RuntimeError):
-    """A dataset that is missing, malformed or inconsistent; the message says which file and why."""
 
 
 def list_image_folder(split_dir: Path) -> tuple[list[str], list[Path], list[int]]:

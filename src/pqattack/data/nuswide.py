@@ -23,7 +23,8 @@ from pathlib import Path
 import torch
 
 from ..cache import ArtifactCache
-from .imagefolder import DatasetError, decode_images, fingerprint_files
+from ..errors import DatasetError
+from .imagefolder import decode_images, fingerprint_files
 from .sources import DataSource
 from .types import ImageSet, RetrievalData, concat, split_queries
 

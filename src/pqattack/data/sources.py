@@ -14,7 +14,8 @@ import numpy as np
 import torch
 
 from ..cache import ArtifactCache
-from .imagefolder import DatasetError, decode_images, fingerprint_files, list_image_folder
+from ..errors import DatasetError
+from .imagefolder import decode_images, fingerprint_files, list_image_folder
 from .synthetic import make_synthetic
 from .types import ImageSet, RetrievalData, split_queries
 

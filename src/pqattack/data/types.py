@@ -91,7 +91,7 @@ def split_queries(test: ImageSet, num_queries: int, num_database: int | None, se
                   ) -> tuple[ImageSet, ImageSet]:
     """Split the test set with ``seed`` into disjoint query and database sets (the paper's protocol);
     ``num_database=None`` takes every test image that is not a query."""
-    from .imagefolder import DatasetError
+    from ..errors import DatasetError
 
     n = len(test)
     rest = n - num_queries if num_database is None else num_database

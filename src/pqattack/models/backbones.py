@@ -66,7 +66,7 @@ def _resnet(name: str) -> tuple[nn.Module, int]:
     return net, dim
 
 
-VGG_CFGS = {"vgg11": "A", "vgg13": "B", "vgg16": "D", "vgg19": "E"}
+VGG_CFGS = {"vgg11": "A", "vgg13": "B", "vgg16": "D"}
 
 
 def _vgg(name: str, batch_norm: bool) -> tuple[nn.Module, int]:

@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from ..data.labels import top1_hit
+from ..errors import NumericsError
 from .augment import random_crop_flip
 from .backbones import Backbone
 
@@ -63,6 +64,13 @@ class ClassifierModule(pl.LightningModule):
     def to_float(images: torch.Tensor) -> torch.Tensor:
         return images.float().div_(255.0).contiguous(memory_format=torch.channels_last)
 
+    @property
+    def step_value_on_progress_bar(self) -> bool:
+        """Whether a per-step value goes to the progress bar. Lightning reads progress-bar values back to the host
+        (``.item()``) after every step, with or without a bar; on a GPU that waits for the step to finish, so the
+        next step's kernels are not queued while it runs. There the step loss goes to the logger only."""
+        return self.device.type != "cuda"
+
     def augmented(self, images: torch.Tensor) -> torch.Tensor:
         """The batch as floats in [0, 1], randomly cropped and flipped when ``augment`` is on."""
         x = self.to_float(images)
@@ -81,9 +89,9 @@ class ClassifierModule(pl.LightningModule):
         logits = self.backbone(self.augmented(images))
         loss = self.loss(logits, labels)
         if batch_idx % 50 == 0 and not torch.isfinite(loss):  # a NaN stays NaN: checking now and then suffices
-            raise FloatingPointError(f"training loss is {loss.item()} at step {self.global_step}: the backbone "
+            raise NumericsError(f"training loss is {loss.item()} at step {self.global_step}: the backbone "
                                      f"diverged; lower trainer.lr or check the data")
-        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True)
+        self.log("train/loss", loss, prog_bar=self.step_value_on_progress_bar, on_step=True, on_epoch=True)
         self.log("train/acc", top1_hit(logits, labels).float().mean(), prog_bar=True, on_epoch=True,
                  on_step=False)
         return loss
@@ -126,8 +134,6 @@ class ClassifierModule(pl.LightningModule):
                               nesterov=hp.nesterov and hp.momentum > 0)
         if hp.schedule == "constant":
             return opt
-        if hp.schedule not in SCHEDULES:
-            raise ValueError(f"trainer.schedule={hp.schedule!r}: expected one of {', '.join(SCHEDULES)}")
         steps = int(self.trainer.estimated_stepping_batches)
         if hp.schedule == "triangle":
             peak = round(hp.warmup * steps)

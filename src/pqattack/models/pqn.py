@@ -21,10 +21,9 @@ import torch
 from torch import nn
 
 from ..data.labels import shares_label, top1_hit
+from ..errors import NumericsError
 from .backbones import Backbone
 from .classifier import ClassifierModule
-
-PQN_LOSSES = ("triplet", "ce", "triplet+ce")
 
 
 def subvector_normalize(x: torch.Tensor, M: int) -> torch.Tensor:  # noqa: N803
@@ -37,8 +36,6 @@ class SoftProductQuantizer(nn.Module):
 
     def __init__(self, codebooks: torch.Tensor, alpha: float = 10.0) -> None:
         super().__init__()
-        if alpha <= 0:
-            raise ValueError(f"quantizer.alpha={alpha}: must be > 0")
         self.codebooks = nn.Parameter(codebooks.detach().float().clone())
         self.alpha = alpha
 
@@ -88,8 +85,6 @@ class PQNModule(ClassifierModule):
 
     def __init__(self, backbone: Backbone, codebooks: torch.Tensor, alpha: float = 10.0, loss: str = "triplet",
                  margin: float = 0.1, **kw: object) -> None:
-        if loss not in PQN_LOSSES:
-            raise ValueError(f"quantizer.loss={loss!r}: expected one of {', '.join(PQN_LOSSES)}")
         super().__init__(backbone, **kw)
         self.soft_pq = SoftProductQuantizer(codebooks, alpha)
         self.pqn_loss, self.margin = loss, margin
@@ -108,7 +103,7 @@ class PQNModule(ClassifierModule):
             loss = loss + self.loss(logits, labels)
             self.log("train/acc", top1_hit(logits, labels).float().mean(), on_epoch=True, on_step=False)
         if batch_idx % 50 == 0 and not torch.isfinite(loss):
-            raise FloatingPointError(f"PQN training loss is {loss.item()} at step {self.global_step}: lower "
+            raise NumericsError(f"PQN training loss is {loss.item()} at step {self.global_step}: lower "
                                      f"quantizer.lr or alpha")
-        self.log("train/pqn_loss", loss, prog_bar=True, on_step=True, on_epoch=True)
+        self.log("train/pqn_loss", loss, prog_bar=self.step_value_on_progress_bar, on_step=True, on_epoch=True)
         return loss

@@ -26,10 +26,6 @@ class RetrievalModel(nn.Module):
     def __init__(self, backbone: Backbone, codebooks: torch.Tensor, similarity: str = "dot",
                  temperature: float = 1.0, subvector_norm: bool = False) -> None:
         super().__init__()
-        if similarity not in SIMILARITIES:
-            raise ValueError(f"attack.similarity={similarity!r}: expected one of {', '.join(SIMILARITIES)}")
-        if temperature <= 0:
-            raise ValueError(f"attack.temperature={temperature}: must be > 0")
         self.backbone = backbone
         self.register_buffer("codebooks", codebooks.float(), persistent=False)
         self.similarity = similarity
@@ -65,15 +61,17 @@ class RetrievalModel(nn.Module):
         return sim / self.temperature
 
     def index_codes(self, z: torch.Tensor) -> torch.Tensor:
-        """The index's hard assignment, eq. (1): argmin_k ||z_m - c_mk||^2, int64 ``[B, M]``."""
-        sub = z.float().view(z.shape[0], self.M, -1)
-        c = self.codebooks
-        dist = sub.pow(2).sum(-1, keepdim=True) - 2 * torch.einsum("bmd,mkd->bmk", sub, c) + c.pow(2).sum(-1)[None]
-        return dist.argmin(-1)
+        """The index's hard assignment, eq. (1): argmin_k ||z_m - c_mk||^2, int64 ``[B, M]`` (float32)."""
+        with torch.autocast(z.device.type, enabled=False):
+            sub = z.float().view(z.shape[0], self.M, -1)
+            c = self.codebooks
+            dist = sub.pow(2).sum(-1, keepdim=True) - 2 * torch.einsum("bmd,mkd->bmk", sub, c) + c.pow(2).sum(-1)[None]
+            return dist.argmin(-1)
 
     def argmax_codes(self, z: torch.Tensor) -> torch.Tensor:
-        """Eq. (6) as printed: argmax_k <z_m, c_mk>, int64 ``[B, M]``."""
-        return torch.einsum("bmd,mkd->bmk", z.float().view(z.shape[0], self.M, -1), self.codebooks).argmax(-1)
+        """Eq. (6) as printed: argmax_k <z_m, c_mk>, int64 ``[B, M]`` (float32)."""
+        with torch.autocast(z.device.type, enabled=False):
+            return torch.einsum("bmd,mkd->bmk", z.float().view(z.shape[0], self.M, -1), self.codebooks).argmax(-1)
 
     def head(self, z: torch.Tensor) -> torch.Tensor:
         """``[B, M, K]`` log soft assignment log p^ of eq. (7) for features z, in float32 outside autocast."""

@@ -2,7 +2,8 @@
 for large databases."""
 
 from .codebooks import nbits_of, train_codebooks
-from .index import SYSTEMS, PQIndex, unpack_codes
-from .ivf import IVFPQIndex, recall_at_k, recall_at_k_with_ties
+from .index import SYSTEMS, PQIndex, search_past_ties, unpack_codes
+from .ivf import IVFPQIndex, recall_at_k_with_ties
 
-__all__ = ["IVFPQIndex", "PQIndex", "SYSTEMS", "nbits_of", "recall_at_k", "recall_at_k_with_ties", "train_codebooks", "unpack_codes"]
+__all__ = ["IVFPQIndex", "PQIndex", "SYSTEMS", "nbits_of", "recall_at_k_with_ties", "search_past_ties",
+           "train_codebooks", "unpack_codes"]

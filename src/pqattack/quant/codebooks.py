@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 import math
 
 import faiss
 import numpy as np
 import torch
+
+
+log = logging.getLogger(__name__)
 
 
 def nbits_of(K: int) -> int:  # noqa: N803
@@ -29,6 +33,9 @@ def train_codebooks(features: torch.Tensor, M: int, K: int, niter: int = 25, see
     pq.cp.seed = seed
     pq.cp.verbose = verbose
     pq.cp.max_points_per_centroid = max(256, math.ceil(n / K))  # use every vector: no silent subsampling
+    pq.cp.min_points_per_centroid = 1  # few vectors per centroid (e.g. K=512 on 9,000) are said once, below
+    if n < 39 * K:
+        log.info("K-means: %d vectors for %d centroids per sub-space (%.1f each; FAISS advises 39)", n, K, n / K)
     pq.verbose = verbose
     pq.train(np.ascontiguousarray(features.detach().cpu().numpy(), dtype=np.float32))
     return torch.from_numpy(faiss.vector_to_array(pq.centroids).reshape(M, K, d // M).copy())

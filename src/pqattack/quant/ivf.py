@@ -102,14 +102,12 @@ class IVFPQIndex:
 
     def stored_codes(self) -> torch.Tensor:
         """The PQ codes held in the inverted lists, int64 ``[ntotal, M]`` in id order (for checks)."""
-        invlists = self.index.invlists
+        from faiss.contrib.inspect_tools import get_invlist
+
         codes = np.zeros((self.ntotal, self.index.code_size), dtype=np.uint8)
         for lst in range(self.nlist):
-            n = invlists.list_size(lst)
-            if n == 0:
-                continue
-            ids = faiss.rev_swig_ptr(invlists.get_ids(lst), n).copy()
-            codes[ids] = faiss.rev_swig_ptr(invlists.get_codes(lst), n * self.index.code_size).reshape(n, -1)
+            ids, packed = get_invlist(self.index.invlists, lst)
+            codes[ids] = packed
         return torch.from_numpy(unpack_codes(codes, self.M, self.nbits))
 
     def search(self, queries: torch.Tensor | np.ndarray, system: str, k: int | None = None
@@ -133,61 +131,14 @@ class IVFPQIndex:
         return torch.from_numpy(dist), torch.from_numpy(ids)
 
 
-def recall_at_k(approx_ids: torch.Tensor, exact_ids: torch.Tensor) -> float:
-    """Mean over queries of |set(approx top-k) & set(exact top-k)| / k, with k = ``exact_ids.shape[1]``.
-
-    ``exact_ids`` is the exact PQ ranking (``PQIndex`` ADC, same codebooks; distinct ids per row); only the first
-    k columns of ``approx_ids`` count, ``-1`` (missing) ids are ignored and a repeated id counts once.
-    Vectorised: a boolean mask over the id range per chunk of queries when the ids are few (at most 64 k),
-    else sort + searchsorted.
-    """
-    if approx_ids.dim() != 2 or exact_ids.dim() != 2 or approx_ids.shape[0] != exact_ids.shape[0]:
-        raise ValueError(f"expected [Q, k] id tensors with the same Q, got {tuple(approx_ids.shape)} and "
-                         f"{tuple(exact_ids.shape)}")
-    q, k = exact_ids.shape
-    if q == 0 or k == 0:
-        raise ValueError("recall_at_k needs at least one query and k >= 1")
-    exact, approx = exact_ids.long(), approx_ids[:, :k].long().contiguous()
-    if exact.min() < 0 or (approx.numel() and approx.min() < -1):
-        raise ValueError("ids must be >= 0 (or -1 for a missing approximate result)")
-    n_ids = int(max(exact.max(), approx.max() if approx.numel() else 0)) + 1
-    hits = _hits_by_mask(approx, exact, n_ids) if n_ids <= 64 * k else _hits_by_sort(approx, exact)
-    return hits.sum().item() / (q * k)
-
-
 def recall_at_k_with_ties(approx_dist: torch.Tensor, exact_dist: torch.Tensor, rtol: float = 1e-5) -> float:
     """Recall@k that does not depend on how ties at the k-th distance are broken: the share of the exact
     top k (``[Q, k]`` distances, ascending) matched by approximate results (``[Q, >= k]`` distances of distinct
     items, +inf when missing) at a distance no larger than the exact k-th. Valid when both searches compute
     the same distance per item, as IVF-PQ and flat PQ ADC with the same codebooks do (up to float rounding:
     FAISS and the flat index's torch tables sum in different orders, hence ``rtol``); with no ties at the
-    k-th distance it equals :func:`recall_at_k`."""
+    k-th distance it is the plain recall@k (``faiss.contrib.evaluation.knn_intersection_measure``)."""
     k = exact_dist.shape[1]
     kth = exact_dist[:, -1:].double()
     close = approx_dist[:, :k].double() <= kth + rtol * kth.abs().clamp_min(1e-12)
     return float(close.sum(1).clamp_max(k).double().mean() / k)
-
-
-def _hits_by_mask(approx: torch.Tensor, exact: torch.Tensor, n_ids: int, chunk_bytes: int = 1 << 25
-                  ) -> torch.Tensor:
-    """Per query, how many exact ids are among the approximate ones: mark approx ids (``-1`` into a sink
-    column) in a boolean ``[chunk, n_ids + 1]`` mask, then read it at the (distinct) exact ids."""
-    rows = max(1, chunk_bytes // (n_ids + 1))
-    out = []
-    for start in range(0, len(exact), rows):
-        a, e = approx[start:start + rows], exact[start:start + rows]
-        mask = torch.zeros(len(e), n_ids + 1, dtype=torch.bool)
-        mask.scatter_(1, torch.where(a < 0, n_ids, a), True)
-        out.append(mask.gather(1, e).sum(1))
-    return torch.cat(out)
-
-
-def _hits_by_sort(approx: torch.Tensor, exact: torch.Tensor) -> torch.Tensor:
-    """As :func:`_hits_by_mask`, through a search of the approx ids in the sorted exact ids (large id ranges)."""
-    k = exact.shape[1]
-    exact = exact.sort(dim=1).values
-    pos = torch.searchsorted(exact, approx.contiguous()).clamp_(max=k - 1)
-    hit = (exact.gather(1, pos) == approx) & (approx >= 0)
-    # mark the exact slots hit (slot k is a sink for misses): a repeated approx id marks one slot, counted once
-    found = torch.zeros(len(exact), k + 1, dtype=torch.bool).scatter_(1, torch.where(hit, pos, k), True)
-    return found[:, :k].sum(1)

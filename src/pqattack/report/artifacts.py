@@ -13,11 +13,17 @@ from typing import Any
 
 import torch
 
-from ..cache import ArtifactCache, CacheError
-from ..data import DatasetError, RetrievalData
+from ..cache import ArtifactCache
+from ..config import JobConfig, load_job
+from ..data import RetrievalData
+from ..errors import CacheError, DatasetError
 from ..models import Backbone, RetrievalModel
 from ..quant import PQIndex
-from .records import Job
+from ..runtime import Runtime, resolve_device
+from ..stages.backbone import load_backbone
+from ..stages.features import embed
+from ..stages.keys import attack_temperature
+from .records import JobRecord
 
 
 class ArtifactMissing(RuntimeError):
@@ -28,47 +34,43 @@ class ArtifactMissing(RuntimeError):
 class JobArtifacts:
     """A job's retrieval system and queries, rebuilt as the pipeline built them."""
 
-    job: Job
+    job: JobRecord
     data: RetrievalData
     backbone: Backbone
     codebooks: torch.Tensor       # [M, K, D/M]
     clean_query: torch.Tensor     # [Q, D] l2-normalised features of the clean queries (as cached)
     database: torch.Tensor        # [N, D]
     adversarial: torch.Tensor | None  # uint8 [Q, 3, H, W] (float in [0, 1] without 8-bit rounding)
-    runtime: Any                  # pipeline.Runtime: device and precision of the job
+    runtime: Runtime              # device and precision of the job
 
     @cached_property
     def index(self) -> PQIndex:
         return PQIndex(self.codebooks, self.database)
 
     @cached_property
+    def settings(self) -> JobConfig:
+        """The job's typed config."""
+        from omegaconf import OmegaConf
+
+        return load_job(OmegaConf.create(self.job.config))
+
+    @cached_property
     def adversarial_query(self) -> torch.Tensor | None:
         """Features of the adversarial queries, embedded with the job's backbone and precision."""
-        from ..pipeline import embed
-
         if self.adversarial is None:
             return None
-        return embed(self.backbone, self.adversarial, self.runtime, self.job.config["eval"]["batch_size"],
+        return embed(self.backbone, self.adversarial, self.runtime, self.settings.eval_batch_size,
                      subvectors=self.subvectors)[0]
 
     @property
     def subvectors(self) -> int | None:
         """M when the job's retrieval feature is normalised per sub-vector (a PQN target), else None."""
-        from omegaconf import OmegaConf
-
-        from ..pipeline import subvectors_of
-
-        return subvectors_of(OmegaConf.create(self.job.config))
+        return self.settings.subvectors
 
     def retrieval_model(self) -> RetrievalModel:
         """The differentiable model the attack saw, with its eq. (7) similarity and temperature."""
-        from omegaconf import OmegaConf
-
-        from ..pipeline import attack_temperature
-
-        cfg = OmegaConf.create(self.job.config)
-        return RetrievalModel(self.backbone, self.codebooks.to(self.runtime.device), cfg.attack.get("similarity", "dot"),
-                              attack_temperature(cfg), subvector_norm=self.subvectors is not None).eval()
+        return RetrievalModel(self.backbone, self.codebooks.to(self.runtime.device), self.settings.attack.similarity,
+                              attack_temperature(self.settings), subvector_norm=self.subvectors is not None).eval()
 
 
 class ArtifactStore:
@@ -87,10 +89,10 @@ class ArtifactStore:
             self._memo[key] = build()
         return self._memo[key]
 
-    def cache_for(self, job: Job) -> ArtifactCache:
+    def cache_for(self, job: JobRecord) -> ArtifactCache:
         return ArtifactCache(self.cache_dir or job.config["cache"]["dir"])
 
-    def _key(self, job: Job, kind: str) -> str:
+    def _key(self, job: JobRecord, kind: str) -> str:
         key = job.meta.get("cache_keys", {}).get(kind)
         if key is None:
             raise ArtifactMissing(f"{job.path}: meta.cache_keys has no {kind!r}")
@@ -105,7 +107,7 @@ class ArtifactStore:
             raise ArtifactMissing(f"{kind} {key} is not in the cache {cache.root} (deleted?)")
         return found
 
-    def _adversarial_images(self, cache: ArtifactCache, job: Job) -> torch.Tensor | None:
+    def _adversarial_images(self, cache: ArtifactCache, job: JobRecord) -> torch.Tensor | None:
         """The job's adversarial queries: the copy in its run folder, else the cache entry."""
         from ..transfer import KIND, AdversarialSet
 
@@ -120,12 +122,9 @@ class ArtifactStore:
             return AdversarialSet.load_entry(saved).images
         return self._entry(cache, KIND, key)[0]["images"]
 
-    def load(self, job: Job) -> JobArtifacts:
+    def load(self, job: JobRecord) -> JobArtifacts:
         """Rebuild ``job``'s system; raises ``ArtifactMissing`` when something is not there."""
         from hydra.utils import instantiate
-        from omegaconf import OmegaConf
-
-        from ..pipeline import Runtime, load_backbone, resolve_device
 
         if "config" not in job.meta:
             raise ArtifactMissing(f"{job.path}: no meta.config (not a job's results.json)")
@@ -148,7 +147,7 @@ class ArtifactStore:
 
         def rebuild_backbone() -> Backbone:
             try:
-                return load_backbone(OmegaConf.create(cfg), state, ckpt_key,
+                return load_backbone(cfg["model"], state, ckpt_key,
                                      int(ckpt_meta.get("num_classes", data.num_classes)), runtime)
             except CacheError as exc:
                 raise ArtifactMissing(str(exc)) from exc

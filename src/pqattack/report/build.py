@@ -17,9 +17,9 @@ from typing import Any
 
 from . import figure_data, figures
 from .artifacts import ArtifactMissing, ArtifactStore, JobArtifacts
-from .paper import Grid, comparisons, load_paper
-from .records import Records, collect
-from .tables import is_paper_attack, render_tables
+from .paper import MISSING, Grid, comparisons, load_paper
+from .records import Records, gather_records
+from .tables import is_paper_attack, recipe_label, render_tables
 
 MAP_TOLERANCE = 0.05  # mAP points between the records and the reloaded system before a note is written
 
@@ -67,15 +67,39 @@ def paper_section(report: Report, rows: list[dict[str, Any]]) -> None:
                f"The paper's numbers are data (`src/pqattack/report/paper_tables.json`, from {paper['source']}). "
                "Ours are the records' rows for the same dataset, model, code length, quantizer, attack, system and "
                "query source; mAP@k rows are not compared. A cell we did not run is `—`.")
+    shown: set[int] = set()
     for comp in comparisons(rows):
-        report.add(f"### Table {comp.table}", comp.paper.markdown())
-        report.grids[f"table{comp.table}/paper"] = comp.paper
+        if comp.table not in shown:
+            shown.add(comp.table)
+            report.add(f"### Table {comp.table}", comp.paper.markdown())
+            report.grids[f"table{comp.table}/paper"] = comp.paper
         if comp.filled:
             report.add(comp.ours.markdown(), comp.difference.markdown())
-            report.grids[f"table{comp.table}/ours"] = comp.ours
-            report.grids[f"table{comp.table}/ours_minus_paper"] = comp.difference
+            slug = _slug(comp.recipe or "")
+            report.grids[f"table{comp.table}/ours_{slug}"] = comp.ours
+            report.grids[f"table{comp.table}/ours_minus_paper_{slug}"] = comp.difference
         else:
             report.add(f"**Table {comp.table}, ours: not run** (no record matches any of its cells).")
+
+
+def peak_section(report: Report, rows: list[dict[str, Any]]) -> None:
+    """How often eq. (6)'s peak (largest inner product) is the index's code (eq. 1, nearest codeword), per target
+    and code length, on the clean queries: where they differ, APD with ``attack.peak=argmax`` (eq. 6 as printed)
+    pushes away from a code the index does not use."""
+    found: dict[tuple, dict[int, float]] = {}
+    for r in rows:
+        if r.get("peak_agreement") is not None and r["attack"] == "clean":
+            target = (r.get("dataset_label") or r["dataset"], r["model"], r.get("quantizer", "kmeans"), recipe_label(r))
+            found.setdefault(target, {})[int(r["bits"])] = r["peak_agreement"]
+    if not found:
+        return
+    bits = sorted({b for v in found.values() for b in v})
+    grid = Grid("**Peak agreement**: share of (query, sub-space) pairs where argmax_k <z_m, c_mk> (eq. 6) is the "
+                "index's code argmin_k ||z_m - c_mk|| (eq. 1), clean queries (%)",
+                ["dataset", "model", "quantizer", "recipe", *(f"{b} bits" for b in bits)],
+                [[*t, *(f"{100 * v[b]:.1f}" if b in v else MISSING for b in bits)] for t, v in sorted(found.items())])
+    report.add("### Eq. (6) against the index's eq. (1)", grid.markdown())
+    report.grids["peak_agreement"] = grid
 
 
 def map_section(report: Report, rows: list[dict[str, Any]]) -> None:
@@ -224,7 +248,7 @@ def build_report(sources: list[str | Path], out: str | Path, cache_dir: str | Pa
                  command: str = "") -> Path:
     """Write ``out/index.md``, the PNG figures and ``out/report.json`` (the rows used); return index.md."""
     out = Path(out)
-    records = collect(sources, exclude=out)
+    records = gather_records(sources, exclude=out)
     if not records.rows:
         raise FileNotFoundError(f"no results records (results.json with rows and meta) in "
                                 f"{', '.join(map(str, sources))}")
@@ -236,6 +260,7 @@ def build_report(sources: list[str | Path], out: str | Path, cache_dir: str | Pa
     paper_section(report, records.rows)
     report.add("## 2. All our records", "Every row, in the layout of Table 1 (and the transfer matrices of "
                "Tables 3-4 where there are transfer rows); mAP (%), systems SDC and ADC.", render_tables(records.rows))
+    peak_section(report, records.rows)
     map_section(report, records.rows)
     artifact_sections(report, records, ArtifactStore(cache_dir), model, bits)
     sources_section(report, records)

@@ -12,7 +12,7 @@ import torch
 from ..metrics import mean_average_precision, precision_recall_at_ranks, relevance
 from .artifacts import JobArtifacts
 from .figures import ExampleRow
-from .records import Job, Records, Target
+from .records import JobRecord, Records, SystemKey
 from .tables import MODEL_ORDER, is_paper_attack, order_key
 
 ATTACKS = ("basic", "apd", "aod")
@@ -29,8 +29,8 @@ class Setting:
     """One retrieval system (dataset, model, quantizer, bits, checkpoint, codebooks) and its white-box jobs,
     one per attack; the figures compare its clean queries with each attack's."""
 
-    target: Target
-    jobs: dict[str, Job]  # attack -> job
+    target: SystemKey
+    jobs: dict[str, JobRecord]  # attack -> job
 
     @property
     def describe(self) -> str:
@@ -46,7 +46,7 @@ class Setting:
 def pick_setting(records: Records, model: str | None = None, bits: int | None = None) -> Setting | None:
     """The system with white-box jobs for the most attacks; ties go to 16 bits (the paper's Fig. 5), then to
     the paper's models. ``model`` and ``bits`` restrict the choice."""
-    groups: dict[Target, dict[str, Job]] = {}
+    groups: dict[SystemKey, dict[str, JobRecord]] = {}
     for job in records.jobs:
         paper_setting = all(is_paper_attack(r) for r in job.rows)  # not the soft-assignment variants
         if job.attack in ATTACKS and job.white_box and paper_setting and model in (None, job.target.model) and bits in (
@@ -55,7 +55,7 @@ def pick_setting(records: Records, model: str | None = None, bits: int | None = 
     if not groups:
         return None
 
-    def score(item: tuple[Target, dict[str, Job]]) -> tuple:
+    def score(item: tuple[SystemKey, dict[str, JobRecord]]) -> tuple:
         target, jobs = item
         return (len(jobs), target.bits == PAPER_FIGURE_BITS, target.model in PAPER_MODELS,
                 -order_key(target.model, MODEL_ORDER)[0], -target.bits)
@@ -93,11 +93,13 @@ def pr_curves(ranked: Ranked) -> dict[str, dict[str, tuple[np.ndarray, np.ndarra
 
 
 def recomputed_maps(ranked: Ranked, arts: dict[str, JobArtifacts]) -> dict[tuple[str, str], float]:
-    """mAP of the reloaded system (at the jobs' ``eval.topk``, as recorded), to check the artifacts against the
-    records."""
+    """mAP of the reloaded system (at the jobs' ``eval.topk``, ``eval.ties`` and ``eval.empty``, as recorded), to
+    check the artifacts against the records. Records made before ``eval.ties`` existed hold the grouped mAP."""
     first = next(iter(arts.values()))
-    topk = (first.job.config.get("eval") or {}).get("topk")
-    return {k: mean_average_precision(dist, ids, first.data.query.labels, first.data.database.labels, topk=topk)
+    ev = first.job.config.get("eval") or {}
+    topk, ties, empty = ev.get("topk"), ev.get("ties", "grouped"), ev.get("empty", "zero")
+    return {k: mean_average_precision(dist, ids, first.data.query.labels, first.data.database.labels, topk=topk,
+                                      ties=ties, empty=empty if topk is not None else "zero")
             for k, (dist, ids, _) in ranked.items()}
 
 

@@ -10,7 +10,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any, Callable
 
-from .tables import is_paper_attack
+from .tables import is_paper_attack, recipe_label
 
 PAPER_TABLES = Path(__file__).with_name("paper_tables.json")
 MISSING = "—"
@@ -27,7 +27,7 @@ def paper_cells(table: int) -> list[dict[str, Any]]:
     return [c for c in load_paper()["cells"] if c["table"] == table]
 
 
-def cell_key(record: dict[str, Any]) -> tuple:
+def experiment_key(record: dict[str, Any]) -> tuple:
     """What a number measures: a paper cell and a results row with the same key are the same experiment.
     Clean queries and white-box attacks have the target as their source."""
     return (record["dataset"], record.get("quantizer", "kmeans"), record["model"], int(record["bits"]),
@@ -103,7 +103,8 @@ class Comparison:
     paper: Grid
     ours: Grid
     difference: Grid
-    matched: dict[tuple, dict[str, Any]]  # cell_key -> our row, for every filled cell
+    matched: dict[tuple, dict[str, Any]]  # experiment_key -> our row, for every filled cell
+    recipe: str | None = None  # how our numbers were made (``tables.recipe_label``)
 
     @property
     def filled(self) -> int:
@@ -120,14 +121,15 @@ def _labels_note(table: int, matched: dict[tuple, dict[str, Any]]) -> str:
     return "; ".join(notes)
 
 
-def compare(table: int, rows: list[dict[str, Any]]) -> Comparison:
-    """Paper, ours and ours minus paper for ``table``. Rows with ``topk`` set (mAP@k) are not compared: the
-    paper's mAP is over the full ranking; nor are attacks with other settings than the paper's."""
+def compare(table: int, rows: list[dict[str, Any]], recipe: str | None = None) -> Comparison:
+    """Paper, ours and ours minus paper for ``table``, from ``rows`` of one ``recipe`` (named in the headings).
+    Rows with ``topk`` set (mAP@k) are not compared: the paper's mAP is over the full ranking; nor are attacks
+    with other settings than the paper's."""
     layout = LAYOUTS[table]
     ours_by_key: dict[tuple, dict[str, Any]] = {}
     for r in rows:
         if r.get("topk") is None and is_paper_attack(r):
-            ours_by_key.setdefault(cell_key(r), r)
+            ours_by_key.setdefault(experiment_key(r), r)
     row_keys, columns, slots = _slots(table)
     matched: dict[tuple, dict[str, Any]] = {}
     grids: dict[str, list[list[str]]] = {"paper": [], "ours": [], "difference": []}
@@ -137,9 +139,9 @@ def compare(table: int, rows: list[dict[str, Any]]) -> Comparison:
             cells = sorted(slots.get((rk, col), []), key=lambda c: SYSTEMS.index(c["system"]))
             texts: dict[str, list[str]] = {name: [] for name in grids}
             for c in cells:
-                ours = ours_by_key.get(cell_key(c))
+                ours = ours_by_key.get(experiment_key(c))
                 if ours is not None:
-                    matched[cell_key(c)] = ours
+                    matched[experiment_key(c)] = ours
                 texts["paper"].append(_fmt(c["map"]))
                 texts["ours"].append(_fmt(None if ours is None else ours["map"]))
                 texts["difference"].append(_fmt(None if ours is None else ours["map"] - c["map"], signed=True))
@@ -153,12 +155,19 @@ def compare(table: int, rows: list[dict[str, Any]]) -> Comparison:
     return Comparison(
         table,
         Grid(f"**Table {table}, paper**: {layout.caption}; {unit}. {systems}.", header, grids["paper"]),
-        Grid(f"**Table {table}, ours** (our numbers: {_labels_note(table, matched)}): {unit}.", header,
+        Grid(f"**Table {table}, ours, {recipe}** (our numbers: {_labels_note(table, matched)}): {unit}.", header,
              grids["ours"]),
-        Grid(f"**Table {table}, ours minus paper** (mAP points; {MISSING}: not run).", header, grids["difference"]),
-        matched)
+        Grid(f"**Table {table}, ours ({recipe}) minus paper** (mAP points; {MISSING}: not run).", header,
+             grids["difference"]),
+        matched, recipe)
 
 
 def comparisons(rows: list[dict[str, Any]]) -> list[Comparison]:
-    """All four tables."""
-    return [compare(t, rows) for t in sorted(LAYOUTS)]
+    """All four tables, one comparison per recipe that fills any of a table's cells (a table no record fills gets
+    one empty comparison): numbers of different recipes are never mixed in one grid."""
+    recipes = sorted({recipe_label(r) for r in rows})
+    out = []
+    for t in sorted(LAYOUTS):
+        found = [compare(t, [r for r in rows if recipe_label(r) == rc], rc) for rc in recipes]
+        out += [c for c in found if c.filled] or [compare(t, [])]
+    return out

@@ -16,7 +16,7 @@ NOT_RECORDS = {"wandb", "csv", "adversarial_queries"}
 
 
 @dataclass
-class Job:
+class JobRecord:
     """One job's ``results.json``: its rows and its meta (``config``, ``cache_keys``, ``precision``, ...)."""
 
     path: Path
@@ -45,14 +45,14 @@ class Job:
         return not any(r.get("transfer") for r in self.attack_rows)
 
     @property
-    def target(self) -> "Target":
+    def target(self) -> "SystemKey":
         """The retrieval system the job evaluates."""
         r, keys = self.rows[0], self.meta.get("cache_keys", {})
-        return Target(r["dataset"], r["model"], r.get("quantizer", "kmeans"), int(r["bits"]), keys.get("checkpoint"),
+        return SystemKey(r["dataset"], r["model"], r.get("quantizer", "kmeans"), int(r["bits"]), keys.get("checkpoint"),
                       keys.get("codebooks"))
 
 
-class Target(NamedTuple):
+class SystemKey(NamedTuple):
     """A retrieval system: jobs with the same target share backbone, features, codebooks and clean rows."""
 
     dataset: str
@@ -68,7 +68,7 @@ class Records:
     """Everything found in the inputs: the jobs (for figures that reload artifacts) and the rows (for tables)."""
 
     files: list[Path]
-    jobs: list[Job]
+    jobs: list[JobRecord]
     rows: list[dict[str, Any]]
 
 
@@ -94,7 +94,7 @@ def _candidates(source: Path, exclude: Path | None) -> list[Path]:
     return found
 
 
-def collect(sources: Iterable[str | Path], exclude: Path | None = None) -> Records:
+def gather_records(sources: Iterable[str | Path], exclude: Path | None = None) -> Records:
     """Jobs and rows from files or folders (searched recursively; ``exclude``, e.g. the report's own folder,
     is skipped). A collected file (a sweep's ``results.json``, or ``report.collect``' record) adds its jobs'
     own ``results.json`` where they still exist, and its rows; rows repeated across jobs are kept once, and rows
@@ -103,7 +103,7 @@ def collect(sources: Iterable[str | Path], exclude: Path | None = None) -> Recor
     files: list[Path] = []
     for s in sources:
         files += _candidates(Path(s), exclude)
-    jobs: list[Job] = []
+    jobs: list[JobRecord] = []
     collected: list[tuple[Path, list[dict[str, Any]]]] = []
     used: list[Path] = []
     seen: set[Path] = set()
@@ -116,7 +116,7 @@ def collect(sources: Iterable[str | Path], exclude: Path | None = None) -> Recor
             continue
         used.append(path)
         if "config" in doc["meta"]:
-            jobs.append(Job(path, doc["meta"], doc["rows"]))
+            jobs.append(JobRecord(path, doc["meta"], doc["rows"]))
             continue
         collected.append((path, doc["rows"]))
         for j in doc["meta"].get("jobs", []):

@@ -59,8 +59,11 @@ def recipe_label(row: dict[str, Any]) -> str:
     """How a row's numbers were made: ``2 epochs, cpu, bf16`` (``+ PQN 1 epoch`` for PQN targets)."""
     if row.get("epochs") is None:
         return "recipe not recorded"
-    pqn = f" + PQN {row['pqn_epochs']} ep" if row.get("pqn_epochs") is not None else ""
-    return f"{row['epochs']} epochs{pqn}, {row.get('device', '?')}, {row.get('precision', '?')}"
+    def epochs(n: int) -> str:
+        return f"{n} epoch{'s' if n != 1 else ''}"
+
+    pqn = f" + PQN {epochs(row['pqn_epochs'])}" if row.get("pqn_epochs") is not None else ""
+    return f"{epochs(row['epochs'])}{pqn}, {row.get('device', '?')}, {row.get('precision', '?')}"
 
 
 def cell_key(row: dict[str, Any]) -> tuple:

@@ -1,0 +1,1 @@
+"""The configs (Hydra finds them as ``pkg://pqattack.conf``; a package so that installed wheels ship them)."""

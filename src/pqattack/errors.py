@@ -1,0 +1,47 @@
+"""The framework's errors. Each says what is wrong and what to do; the command line prints its message on one
+line and exits with its ``exit_code``: 2 for bad input (config, data, a saved query set), 3 for a broken artifact
+or diverged numbers."""
+
+from __future__ import annotations
+
+
+class PQAttackError(Exception):
+    """Base class: a failure the user can act on, reported without a traceback."""
+
+    exit_code = 3
+    kind = "error"
+
+
+class ConfigError(PQAttackError, ValueError):
+    """A config value that is not allowed; the message names the key, the value and what is allowed."""
+
+    exit_code = 2
+    kind = "config"
+
+
+class DatasetError(PQAttackError, RuntimeError):
+    """A dataset that is missing, malformed or inconsistent; the message says which file and why."""
+
+    exit_code = 2
+    kind = "data"
+
+
+class QuerySetError(PQAttackError, ValueError):
+    """A saved adversarial query set that cannot be used here; the message says why."""
+
+    exit_code = 2
+    kind = "transfer"
+
+
+class CacheError(PQAttackError, RuntimeError):
+    """A cache entry that fails its checksum, cannot be read, or does not fit; the message names the entry."""
+
+    exit_code = 3
+    kind = "cache"
+
+
+class NumericsError(PQAttackError, FloatingPointError):
+    """NaN or Inf in a loss, features or codebooks: a training diverged."""
+
+    exit_code = 3
+    kind = "numerics"

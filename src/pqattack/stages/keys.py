@@ -1,0 +1,150 @@
+"""Every cached artifact's key is the hash of its spec: everything that determines its content. The specs are
+built here from the typed job and the data's actual items (``RetrievalData.train_key`` etc.), without building
+anything, so ``artifact_keys`` lists a job's keys and tests/test_cache_keys.py can check that every config key
+is in them. Config keys that change no artifact's content are in ``RUN_ONLY_KEYS``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from ..attacks import LOSS_IGNORES
+from ..cache import spec_key
+from ..config import JobConfig, container
+from ..data import RetrievalData
+from ..training import DISTRIBUTED_KEYS, distributed_spec
+
+# Config keys that change no artifact's content, so no cache key holds them (tests/test_cache_keys.py walks every
+# config key and fails on one that is neither here nor in an artifact's key):
+RUN_ONLY_KEYS = (
+    "progress", "logger", "resume", "cache", "log_level",  # what is shown and logged, resuming, the cache's place
+    "device",              # where it runs: a checkpoint is the same recipe on any device (and travels between them)
+    "eval.batch_size",     # memory only: images are embedded one by one, whatever the batch
+    "dataset.download",    # whether a missing dataset may be downloaded; the data keys hold what was loaded
+    "dataset.skip_missing",  # whether missing files stop the run; the data keys hold the items that were loaded
+    "dataset.resize",      # whether an image of another size is resized or refused; the data keys hold the size
+    "dataset.name",        # the option's label; the loader (`_target_`) names the data in its keys
+    "trainer.strategy",    # how training processes start; their number (world size) is in the checkpoint key
+    "trainer.num_nodes",   # must be 1 (config.load_job); the world size is in the checkpoint key
+)
+TRAINER_CORE = ("max_epochs", "batch_size", "lr", "momentum", "weight_decay", "nesterov", "label_smoothing",
+                "schedule", "augment")
+ATTACK_CORE = ("name", "loss", "eps", "step", "iters", "random_start", "quantize_8bit", "similarity", "temperature",
+               "peak", "batch_size")
+
+
+def is_off(value: Any) -> bool:
+    """An option's "off" value: null, false, 0, "none", "off" or empty."""
+    return value is None or value is False or (not isinstance(value, bool) and isinstance(value, (int, float))
+                                               and value == 0) or value in ("none", "off", "") or value == []
+
+
+def settings(node: dict[str, Any], core: tuple[str, ...] = ()) -> dict[str, Any]:
+    """A config node as it enters a spec: without ``_target_``, and with every option outside ``core`` left out
+    while it is off, so that adding an option (off by default) to a config leaves existing keys unchanged."""
+    return {k: v for k, v in node.items() if k != "_target_" and (k in core or not is_off(v))}
+
+
+def recipe_spec(trainer: dict[str, Any], exclude: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The training recipe (``trainer``), without where and how verbosely it runs."""
+    return settings({k: v for k, v in trainer.items() if k not in ("progress", *DISTRIBUTED_KEYS, *exclude)},
+                    TRAINER_CORE)
+
+
+def checkpoint_spec(job: JobConfig, data: RetrievalData, precision: str, device: torch.device) -> dict[str, Any]:
+    """The cross-entropy backbone: the training items, the model, the recipe, the training precision, the seed
+    (and the number of training processes when > 1)."""
+    return {"data": data.train_key, "model": settings(job.model), "trainer": recipe_spec(job.trainer),
+            "precision": precision, "seed": job.seed, **distributed_spec(job.trainer, device)}
+
+
+def pqn_spec(job: JobConfig, base_key: str, precision: str, device: torch.device) -> dict[str, Any]:
+    """PQN's joint training from the cross-entropy backbone ``base_key`` (which holds the training items)."""
+    return {"base_checkpoint": base_key, "quantizer": settings(container(job.config.quantizer)),
+            "batch_size": int(job.trainer["batch_size"]), "trainer": recipe_spec(job.trainer, ("max_epochs", "lr")),
+            "precision": precision, "seed": job.seed, **distributed_spec(job.trainer, device)}
+
+
+def features_spec(ckpt_key: str, data: RetrievalData, precision: str, subvectors: int | None) -> dict[str, Any]:
+    """Clean query and database features of checkpoint ``ckpt_key``."""
+    spec: dict[str, Any] = {"checkpoint": ckpt_key, "query": data.query_key, "database": data.database_key,
+                            "precision": precision}
+    if subvectors:
+        spec["norm"] = f"subvector/{subvectors}"
+    return spec
+
+
+def codebooks_spec(job: JobConfig, feat_key: str) -> dict[str, Any]:
+    """K-means codebooks on the database features ``feat_key``."""
+    q = job.quantizer
+    return {"features": feat_key, "M": q.M, "K": q.K, "niter": q.niter, "seed": q.seed, "kind": q.kind}
+
+
+def attack_temperature(job: JobConfig) -> float:
+    """``attack.temperature``, or the target's own when null: 1 for K-means (eq. 7 as printed), 1 / alpha for
+    PQN (its soft layer, softmax(alpha <x_m, c_mk>))."""
+    if job.attack.temperature is not None:
+        return float(job.attack.temperature)
+    return 1.0 / float(job.quantizer.alpha) if job.pqn else 1.0  # type: ignore[attr-defined]
+
+
+def attack_settings(job: JobConfig) -> dict[str, Any]:
+    """The attack's settings as they make a query set: the resolved temperature, without what the loss ignores."""
+    a = {**container(job.config.attack), "temperature": attack_temperature(job)}
+    return {k: v for k, v in a.items() if k not in LOSS_IGNORES.get(job.attack.loss, ())}
+
+
+def attack_spec(job: JobConfig, data: RetrievalData, checkpoint_key: str, codebooks_key: str | None, precision: str
+                ) -> dict[str, Any]:
+    """An adversarial query set: the target (checkpoint, and codebooks unless the loss ignores them), the actual
+    queries, every attack setting (``batch_size`` included: it orders the random-start draws), precision, seed."""
+    return {"checkpoint": checkpoint_key, "codebooks": codebooks_key if job.attack.loss != "basic" else None,
+            "queries": data.query_key, "attack": settings(attack_settings(job), ATTACK_CORE), "precision": precision,
+            "seed": job.seed}
+
+
+def _drop(tree: dict[str, Any], dotted: str) -> None:
+    head, _, rest = dotted.partition(".")
+    if rest:
+        if isinstance(tree.get(head), dict):
+            _drop(tree[head], rest)
+    else:
+        tree.pop(head, None)
+
+
+def _without_off(tree: dict[str, Any]) -> dict[str, Any]:
+    return {k: _without_off(v) if isinstance(v, dict) else v for k, v in tree.items() if not is_off(v)}
+
+
+def results_spec(job: JobConfig, precision: str) -> dict[str, Any]:
+    """A job's results: its whole config except ``RUN_ONLY_KEYS`` and options that are off, with the precision it
+    resolved to."""
+    spec = container(job.config)
+    for key in RUN_ONLY_KEYS:
+        _drop(spec, key)
+    return {**_without_off(spec), "precision": precision}
+
+
+def artifact_keys(job: JobConfig, data: RetrievalData, precision: str, device: torch.device) -> dict[str, str]:
+    """The cache key of every artifact a job uses, from its config and data alone: nothing is built or loaded.
+    (A saved adversarial set given by ``transfer.source`` has its own key, read when it is loaded.)"""
+    from ..transfer import source_job
+
+    def target_keys(j: JobConfig) -> dict[str, str]:
+        out = {"checkpoint": spec_key("checkpoint", checkpoint_spec(j, data, precision, device))}
+        if j.pqn:
+            out["base_checkpoint"] = out["checkpoint"]
+            out["checkpoint"] = spec_key("checkpoint", pqn_spec(j, out["base_checkpoint"], precision, device))
+        out["features"] = spec_key("features", features_spec(out["checkpoint"], data, precision, j.subvectors))
+        out["codebooks"] = out["checkpoint"] if j.pqn else spec_key("codebooks", codebooks_spec(j, out["features"]))
+        return out
+
+    keys = target_keys(job)
+    if job.attack.name != "none" and not job.transfer.get("source"):
+        src = source_job(job)
+        made = keys if src is None else target_keys(src)
+        keys["adversarial_queries"] = spec_key("adversarial_queries", attack_spec(
+            src or job, data, made["checkpoint"], made["codebooks"], precision))
+    keys["results"] = spec_key("results", results_spec(job, precision))
+    return keys

@@ -1,0 +1,79 @@
+"""Precision: the retrieval head is float32 under bf16 autocast, and ``precision=auto`` picks bf16 only where the
+hardware computes it natively."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from pqattack.attacks import LOSSES, Reference
+from pqattack.runtime import cpu_has_native_bf16, resolve_precision
+from pqattack.stages.attack import retrieval_model
+
+
+def head_in_float64(model, f: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # noqa: ANN001
+    """Normalisation, eq. (7) logits and log-softmax computed independently in float64 from the backbone output."""
+    z = F.normalize(f.double(), dim=1)
+    sub = z.view(z.shape[0], model.M, -1)
+    logits = torch.einsum("bmd,mkd->bmk", sub, model.codebooks.double()) / model.temperature
+    return z, torch.log_softmax(logits, -1)
+
+
+@pytest.mark.parametrize("bits", [16, 32])
+def test_losses_and_gradients_under_bf16_autocast_match_a_float64_head(trained_demo, bits: int) -> None:
+    """Under bf16 autocast the backbone runs in bf16; the head must not: each loss and its gradient with respect
+    to the images match the same backbone with a float64 head (cosine >= 0.999), and APD's peak codes are equal.
+    (With the head under autocast, AOD's gradient cosine was about 0.2.)"""
+    job, data, target = trained_demo
+    if bits != 16:
+        from pqattack.quant import train_codebooks
+
+        target = type(target)(**{**target.__dict__, "codebooks": train_codebooks(target.features["database"], 4, 256)})
+    model = retrieval_model(job, target, torch.device("cpu"))
+    x = data.query.images[:64].float() / 255
+    x_adv = (x + (torch.rand(x.shape, generator=torch.Generator().manual_seed(0)) * 2 - 1) * 8 / 255).clamp(0, 1)
+    for name, loss_fn in LOSSES.items():
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            f_clean = model.backbone.forward_features(x)
+            z, logp = model(x)
+            ref = Reference(z, logp, model.index_codes(z))
+            xa = x_adv.clone().requires_grad_(True)
+            z_adv, logp_adv = model(xa)
+            assert z_adv.dtype == logp_adv.dtype == torch.float32
+            (grad,) = torch.autograd.grad(loss_fn(z_adv, logp_adv, ref).sum(), xa)
+        zc64, lc64 = head_in_float64(model, f_clean)
+        sub = zc64.view(len(zc64), model.M, -1)
+        dist = (sub[:, :, None, :] - model.codebooks.double()[None]).pow(2).sum(-1)  # eq. (1) in float64
+        ref64 = Reference(zc64, lc64, dist.argmin(-1))
+        gap = dist.sort(-1).values
+        clear = gap[..., 1] - gap[..., 0] > 1e-5  # sub-spaces whose nearest codeword is not a float32 near-tie
+        assert clear.float().mean() > 0.95 and torch.equal(ref.codes[clear], ref64.codes[clear])
+        xb = x_adv.clone().requires_grad_(True)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            f_adv = model.backbone.forward_features(xb)
+        za64, la64 = head_in_float64(model, f_adv)
+        loss64 = loss_fn(za64, la64, ref64).sum()
+        (grad64,) = torch.autograd.grad(loss64, xb)
+        assert float(loss_fn(z_adv, logp_adv, ref).sum().detach()) == pytest.approx(float(loss64.detach()), rel=1e-4), name
+        cos = F.cosine_similarity(grad.flatten().double(), grad64.flatten().double(), dim=0)
+        assert cos >= 0.999, f"{name} at {bits} bits: gradient cosine {float(cos):.4f}"
+
+
+@pytest.mark.parametrize("flags,native", [("fpu sse avx2 avx512f avx512_bf16 amx_tile", True),
+                                          ("fpu sse avx2 avx512f amx_bf16", True),
+                                          ("fpu sse avx2 avx512f avx512_vnni", False)])
+def test_auto_precision_is_bf16_only_with_native_bf16(tmp_path: Path, flags: str, native: bool,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(f"processor\t: 0\nmodel name\t: Some CPU\nflags\t\t: {flags}\n")
+    assert cpu_has_native_bf16(str(cpuinfo)) is native
+    import pqattack.runtime as runtime
+
+    monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: native)
+    assert resolve_precision("auto", torch.device("cpu")) == ("bf16" if native else "fp32")
+    assert resolve_precision("fp32", torch.device("cpu")) == "fp32"
+    assert resolve_precision("bf16", torch.device("cpu")) == "bf16"
+    assert not cpu_has_native_bf16(str(tmp_path / "missing"))
