@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+
 import pytest
 import pytorch_lightning as pl
 import torch
@@ -9,15 +11,19 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from torch import nn
 
-from pqattack import pipeline
 from pqattack.cache import ArtifactCache
-from pqattack.config import ConfigError, validate
-from pqattack.data import SyntheticSource, top1_hit
+from pqattack.config import ConfigError, container, load_job, validate
+from pqattack.data import RetrievalData, SyntheticSource, top1_hit
 from pqattack.models import ClassifierModule, build_backbone
+from pqattack.models.classifier import RECIPE_OPTIONS
 from pqattack.models.fastnet import STEM_KERNEL, FastNet
-from pqattack.transfer import source_config
+from pqattack.runtime import Runtime
+from pqattack.stages.keys import checkpoint_spec
+from pqattack.transfer import source_job
 
 from .conftest import CONF
+
+training = importlib.import_module("pqattack.training.fit")  # the module; pqattack.training.fit is its function
 
 
 def make(overrides: list[str]):  # noqa: ANN201
@@ -25,13 +31,13 @@ def make(overrides: list[str]):  # noqa: ANN201
         return compose(config_name="config", overrides=overrides)
 
 
-def synthetic(num_train: int, tmp_path) -> pipeline.RetrievalData:  # noqa: ANN001
+def synthetic(num_train: int, tmp_path) -> RetrievalData:  # noqa: ANN001
     return SyntheticSource(num_train=num_train, num_test=1200, num_queries=200, num_database=1000).load(
         ArtifactCache(tmp_path, enabled=False))
 
 
-def runtime(tmp_path) -> pipeline.Runtime:  # noqa: ANN001
-    return pipeline.Runtime(torch.device("cpu"), "fp32", ArtifactCache(tmp_path, enabled=False), progress=False)
+def runtime(tmp_path) -> Runtime:  # noqa: ANN001
+    return Runtime(torch.device("cpu"), "fp32", ArtifactCache(tmp_path, enabled=False), progress=False)
 
 
 class LearningRates(pl.Callback):
@@ -45,7 +51,7 @@ class LearningRates(pl.Callback):
 
 
 @torch.no_grad()
-def accuracy(net: nn.Module, data: pipeline.RetrievalData) -> float:
+def accuracy(net: nn.Module, data: RetrievalData) -> float:
     net.eval()
     images = torch.cat([data.query.images, data.database.images]).float() / 255
     labels = torch.cat([data.query.labels, data.database.labels])
@@ -53,18 +59,18 @@ def accuracy(net: nn.Module, data: pipeline.RetrievalData) -> float:
 
 
 def test_fastnet_learns_the_synthetic_set_with_its_recipe(tmp_path, monkeypatch) -> None:  # noqa: ANN001
-    """A few hundred steps of fastnet's recipe (conf/trainer/fastnet.yaml; batch 64, lr scaled with it) through
+    """200 steps of fastnet's recipe (conf/trainer/fastnet.yaml; batch 64, lr scaled with it) through
     the real Lightning trainer: the stem whitens, the schedule is the triangle, and the network learns."""
-    data = synthetic(4000, tmp_path)
-    tcfg = pipeline.container(make(["model=fastnet", "trainer=fastnet"]).trainer)
-    batch, epochs = 64, 5
+    data = synthetic(3200, tmp_path)
+    tcfg = container(make(["model=fastnet", "trainer=fastnet"]).trainer)
+    batch, epochs = 64, 4
     tcfg.update(batch_size=batch, max_epochs=epochs, lr=tcfg["lr"] * batch / 1024)
     pl.seed_everything(0, verbose=False)
     net = FastNet(data.num_classes, widths=(16, 64, 64)).to(memory_format=torch.channels_last)
-    module = ClassifierModule(net, **pipeline.optimiser_kwargs(tcfg))
+    module = ClassifierModule(net, **training.optimiser_kwargs(tcfg))
     rates = LearningRates()
-    monkeypatch.setattr(pipeline, "BatchCounter", lambda: rates)
-    stats = pipeline.fit(module, data, batch, epochs, 0, runtime(tmp_path), [], tcfg)
+    monkeypatch.setattr(training, "BatchCounter", lambda: rates)
+    stats = training.fit(module, data, batch, epochs, 0, runtime(tmp_path), [], tcfg)
     steps = epochs * (len(data.train) // batch)
     assert len(rates.trace) == steps and stats["train_seconds"] > 0
 
@@ -136,13 +142,13 @@ def test_recipe_options_at_their_defaults_leave_the_existing_training_bit_identi
     with them gives bitwise the weights of the code before the options existed."""
     data = synthetic(640, tmp_path)
     for preset in (["trainer=default"], ["experiment=table1_cpu"]):
-        tcfg = pipeline.container(make(preset).trainer)
-        assert not set(tcfg) & set(pipeline.RECIPE_OPTIONS)
+        tcfg = container(make(preset).trainer)
+        assert not set(tcfg) & set(RECIPE_OPTIONS)
         weights = []
         for module_class in (ClassifierModule, ClassifierBefore):
             pl.seed_everything(0, verbose=False)
             net = build_backbone("smallcnn", data.num_classes, width=8).to(memory_format=torch.channels_last)
-            pipeline.fit(module_class(net, **pipeline.optimiser_kwargs(tcfg)), data, 64, 2, 0, runtime(tmp_path),
+            training.fit(module_class(net, **training.optimiser_kwargs(tcfg)), data, 64, 2, 0, runtime(tmp_path),
                          [], tcfg)
             weights.append(net.state_dict())
         now, before = weights
@@ -171,22 +177,22 @@ def test_recipe_follows_the_model_in_table4_fast_cpu(tmp_path) -> None:  # noqa:
     cpu = torch.device("cpu")
 
     def checkpoint(cfg) -> dict:  # noqa: ANN001
-        return pipeline.checkpoint_spec(cfg, data, "bf16", cpu)
+        return checkpoint_spec(load_job(cfg), data, "bf16", cpu)
 
     for model in ("vgg16", "resnet18"):
         preset = make(["experiment=table4_fast_cpu", f"model={model}", "transfer.source_model=fastnet"])
         validate(preset)
         assert checkpoint(preset) == checkpoint(make(["experiment=table1_cpu", f"model={model}"]))
-        source = source_config(preset)
-        assert source.model.name == "fastnet"
-        assert checkpoint(source) == checkpoint(make(["experiment=table1_fast_cpu"]))
+        source = source_job(load_job(preset))
+        assert source.model["name"] == "fastnet"
+        assert checkpoint_spec(source, data, "bf16", cpu) == checkpoint(make(["experiment=table1_fast_cpu"]))
     fast = make(["experiment=table4_fast_cpu", "model=fastnet_narrow", "transfer.source_model=vgg16"])
-    assert pipeline.container(fast.trainer) == pipeline.container(make(["trainer=fastnet"]).trainer)
-    assert pipeline.container(source_config(fast).trainer) == pipeline.container(make(["experiment=table1_cpu"]).trainer)
+    assert container(fast.trainer) == container(make(["trainer=fastnet"]).trainer)
+    assert source_job(load_job(fast)).trainer == container(make(["experiment=table1_cpu"]).trainer)
     # a recipe override reaches only its model
     tuned = make(["experiment=table4_fast_cpu", "model=fastnet", "recipes.vgg16.max_epochs=3",
                   "transfer.source_model=vgg16"])
-    assert tuned.trainer.max_epochs == 10 and source_config(tuned).trainer.max_epochs == 3
+    assert tuned.trainer.max_epochs == 10 and source_job(load_job(tuned)).trainer["max_epochs"] == 3
 
 
 @pytest.mark.parametrize("overrides,key", [
@@ -209,4 +215,4 @@ def test_bad_recipes_name_the_key(overrides: list[str], key: str) -> None:
 def test_recipes_resolve_in_the_composed_job() -> None:
     cfg = make(["experiment=table4_fast_cpu", "model=resnet18"])
     assert OmegaConf.is_interpolation(cfg, "trainer")
-    assert pipeline.container(cfg)["trainer"]["max_epochs"] == 2
+    assert container(cfg)["trainer"]["max_epochs"] == 2

@@ -151,6 +151,7 @@ def load_job(cfg: DictConfig) -> JobConfig:
     (``AttackConfig``, ``KMeansConfig``/``PQNConfig``, ``IndexConfig``), and ``runtime.resolve_device``."""
     from .metrics import EMPTY, TIES
 
+    _check_recipes(cfg)  # first: the job's `trainer` may interpolate a recipe that is not there
     q = _typed(cfg.quantizer, PQNConfig if cfg.quantizer.kind == "pqn" else KMeansConfig)
     if cfg.quantizer.kind not in ("kmeans", "pqn"):
         raise ConfigError(f"quantizer.kind={cfg.quantizer.kind!r}: expected kmeans or pqn")
@@ -190,7 +191,6 @@ def load_job(cfg: DictConfig) -> JobConfig:
     if test_size is not None and d.num_queries + d.num_database > test_size:
         raise ConfigError(f"dataset.num_queries + dataset.num_database = {d.num_queries} + {d.num_database} "
                           f"exceeds the {test_size} test images of dataset={d.name}")
-    _check_recipes(cfg)
     _check_trainer(tr, "trainer", d.get("image_size", 32))
     if int(tr.get("num_nodes", 1)) != 1:
         raise ConfigError(f"trainer.num_nodes={tr.num_nodes}: a job trains on one node only (its other stages run "

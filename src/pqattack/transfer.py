@@ -112,7 +112,9 @@ def source_job(job: "JobConfig") -> "JobConfig | None":
     model, bits = t.get("source_model"), t.get("source_bits")
     if (model is None or model == job.model["name"]) and (bits is None or int(bits) == job.quantizer.bits):
         return None
-    src = OmegaConf.create(OmegaConf.to_container(job.config, resolve=True))
+    # Unresolved, so that what follows the model (a preset's ``trainer: ${recipes.${model.name}}``) follows the
+    # source's model.
+    src = OmegaConf.create(OmegaConf.to_container(job.config, resolve=False))
     if model is not None and model != job.model["name"]:
         src.model = compose_config([f"model={model}"]).model
     if bits is not None:
