@@ -2,7 +2,7 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install test demo bench data table1 table1-cpu report clean
+.PHONY: install test test-all demo bench data table1 table1-cpu report gpu-prep gpu-check gpu gpu-render clean
 
 install: ## create .venv and install pqattack (editable) with its test extras
 	$(PY) -m venv $(VENV)
@@ -10,7 +10,10 @@ install: ## create .venv and install pqattack (editable) with its test extras
 	$(BIN)/pip install -q torch==2.14.1 torchvision==0.29.1 || $(BIN)/pip install -q torch torchvision
 	$(BIN)/pip install -q -e '.[test]'
 
-test: ## run the test suite
+test: ## run the test suite, without the slow tests (pyproject.toml's markers)
+	$(BIN)/python -m pytest -q -m "not slow"
+
+test-all: ## every test, the slow ones included (the gpu tests skip without CUDA)
 	$(BIN)/python -m pytest -q
 
 demo: ## the whole pipeline offline on the synthetic set, CPU, < 60 s
@@ -32,6 +35,22 @@ REPORT_IN ?= results
 REPORT_OUT ?= results/report
 report: ## the reproduction report (index.md + figures) from the records in $(REPORT_IN), into $(REPORT_OUT)
 	$(BIN)/python -m pqattack.report $(REPORT_IN) --out $(REPORT_OUT)
+
+gpu-prep: ## fill .gpu/ (git-ignored) with the wheels and the CIFAR-10 archive the GPU machine lacks, and check them
+	@test -x ../shared/tools/gpu-prep || { echo "make gpu-prep: ../shared/tools/gpu-prep is missing (it exists on this project's machines only). Put Python 3.12 x86-64 wheels of faiss-cpu, hydra-core, omegaconf, antlr4-python3-runtime 4.9.3, hydra-submitit-launcher, hydra-joblib-launcher, submitit, cloudpickle and joblib into .gpu/wheels/ and cifar10-jpeg.tar.xz into .gpu/, then run make gpu-check." >&2; exit 2; }
+	@test -d .git || { echo "make gpu-prep: run it in a checkout whose .git is a folder (../shared/tools/gpu-prep writes .git/info/exclude)" >&2; exit 2; }
+	../shared/tools/gpu-prep
+	$(MAKE) gpu-check
+
+gpu-check: ## check .gpu/: every wheel's requirements met on the GPU machine, the data archive there, the size that travels
+	$(BIN)/python -m pqattack.gpu_run --check-prep .gpu
+
+gpu: ## on the GPU machine: the staged run (tools/gpu-run: smoke, Tables 1-3, bench, Table 4; records into $$OUT)
+	tools/gpu-run
+
+GPU_RECORDS ?= outputs/gpu-run/out
+gpu-render: ## a GPU run's fetched records (GPU_RECORDS) into results/table1-4 and docs/benchmarks.md
+	tools/gpu-render $(GPU_RECORDS)
 
 clean:
 	rm -rf outputs .pytest_cache

@@ -31,6 +31,17 @@ def test_single_run_writes_results_and_logs(tmp_path: Path, shared_cache: Path) 
     assert (tmp_path / "run" / "csv" / "metrics.csv").is_file()
 
 
+def test_a_preset_sweep_runs_the_command_lines_values_of_its_swept_keys(tmp_path: Path) -> None:
+    """experiment=table1 sweeps model, bits and attack; given on the command line, they are what the sweep runs
+    (Hydra's rule: the command line wins over the preset's params), and the start-up check checks those jobs: here
+    the preset's 36 bits (K=512) would not fit the tiny database of 300 items."""
+    tiny = [o for o in TINY if o != "model.width=8"]  # a key of smallcnn's only: other models' configs refuse it
+    run_cli(["-m", "experiment=table1", *tiny, "attack=apd", "hydra.sweep.dir=sweep"], tmp_path, tmp_path / "cache")
+    [job] = sorted((tmp_path / "sweep").glob("*/results.json"))
+    rows = load_results(job)["rows"]
+    assert {(r["model"], r["bits"], r["attack"]) for r in rows} == {("smallcnn", 16, "clean"), ("smallcnn", 16, "apd")}
+
+
 def test_two_job_sweep_trains_once_and_collects_one_table(tmp_path: Path) -> None:
     cache = tmp_path / "cache"
     proc = run_cli(["-m", *TINY, "attack=basic,aod", "hydra.sweep.dir=sweep"], tmp_path, cache)

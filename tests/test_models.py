@@ -7,7 +7,7 @@ from pqattack.models import ARCHITECTURES, RetrievalModel, build_backbone
 from pqattack.models.augment import random_crop_flip
 
 EMBED = {"alexnet": 1024, "vgg11": 512, "vgg13": 512, "vgg16": 512, "resnet18": 512, "resnet34": 512,
-         "resnet50": 2048, "smallcnn": 128}
+         "resnet50": 2048, "smallcnn": 128, "fastnet": 256}
 
 
 @pytest.mark.parametrize("arch", ARCHITECTURES)

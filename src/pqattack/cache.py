@@ -1,4 +1,5 @@
-"""Content-addressed artifact cache: checkpoints, decoded images, features, codebooks, adversarial queries.
+"""Content-addressed artifact cache: checkpoints, decoded images, features, codebooks, adversarial queries; and the
+export / import of trained checkpoints between machines (``python -m pqattack.cache export|import``).
 
 An artifact's key is the hash of everything that determines it (its kind, its config and the keys of
 the artifacts it was built from), so a sweep over attacks and bits trains each backbone once.
@@ -139,3 +140,297 @@ class ArtifactCache:
             self.save(kind, key, tensors, {**meta, "spec": spec})
             self.builds.append(f"{kind}/{key}")
             return tensors, meta, key
+
+
+# --------------------------------------------------------------------------------------------- export / import
+# A trained backbone (or PQN) travels between machines as one file, or as parts of at most ``part_mb`` each:
+#   python -m pqattack.cache export <checkpoint key | run folder | sweep folder>... <file> [--dtype fp16] [--part-mb N]
+#   python -m pqattack.cache import <file> [override ...]
+# Each part is a weights-only torch file: {"format", "part", "parts", "manifest" (JSON text), "tensors"}. The manifest
+# holds every entry's cache key, its metadata (with the spec its key is the hash of), the job config it came from
+# where known, and for each tensor its original dtype, shape, part and the sha256 of its stored bytes.
+EXPORT_FORMAT = "pqattack-checkpoints/1"
+EXPORT_DTYPES = {"fp16": torch.float16, "fp32": torch.float32}
+CONFIG_PARTS = ("dataset", "model", "trainer", "quantizer", "precision", "seed")
+
+
+def _tensor_sha256(t: torch.Tensor) -> str:
+    return hashlib.sha256(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()).hexdigest()
+
+
+def _entries_of(source: str, cache: ArtifactCache) -> list[tuple[str, dict[str, Any] | None]]:
+    """``(checkpoint key, job config or None)`` for a key, a run folder or a sweep folder (every job's checkpoint;
+    a PQN job's base checkpoint before its own)."""
+    folder = Path(source).expanduser()
+    if not folder.is_dir():
+        if not (cache.entry("checkpoint", source) / META_FILE).is_file():
+            raise CacheError(f"export: {source} is neither a folder nor a checkpoint key in {cache.root / 'checkpoint'}")
+        return [(source, None)]
+    found: list[tuple[str, dict[str, Any] | None]] = []
+    for path in sorted(folder.rglob("results.json")):
+        meta = json.loads(path.read_text()).get("meta", {})
+        keys, config = meta.get("cache_keys") or {}, meta.get("config")
+        for name in ("base_checkpoint", "checkpoint"):
+            if keys.get(name) and keys[name] not in [k for k, _ in found]:
+                found.append((keys[name], config))
+    if not found:
+        raise CacheError(f"export: {folder} holds no job records (results.json with cache_keys)")
+    return found
+
+
+def export_checkpoints(sources: list[str], path: str | Path, cache: ArtifactCache, dtype: str = "fp16",
+                       part_mb: float | None = None) -> list[Path]:
+    """Write the checkpoints of ``sources`` to ``path`` (or ``<stem>.part<i>-of-<n><suffix>`` when they exceed
+    ``part_mb``), float tensors stored as ``dtype``; returns the files written."""
+    if dtype not in EXPORT_DTYPES:
+        raise CacheError(f"export: --dtype {dtype}: expected one of {', '.join(EXPORT_DTYPES)}")
+    store = EXPORT_DTYPES[dtype]
+    entries, stored = [], []
+    for key, config in [e for s in sources for e in _entries_of(s, cache)]:
+        if key in [e["key"] for e in entries]:
+            continue
+        found = cache.load("checkpoint", key)
+        if found is None:
+            raise CacheError(f"export: checkpoint {key} is not in the cache {cache.root}")
+        tensors, meta = found
+        described = []
+        for name, t in tensors.items():
+            s = t.to(store) if t.is_floating_point() else t
+            if t.is_floating_point() and torch.isfinite(t).all() and not torch.isfinite(s).all():
+                raise CacheError(f"export: checkpoint {key} tensor {name} overflows {dtype}; use --dtype fp32")
+            described.append({"name": name, "dtype": str(t.dtype).removeprefix("torch."), "shape": list(t.shape),
+                              "sha256": _tensor_sha256(s)})
+            stored.append((len(entries), name, s))
+        meta = {k: v for k, v in meta.items() if k not in ("kind", "key", "sha256", "format")}
+        job = {k: config[k] for k in CONFIG_PARTS if k in config} if config else None
+        entries.append({"kind": "checkpoint", "key": key, "meta": meta, "config": job, "tensors": described})
+    limit = None if part_mb is None else int(part_mb * 2**20)
+    # every part holds the manifest (each tensor's entry gains its part number) and a zip record per tensor
+    fixed = len(json.dumps(entries, default=str)) + 16 * len(stored) + 8192
+    parts: list[list[tuple[int, str, torch.Tensor]]] = [[]]
+    size = fixed
+    for item in stored:
+        nbytes = item[2].numel() * item[2].element_size() + 4096
+        if limit is not None and fixed + nbytes > limit:
+            raise CacheError(f"export: tensor {item[1]} ({nbytes / 2**20:.3f} MiB with the manifest's "
+                             f"{fixed / 2**20:.3f} MiB) does not fit in --part-mb {part_mb}")
+        if limit is not None and parts[-1] and size + nbytes > limit:
+            parts.append([])
+            size = fixed
+        parts[-1].append(item)
+        size += nbytes
+    for i, part in enumerate(parts, 1):
+        for e, name, _ in part:
+            next(d for d in entries[e]["tensors"] if d["name"] == name)["part"] = i
+    manifest = {"format": EXPORT_FORMAT, "dtype": dtype, "entries": entries,
+                "sha256": hashlib.sha256("".join(d["sha256"] for e in entries for d in e["tensors"]).encode()).hexdigest()}
+    text = json.dumps(manifest, sort_keys=True, default=str)
+    path = Path(path)
+    names = [path] if len(parts) == 1 else [path.with_name(f"{path.stem}.part{i}-of-{len(parts)}{path.suffix}")
+                                           for i in range(1, len(parts) + 1)]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in [path, *path.parent.glob(f"{path.stem}.part*-of-*{path.suffix}")]:  # an earlier export's parts
+        stale.unlink(missing_ok=True)
+    for i, (name, part) in enumerate(zip(names, parts), 1):
+        tmp = name.with_name(f".{name.name}.tmp")
+        torch.save({"format": EXPORT_FORMAT, "part": i, "parts": len(parts), "manifest": text,
+                    "tensors": {f"{e}/{n}": t.contiguous() for e, n, t in part}}, tmp)
+        written = tmp.stat().st_size
+        if limit is not None and written > limit:
+            tmp.unlink()
+            raise CacheError(f"export: part {name} would be {written / 2**20:.3f} MiB, over --part-mb {part_mb}")
+        tmp.replace(name)
+    return names
+
+
+def _part_files(path: Path) -> list[Path]:
+    """The file, or every part of the export ``path`` names (a part's own name or the name given to export)."""
+    import re
+
+    m = re.fullmatch(r"(.*)\.part\d+-of-(\d+)(\.[^.]*)?", path.name)
+    stem, suffix = (m.group(1), m.group(3) or "") if m else (path.stem, path.suffix)
+    if m is None and path.is_file():
+        return [path]
+    parts = sorted(path.parent.glob(f"{stem}.part*-of-*{suffix}"))
+    if not parts:
+        raise CacheError(f"import: {path}: no such file, nor parts {stem}.part<i>-of-<n>{suffix} beside it")
+    return parts
+
+
+def read_export(path: str | Path) -> tuple[dict[str, Any], dict[str, dict[str, torch.Tensor]]]:
+    """The manifest and each entry's tensors (cast back to their original dtypes), every part and checksum checked."""
+    path = Path(path)
+    files = _part_files(path)
+    manifest_text, tensors, seen = None, {}, set()
+    for f in files:
+        try:
+            doc = torch.load(f, map_location="cpu", weights_only=True)
+        except Exception as exc:  # a truncated or foreign file: torch raises many types
+            raise CacheError(f"import: {f} is not a readable export ({type(exc).__name__}: {exc})") from None
+        if not isinstance(doc, dict) or doc.get("format") != EXPORT_FORMAT:
+            raise CacheError(f"import: {f} is not a pqattack checkpoint export ({EXPORT_FORMAT})")
+        if manifest_text is not None and doc["manifest"] != manifest_text:
+            raise CacheError(f"import: {f} belongs to another export than {files[0]}")
+        manifest_text = doc["manifest"]
+        seen.add((doc["part"], doc["parts"]))
+        tensors.update(doc["tensors"])
+    manifest = json.loads(manifest_text)
+    n = next(iter(seen))[1]
+    missing = sorted(set(range(1, n + 1)) - {p for p, _ in seen})
+    if missing or len({c for _, c in seen}) != 1:
+        raise CacheError(f"import: {path}: part(s) {missing} of {n} missing beside it")
+    out: dict[str, dict[str, torch.Tensor]] = {}
+    for e, entry in enumerate(manifest["entries"]):
+        out[entry["key"]] = {}
+        for d in entry["tensors"]:
+            t = tensors.get(f"{e}/{d['name']}")
+            if t is None or _tensor_sha256(t) != d["sha256"]:
+                raise CacheError(f"import: {path}: checkpoint {entry['key']} tensor {d['name']} is missing or does "
+                                 f"not match its sha256 (part {d['part']} damaged); export it again")
+            out[entry["key"]][d["name"]] = t.to(getattr(torch, d["dtype"]))
+    return manifest, out
+
+
+def _override(key: str, value: Any) -> str:
+    if isinstance(value, bool):
+        text = str(value).lower()
+    elif value is None:
+        text = "null"
+    elif isinstance(value, (list, tuple)):
+        text = "[" + ",".join(_override("", v)[1:] for v in value) + "]"
+    else:
+        text = str(value)
+    return f"{key}={text}"
+
+
+def job_overrides(entry: dict[str, Any], base: dict[str, Any] | None, extra: list[str] | None = None) -> list[str]:
+    """The overrides under which ``python -m pqattack`` finds this checkpoint: the config groups it was made with,
+    every setting of theirs that differs from the defaults, the training precision (part of the key) and the seed.
+    ``base`` is a PQN's cross-entropy checkpoint entry (its recipe comes first). The dataset comes from the job
+    config exported with the checkpoint, else from ``dataset=<name>`` among ``extra``."""
+    from hydra import compose, initialize_config_dir
+
+    from .config import CONF_DIR
+
+    spec = entry["meta"]["spec"]
+    if "base_checkpoint" in spec:
+        if base is None:
+            raise CacheError(f"import: PQN checkpoint {entry['key']} without its base checkpoint in the file")
+        q = spec["quantizer"]
+        own = [f"quantizer={q['kind']}", f"bits={q['M'] * (q['K'].bit_length() - 1)}"]
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            default = compose("config", overrides=own)
+        return job_overrides(base, None, extra) + own + [
+            _override(f"quantizer.{k}", v) for k, v in q.items() if k != "kind" and default.quantizer.get(k) != v]
+    config = entry.get("config") or {}
+    given = next((o.split("=", 1)[1] for o in extra or [] if o.startswith("dataset=")), None)
+    dataset = config.get("dataset") or {"name": given}
+    if not dataset.get("name"):
+        raise CacheError(f"import: checkpoint {entry['key']} was exported without its job's config (by key): give "
+                         f"dataset=<name> and the dataset settings it was trained with")
+    groups = [f"dataset={dataset['name']}", f"model={spec['model']['name']}"]
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        default = compose("config", overrides=groups)
+    out = list(groups)
+    for k, v in dataset.items():
+        if k not in ("name", "root", "download", "_target_") and default.dataset.get(k) != v:
+            out.append(_override(f"dataset.{k}", v))
+    out += [_override(f"model.{k}", v) for k, v in spec["model"].items() if default.model.get(k) != v]
+    out += [_override(f"trainer.{k}", v) for k, v in spec["trainer"].items() if default.trainer.get(k) != v]
+    out.append(f"precision={spec['precision']}")
+    if spec["seed"] != default.seed:
+        out.append(f"seed={spec['seed']}")
+    return out
+
+
+def import_checkpoints(path: str | Path, cache_dir: str | None = None, extra: list[str] | None = None
+                       ) -> list[tuple[str, list[str], bool]]:
+    """Check ``path`` (every part and sha256), check that this machine's data is the data each checkpoint was
+    trained on (by recomputing its cache key from the overrides and the local data), and store the checkpoints in
+    the cache under their keys. Returns ``(key, overrides, newly stored)`` per checkpoint."""
+    from hydra import compose, initialize_config_dir
+    from hydra.utils import instantiate
+
+    from .config import CONF_DIR, load_job
+    from .errors import DatasetError
+    from .pipeline import load_data
+    from .runtime import Runtime
+    from .stages.keys import checkpoint_spec, pqn_spec
+
+    manifest, tensors = read_export(path)
+    entries = {e["key"]: e for e in manifest["entries"]}
+    done = []
+    for entry in manifest["entries"]:
+        spec = entry["meta"]["spec"]
+        base = entries.get(spec.get("base_checkpoint")) if "base_checkpoint" in spec else None
+        overrides = job_overrides(entry, base, extra)
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            cfg = compose("config", overrides=[*overrides, *(extra or []), "device=cpu"])
+        job = load_job(cfg)
+        cache = ArtifactCache(cache_dir or cfg.cache.dir)
+        cpu = torch.device("cpu")
+        data = load_data(cfg, instantiate(cfg.dataset), Runtime(cpu, "fp32", cache))
+        base_spec = checkpoint_spec(job, data, spec["precision"], cpu)
+        local = base_spec if base is None else pqn_spec(job, spec_key("checkpoint", base_spec), spec["precision"], cpu)
+        if spec_key("checkpoint", local) != entry["key"]:
+            theirs = spec if base is None else base["meta"]["spec"]
+            ours = base_spec
+            differ = [f"{k}: trained with {theirs.get(k)!r}, here {ours.get(k)!r}" for k in sorted(set(theirs) | set(ours))
+                      if theirs.get(k) != ours.get(k)]
+            if theirs.get("data") != ours.get("data"):
+                differ.append("the training data differ (other image files or decoding, or another training subset)")
+            raise DatasetError(f"import: {path}: checkpoint {entry['key']} ({spec.get('model', {}).get('name', 'pqn')}) "
+                             f"does not fit this machine's data and config under {' '.join(overrides)}: "
+                             + "; ".join(differ or ["the PQN settings differ"])
+                             + f" (dataset.root={cfg.dataset.get('root')}); point dataset.root at the same copy of the "
+                             f"data")
+        meta = {**entry["meta"], "imported": {"file": str(path), "stored_dtype": manifest["dtype"]}}
+        fresh = not (cache.entry("checkpoint", entry["key"]) / META_FILE).is_file()
+        if fresh:
+            cache.save("checkpoint", entry["key"], tensors[entry["key"]], meta)
+        done.append((entry["key"], overrides, fresh))
+    return done
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m pqattack.cache export|import``: move trained checkpoints between machines' caches."""
+    import argparse
+    import sys
+
+    p = argparse.ArgumentParser(prog="python -m pqattack.cache", description=main.__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+    ex = sub.add_parser("export", help="write checkpoints (keys, run or sweep folders) to a file")
+    ex.add_argument("paths", nargs="+", metavar="SOURCE... FILE")
+    ex.add_argument("--dtype", default="fp16", choices=sorted(EXPORT_DTYPES), help="storage of float tensors")
+    ex.add_argument("--part-mb", type=float, default=None, help="split into parts of at most this many MiB")
+    ex.add_argument("--cache", default=None, help="cache folder (default $PQATTACK_CACHE or .cache/pqattack)")
+    im = sub.add_parser("import", help="check a file and put its checkpoints into this machine's cache")
+    im.add_argument("file")
+    im.add_argument("overrides", nargs="*", help="config overrides for this machine, e.g. dataset.root=/data")
+    im.add_argument("--cache", default=None, help="cache folder (default: cache.dir of the config)")
+    a = p.parse_args(argv)
+    from .errors import PQAttackError
+
+    try:
+        if a.command == "export":
+            if len(a.paths) < 2:
+                p.error("export needs at least one SOURCE and the FILE to write")
+            cache = ArtifactCache(a.cache or os.environ.get("PQATTACK_CACHE", ".cache/pqattack"))
+            for f in export_checkpoints(a.paths[:-1], a.paths[-1], cache, a.dtype, a.part_mb):
+                print(f"wrote {f} ({f.stat().st_size / 2**20:.1f} MiB)")
+            return 0
+        for key, overrides, fresh in import_checkpoints(a.file, a.cache, a.overrides):
+            state = "imported" if fresh else "already in the cache:"
+            print(f"{state} checkpoint {key}; a job finds it with: python -m pqattack {' '.join(overrides)}")
+        return 0
+    except PQAttackError as exc:  # exit 2 for bad input (the data, a config), 3 for a damaged or missing file
+        print(f"{exc.kind} error: {exc}", file=sys.stderr)
+        return exc.exit_code
+
+
+if __name__ == "__main__":
+    import sys
+
+    from pqattack.cache import main as _main  # the package's module, not this __main__ copy of it
+
+    sys.exit(_main())

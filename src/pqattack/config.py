@@ -14,7 +14,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from .attacks.config import AttackConfig
 from .errors import ConfigError
+from .models.augment import PAD_MODES
 from .models.backbones import ARCHITECTURES
+from .models.classifier import SCHEDULES
 from .quant.config import IndexConfig, KMeansConfig, PQNConfig
 from .runtime import PRECISIONS, resolve_device
 
@@ -52,6 +54,46 @@ def register() -> None:
 
 
 register()
+
+
+def _check_recipes(cfg: DictConfig) -> None:
+    """A preset that trains each model with its own recipe (``recipes.<model name>``, with
+    ``trainer: ${recipes.${model.name}}``) must hold one for the target and for the transfer source."""
+    recipes = cfg.get("recipes")
+    if recipes is None:
+        return
+    t = cfg.get("transfer") or {}
+    for key, name in (("model", cfg.model.name), ("transfer.source_model", t.get("source_model"))):
+        if name is not None and name not in recipes:
+            raise ConfigError(f"{key}={name}: this preset trains each model with its recipe in `recipes`, which has "
+                              f"none for {name!r} (only {', '.join(recipes)}); add /trainer@recipes.{name}: <recipe> "
+                              f"to its defaults")
+    for name, recipe in recipes.items():
+        _check_trainer(recipe, f"recipes.{name}", cfg.dataset.get("image_size", 32))
+
+
+def _check_trainer(tr: DictConfig, key: str, image_size: int) -> None:
+    """The recipe's values (``key``: ``trainer`` or ``recipes.<model>``)."""
+    if tr.max_epochs < 1:
+        raise ConfigError(f"{key}.max_epochs={tr.max_epochs}: must be >= 1")
+    if tr.batch_size < 2:
+        raise ConfigError(f"{key}.batch_size={tr.batch_size}: must be >= 2 (batch norm)")
+    if tr.schedule not in SCHEDULES:
+        raise ConfigError(f"{key}.schedule={tr.schedule!r}: expected one of {', '.join(SCHEDULES)}")
+    if not 0 <= tr.get("warmup", 0) < 1:
+        raise ConfigError(f"{key}.warmup={tr.warmup}: must be in [0, 1) (a fraction of the steps)")
+    for name in ("lr_start", "lr_end"):
+        if tr.get(name, 0) < 0:
+            raise ConfigError(f"{key}.{name}={tr[name]}: must be >= 0 (a fraction of {key}.lr)")
+    if tr.get("norm_lr_scale", 1) <= 0:
+        raise ConfigError(f"{key}.norm_lr_scale={tr.norm_lr_scale}: must be > 0")
+    if not 0 <= tr.get("lookahead", 0) < 1 or tr.get("lookahead_every", 1) < 1:
+        raise ConfigError(f"{key}.lookahead={tr.get('lookahead')}, {key}.lookahead_every={tr.get('lookahead_every')}: "
+                          f"lookahead must be in [0, 1) (0: off) and lookahead_every >= 1")
+    if tr.get("crop_pad_mode", "zeros") not in PAD_MODES:
+        raise ConfigError(f"{key}.crop_pad_mode={tr.crop_pad_mode!r}: expected one of {', '.join(PAD_MODES)}")
+    if not 0 <= tr.get("crop_padding", 0) < image_size:
+        raise ConfigError(f"{key}.crop_padding={tr.crop_padding}: must be in [0, {image_size}) (dataset.image_size)")
 
 
 def compose_config(overrides: list[str]) -> DictConfig:
@@ -110,6 +152,7 @@ def load_job(cfg: DictConfig) -> JobConfig:
     (``AttackConfig``, ``KMeansConfig``/``PQNConfig``, ``IndexConfig``), and ``runtime.resolve_device``."""
     from .metrics import EMPTY, TIES
 
+    _check_recipes(cfg)  # first: the job's `trainer` may interpolate a recipe that is not there
     q = _typed(cfg.quantizer, PQNConfig if cfg.quantizer.kind == "pqn" else KMeansConfig)
     if cfg.quantizer.kind not in ("kmeans", "pqn"):
         raise ConfigError(f"quantizer.kind={cfg.quantizer.kind!r}: expected kmeans or pqn")
@@ -153,10 +196,7 @@ def load_job(cfg: DictConfig) -> JobConfig:
     if attack.target_class is not None and classes is not None and attack.target_class >= classes:
         raise ConfigError(f"attack.target_class={attack.target_class}: dataset={d.name} has {classes} classes "
                           f"(0..{classes - 1})")
-    if tr.max_epochs < 1:
-        raise ConfigError(f"trainer.max_epochs={tr.max_epochs}: must be >= 1")
-    if tr.batch_size < 2:
-        raise ConfigError(f"trainer.batch_size={tr.batch_size}: must be >= 2 (batch norm)")
+    _check_trainer(tr, "trainer", d.get("image_size", 32))
     if int(tr.get("num_nodes", 1)) != 1:
         raise ConfigError(f"trainer.num_nodes={tr.num_nodes}: a job trains on one node only (its other stages run "
                           f"in one process); use trainer.devices for the GPUs of that node, or a SLURM array of jobs")
@@ -164,8 +204,8 @@ def load_job(cfg: DictConfig) -> JobConfig:
         raise ConfigError(f"trainer.strategy={tr.strategy} with trainer.devices={tr.devices}: Lightning would start the "
                           f"other ranks by re-running this command line, i.e. the whole job; use trainer=ddp "
                           f"(a spawn-based strategy)")
-    if tr.get("schedule", "onecycle") not in ("onecycle", "constant"):
-        raise ConfigError(f"trainer.schedule={tr.schedule!r}: expected onecycle or constant")
+    if not isinstance(tr.get("compile", False), bool):
+        raise ConfigError(f"trainer.compile={tr.compile!r}: expected true or false")
     if cfg.precision not in PRECISIONS:
         raise ConfigError(f"precision={cfg.precision!r}: expected one of {', '.join(PRECISIONS)}")
     t = container(cfg.get("transfer") or OmegaConf.create({}))
@@ -202,9 +242,11 @@ class ValidateSweep(Callback):
 
         from hydra.core.override_parser.overrides_parser import OverridesParser
 
-        task = list(config.hydra.overrides.task)
-        params = [f"{k}={v}" for k, v in (config.hydra.sweeper.get("params") or {}).items()]
-        parsed = OverridesParser.create().parse_overrides(task + params)
+        parser = OverridesParser.create()
+        task = parser.parse_overrides(list(config.hydra.overrides.task))
+        given = {o.get_key_element() for o in task}  # as in Hydra's sweeper: the command line wins over the params
+        params = [f"{k}={v}" for k, v in (config.hydra.sweeper.get("params") or {}).items() if k not in given]
+        parsed = parser.parse_overrides(params) + task
         choices = [[f"{o.get_key_element()}={v}" for v in o.sweep_string_iterator()] if o.is_sweep_override()
                    else [o.input_line] for o in parsed]
         for overrides in itertools.product(*choices):

@@ -5,6 +5,7 @@ trains each backbone, extracts its features and runs K-means once."""
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from pathlib import Path
@@ -16,6 +17,7 @@ from omegaconf import DictConfig
 
 from .cache import ArtifactCache, spec_key
 from .config import container, load_job
+from .data import RetrievalData
 from .records import attacked_rows, clean_rows, describe, recipe_fields, write_results
 from .runtime import Runtime, device_name, resolve_device, resolve_precision, versions
 from .stages.attack import adversarial_set, check_attack_data
@@ -35,6 +37,8 @@ def run(cfg: DictConfig, output_dir: Path, loggers: list | None = None) -> Path:
     rt = Runtime(device, resolve_precision(cfg.precision, device), ArtifactCache(cfg.cache.dir, cfg.cache.enabled),
                  progress=cfg.progress)
     torch.manual_seed(job.seed)
+    if device.type == "cuda":  # fixed input shapes: let cuDNN pick its fastest algorithms (eval and attacks too)
+        torch.backends.cudnn.benchmark = True
     results_key = spec_key("results", results_spec(job, rt.precision))
     if cfg.get("resume") and rt.cache.enabled and (found := rt.cache.load("results", results_key)) is not None:
         log.info("resume: this job's results are complete in the cache; not recomputed")
@@ -42,7 +46,7 @@ def run(cfg: DictConfig, output_dir: Path, loggers: list | None = None) -> Path:
 
     with rt.timed("data"):
         source = instantiate(cfg.dataset)
-        data = source.load(rt.cache)
+        data = load_data(cfg, source, rt)
     label = getattr(source, "describe", lambda: data.name)()
     check_attack_data(job, data)
     target = build_target(job, data, rt, loggers or [])
@@ -75,6 +79,20 @@ def run(cfg: DictConfig, output_dir: Path, loggers: list | None = None) -> Path:
         rt.cache.save("results", results_key, {}, {"results": {"meta": meta, "rows": rows}})
     log_rows(loggers or [], rows)
     return path
+
+
+_LOADED: dict[str, RetrievalData] = {}  # the last dataset loaded in this process (see load_data)
+
+
+def load_data(cfg: DictConfig, source: Any, rt: Runtime) -> RetrievalData:
+    """``source.load(rt.cache)``, once per process for the same dataset config and cache: the jobs of a sweep,
+    which Hydra's basic launcher runs in one process, share the decoded images instead of listing, hashing and
+    loading them again in every job."""
+    key = json.dumps([container(cfg.dataset), str(rt.cache.root), rt.cache.enabled], sort_keys=True, default=str)
+    if key not in _LOADED:
+        _LOADED.clear()
+        _LOADED[key] = source.load(rt.cache)
+    return _LOADED[key]
 
 
 def log_rows(loggers: list, rows: list[dict[str, Any]]) -> None:

@@ -127,7 +127,9 @@ def source_jobs(job: "JobConfig") -> "list[JobConfig] | None":
         return None
     jobs = []
     for name in names:
-        src = OmegaConf.create(OmegaConf.to_container(job.config, resolve=True))
+        # Unresolved, so that what follows the model (a preset's ``trainer: ${recipes.${model.name}}``) follows the
+        # source's model.
+        src = OmegaConf.create(OmegaConf.to_container(job.config, resolve=False))
         if name != job.model["name"]:
             src.model = compose_config([f"model={name}"]).model
         if bits is not None:

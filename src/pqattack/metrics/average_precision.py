@@ -15,8 +15,9 @@ relevant items at its end, and the counts before and through each group follow b
 
 mAP@k keeps the usual normaliser, the number of relevant items in the top k. Under the random order, the group
 that straddles position k puts a hypergeometric number of its relevant items in the top k, and the normaliser
-depends on it; :func:`_straddling_group` sums over that number exactly. This needs the whole straddling group, so
-a ranking cut at k must go on past the group's end (``quant.index.search_past_ties``) or hold every item.
+depends on it; :func:`_straddling_group` sums over that number exactly. This needs the whole straddling group: a
+ranking cut at k goes on past the group's end (``quant.index.search_past_ties``), or holds every item, or comes
+with the group's counts (``PQIndex`` counts them over its distinct codes).
 """
 
 from __future__ import annotations
@@ -206,14 +207,16 @@ def average_precision_unranked(dist: torch.Tensor | np.ndarray, rel: torch.Tenso
 
 
 def average_precision(sorted_dist: torch.Tensor | np.ndarray, sorted_rel: torch.Tensor | np.ndarray,
-                      topk: int | None = None, complete: bool | np.ndarray = True) -> QueryAP:
+                      topk: int | None = None, complete: bool | np.ndarray = True,
+                      tie_at_k: tuple[np.ndarray, np.ndarray] | None = None) -> QueryAP:
     """Per-query APs of rankings: distances ``[Q, n]`` ascending and their relevance ``[Q, n]`` (bool).
 
     ``topk``: AP@k, normalised by the relevant items in the top k: grouped over the ranking's first k items (the
     tie group at k cut there, its items as ranked); expected over the random orders of every tie group, the one
-    that straddles position k included (:func:`_straddling_group`). ``complete`` (bool, or per query ``[Q]``):
-    the ranking holds every item; where it does not and ends inside its tie group at position k, the expected
-    AP@k is NaN. A query with no relevant item in its top k gets AP 0.
+    that straddles position k included (:func:`_straddling_group`). That group is counted in the ranking, which
+    must then go on past it or hold every item (``complete``, bool or per query ``[Q]``; elsewhere the expected
+    AP@k is NaN), unless ``tie_at_k`` gives, per query, how many items and relevant items of the whole database
+    are at the k-th distance. A query with no relevant item in its top k gets AP 0.
     """
     d = _distances(sorted_dist)
     rel = _numpy(sorted_rel).astype(bool, copy=False)
@@ -224,14 +227,18 @@ def average_precision(sorted_dist: torch.Tensor | np.ndarray, sorted_rel: torch.
     kth = d[:, k - 1:k]
     _, grouped, top = _precision_sums(_sorted_keys(d[:, :k], rel[:, :k]))
     pre_sums, _, rel_before = _precision_sums(_sorted_keys(d[:, :k], rel[:, :k] & (d[:, :k] < kth)))
-    before, through = (d < kth).sum(1), (d <= kth).sum(1)
-    at_kth = (rel & (d == kth)).sum(1)
-    full = np.broadcast_to(np.asarray(complete, dtype=bool), (q,))
+    before = (d < kth).sum(1)
+    if tie_at_k is None:
+        size, rel_at = (d == kth).sum(1), (rel & (d == kth)).sum(1)
+        known = np.broadcast_to(np.asarray(complete, dtype=bool), (q,)) | (before + size < n)
+    else:
+        size, rel_at = (np.asarray(c, dtype=np.int64) for c in tie_at_k)
+        known = np.ones(q, dtype=bool)
     expected, found = np.full(q, np.nan), np.full(q, np.nan)
-    h = _harmonic(n)
-    for i in np.flatnonzero(full | (through < n)):
-        expected[i], found[i] = _straddling_group(pre_sums[i], int(before[i]), int(through[i] - before[i]),
-                                                  int(rel_before[i]), int(at_kth[i]), k - int(before[i]), h)
+    h = _harmonic(int((before + size).max()))
+    for i in np.flatnonzero(known):
+        expected[i], found[i] = _straddling_group(pre_sums[i], int(before[i]), int(size[i]), int(rel_before[i]),
+                                                  int(rel_at[i]), k - int(before[i]), h)
     return QueryAP(expected, _per_query(grouped, top), found, (top > 0).astype(np.float64))
 
 
@@ -289,17 +296,18 @@ def relevance(query_labels: torch.Tensor, db_labels: torch.Tensor, ids: torch.Te
 
 
 def query_average_precisions(sorted_dist: torch.Tensor, ids: torch.Tensor, query_labels: torch.Tensor,
-                              db_labels: torch.Tensor, topk: int | None = None) -> QueryAP:
-    """Per-query APs of rankings ``(sorted_dist, ids)`` ``[Q, n]`` over the full ranking, or at ``topk``. A row
-    that holds fewer than every database item counts as complete when it ends with id -1 (the search ran out
-    of items)."""
+                              db_labels: torch.Tensor, topk: int | None = None,
+                              tie_at_k: tuple[np.ndarray, np.ndarray] | None = None) -> QueryAP:
+    """Per-query APs of rankings ``(sorted_dist, ids)`` ``[Q, n]`` over the full ranking, or at ``topk``
+    (``tie_at_k`` as in :func:`average_precision`). A row that holds fewer than every database item counts as
+    complete when it ends with id -1 (the search ran out of items)."""
     ql, dl = query_labels.cpu(), db_labels.cpu()
     if ql.ndim == 1 and ql.dtype == dl.dtype == torch.int64 and ql.numel() and dl.numel() and \
             -(1 << 15) <= min(ql.min(), dl.min()) and max(ql.max(), dl.max()) < (1 << 15):
         ql, dl = ql.to(torch.int16), dl.to(torch.int16)  # class ids: the same equalities, a cheaper gather
     ids = ids.cpu()
     complete = (ids[:, -1] < 0).numpy() | (ids.shape[1] >= len(dl)) if ids.numel() else True
-    return average_precision(sorted_dist, relevance(ql, dl, ids), topk, complete)
+    return average_precision(sorted_dist, relevance(ql, dl, ids), topk, complete, tie_at_k)
 
 
 def mean_average_precision(sorted_dist: torch.Tensor, ids: torch.Tensor, query_labels: torch.Tensor,

@@ -15,6 +15,8 @@ How each differs from torchvision's ImageNet model:
   the classifier keeps its dropout-FC-ReLU x2 shape at width ``hidden`` (default 1024, not 4096).
   Embedding: the second hidden layer (after ReLU).
 - smallcnn: not from the paper; four conv layers for the demo and the tests.
+- fastnet: not from the paper; a small network co-designed with a fast training recipe after airbench
+  (``models/fastnet.py``). Embedding: the 256-d (``widths[-1]``) pooled output of its last block.
 """
 
 from __future__ import annotations
@@ -99,12 +101,16 @@ def _smallcnn(width: int) -> tuple[nn.Module, int]:
     return body, 4 * w
 
 
-ARCHITECTURES = ("alexnet", "vgg11", "vgg13", "vgg16", "resnet18", "resnet34", "resnet50", "smallcnn")
+ARCHITECTURES = ("alexnet", "vgg11", "vgg13", "vgg16", "resnet18", "resnet34", "resnet50", "smallcnn", "fastnet")
 
 
 def build_backbone(arch: str, num_classes: int, batch_norm: bool = True, hidden: int = 1024,
-                   dropout: float = 0.5, width: int = 32) -> Backbone:
+                   dropout: float = 0.5, width: int = 32, widths: tuple[int, ...] = (64, 256, 256)) -> Backbone:
     """Instantiate a CIFAR-size backbone by name (one of ``ARCHITECTURES``)."""
+    if arch == "fastnet":
+        from .fastnet import FastNet
+
+        return FastNet(num_classes, tuple(widths))
     if arch.startswith("resnet"):
         body, dim = _resnet(arch)
     elif arch in VGG_CFGS:

@@ -89,14 +89,13 @@ class PQNModule(ClassifierModule):
         self.soft_pq = SoftProductQuantizer(codebooks, alpha)
         self.pqn_loss, self.margin = loss, margin
 
+    def on_train_start(self) -> None:
+        """Nothing to initialise from the data: the backbone is already trained."""
+
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         images, labels = batch
-        x = self.to_float(images)
-        if self.hparams.augment:
-            from .augment import random_crop_flip
-            x = random_crop_flip(x, padding=self.hparams.crop_padding)
-        sub, soft, _ = self.soft_pq(self.backbone.forward_features(x))
-        loss = torch.zeros((), device=x.device)
+        sub, soft, _ = self.soft_pq(self.backbone.forward_features(self.augmented(images)))
+        loss = torch.zeros((), device=images.device)
         if "triplet" in self.pqn_loss:
             loss = loss + asymmetric_triplet_loss(sub, soft, labels, self.margin)
         if "ce" in self.pqn_loss:
@@ -106,5 +105,5 @@ class PQNModule(ClassifierModule):
         if batch_idx % 50 == 0 and not torch.isfinite(loss):
             raise NumericsError(f"PQN training loss is {loss.item()} at step {self.global_step}: lower "
                                      f"quantizer.lr or alpha")
-        self.log("train/pqn_loss", loss, prog_bar=True, on_step=True, on_epoch=True)
+        self.log("train/pqn_loss", loss, prog_bar=self.step_value_on_progress_bar, on_step=True, on_epoch=True)
         return loss

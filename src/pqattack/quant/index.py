@@ -21,8 +21,8 @@ docs/benchmarks.md):
 - the mAP over the full ranking (:meth:`PQIndex.mean_average_precision`) needs no ranking of the ids: one sort of
   (distance, relevance) keys per query row gives each relevant item's tie group
   (:func:`pqattack.metrics.average_precision.average_precision_unranked`);
-- mAP@k ranks the top k and goes on past the tie group at position k (:func:`search_past_ties`), which the
-  expected AP@k needs whole.
+- mAP@k ranks the top k; the expected AP@k needs the whole tie group at position k, which is counted over the
+  database's distinct codes (an item's distance is its code's), not by ranking on.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ import faiss
 import numpy as np
 import torch
 
-from ..metrics.average_precision import QueryAP, average_precision_unranked, query_average_precisions, relevance
+from ..metrics.average_precision import QueryAP, average_precision, average_precision_unranked, relevance
 from ..metrics.ranking import ranking_diagnostics
 from .codebooks import nbits_of
 
@@ -107,16 +107,17 @@ def rank(dist: np.ndarray, k: int | None = None) -> tuple[np.ndarray, np.ndarray
     return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
 
-def search_past_ties(search: Callable[[int], tuple[torch.Tensor, torch.Tensor]], k: int, total: int
-                     ) -> tuple[torch.Tensor, torch.Tensor]:
+def search_past_ties(search: Callable[[int], tuple[torch.Tensor, torch.Tensor]], k: int, total: int,
+                     threshold: np.ndarray | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """A top-k ranking continued past the tie group at position k: ``search(n)`` (a ``(distances, ids)`` top n,
     ``[Q, n]``, ascending) for the smallest n tried (k + k / 8 + 16, then doubling, at most ``total``) at which
-    every row ends at a larger distance than its k-th, or with a missing result (id -1), or holds all ``total``
-    items. The expected mAP@k needs the whole group that straddles position k."""
+    every row ends at a larger distance than its k-th (or than its ``threshold``), or with a missing result
+    (id -1), or holds all ``total`` items. The expected mAP@k needs the whole group that straddles position k."""
     n = min(total, k + k // 8 + 16)
     while True:
         dist, ids = search(n)
-        if n >= total or bool(((dist[:, -1] > dist[:, k - 1]) | (ids[:, -1] < 0)).all()):
+        past = dist[:, -1].numpy() > (dist[:, k - 1].numpy() if threshold is None else threshold)
+        if n >= total or bool((past | (ids[:, -1] < 0).numpy()).all()):
             return dist, ids
         n = min(total, 2 * n)
 
@@ -129,15 +130,21 @@ class PQIndex:
         self.M, self.K, self.d = M, K, M * dsub
         self.nbits = nbits_of(K)
         self.codebooks = codebooks.detach().float().cpu()
-        self.index = faiss.IndexPQ(self.d, M, self.nbits)
-        faiss.copy_array_to_vector(self.codebooks.numpy().ravel(), self.index.pq.centroids)
-        self.index.pq.compute_sdc_table()
-        self.index.is_trained = True
+        self.index = self._empty_faiss_index()
         self.sdc_table = torch.from_numpy(faiss.vector_to_array(self.index.pq.sdc_table).reshape(M, K, K).copy())
         self.db_codes: torch.Tensor | None = None
         self._codes_by_space: np.ndarray | None = None  # [M, N] intp, the gather indices
+        self._distinct: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None  # see _distinct_codes
         if database is not None:
             self.add(database)
+
+    def _empty_faiss_index(self) -> faiss.IndexPQ:
+        """A FAISS ``IndexPQ`` with these codebooks (and their SDC table), no items."""
+        index = faiss.IndexPQ(self.d, self.M, self.nbits)
+        faiss.copy_array_to_vector(self.codebooks.numpy().ravel(), index.pq.centroids)
+        index.pq.compute_sdc_table()
+        index.is_trained = True
+        return index
 
     @property
     def ntotal(self) -> int:
@@ -155,20 +162,36 @@ class PQIndex:
         codes = torch.from_numpy(unpack_codes(packed, self.M, self.nbits))
         self.db_codes = codes if self.db_codes is None else torch.cat([self.db_codes, codes])
         self._codes_by_space = None
+        self._distinct = None
 
     def _pairs(self) -> bool:
         """Gather two sub-spaces at once (a ``[Q, K * K]`` table of their sums per pair) when that table is small."""
         return self.M % 2 == 0 and self.K * self.K <= PAIR_TABLE_MAX
 
+    def _gather_indices(self, codes: np.ndarray) -> np.ndarray:
+        """The gather indices of codes ``[N, M]``: ``[M, N]`` (or ``[M/2, N]`` pair indices b_2j * K + b_2j+1), intp."""
+        codes = codes.T.astype(np.intp)
+        if self._pairs():
+            codes = codes[0::2] * self.K + codes[1::2]
+        return np.ascontiguousarray(codes)
+
     def _codes_t(self) -> np.ndarray:
-        """The gather indices ``[M, N]`` (or ``[M/2, N]`` pair indices b_2j * K + b_2j+1), intp, cached."""
+        """The database's gather indices, cached."""
         assert self.db_codes is not None, "PQIndex.add() the database first"
         if self._codes_by_space is None:
-            codes = self.db_codes.numpy().T.astype(np.intp)
-            if self._pairs():
-                codes = codes[0::2] * self.K + codes[1::2]
-            self._codes_by_space = np.ascontiguousarray(codes)
+            self._codes_by_space = self._gather_indices(self.db_codes.numpy())
         return self._codes_by_space
+
+    def _distinct_codes(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The database's distinct codes, FAISS-packed ``[U, code_size]``; its item ids grouped by distinct code,
+        ascending within each ``[N]``; and where each code's items start in them ``[U + 1]``. Cached."""
+        if self._distinct is None:
+            packed = faiss.vector_to_array(self.index.codes).reshape(self.ntotal, -1)
+            unique, inverse = np.unique(packed, axis=0, return_inverse=True)
+            inverse = inverse.ravel()
+            starts = np.concatenate([[0], np.cumsum(np.bincount(inverse, minlength=len(unique)))])
+            self._distinct = (unique, np.argsort(inverse, kind="stable"), starts)
+        return self._distinct
 
     # ----------------------------------------------------------------------------------------- distances
     def lookup_tables(self, queries: torch.Tensor | np.ndarray, system: str) -> np.ndarray:
@@ -188,10 +211,12 @@ class PQIndex:
         qc = query_codes.numpy().T  # [M, Q]
         return np.ascontiguousarray(table[np.arange(self.M)[:, None], qc])
 
-    def _gather(self, tables: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-        """``[Q, N]`` = sum_m tables[m, q, code_m(x)]. With pairs: (T_0 + T_1) + (T_2 + T_3) + ..., each pair's
-        sums made once per table entry; equal codes always get equal distances."""
-        codes = self._codes_t()
+    def _gather(self, tables: np.ndarray, out: np.ndarray | None = None, codes: np.ndarray | None = None
+                ) -> np.ndarray:
+        """``[Q, N]`` = sum_m tables[m, q, code_m(x)] over the database (or the gather indices ``codes``). With pairs:
+        (T_0 + T_1) + (T_2 + T_3) + ..., each pair's sums made once per table entry; equal codes always get equal
+        distances."""
+        codes = self._codes_t() if codes is None else codes
         if self._pairs():
             tables = np.ascontiguousarray(tables[0::2, :, :, None] + tables[1::2, :, None, :]).reshape(
                 self.M // 2, tables.shape[1], self.K * self.K)
@@ -246,15 +271,62 @@ class PQIndex:
             out_d[lo:lo + rows], out_i[lo:lo + rows] = rank(self._gather(tables[:, lo:lo + rows]), k)
         return torch.from_numpy(out_d), torch.from_numpy(out_i)
 
-    def search_past_ties(self, queries: torch.Tensor | np.ndarray, system: str, k: int
-                         ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``search(queries, system, k)`` continued past each row's tie group at position k (see
-        :func:`search_past_ties`); the first k columns are ``search``'s, bit for bit."""
-        if system not in SYSTEMS:
-            raise ValueError(f"system={system!r}: expected one of {SYSTEMS}")
-        k = min(k, self.ntotal)
-        heap = self._heap_search(k, system)
-        return search_past_ties(lambda n: self._search(queries, system, n, heap), k, self.ntotal)
+    def _codes_at(self, queries: np.ndarray, system: str, kth: np.ndarray, nearer: int, heap: bool
+                  ) -> list[np.ndarray]:
+        """Per query, the distinct codes (indices into :meth:`_distinct_codes`) at exactly the distance ``kth[q]``,
+        in the arithmetic of the ranking: FAISS's heap search over an index of the distinct codes (of which at most
+        ``nearer`` are nearer than ``kth[q]``), or the gathered tables."""
+        unique = self._distinct_codes()[0]
+        if heap:
+            index = self._empty_faiss_index()
+            index.search_type = self.index.search_type
+            index.add_sa_codes(unique)
+            dist, ids = search_past_ties(lambda n: tuple(map(torch.from_numpy, index.search(queries, n))),
+                                         min(nearer + 1, len(unique)), len(unique), threshold=kth)
+            return [i[d == t] for d, i, t in zip(dist.numpy(), ids.numpy(), kth)]
+        gather = self._gather_indices(unpack_codes(unique, self.M, self.nbits))
+        tables, rows, codes = self.lookup_tables(queries, system), max(1, BLOCK_ITEMS // len(unique)), []
+        for lo in range(0, len(kth), rows):
+            dist = self._gather(tables[:, lo:lo + rows], codes=gather)
+            codes += [np.flatnonzero(d == t) for d, t in zip(dist, kth[lo:lo + rows])]
+        return codes
+
+    def _tie_at_k(self, queries: torch.Tensor | np.ndarray, system: str, dist: torch.Tensor, ids: torch.Tensor,
+                  rel: torch.Tensor, k: int, heap: bool, query_labels: torch.Tensor, db_labels: torch.Tensor
+                  ) -> tuple[np.ndarray, np.ndarray]:
+        """Per query, the items and the relevant items of the whole database at its k-th distance: counted in the
+        top-n ranking ``dist, ids, rel`` where it goes on past that distance (or holds everything), else over the
+        distinct codes at that distance (an item's distance is its code's), whose items' relevance is
+        :func:`~pqattack.metrics.average_precision.relevance`'s, in blocks of queries."""
+        d, kth = dist.numpy(), dist[:, k - 1].numpy()
+        at = d == kth[:, None]
+        size, relevant = at.sum(1), (rel.numpy() & at).sum(1)
+        open_rows = np.flatnonzero(at[:, -1]) if d.shape[1] < self.ntotal else np.zeros(0, dtype=np.int64)
+        if not open_rows.size:
+            return size, relevant
+        _, items, starts = self._distinct_codes()
+        code_of = np.empty(self.ntotal, dtype=np.int64)
+        code_of[items] = np.repeat(np.arange(len(starts) - 1), np.diff(starts))
+        nearer = max(len(np.unique(code_of[i[dd < t]])) for i, dd, t in zip(ids[open_rows].numpy(), d[open_rows],
+                                                                           kth[open_rows]))
+        found = {}
+        for q, codes in zip(open_rows, self._codes_at(_np(queries)[open_rows], system, kth[open_rows], nearer, heap)):
+            if not np.isin(code_of[ids[q].numpy()[at[q]]], codes).all():
+                raise RuntimeError(f"the items at query {q}'s k-th distance {kth[q]!r} are not all at that distance "
+                                   f"in a search of the distinct codes: the two {system.upper()} searches differ")
+            lengths = starts[codes + 1] - starts[codes]
+            found[q] = items[np.repeat(starts[codes] - np.cumsum(lengths) + lengths, lengths) + np.arange(lengths.sum())]
+            size[q] = len(found[q])
+        order = open_rows[np.argsort(-size[open_rows], kind="stable")]
+        lo = 0
+        while lo < len(order):  # rows of similar length together, -1 pads (never relevant)
+            chunk = order[lo:lo + max(1, min(64, BLOCK_ITEMS // max(1, size[order[lo]])))]
+            block = np.full((len(chunk), size[chunk[0]]), -1, dtype=np.int64)
+            for row, q in zip(block, chunk):
+                row[:size[q]] = found[q]
+            relevant[chunk] = relevance(query_labels[chunk], db_labels, torch.from_numpy(block)).sum(1).numpy()
+            lo += len(chunk)
+        return size, relevant
 
     # ----------------------------------------------------------------------------------------- mAP
     def average_precisions(self, queries: torch.Tensor | np.ndarray, system: str, query_labels: torch.Tensor,
@@ -264,13 +336,18 @@ class PQIndex:
 
         Over the full ranking, no ranking is materialised
         (:func:`~pqattack.metrics.average_precision.average_precision_unranked`), and distances exist for one block of
-        queries at a time. At ``topk``, the ranking of :meth:`search_past_ties`.
+        queries at a time. At ``topk``: the ranking of ``search(topk)`` (and a few more items), and the tie group
+        that straddles position k counted over the whole database (:meth:`_tie_at_k`).
         """
-        if topk is not None and topk < self.ntotal:
-            dist, ids = self.search_past_ties(queries, system, topk)
-            return query_average_precisions(dist, ids, query_labels, db_labels, topk=topk)
+        ql, dl = query_labels.cpu(), db_labels.cpu()
+        if topk is not None and topk < self.ntotal:  # search(topk)'s ranking and a few more; the tie group at k
+            heap = self._heap_search(topk, system)
+            dist, ids = self._search(queries, system, min(self.ntotal, topk + topk // 8 + 16), heap)
+            rel = relevance(ql, dl, ids)
+            tie = self._tie_at_k(queries, system, dist, ids, rel, topk, heap, ql, dl)
+            return average_precision(dist, rel, topk, tie_at_k=tie)
         parts = []
-        for dist, rel in self._distance_blocks(queries, system, query_labels, db_labels):
+        for dist, rel in self._distance_blocks(queries, system, ql, dl):
             parts += _parallel_rows(average_precision_unranked, len(dist), dist, rel)
         return QueryAP.concat(parts)
 
@@ -278,9 +355,9 @@ class PQIndex:
                          db_labels: torch.Tensor) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """``(distances, relevance)`` ``[q, N]`` to every database item (in database order) for blocks of queries;
         the distances' buffer is reused, so each block is to be used before the next."""
+        ql, dl = query_labels.cpu(), db_labels.cpu()
         tables = self.lookup_tables(queries, system)
         nq, n, rows = tables.shape[1], self.ntotal, self._block_rows()
-        ql, dl = query_labels.cpu(), db_labels.cpu()
         single = ql.ndim == 1
         buf = np.empty((min(rows, nq), n), dtype=np.float32)
         for lo in range(0, nq, rows):

@@ -51,7 +51,7 @@ def train_backbone(job: JobConfig, data: RetrievalData, rt: Runtime, loggers: li
         state, meta, key = rt.cache.get_or_build("checkpoint", checkpoint_spec(job, data, rt.precision, rt.device),
                                                  build)
     rt.keys["checkpoint"] = key
-    rt.info["training"] = {k: meta.get(k) for k in ("train_seconds", "train_metrics")}
+    rt.info["training"] = {k: meta.get(k) for k in ("train_seconds", "train_metrics", "epoch_seconds")}
     return load_backbone(job.model, state, key, data.num_classes, rt), key
 
 
@@ -85,5 +85,5 @@ def train_pqn(job: JobConfig, data: RetrievalData, base: Backbone, base_key: str
                                                    build)
     state = {k.removeprefix("backbone."): v for k, v in tensors.items() if k.startswith("backbone.")}
     rt.keys["checkpoint"] = key
-    rt.info["pqn_training"] = {k: meta.get(k) for k in ("train_seconds", "train_metrics")}
+    rt.info["pqn_training"] = {k: meta.get(k) for k in ("train_seconds", "train_metrics", "epoch_seconds")}
     return load_backbone(job.model, state, key, data.num_classes, rt), key, tensors["codebooks"]

@@ -7,9 +7,11 @@ import time
 from typing import Any
 
 import pytorch_lightning as pl
+import torch
 
 from ..data import RetrievalData
 from ..errors import ConfigError
+from ..models.classifier import RECIPE_OPTIONS
 from ..runtime import Runtime
 from .batches import TensorBatches
 from .distributed import SPAWN_DDP, BatchCounter, continue_rank_zero_logs, world_size
@@ -20,7 +22,7 @@ log = logging.getLogger(__name__)
 def fit(module: Any, data: RetrievalData, batch_size: int, epochs: int, seed: int, rt: Runtime,
         loggers: list, tcfg: dict[str, Any] | None = None, what: str = "training") -> dict[str, Any]:
     """Run Lightning's trainer on the in-memory training images; returns seconds, final metrics, the
-    world size and each rank's batches per epoch. ``tcfg`` (the trainer config) gives strategy, devices
+    world size, each rank's batches per epoch and (in one process) each epoch's seconds. ``tcfg`` (the trainer config) gives strategy, devices
     and num_nodes; without it, or with one process, training runs in this process on ``rt.device``.
 
     With several processes the strategy must start them itself and run only ``Trainer.fit`` in them
@@ -47,26 +49,56 @@ def fit(module: Any, data: RetrievalData, batch_size: int, epochs: int, seed: in
         place = {"strategy": SPAWN_DDP if strategy == "auto" else strategy, "devices": tcfg["devices"],
                  "num_nodes": 1, "plugins": [LightningEnvironment()]}
         images, labels = data.train.images.cpu(), data.train.labels.cpu()  # each rank's batches go to its device
+    compiled = bool(tcfg.get("compile"))
+    if compiled and world > 1:
+        raise ConfigError(f"trainer.compile=true with {world} training processes: compilation is supported for "
+                          f"training in one process only")
     batches = TensorBatches(images, labels, min(batch_size, len(data.train) // world), seed)
+    timer = EpochTimer()
     trainer = pl.Trainer(
         max_epochs=epochs, accelerator=accelerator, **place,
         precision="bf16-mixed" if rt.precision == "bf16" else "32-true", logger=loggers or False,
         enable_checkpointing=False, enable_model_summary=False, enable_progress_bar=rt.progress,
         num_sanity_val_steps=0, log_every_n_steps=max(1, min(50, len(data.train) // world // batches.batch_size)),
-        deterministic=False, callbacks=[BatchCounter(), *([TimeEstimate(epochs, what)] if rt.progress else [])])
+        deterministic=False, benchmark=True if rt.device.type == "cuda" else None,  # cuDNN picks its fastest kernels
+        callbacks=[BatchCounter(), timer, *([TimeEstimate(epochs, what)] if rt.progress else [])])
     if isinstance(trainer.strategy.launcher, _SubprocessScriptLauncher):
         raise ConfigError(f"trainer.strategy={tcfg.get('strategy')!r} with {world} devices: Lightning would start "
                           f"the other ranks by re-running this command line, i.e. the whole job, whose cache lookup "
                           f"waits on the lock this process holds. Use trainer=ddp (strategy {SPAWN_DDP}).")
+    backbone = module.backbone
+    if compiled:  # the backbone's feature extractor, which classifier and PQN training both call
+        backbone.forward_features = torch.compile(backbone.forward_features)
     t0 = time.perf_counter()
-    trainer.fit(module, train_dataloaders=batches)
+    try:
+        trainer.fit(module, train_dataloaders=batches)
+    finally:
+        if compiled:
+            del backbone.forward_features
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     per_rank = [int(metrics.pop(f"batches_per_epoch/rank{r}")) for r in range(world)
                 if f"batches_per_epoch/rank{r}" in metrics]
     if world > 1:
         continue_rank_zero_logs(module, loggers)
     return {"train_seconds": round(time.perf_counter() - t0, 2), "train_metrics": metrics,
-            "world_size": world, "batches_per_epoch": per_rank}
+            "world_size": world, "batches_per_epoch": per_rank, "epoch_seconds": timer.seconds}
+
+
+class EpochTimer(pl.Callback):
+    """Wall seconds of each training epoch, up to the work queued on the GPU (the first epoch includes warm-up:
+    cuDNN's algorithm search, compilation)."""
+
+    def __init__(self) -> None:
+        self.seconds: list[float] = []
+        self.start = 0.0
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.start = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if pl_module.device.type == "cuda":
+            torch.cuda.synchronize(pl_module.device)
+        self.seconds.append(round(time.perf_counter() - self.start, 3))
 
 
 class TimeEstimate(pl.Callback):
@@ -102,4 +134,5 @@ def _duration(seconds: float) -> str:
 def optimiser_kwargs(tcfg: dict[str, Any], lr: float | None = None) -> dict[str, Any]:
     return {"lr": tcfg["lr"] if lr is None else lr, "momentum": tcfg["momentum"],
             "weight_decay": tcfg["weight_decay"], "nesterov": tcfg["nesterov"],
-            "label_smoothing": tcfg["label_smoothing"], "schedule": tcfg["schedule"], "augment": tcfg["augment"]}
+            "label_smoothing": tcfg["label_smoothing"], "schedule": tcfg["schedule"], "augment": tcfg["augment"],
+            **{k: tcfg[k] for k in RECIPE_OPTIONS if k in tcfg}}

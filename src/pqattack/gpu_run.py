@@ -1,0 +1,812 @@
+"""The staged run on one GPU machine (``tools/gpu-run``, ``make gpu``): paper scale in one shot of a few minutes.
+
+    tools/gpu-run [--out DIR] [--deadline 540] [--previous records.tar.gz] [--stages smoke,table1,...]
+    tools/gpu-run --tiny --out DIR      # the same stages at toy size on a CPU (the test of this script)
+
+Stages, in this order, under one deadline: ``smoke`` (the ``gpu`` tests, a small CIFAR-10 job with the three
+attacks, PQN and transfer; a failure stops the run), ``table1``, ``table2``, ``table3``, ``bench``, ``table4``
+(``python -m pqattack experiment=tableN``, ``python -m pqattack.bench``) and, with what time is left,
+``bench_compile``. Every command runs in its own process with the time left as its timeout. Before a stage starts,
+its cost is estimated from the throughputs the smoke stage (and later ``table1``) measured; a stage (or one of its
+commands) that cannot finish before the deadline is skipped, with the reason in the log.
+
+Outputs: ``<work>/stages/<stage>/`` holds each stage's sweep folders, command logs and ``status.json``. When a
+stage ends, every finished stage's records (results.json, results.md, Hydra's and Lightning's small files, the bench
+JSON, logs; never images or tensors) are packed into ``<out>/records.tar.gz``; ``<out>/gpu-run.log`` is this
+script's log, appended line by line; ``<out>/checkpoints/`` gets Table 1's backbones (fp16, in parts, for
+``python -m pqattack.cache import``). ``<out>`` keeps within what one device call brings back (``OUT_LIMITS``), so
+a run stopped at any point still returns everything finished. ``tools/gpu-render`` turns the records into
+``results/table{1..4}.md|json`` and the GPU section of docs/benchmarks.md.
+
+Running it again skips the stages whose records are present and valid (in ``<work>``, or in ``--previous``, a
+records.tar.gz from an earlier run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import io
+import json
+import os
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tarfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[2]
+CIFAR_TRAIN = 50_000  # CIFAR-10's training images (the full recipe trains on all of them)
+STAGES = ("smoke", "table1", "table2", "table3", "bench", "table4", "bench_compile")
+REQUIRED = ("smoke",)  # a failure here stops the run
+PACK_RESERVE_S = 15.0  # kept back from every command's timeout: packing the records, moving the checkpoints
+EXPORT_PART_MB = 15.5  # checkpoint parts, under the 16 MiB a file may have in <out>
+RESUMED_JOB_S = 0.5  # not measured (no smoke job is resumed): a resumed job reads one small record from the cache
+
+# What one device call brings back from <out>: files, bytes per file, bytes in all, folder depth, names.
+OUT_LIMITS = {"files": 8, "file_bytes": 16 * 2**20, "total_bytes": 64 * 2**20, "depth": 2}
+OUT_NAME = re.compile(r"^[A-Za-z0-9._-]+$")
+# Files of a stage folder that go into records.tar.gz (everything the tables, the bench section and a reader need).
+RECORD_SUFFIXES = (".json", ".md", ".yaml", ".log", ".csv", ".xml", ".txt")
+NOT_RECORDS = ("adversarial_queries", "wandb", ".cache", "cache")
+
+
+# --------------------------------------------------------------------------------------------- the run's modes
+@dataclass
+class Mode:
+    """Full scale on a GPU, or the same stages at toy size on a CPU (``--tiny``)."""
+
+    tiny: bool
+    device: str
+    data: list[str]          # dataset overrides
+    train_images: int        # training images of the tables' backbones
+    queries: int
+    bits: str                # the tables' code lengths
+    base_models: str         # Tables 1 and 2
+    transfer_models: str     # Table 3
+    table4_first: str        # Table 4, first the matrix without its most expensive backbone ...
+    table4_all: str          # ... then all of them
+    extra: list[str] = field(default_factory=list)  # overrides for every job
+
+    @classmethod
+    def make(cls, tiny: bool) -> "Mode":
+        if not tiny:
+            return cls(False, "cuda", ["dataset=cifar10"], CIFAR_TRAIN, 1000, "16,24,36",
+                       "alexnet,vgg16,resnet18", "alexnet,vgg16", "vgg11,vgg13,vgg16,resnet18,resnet34",
+                       "vgg11,vgg13,vgg16,resnet18,resnet34,resnet50")
+        root = Path(os.environ.get("PQATTACK_DATA", "data"))
+        if any((c / "train").is_dir() and (c / "test").is_dir() for c in (root / "cifar10-jpeg", root)):
+            data = ["dataset=cifar10", "dataset.num_train=256", "dataset.num_queries=50", "dataset.num_database=300"]
+        else:
+            data = ["dataset=synthetic", "dataset.num_train=256", "dataset.num_test=400", "dataset.num_queries=50",
+                    "dataset.num_database=300"]
+        return cls(True, "cpu", data, 256, 50, "16,24", "smallcnn", "smallcnn", "smallcnn", "smallcnn,alexnet",
+                   ["trainer.max_epochs=1", "trainer.batch_size=64", "attack.batch_size=50"])
+
+
+# --------------------------------------------------------------------------------------------- cost estimates
+def training_flops(arch: str) -> float:
+    """Work of one training step per image (forward + backward; FLOPs / 2, as ``bench.flops_per_item`` counts),
+    counted on the meta device, without computing anything. The estimates use its ratios between backbones."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from .models import build_backbone
+
+    with torch.device("meta"):
+        net = build_backbone(arch, 10).train()
+        x = torch.empty(2, 3, 32, 32)
+    with FlopCounterMode(display=False) as counter:
+        net(x).sum().backward()
+    return counter.get_total_flops() / 2
+
+
+@dataclass
+class Plan:
+    """What a command will compute, for its cost estimate."""
+
+    train: list[tuple[str, int, int]] = field(default_factory=list)  # (arch, epochs, images), unless cached
+    pqn: list[tuple[str, int, int]] = field(default_factory=list)    # PQN joint trainings (arch, epochs, images)
+    jobs: int = 0            # jobs that compute (not resumed from the cache)
+    resumed: int = 0         # jobs whose results are in the cache already
+    attacks: list[tuple[str, int]] = field(default_factory=list)     # (arch, queries) adversarial sets to make
+    codebooks: list[int] = field(default_factory=list)               # K of each K-means to run
+    decode: bool = False     # the images are decoded from the JPEG files (a fresh cache)
+    fixed_s: float = 0.0     # anything else, in seconds (the bench's figures)
+
+
+@dataclass
+class Costs:
+    """Throughputs measured by the smoke stage (and refined by Table 1's trainings), and what they predict."""
+
+    train_s_per_image: dict[str, float]   # one epoch's seconds per training image, by arch (measured ones)
+    reference: str                        # the arch the smoke stage measured
+    pqn_factor: float                     # PQN epoch time over the cross-entropy epoch's, same arch
+    fit_s: float                          # a training's fixed cost (trainer set-up, first-epoch warm-up)
+    job_s: float                          # a job's work besides training and attacks (data, features, mAP)
+    resumed_s: float                      # a job resumed from the cache
+    process_s: float                      # starting a process (interpreter, torch, CUDA, Hydra)
+    attack_s_per_query: float             # the reference arch's three attacks, per query and attack
+    kmeans_s_per_k: float                 # K-means seconds per centroid
+    decode_s: float                       # decoding the image files once
+    flops: dict[str, float] = field(default_factory=dict)
+
+    def per_image(self, arch: str) -> float:
+        """Seconds per training image and epoch: measured, else scaled by FLOPs from the closest measured arch of
+        the same family (or the reference)."""
+        if arch in self.train_s_per_image:
+            return self.train_s_per_image[arch]
+        family = [a for a in self.train_s_per_image if a.rstrip("0123456789") == arch.rstrip("0123456789")]
+        base = max(family, key=lambda a: self.flop(a)) if family else self.reference
+        return self.train_s_per_image[base] * self.flop(arch) / self.flop(base)
+
+    def flop(self, arch: str) -> float:
+        if arch not in self.flops:
+            self.flops[arch] = training_flops(arch)
+        return self.flops[arch]
+
+    def estimate(self, plan: Plan) -> float:
+        s = plan.fixed_s + self.process_s + plan.jobs * self.job_s + plan.resumed * self.resumed_s
+        s += sum(self.fit_s + e * n * self.per_image(a) for a, e, n in plan.train)
+        s += sum(self.fit_s + e * n * self.per_image(a) * self.pqn_factor for a, e, n in plan.pqn)
+        s += sum(q * self.attack_s_per_query * self.flop(a) / self.flop(self.reference) for a, q in plan.attacks)
+        s += sum(k * self.kmeans_s_per_k for k in plan.codebooks)
+        return s + (self.decode_s if plan.decode else 0.0)
+
+    def to_json(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items()}
+
+
+def job_records(folder: Path) -> list[dict[str, Any]]:
+    """Each job's results.json under ``folder`` (a sweep's own collected file left out)."""
+    out = []
+    for path in sorted(folder.rglob("results.json")):
+        if any(part in NOT_RECORDS for part in path.relative_to(folder).parts):
+            continue
+        doc = json.loads(path.read_text())
+        if "config" in doc.get("meta", {}):
+            out.append(doc)
+    return out
+
+
+def measure_costs(smoke: Path) -> Costs:
+    """Costs from the smoke stage's records: its reference training (2 epochs; the second is the steady rate), its
+    PQN training, its jobs' stage timings and its commands' wall times. KeyError or StopIteration where they lack
+    any of these."""
+    status = json.loads((smoke / "status.json").read_text())
+    attacks = job_records(smoke / "attacks")
+    pqn = job_records(smoke / "pqn-transfer")
+    built = next(j for j in attacks if (j["meta"].get("training") or {}).get("epoch_seconds"))
+    train = built["meta"]["training"]
+    images = int(built["meta"]["config"]["dataset"]["num_train"])
+    epochs = train["epoch_seconds"]
+    steady = epochs[-1] / images
+    fit_s = max(0.0, train["train_seconds"] - steady * images * len(epochs))
+    pqn_train = pqn[0]["meta"]["pqn_training"]
+    pqn_factor = max(1.0, pqn_train["epoch_seconds"][-1] / epochs[-1])
+    timings = [j["meta"]["timings_s"] for j in attacks]
+
+    def besides(t: dict[str, float]) -> float:
+        return t["total"] - sum(v for k, v in t.items() if k in ("train", "train_pqn", "codebooks", "data")
+                                or k.startswith("attack_"))
+
+    queries = int(built["meta"]["config"]["dataset"]["num_queries"])
+    attack_s = [v / queries for t in timings for k, v in t.items() if k.startswith("attack_") and v > 0]
+    kmeans = [t.get("codebooks", 0.0) / int(j["meta"]["config"]["quantizer"]["K"]) for t, j in zip(timings, attacks)]
+    walls = {c["name"]: c for c in status["commands"]}
+    process_s = max(1.0, walls["attacks"]["wall_s"] - sum(t["total"] for t in timings))
+    return Costs(train_s_per_image={built["meta"]["config"]["model"]["arch"]: steady},
+                 reference=built["meta"]["config"]["model"]["arch"], pqn_factor=pqn_factor, fit_s=fit_s,
+                 job_s=statistics.median(besides(t) for t in timings), resumed_s=RESUMED_JOB_S, process_s=process_s,
+                 attack_s_per_query=max(attack_s) if attack_s else 0.0, kmeans_s_per_k=max(kmeans),
+                 decode_s=max(t.get("data", 0.0) for t in timings))
+
+
+def refine_costs(costs: Costs, stage: Path) -> None:
+    """Per-arch training rates from a stage's records (the whole fit over its epochs: warm-up included)."""
+    for job in job_records(stage):
+        m = job["meta"]
+        t = m.get("training") or {}  # the cross-entropy backbone's, whether this job built it or found it cached
+        if t.get("train_seconds"):
+            images = m["config"]["dataset"].get("num_train") or CIFAR_TRAIN
+            costs.train_s_per_image[m["config"]["model"]["arch"]] = t["train_seconds"] / (
+                m["config"]["trainer"]["max_epochs"] * images)
+
+
+# --------------------------------------------------------------------------------------------- stages
+@dataclass
+class Command:
+    name: str                 # its folder (sweep dir) and log name inside the stage folder
+    argv: list[str]           # run as ``python <argv>``
+    jobs: int = 0             # records (results.json) it must leave; 0: not a pqattack sweep
+    plan: Plan = field(default_factory=Plan)
+
+
+@dataclass
+class Stage:
+    name: str
+    commands: list[Command]
+
+
+class Run:
+    """One run of the staged script: its folders, deadline, log and records."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.mode = Mode.make(args.tiny)
+        self.work = Path(args.work).resolve()
+        self.out = Path(args.out or os.environ.get("OUT") or self.work / "out").resolve()
+        self.stages_dir = self.work / "stages"
+        self.cache = self.work / "cache"
+        self.smoke_cache = self.work / "cache-smoke"
+        self.started = float(args.started) if args.started else time.time()
+        self.deadline = self.started + args.deadline
+        self.wanted = args.stages.split(",") if args.stages else list(STAGES)
+        unknown = [s for s in self.wanted if s not in STAGES]
+        if unknown:
+            raise SystemExit(f"--stages: unknown {unknown}; choose from {', '.join(STAGES)}")
+        self.previous = Path(args.previous) if args.previous else None
+        self.costs: Costs | None = None
+        for d in (self.work, self.out, self.stages_dir):
+            d.mkdir(parents=True, exist_ok=True)
+        self.log_files = [self.work / "gpu-run.log", self.out / "gpu-run.log"]
+
+    # ----------------------------------------------------------------------------------------- log and time
+    def left(self) -> float:
+        return self.deadline - time.time()
+
+    def log(self, msg: str) -> None:
+        line = f"[{time.time() - self.started:7.1f}s] {msg}"
+        print(line, flush=True)
+        for f in self.log_files:
+            with open(f, "a") as fh:
+                fh.write(line + "\n")
+
+    # ----------------------------------------------------------------------------------------- stage definitions
+    def overrides(self, cache: Path, smoke: bool = False) -> list[str]:
+        extra = [o for o in self.mode.extra if not (smoke and o.startswith("trainer.max_epochs="))]
+        return [*self.mode.data, f"device={self.mode.device}", "progress=false", "resume=true", f"cache.dir={cache}",
+                *extra]
+
+    def sweep(self, stage: str, name: str, experiment: str, extra: list[str], jobs: int, plan: Plan,
+              cache: Path | None = None) -> Command:
+        argv = ["-m", "pqattack", f"experiment={experiment}", *self.overrides(cache or self.cache, stage == "smoke"),
+                *extra,
+                f"hydra.sweep.dir={self.stages_dir / stage / name}"]
+        return Command(name, argv, jobs, plan)
+
+    def trained(self, arch: str, epochs: int) -> bool:
+        """Whether a cross-entropy backbone of ``arch`` trained ``epochs`` epochs is in this run's cache (from the
+        records of the stages run so far)."""
+        for job in job_records(self.stages_dir):
+            cfg = job["meta"]["config"]
+            key = job["meta"]["cache_keys"].get("base_checkpoint") or job["meta"]["cache_keys"].get("checkpoint")
+            if (cfg["model"]["arch"], cfg["trainer"]["max_epochs"]) == (arch, epochs) and \
+                    Path(cfg["cache"]["dir"]).resolve() == self.cache and (self.cache / "checkpoint" / key).is_dir():
+                return True
+        return False
+
+    def epochs(self, preset: str) -> int:
+        if self.mode.tiny:
+            return 1
+        from omegaconf import OmegaConf
+
+        from .config import CONF_DIR
+
+        cfg = OmegaConf.load(CONF_DIR / "experiment" / f"{preset}.yaml")
+        return int(OmegaConf.select(cfg, "trainer.max_epochs", default=None) or OmegaConf.load(
+            CONF_DIR / "trainer" / "default.yaml").max_epochs)
+
+    def stage(self, name: str) -> Stage:
+        m = self.mode
+        bits = [int(b) for b in m.bits.split(",")]
+        ks = [2 ** (b // 4) for b in bits]
+        n = m.train_images
+
+        def untrained(models: str, epochs: int) -> list[tuple[str, int, int]]:
+            return [(a, epochs, n) for a in models.split(",") if not self.trained(a, epochs)]
+
+        if name == "smoke":
+            tests = Command("gpu-tests", ["-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "gpu",
+                                         str(REPO / "tests" / "test_gpu.py"),
+                                         f"--junitxml={self.stages_dir / 'smoke' / 'gpu-tests.xml'}"])
+            tiny = ["model=smallcnn"] if m.tiny else []  # 2 epochs (the preset's): the second is the steady rate
+            attacks = self.sweep("smoke", "attacks", "gpu_smoke", tiny, 3, Plan(), self.smoke_cache)
+            pqn = self.sweep("smoke", "pqn-transfer", "gpu_smoke", [*tiny, "quantizer=pqn", "quantizer.epochs=2",
+                                                                     "attack=aod", "transfer.source_bits=24"], 1,
+                             Plan(), self.smoke_cache)
+            return Stage(name, [tests, attacks, pqn])
+        if name == "table1":
+            e = self.epochs("table1")
+            models = m.base_models.split(",")
+            plan = Plan(train=untrained(m.base_models, e), jobs=len(models) * len(bits) * 3,
+                        attacks=[(a, m.queries) for a in models for _ in range(1 + 2 * len(bits))],
+                        codebooks=[k for _ in models for k in ks], decode=not (self.cache / "images").is_dir())
+            return Stage(name, [self.sweep(name, "sweep", "table1", [f"model={m.base_models}", f"bits={m.bits}"],
+                                           plan.jobs, plan)])
+        if name == "table2":
+            e, pe = self.epochs("table1"), self.pqn_epochs()
+            models = m.base_models.split(",")
+            done = self.valid("table1")
+            jobs = len(models) * len(bits) * 3
+            plan = Plan(train=untrained(m.base_models, e), pqn=[(a, pe, n) for a in models for _ in bits],
+                        jobs=jobs if done else 2 * jobs, resumed=jobs if done else 0,
+                        attacks=[(a, m.queries) for a in models for _ in range(3 * len(bits))],
+                        codebooks=[k for _ in models for k in ks])
+            return Stage(name, [self.sweep(name, "sweep", "table2", [f"model={m.base_models}", f"bits={m.bits}"],
+                                           2 * jobs, plan)])
+        if name == "table3":
+            e = self.epochs("table1")
+            models = m.transfer_models.split(",")
+            fresh = not self.valid("table1")
+            plan = Plan(train=untrained(m.transfer_models, e), jobs=len(models) * len(bits) ** 2,
+                        attacks=[(a, m.queries) for a in models for _ in bits] if fresh else [],
+                        codebooks=[k for _ in models for k in ks] if fresh else [])
+            return Stage(name, [self.sweep(name, "sweep", "table3", [
+                f"model={m.transfer_models}", f"bits={m.bits}", f"transfer.source_bits={m.bits}"], plan.jobs, plan)])
+        if name == "bench":
+            # ResNet18's throughputs (the speed targets' backbone); the recipe's training times and Table 1's wall
+            # time come from the table1 stage's records (--table1-run) instead of training the backbones again
+            figures = ["train_resnet18", "attack_resnet18"]
+            argv = ["-m", "pqattack.bench", "--device", m.device, "--figures", ",".join(figures),
+                    "--out", str(self.stages_dir / name / "bench.json"), "--table1-run", str(self.stages_dir / "table1"),
+                    *(["--quick"] if m.tiny else [])]
+            return Stage(name, [Command("bench", argv, 0, Plan(fixed_s=self.bench_seconds(figures)))])
+        if name == "table4":
+            e = self.epochs("table4")
+            first, every = m.table4_first.split(","), m.table4_all.split(",")
+            plan1 = Plan(train=untrained(m.table4_first, e), jobs=len(first) ** 2,
+                         attacks=[(a, m.queries) for a in first], codebooks=[ks[0]] * len(first))
+            rest = [a for a in every if a not in first]
+            plan2 = Plan(train=[(a, e, n) for a in rest], jobs=len(every) ** 2 - len(first) ** 2,
+                         resumed=len(first) ** 2, attacks=[(a, m.queries) for a in rest], codebooks=[ks[0]] * len(rest))
+            extra = [f"bits={bits[0]}"]
+            return Stage(name, [
+                self.sweep(name, "first", "table4", [*extra, f"model={m.table4_first}",
+                                                     f"transfer.source_model={m.table4_first}"], len(first) ** 2, plan1),
+                self.sweep(name, "all", "table4", [*extra, f"model={m.table4_all}",
+                                                   f"transfer.source_model={m.table4_all}"], len(every) ** 2, plan2)])
+        if name == "bench_compile":
+            argv = ["-m", "pqattack.bench", "--device", m.device, "--figures", "train_compile",
+                    "--out", str(self.stages_dir / name / "bench.json"), *(["--quick"] if m.tiny else [])]
+            return Stage(name, [Command("bench", argv, 0, Plan(fixed_s=self.compile_seconds()))])
+        raise ValueError(name)
+
+    def pqn_epochs(self) -> int:
+        from omegaconf import OmegaConf
+
+        from .config import CONF_DIR
+
+        return int(OmegaConf.load(CONF_DIR / "quantizer" / "pqn.yaml").epochs)
+
+    def bench_seconds(self, figures: list[str]) -> float:
+        """The bench figures: each a process that decodes its images and runs the fast path twice (fp32, bf16) and
+        the baseline, a few dozen batches each (bench.SIZES); estimated from the smoke stage's rates."""
+        from .bench import SIZES
+
+        c, sz = self.costs, SIZES["quick" if self.mode.tiny else self.mode.device]
+        if c is None:
+            return 0.0
+        s = 0.0
+        for f in figures:
+            kind, arch = f.split("_", 1)
+            if kind == "train":
+                steps = sz["train_warmup"] + sz["train_steps"]
+                work = steps * (2 * sz["train_batch_fast"] + 4 * sz["train_batch_base"]) * c.per_image(arch)
+            else:
+                work = sz["attack_batches"] * (2 * sz["attack_batch_fast"] + sz["attack_batch_base"]) * 3 * (
+                    c.attack_s_per_query * c.flop(arch) / c.flop(c.reference))
+            s += 2 * c.process_s + 3 * c.fit_s + work
+        return s
+
+    def compile_seconds(self) -> float:
+        """torch.compile of ResNet18's training graph: about a minute on a GPU machine's cores (a guess, not a
+        measurement: nothing here compiled before this stage), plus two short fits."""
+        return 60.0 + 2 * self.costs.fit_s + 2 * self.costs.process_s if self.costs else 60.0
+
+    # ----------------------------------------------------------------------------------------- records
+    def status(self, name: str) -> dict[str, Any] | None:
+        path = self.stages_dir / name / "status.json"
+        try:
+            return json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            return None
+
+    def valid(self, name: str) -> bool:
+        """Whether a stage's records are complete: status ok, every sweep's job records present and readable, the
+        bench's JSON readable."""
+        st = self.status(name)
+        if not st or st.get("status") != "ok":
+            return False
+        folder = self.stages_dir / name
+        try:
+            for c in st["commands"]:
+                if c.get("jobs"):
+                    found = job_records(folder / c["name"])
+                    if len(found) != c["jobs"] or not all(j.get("rows") for j in found):
+                        return False
+            if name.startswith("bench"):
+                return bool(json.loads((folder / "bench.json").read_text()).get("records"))
+        except (OSError, json.JSONDecodeError, KeyError):
+            return False
+        return True
+
+    def take_previous(self) -> None:
+        """Stages recorded valid in ``--previous`` (an earlier run's records.tar.gz or its unpacked folder) and not
+        valid here are copied here, so they are skipped."""
+        if self.previous is None:
+            return
+        if not self.previous.exists():
+            raise SystemExit(f"--previous {self.previous}: no such file or folder")
+        tmp = self.work / "previous"
+        shutil.rmtree(tmp, ignore_errors=True)
+        if self.previous.is_dir():
+            shutil.copytree(self.previous, tmp)
+        else:
+            with tarfile.open(self.previous) as tar:
+                tar.extractall(tmp, filter="data")
+        for name in STAGES:
+            if (tmp / name / "status.json").is_file() and not self.valid(name):
+                shutil.rmtree(self.stages_dir / name, ignore_errors=True)
+                shutil.copytree(tmp / name, self.stages_dir / name)
+                if not self.valid(name):
+                    shutil.rmtree(self.stages_dir / name, ignore_errors=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    def record_files(self) -> list[tuple[Path, str]]:
+        """(file, name in the archive) for every finished stage's records, the run's summary and environment."""
+        out = []
+        for f in ("run.json", "environment.json", "gpu-run.log"):
+            if (self.work / f).is_file():
+                out.append((self.work / f, f))
+        for name in STAGES:
+            folder = self.stages_dir / name
+            if not (folder / "status.json").is_file():
+                continue
+            for path in sorted(folder.rglob("*")):
+                rel = path.relative_to(self.stages_dir)
+                if path.is_file() and path.suffix in RECORD_SUFFIXES and not any(
+                        p in NOT_RECORDS for p in rel.parts):
+                    out.append((path, str(rel)))
+        return out
+
+    def pack(self) -> None:
+        """Write ``<out>/records.tar.gz`` anew (atomically: a temporary file in <out>, renamed)."""
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+            for path, name in self.record_files():
+                tar.add(path, arcname=name)
+        data = buf.getvalue()
+        reason = out_fits(self.out, {"records.tar.gz": len(data)}, spare_files=1)
+        if reason:
+            self.log(f"records.tar.gz ({len(data) / 2**20:.1f} MiB) not written: {reason}")
+            return
+        tmp = self.out / ".records.tar.gz.tmp"
+        tmp.write_bytes(data)
+        tmp.replace(self.out / "records.tar.gz")
+
+    def summary(self, extra: dict[str, Any] | None = None) -> None:
+        doc = {"mode": "tiny" if self.mode.tiny else "full", "deadline_s": round(self.deadline - self.started, 1),
+               "elapsed_s": round(time.time() - self.started, 1), "out": str(self.out),
+               "costs": self.costs.to_json() if self.costs else None,
+               "stages": {n: {k: v for k, v in (self.status(n) or {}).items() if k != "commands"} for n in STAGES
+                          if self.status(n)}, **(extra or {})}
+        (self.work / "run.json").write_text(json.dumps(doc, indent=1, default=str))
+
+    # ----------------------------------------------------------------------------------------- running
+    def run_command(self, stage: str, cmd: Command) -> dict[str, Any]:
+        """Run one command with the time left (less the packing reserve) as its timeout; its output goes to
+        ``<stage>/<name>.log``."""
+        folder = self.stages_dir / stage
+        log_path = folder / f"{cmd.name}.log"
+        timeout = self.left() - PACK_RESERVE_S
+        argv = [sys.executable, *cmd.argv]
+        self.log(f"{stage}/{cmd.name}: start ({timeout:.0f} s left): {' '.join(cmd.argv)}")
+        t0 = time.time()
+        env = {**os.environ, "PYTHONWARNINGS": "ignore", "PYTHONUNBUFFERED": "1"}
+        timed_out = False
+        with open(log_path, "w") as fh:
+            proc = subprocess.Popen(argv, cwd=REPO, stdout=fh, stderr=subprocess.STDOUT, env=env,
+                                    start_new_session=True)
+            try:
+                rc = proc.wait(timeout=max(1.0, timeout))
+            except subprocess.TimeoutExpired:
+                timed_out = True
+                os.killpg(proc.pid, signal.SIGTERM)
+                try:
+                    rc = proc.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    rc = proc.wait()
+        wall = time.time() - t0
+        found = len(job_records(folder / cmd.name)) if cmd.jobs else None
+        result = {"name": cmd.name, "argv": cmd.argv, "returncode": rc, "wall_s": round(wall, 2),
+                  "timed_out": timed_out, "jobs": cmd.jobs, "jobs_found": found}
+        ok = rc == 0 and not timed_out and (found is None or found == cmd.jobs)
+        what = "stopped at the deadline" if timed_out else ("done" if ok else f"failed ({rc})")
+        self.log(f"{stage}/{cmd.name}: {what} in {wall:.1f} s" + (f", {found}/{cmd.jobs} jobs" if cmd.jobs else ""))
+        if not ok and not timed_out:
+            tail = log_path.read_text(errors="replace").splitlines()[-40:]
+            self.log(f"{stage}/{cmd.name}: last lines of {log_path}:\n    " + "\n    ".join(tail))
+        return {**result, "ok": ok}
+
+    def run_stage(self, name: str) -> str:
+        """Run a stage's commands, each if its estimate fits the time left; write its status; returns the status."""
+        folder = self.stages_dir / name
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
+        st = self.stage(name)
+        started, results, skipped = time.time(), [], []
+        fresh = not (self.cache / "images").is_dir()
+        for cmd in st.commands:  # each builds on the one before: once one is skipped, so are the rest
+            estimate = self.costs.estimate(cmd.plan) if self.costs else None
+            left = self.left() - PACK_RESERVE_S
+            if skipped or (estimate is not None and estimate > left):
+                reason = (f"estimated {estimate:.0f} s > {left:.0f} s left before the deadline" if not skipped
+                          else f"follows {skipped[0]['name']}, which was skipped")
+                self.log(f"{name}/{cmd.name}: skipped: {reason}")
+                skipped.append({"name": cmd.name, "argv": cmd.argv, "jobs": cmd.jobs, "skipped": reason,
+                                "estimate_s": None if estimate is None else round(estimate, 1)})
+                continue
+            res = self.run_command(name, cmd)
+            res["estimate_s"] = None if estimate is None else round(estimate, 1)
+            results.append(res)
+            if not res["ok"]:
+                break
+        done = [r for r in results if r["ok"]]
+        if results and len(done) == len(st.commands):
+            status = "ok"
+        elif not results:
+            status = "skipped"
+        elif any(r["timed_out"] for r in results) or (skipped and done == results):
+            status = "partial"
+        else:
+            status = "failed"
+        if name == "smoke" and status == "ok" and not self.mode.tiny:
+            status = self.check_gpu_tests()
+        doc = {"stage": name, "status": status, "mode": "tiny" if self.mode.tiny else "full",
+               "started": dt.datetime.fromtimestamp(started).astimezone().isoformat(timespec="seconds"),
+               "wall_s": round(time.time() - started, 2), "fresh_cache": fresh if name == "table1" else None,
+               "reason": skipped[0]["skipped"] if skipped else None, "commands": results + skipped}
+        (folder / "status.json").write_text(json.dumps(doc, indent=1))
+        self.log(f"{name}: {status} in {doc['wall_s']:.1f} s")
+        return status
+
+    def check_gpu_tests(self) -> str:
+        """On the GPU the ``gpu`` tests must have run (not been skipped): ok, else failed."""
+        import xml.etree.ElementTree as ET
+
+        xml = self.stages_dir / "smoke" / "gpu-tests.xml"
+        try:
+            suite = ET.parse(xml).getroot()
+        except (OSError, ET.ParseError) as exc:
+            self.log(f"smoke: no readable test report {xml} ({exc})")
+            return "failed"
+        suite = suite if suite.tag == "testsuite" else suite.find("testsuite")
+        ran, skipped = int(suite.get("tests", 0)), int(suite.get("skipped", 0))
+        if ran == 0 or skipped:
+            self.log(f"smoke: the gpu tests did not run here ({ran} collected, {skipped} skipped): no usable GPU")
+            return "failed"
+        return "ok"
+
+    def export_checkpoints(self) -> None:
+        """Table 1's backbones into ``<out>/checkpoints/`` as fp16 parts, if they fit what <out> may hold (the paper's
+        backbones first, when not all of them do)."""
+        folders: dict[str, str] = {}  # one job folder per model: its records name the checkpoint and its config
+        for path in sorted((self.stages_dir / "table1" / "sweep").glob("*/results.json")):
+            folders.setdefault(json.loads(path.read_text())["meta"]["config"]["model"]["name"], str(path.parent))
+        order = sorted(folders, key=lambda m: ("vgg16", "alexnet").index(m) if m in ("vgg16", "alexnet") else 2)
+        staging = self.work / "checkpoints"
+        for n in range(len(order), 0, -1):
+            shutil.rmtree(staging, ignore_errors=True)
+            proc = subprocess.run([sys.executable, "-m", "pqattack.cache", "export", *[folders[m] for m in order[:n]],
+                                   str(staging / "table1-backbones.pqc"), "--dtype", "fp16", "--part-mb",
+                                   str(EXPORT_PART_MB), "--cache", str(self.cache)], cwd=REPO, capture_output=True,
+                                  text=True, timeout=max(10.0, self.left()))
+            if proc.returncode != 0:
+                self.log(f"checkpoints: export failed: {proc.stderr.strip()[-2000:]}")
+                return
+            files = {f"checkpoints/{p.name}": p.stat().st_size for p in sorted(staging.iterdir())}
+            reason = out_fits(self.out, files, spare_files=1, reserve_bytes=4 * 2**20)
+            if reason is None:
+                (self.out / "checkpoints").mkdir(exist_ok=True)
+                for rel in files:
+                    shutil.copyfile(staging / Path(rel).name, self.out / rel)
+                self.log(f"checkpoints: {', '.join(order[:n])} in {len(files)} file(s), "
+                         f"{sum(files.values()) / 2**20:.1f} MiB, in {self.out / 'checkpoints'}")
+                return
+            self.log(f"checkpoints: {', '.join(order[:n])} do not fit in {self.out}: {reason}")
+
+    def environment(self) -> dict[str, Any]:
+        """The machine: GPU, driver, torch and CUDA versions, free GPU memory (or the CPU in tiny mode)."""
+        import platform
+
+        import torch
+
+        env: dict[str, Any] = {"python": platform.python_version(), "torch": torch.__version__,
+                               "cuda": torch.version.cuda, "cpu_count": os.cpu_count()}
+        if torch.cuda.is_available():
+            free, total = torch.cuda.mem_get_info()
+            env.update(gpu=torch.cuda.get_device_name(), gpu_free_gib=round(free / 2**30, 1),
+                       gpu_total_gib=round(total / 2**30, 1))
+            try:
+                smi = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                                     capture_output=True, text=True, timeout=30)
+                env["driver"] = smi.stdout.strip().splitlines()[0] if smi.returncode == 0 else None
+            except (OSError, subprocess.TimeoutExpired, IndexError):
+                env["driver"] = None
+        return env
+
+    def main(self) -> int:
+        self.log(f"gpu-run: {'tiny (CPU)' if self.mode.tiny else 'full'} mode, deadline {self.left():.0f} s, "
+                 f"out {self.out}, work {self.work}")
+        env = self.environment()
+        (self.work / "environment.json").write_text(json.dumps(env, indent=1))
+        self.log("machine: " + ", ".join(f"{k} {v}" for k, v in env.items()))
+        if not self.mode.tiny and "gpu" not in env:
+            self.log("no CUDA device visible to torch: the full run needs a GPU (use --tiny on a CPU)")
+            return 2
+        self.take_previous()
+        code = 0
+        for name in STAGES:
+            if name not in self.wanted:
+                continue
+            if self.valid(name):
+                self.log(f"{name}: skipped: its records are present and valid ({self.stages_dir / name})")
+            else:
+                if name != "smoke" and not self.valid("smoke"):
+                    self.log(f"{name}: skipped: no valid smoke records (the smoke stage checks the GPU path first)")
+                    continue
+                status = self.run_stage(name)
+                if name in REQUIRED and status != "ok":
+                    self.log(f"{name}: {status}: the run stops here")
+                    code = 1
+            if self.valid("smoke") and self.costs is None:
+                try:
+                    self.costs = measure_costs(self.stages_dir / "smoke")
+                except (KeyError, StopIteration, ValueError, ZeroDivisionError) as exc:
+                    self.log(f"estimates: the smoke records lack a timing ({type(exc).__name__}: {exc}); the later "
+                             f"stages run without estimates, stopped by the deadline only")
+            if name == "table1" and self.status("table1"):
+                if self.costs is not None:
+                    refine_costs(self.costs, self.stages_dir / "table1")
+                if not any((self.out / "checkpoints").glob("*.pqc")):
+                    self.export_checkpoints()
+            self.summary()
+            self.pack()
+            if code:
+                break
+        self.log(f"gpu-run: finished with {self.left():.0f} s to the deadline; records in {self.out / 'records.tar.gz'}")
+        self.summary()
+        self.pack()
+        return code
+
+
+def out_fits(out: Path, new: dict[str, int], spare_files: int = 0, reserve_bytes: int = 0) -> str | None:
+    """Why writing ``new`` ({relative name: bytes}, replacing files of those names) into ``out`` would exceed
+    ``OUT_LIMITS`` (keeping ``spare_files`` files and ``reserve_bytes`` free), or None when it fits."""
+    have = {str(p.relative_to(out)): p.stat().st_size for p in out.rglob("*") if p.is_file()}
+    after = {**have, **new}
+    for name, size in new.items():
+        parts = Path(name).parts
+        if len(parts) - 1 > OUT_LIMITS["depth"] or not all(OUT_NAME.match(p) for p in parts):
+            return f"{name}: more than {OUT_LIMITS['depth']} folders deep, or a name outside [A-Za-z0-9._-]"
+        if size > OUT_LIMITS["file_bytes"]:
+            return f"{name} is {size / 2**20:.1f} MiB, over {OUT_LIMITS['file_bytes'] / 2**20:.0f} MiB per file"
+    if len(after) + spare_files > OUT_LIMITS["files"]:
+        return f"{len(after)} files (+{spare_files} kept free) over the {OUT_LIMITS['files']} that come back"
+    total = sum(after.values()) + reserve_bytes
+    if total > OUT_LIMITS["total_bytes"]:
+        return f"{total / 2**20:.1f} MiB in all over {OUT_LIMITS['total_bytes'] / 2**20:.0f} MiB"
+    return None
+
+
+# --------------------------------------------------------------------------------------------- preparing .gpu/
+# What the GPU machine's Python 3.12 has (the image's packages this project relies on, and their own requirements),
+# and what .gpu/wheels must bring for pqattack's imports, its Hydra launchers and the tests.
+GPU_IMAGE = {"torch", "torchvision", "pytorch-lightning", "torchmetrics", "matplotlib", "numpy", "pillow", "pyyaml",
+             "tqdm", "rich", "pytest", "packaging", "typing-extensions", "lightning-utilities", "fsspec", "filelock",
+             "jinja2", "sympy", "networkx", "setuptools", "scikit-learn"}
+GPU_WHEELS = ("faiss-cpu", "hydra-core", "omegaconf", "antlr4-python3-runtime", "hydra-submitit-launcher",
+              "hydra-joblib-launcher", "submitit", "cloudpickle", "joblib")
+GPU_PYTHON = {"python_version": "3.12", "python_full_version": "3.12.3", "sys_platform": "linux",
+              "platform_system": "Linux", "platform_machine": "x86_64", "implementation_name": "cpython",
+              "platform_python_implementation": "CPython", "os_name": "posix", "extra": ""}
+TRAVEL_BYTES = 64 * 2**20  # the working tree and .gpu/ together, per device call
+
+
+def installable(wheel: Path) -> bool:
+    """Whether a wheel installs on CPython 3.12, Linux x86-64."""
+    from packaging.utils import parse_wheel_filename
+
+    for tag in parse_wheel_filename(wheel.name)[3]:
+        py = tag.interpreter in ("py3", "cp312", "py312") or (tag.abi == "abi3" and tag.interpreter.startswith("cp3")
+                                                             and int(tag.interpreter[3:]) <= 12)
+        abi = tag.abi in ("none", "abi3", "cp312")
+        plat = tag.platform == "any" or (tag.platform.endswith("x86_64") and "linux" in tag.platform)
+        if py and abi and plat:
+            return True
+    return False
+
+
+def check_prep(folder: Path) -> int:
+    """Check ``folder`` (.gpu/) before it travels: the wheels pqattack needs, each installable on the GPU machine's
+    Python and with every requirement met there (by another wheel or by the image), one version of each, the data
+    archive, and the size of the tree plus .gpu/ under what one device call carries."""
+    import zipfile
+    from email.parser import Parser
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name, parse_wheel_filename
+
+    problems, have = [], {}
+    wheels = sorted((folder / "wheels").glob("*.whl"))
+    for w in wheels:
+        name, version = canonicalize_name(parse_wheel_filename(w.name)[0]), parse_wheel_filename(w.name)[1]
+        if name in have:
+            problems.append(f"two versions of {name}: {have[name][0]} and {version} (pip --target refuses both)")
+        with zipfile.ZipFile(w) as z:
+            meta = next(n for n in z.namelist() if n.endswith(".dist-info/METADATA"))
+            requires = Parser().parsestr(z.read(meta).decode()).get_all("Requires-Dist") or []
+        have[name] = (version, requires)
+        if not installable(w):
+            problems.append(f"{w.name} does not install on CPython 3.12, Linux x86-64")
+    for name in GPU_WHEELS:
+        if name not in have:
+            problems.append(f"no wheel of {name} in {folder / 'wheels'}")
+    for name, (_, requires) in have.items():
+        for text in requires:
+            req = Requirement(text)
+            if req.marker is not None and not req.marker.evaluate(GPU_PYTHON):
+                continue
+            dep = canonicalize_name(req.name)
+            if dep in have:
+                if req.specifier and not req.specifier.contains(have[dep][0], prereleases=True):
+                    problems.append(f"{name} needs {text}, the wheel is {dep} {have[dep][0]}")
+            elif dep not in GPU_IMAGE:
+                problems.append(f"{name} needs {text}: neither a wheel here nor on the GPU machine")
+    archive = folder / "cifar10-jpeg.tar.xz"
+    if not archive.is_file():
+        problems.append(f"no {archive} (the CIFAR-10 JPEG copy)")
+    size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+    tracked = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, capture_output=True, text=True)
+    tree = sum((REPO / f).stat().st_size for f in tracked.stdout.split("\0") if f and (REPO / f).is_file()) \
+        if tracked.returncode == 0 else 0
+    print(f"{folder}: {len(wheels)} wheels, {size / 2**20:.1f} MiB; with the tracked tree "
+          f"({tree / 2**20:.1f} MiB): {(size + tree) / 2**20:.1f} MiB of the {TRAVEL_BYTES / 2**20:.0f} MiB a call carries")
+    if size + tree > TRAVEL_BYTES:
+        problems.append(f"{(size + tree) / 2**20:.1f} MiB would travel, over {TRAVEL_BYTES / 2**20:.0f} MiB")
+    for line in problems:
+        print(f"  problem: {line}")
+    print("ok" if not problems else f"{len(problems)} problem(s)")
+    return 0 if not problems else 2
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m pqattack.gpu_run", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    p.add_argument("--out", help="where the records come back (default: $OUT, else <work>/out)")
+    p.add_argument("--work", default="outputs/gpu-run", help="stage folders, caches and logs (default %(default)s)")
+    p.add_argument("--deadline", type=float, default=540.0, help="seconds from the start for all stages")
+    p.add_argument("--tiny", action="store_true", help="toy sizes on the CPU (smallcnn, a few hundred images)")
+    p.add_argument("--stages", help=f"a subset of {','.join(STAGES)} (default: all, in that order)")
+    p.add_argument("--previous", help="records.tar.gz (or its folder) of an earlier run: its valid stages are kept")
+    p.add_argument("--started", help=argparse.SUPPRESS)  # the wrapper's start time (epoch s): the deadline counts from it
+    p.add_argument("--check-prep", metavar="DIR", help="check a prepared .gpu/ folder (make gpu-check) and exit")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.check_prep:
+        return check_prep(Path(args.check_prep))
+    return Run(args).main()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

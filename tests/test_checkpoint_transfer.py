@@ -1,0 +1,115 @@
+"""Trained checkpoints between machines: ``python -m pqattack.cache export`` and ``import`` in real subprocesses."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from pqattack.cache import ArtifactCache, read_export
+
+from .conftest import TINY, load_results, results_path, run_cli
+
+CLEAN_ONLY = [o for o in TINY if not o.startswith("attack.")] + ["attack=none"]
+
+
+def cache_cli(args: list[str], cwd: Path, cache: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "pqattack.cache", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=600, env={**os.environ, "PQATTACK_CACHE": str(cache), "PYTHONWARNINGS": "ignore"})
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, dict, dict]:
+    """A cross-entropy job and a PQN job on the tiny set, in their own cache: (cwd, cache, ce record, pqn record)."""
+    cwd = tmp_path_factory.mktemp("export")
+    cache = cwd / "cache-a"
+    ce = load_results(results_path(run_cli([*CLEAN_ONLY, "hydra.run.dir=ce"], cwd, cache), cwd))
+    pqn = load_results(results_path(run_cli([*CLEAN_ONLY, "quantizer=pqn", "quantizer.epochs=1",
+                                             "quantizer.init_samples=300", "hydra.run.dir=pqn"], cwd, cache), cwd))
+    return cwd, cache, ce, pqn
+
+
+def overrides_printed(stdout: str) -> list[list[str]]:
+    return [line.split("python -m pqattack ", 1)[1].split() for line in stdout.splitlines()
+            if "a job finds it with: python -m pqattack " in line]
+
+
+def test_export_in_parts_import_elsewhere_and_a_job_finds_it(trained: tuple[Path, Path, dict, dict]) -> None:
+    cwd, cache_a, ce, _ = trained
+    key = ce["meta"]["cache_keys"]["checkpoint"]
+    proc = cache_cli(["export", "ce", "out/backbone.pqc", "--part-mb", "0.05"], cwd, cache_a)
+    assert proc.returncode == 0, proc.stderr
+    parts = sorted((cwd / "out").glob("backbone.part*-of-*.pqc"))
+    assert len(parts) >= 2 and all(p.stat().st_size <= 0.05 * 2**20 for p in parts)
+    manifest, tensors = read_export(parts[-1])
+    assert manifest["dtype"] == "fp16" and [e["key"] for e in manifest["entries"]] == [key]
+    original, _ = ArtifactCache(cache_a).load("checkpoint", key)
+    for name, t in original.items():  # fp16-rounded float tensors, back in their own dtype; the rest exact
+        expected = t.half().to(t.dtype) if t.is_floating_point() else t
+        assert tensors[key][name].dtype == t.dtype and torch.equal(tensors[key][name], expected), name
+
+    cache_b = cwd / "cache-b"
+    proc = cache_cli(["import", str(parts[0])], cwd, cache_b)
+    assert proc.returncode == 0, proc.stderr
+    [overrides] = overrides_printed(proc.stdout)
+    assert f"imported checkpoint {key}" in proc.stdout
+    assert {"dataset=synthetic", "model=smallcnn", "model.width=8", "trainer.max_epochs=2",
+            f"precision={ce['meta']['precision']}"} <= set(overrides)  # the training precision is in the key
+    job = load_results(results_path(run_cli([*overrides, "attack=none", "device=cpu", "progress=false",
+                                             "hydra.run.dir=again"], cwd, cache_b), cwd))
+    assert job["meta"]["cache_keys"]["checkpoint"] == key
+    assert not any(b.startswith("checkpoint/") for b in job["meta"]["cache_builds"])
+    again = cache_cli(["import", str(cwd / "out" / "backbone.pqc")], cwd, cache_b)  # by the exported name too
+    assert again.returncode == 0 and "already in the cache" in again.stdout
+
+
+def test_fp32_export_round_trips_bit_exactly(trained: tuple[Path, Path, dict, dict]) -> None:
+    cwd, cache_a, ce, _ = trained
+    key = ce["meta"]["cache_keys"]["checkpoint"]
+    proc = cache_cli(["export", key, "out/exact.pqc", "--dtype", "fp32"], cwd, cache_a)
+    assert proc.returncode == 0, proc.stderr
+    _, tensors = read_export(cwd / "out" / "exact.pqc")
+    original, _ = ArtifactCache(cache_a).load("checkpoint", key)
+    assert set(tensors[key]) == set(original)
+    assert all(torch.equal(tensors[key][k], v) for k, v in original.items())
+
+
+def test_pqn_travels_with_its_base(trained: tuple[Path, Path, dict, dict]) -> None:
+    cwd, cache_a, _, pqn = trained
+    keys = pqn["meta"]["cache_keys"]
+    assert cache_cli(["export", "pqn", "out/pqn.pqc"], cwd, cache_a).returncode == 0
+    cache_c = cwd / "cache-c"
+    proc = cache_cli(["import", "out/pqn.pqc"], cwd, cache_c)
+    assert proc.returncode == 0, proc.stderr
+    base_overrides, pqn_overrides = overrides_printed(proc.stdout)
+    assert "quantizer=pqn" in pqn_overrides and "quantizer.epochs=1" in pqn_overrides and "bits=16" in pqn_overrides
+    job = load_results(results_path(run_cli([*pqn_overrides, "attack=none", "device=cpu", "progress=false",
+                                             "hydra.run.dir=pqn-again"], cwd, cache_c), cwd))
+    assert (job["meta"]["cache_keys"]["checkpoint"], job["meta"]["cache_keys"]["base_checkpoint"]) == (
+        keys["checkpoint"], keys["base_checkpoint"])
+    assert not any(b.startswith("checkpoint/") for b in job["meta"]["cache_builds"])
+
+
+def test_damaged_or_missing_parts_and_other_data_are_refused(trained: tuple[Path, Path, dict, dict]) -> None:
+    cwd, cache_a, _, _ = trained
+    assert cache_cli(["export", "ce", "bad/b.pqc", "--part-mb", "0.05"], cwd, cache_a).returncode == 0
+    parts = sorted((cwd / "bad").glob("b.part*-of-*.pqc"))
+    # other images: the synthetic set with another seed is another dataset
+    proc = cache_cli(["import", str(parts[0]), "dataset.seed=1"], cwd, cwd / "cache-d")
+    assert proc.returncode == 2 and str(parts[0]) in proc.stderr and "data:" in proc.stderr, proc.stderr
+    assert not (cwd / "cache-d" / "checkpoint").exists()
+    # a damaged part
+    blob = bytearray(parts[1].read_bytes())
+    blob[len(blob) // 2] ^= 0xFF
+    parts[1].write_bytes(bytes(blob))
+    proc = cache_cli(["import", str(parts[0])], cwd, cwd / "cache-d")
+    assert proc.returncode == 3 and ("sha256" in proc.stderr or "not a readable export" in proc.stderr), proc.stderr
+    # a missing part
+    parts[1].unlink()
+    proc = cache_cli(["import", str(parts[0])], cwd, cwd / "cache-d")
+    assert proc.returncode == 3 and "missing" in proc.stderr, proc.stderr
+    assert not (cwd / "cache-d" / "checkpoint").exists()
