@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from hydra import compose, initialize_config_dir
 
 from pqattack.attacks import (AttackConfig, Reference, center_codes, center_loss, margin_loss, nearest_centers, pgd,
                               random_other_classes, reference, targeted_center_loss)
@@ -27,7 +28,7 @@ from pqattack.quant import PQIndex
 from pqattack.records import perceptibility, targeted_fields
 from pqattack.stages.target import Target, targeted_scores
 
-from .conftest import TINY, compose_config
+from .conftest import CONF, TINY, compose_config
 from .test_config import make
 
 
@@ -346,7 +347,7 @@ def test_perceptibility_by_hand() -> None:
     (["attack.momentum=-0.5"], "attack.momentum"),
     (["attack.diversity=1.5"], "attack.diversity"),
     (["attack.step_schedule=linear"], "attack.step_schedule"),
-    (["attack.save_prefixes=[5]"], "attack.save_prefixes"),
+    (["attack.save_prefixes=[0,2]"], "attack.save_prefixes"),
     (["attack.save_prefixes=[2]", "attack.restarts=2"], "attack.save_prefixes"),
     (["transfer.source_model=[vgg11,nosuchnet]"], "transfer.source_model"),
     (["transfer.source_model=[vgg11,vgg11]"], "transfer.source_model"),
@@ -413,11 +414,11 @@ def test_a_job_per_new_attack_carries_the_new_fields(extra: list[str], tiny_cach
 
 @pytest.mark.slow  # trains the tiny backbone twice (two caches): about 25 s on 2 shared cores
 def test_saved_prefixes_are_the_shorter_jobs_sets(tiny_cache: Path, tmp_path: Path) -> None:
-    """attack.save_prefixes=[1] on a 2-step run caches the 1-step set under the 1-step job's key: that job finds it
+    """attack.save_prefixes=[1, 2, 5] on a 2-step run (2 and 5 skipped) caches the 1-step set under the 1-step job's key: that job finds it
     and its images are those of a 1-step run made from scratch."""
     from pqattack.transfer import AdversarialSet
 
-    run_job(["attack=apd", "attack.iters=2", "attack.save_prefixes=[1]"], tiny_cache, tmp_path / "two")
+    run_job(["attack=apd", "attack.iters=2", "attack.save_prefixes=[1,2,5]"], tiny_cache, tmp_path / "two")
     one = run_results(["attack=apd", "attack.iters=1"], tiny_cache, tmp_path / "one")
     key = one["meta"]["cache_keys"]["adversarial_queries"]
     assert f"adversarial_queries/{key}" in one["meta"]["cache_hits"]
@@ -425,3 +426,61 @@ def test_saved_prefixes_are_the_shorter_jobs_sets(tiny_cache: Path, tmp_path: Pa
     prefix = AdversarialSet.load_entry(tmp_path / "one" / "adversarial_queries" / key)
     scratch = AdversarialSet.load_entry(tmp_path / "fresh" / "adversarial_queries" / key)
     assert one["rows"][-1]["iters"] == 1 and torch.equal(prefix.images, scratch.images)
+
+
+# ------------------------------------------------------------------------------------------------------ presets
+def sweep_jobs(experiment: str) -> list[list[str]]:
+    """Every job of a preset's sweep, in Hydra's order (the product of its params, the last varying fastest)."""
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=[f"experiment={experiment}"], return_hydra_config=True)
+    params = [[f"{k}={v}" for v in str(vals).split(",")] for k, vals in cfg.hydra.sweeper.params.items()]
+    return [[f"experiment={experiment}", *job] for job in itertools.product(*params)]
+
+
+def test_beyond_preset_jobs_validate() -> None:
+    jobs = sweep_jobs("beyond_cpu")
+    assert len(jobs) == 2 * 3 * 8
+    attacks = set()
+    for job in jobs[:8] + jobs[-8:]:  # every attack, on the first and the last cell
+        cfg = make(job)
+        validate(cfg)
+        attacks.add((cfg.attack.name, cfg.attack.restarts, cfg.attack.momentum))
+        assert (cfg.attack.eps, cfg.attack.iters, cfg.trainer.max_epochs) == (8 / 255, 5, 2)
+    assert ("margin", 4, 0.0) in attacks and ("margin", None, 1.0) in attacks and len(attacks) == 8
+
+
+def test_budget_preset_makes_each_iteration_curve_in_one_run() -> None:
+    """The iterations vary fastest and start at the longest run, whose saved prefixes are the shorter jobs' sets."""
+    jobs = sweep_jobs("budget_cpu")
+    assert len(jobs) == 2 * 2 * 5 * 7
+    for group in (jobs[:7], jobs[-7:]):
+        cfgs = [make(job) for job in group]
+        for cfg in cfgs:
+            validate(cfg)
+        iters = [cfg.attack.iters for cfg in cfgs]
+        assert iters == [100, 50, 20, 10, 5, 2, 1]
+        assert set(iters[1:]) <= set(cfgs[0].attack.save_prefixes) and len({c.attack.eps for c in cfgs}) == 1
+
+
+@pytest.mark.slow  # trains a second backbone: about 35 s on 2 shared cores
+def test_an_ensemble_transfer_job_averages_its_sources_under_the_key_artifact_keys_computes(
+        tiny_cache: Path, tmp_path: Path) -> None:
+    from hydra.utils import instantiate
+
+    from pqattack.cache import ArtifactCache
+    from pqattack.stages.keys import artifact_keys
+
+    extra = ["attack=apd", "transfer.source_model=[smallcnn,fastnet_narrow]", "attack.momentum=1.0",
+             "attack.diversity=0.5"]
+    res = run_results(extra, tiny_cache, tmp_path)
+    attacked = [r for r in res["rows"] if r["attack"] != "clean"]
+    assert {r["source_model"] for r in attacked} == {"smallcnn+fastnet_narrow"} and all(r["transfer"] for r in attacked)
+    assert all((r["momentum"], r["diversity"]) == (1.0, 0.5) for r in attacked)
+    cfg = compose_config(TINY + [f"cache.dir={tiny_cache}"] + extra)
+    data = instantiate(cfg.dataset).load(ArtifactCache(tiny_cache))
+    keys = artifact_keys(load_job(cfg), data, res["meta"]["precision"], torch.device("cpu"))
+    assert keys["adversarial_queries"] == res["meta"]["cache_keys"]["adversarial_queries"]
+    single = compose_config(TINY + [f"cache.dir={tiny_cache}", "attack=apd", "transfer.source_model=fastnet_narrow",
+                                    "attack.momentum=1.0", "attack.diversity=0.5"])
+    assert artifact_keys(load_job(single), data, res["meta"]["precision"], torch.device("cpu"))[
+        "adversarial_queries"] != keys["adversarial_queries"]

@@ -93,10 +93,10 @@ class AttackConfig:
             raise ConfigError(f"attack.step_schedule={self.step_schedule!r}: expected one of "
                               f"{', '.join(STEP_SCHEDULES)}")
         if self.save_prefixes:
-            bad = [k for k in self.save_prefixes if not 1 <= int(k) < self.iters]
+            bad = [k for k in self.save_prefixes if int(k) < 1]
             if bad:
-                raise ConfigError(f"attack.save_prefixes={list(self.save_prefixes)}: {bad} not in [1, attack.iters="
-                                  f"{self.iters})")
+                raise ConfigError(f"attack.save_prefixes={list(self.save_prefixes)}: {bad} < 1 (step counts; those "
+                                  f">= attack.iters are skipped, so that one list serves a sweep over attack.iters)")
             varying = [k for k, on in (("restarts", self.restarts is not None),
                                        ("step_schedule=cosine", self.step_schedule != "constant"),
                                        ("temperature_final", self.temperature_final is not None),

@@ -132,7 +132,7 @@ def attack_queries(job: JobConfig, data: RetrievalData, sources: list[Source], d
     def build() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         gen = torch.Generator(device=rt.device).manual_seed(job.seed)
         out: list[torch.Tensor] = []
-        prefixes: dict[int, list[torch.Tensor]] = {int(k): [] for k in a.save_prefixes or []}
+        prefixes: dict[int, list[torch.Tensor]] = {int(k): [] for k in a.save_prefixes or [] if int(k) < a.iters}
         images = data.query.images
 
         def keep_prefix(step: int, x: torch.Tensor) -> None:
