@@ -361,13 +361,16 @@ def test_bad_values_of_the_new_keys_name_the_key(overrides: list[str], key: str)
 def test_query_set_spec_of_the_paper_attacks_holds_only_the_paper_settings() -> None:
     """With the defaults, the options beyond the paper are left out of basic/APD/AOD's query-set spec, so their keys
     (and the sets in existing caches) are the ones made before the options existed."""
-    from pqattack.stages.keys import ATTACK_CORE, attack_settings, settings
+    from pqattack.stages.keys import ATTACK_CORE, attack_settings, results_spec, settings
 
     paper = {"name", "loss", "eps", "step", "iters", "random_start", "quantize_8bit", "similarity", "temperature",
              "peak", "batch_size"}
     for attack, ignored in (("basic", {"similarity", "temperature", "peak"}), ("apd", set()), ("aod", {"peak"})):
-        spec = settings(attack_settings(load_job(make([f"attack={attack}"]))), ATTACK_CORE)
+        job = load_job(make([f"attack={attack}"]))
+        spec = settings(attack_settings(job), ATTACK_CORE)
         assert set(spec) == paper - ignored, attack
+        # and the job's results key: no loop option at its off value (a word for some) enters it
+        assert set(results_spec(job, "fp32")["attack"]) <= paper, attack
 
 
 # ------------------------------------------------------------------------------------------------ end to end

@@ -137,6 +137,9 @@ def results_spec(job: JobConfig, precision: str) -> dict[str, Any]:
     spec = container(job.config)
     for key in RUN_ONLY_KEYS:
         _drop(spec, key)
+    for key, off in OFF_VALUES.items():  # loop options whose off value is a word
+        if spec.get("attack", {}).get(key) == off:
+            _drop(spec, f"attack.{key}")
     return {**_without_off(spec), "precision": precision}
 
 
