@@ -353,8 +353,8 @@ def import_checkpoints(path: str | Path, cache_dir: str | None = None, extra: li
 
     from .config import CONF_DIR, load_job
     from .errors import DatasetError
-    from .pipeline import load_data
     from .runtime import Runtime
+    from .stages.data import load_data
     from .stages.keys import checkpoint_spec, pqn_spec
 
     manifest, tensors = read_export(path)
