@@ -8,7 +8,6 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import Any
 
 import torch
 from hydra.utils import instantiate
@@ -16,6 +15,7 @@ from omegaconf import DictConfig
 
 from .cache import ArtifactCache, spec_key
 from .config import container, load_job
+from .loggers import log_results
 from .records import attacked_rows, clean_rows, describe, recipe_fields, write_results
 from .runtime import Runtime, device_name, resolve_device, resolve_precision, versions
 from .stages.attack import adversarial_set
@@ -73,15 +73,7 @@ def run(cfg: DictConfig, output_dir: Path, loggers: list | None = None) -> Path:
     path = write_results(output_dir, {"meta": meta, "rows": rows})
     if rt.cache.enabled:
         rt.cache.save("results", results_key, {}, {"results": {"meta": meta, "rows": rows}})
-    log_rows(loggers or [], rows)
+    log_results(loggers or [], rows, job, data, target.index, target.features["query"],
+                None if adv is None else (adv.images, z_adv))
     return path
 
-
-def log_rows(loggers: list, rows: list[dict[str, Any]]) -> None:
-    """The rows to the run's loggers: one metric per attack and system, and the whole table where a logger takes
-    tables (wandb)."""
-    for lg in loggers:
-        lg.log_metrics({f"map/{r['attack']}/{r['system']}": r["map"] for r in rows})
-        if hasattr(lg, "log_table"):
-            cols = sorted({k for r in rows for k in r})
-            lg.log_table("results", columns=cols, data=[[r.get(c) for c in cols] for r in rows])
