@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from pqattack.attacks import (LOSSES, AttackConfig, Reference, feature_distance_loss, overall_distribution_loss,
-                              peak_distribution_loss, pgd, reference)
+from pqattack.attacks import (CENTER_LOSSES, LOSSES, AttackConfig, Reference, feature_distance_loss,
+                              overall_distribution_loss, peak_distribution_loss, pgd, reference)
 from pqattack.models import RetrievalModel, build_backbone
 
 
@@ -96,13 +96,14 @@ def test_pgd_stays_in_eps_ball_and_image_range(loss: str) -> None:
     x[0] = 0.0  # saturated images exercise the [0, 1] clamp
     x[1] = 1.0
     cfg = AttackConfig()
-    adv = pgd(model, x, loss, cfg, generator=torch.Generator().manual_seed(0))
+    anchors = torch.randint(0, 16, (6, 4)) if loss in CENTER_LOSSES else None  # centre codes: any codes will do
+    adv = pgd(model, x, loss, cfg, generator=torch.Generator().manual_seed(0), anchors=anchors)
     assert adv.min() >= 0 and adv.max() <= 1
     assert (adv - x).abs().max() <= cfg.eps + 1e-6
     assert torch.equal(torch.round(adv * 255), adv * 255)  # on the 8-bit grid
     assert (adv != x).any()
     # without rounding, the float result is still in the ball
-    raw = pgd(model, x, loss, AttackConfig(quantize_8bit=False, random_start=False))
+    raw = pgd(model, x, loss, AttackConfig(quantize_8bit=False, random_start=False), anchors=anchors)
     assert (raw - x).abs().max() <= cfg.eps + 1e-6 and raw.min() >= 0 and raw.max() <= 1
 
 
@@ -111,10 +112,12 @@ def test_pgd_increases_its_loss() -> None:
     net = build_backbone("smallcnn", 10, width=8).eval()
     model = RetrievalModel(net, torch.randn(4, 16, 8) * 0.3)
     x = torch.rand(8, 3, 32, 32)
-    ref = reference(model, x)
+    anchors = torch.randint(0, 16, (8, 4), generator=torch.Generator().manual_seed(1))
+    ref = reference(model, x, anchor=anchors)
     for name, fn in LOSSES.items():
         # random start matters for basic: its gradient is exactly zero at the clean image
-        adv = pgd(model, x, name, AttackConfig(quantize_8bit=False, iters=10), generator=torch.Generator().manual_seed(0))
+        adv = pgd(model, x, name, AttackConfig(quantize_8bit=False, iters=10), generator=torch.Generator().manual_seed(0),
+                  anchors=anchors)
         with torch.no_grad():
             za, la = model(adv)
             za0, la0 = model(x)

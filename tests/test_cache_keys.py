@@ -50,7 +50,9 @@ FEEDS: dict[str, str] = {
     **{f"index.{k}": "results" for k in ("nlist", "nprobe", "train_size", "seed")},
     **{f"attack.{k}": "adversarial_queries" for k in ("name", "loss", "eps", "step", "iters", "random_start",
                                                       "quantize_8bit", "similarity", "temperature", "peak",
-                                                      "batch_size")},
+                                                      "batch_size", "kappa", "margin_focus", "target_class",
+                                                      "temperature_final", "logit_norm", "restarts", "restart_pick",
+                                                      "momentum", "diversity", "step_schedule")},
 }
 #: keys that choose an option of their group: the test walks every option instead
 SELECTORS = ("_target_", "kind")
@@ -72,6 +74,9 @@ CHANGES: dict[str, list[list[str]]] = {
     "attack.similarity": [["attack.similarity=cos"]],
     "attack.peak": [["attack.peak=argmax"]],
     "attack.temperature": [["attack.temperature=0.5"]],
+    "attack.restart_pick": [["attack.restart_pick=oracle", "attack.restarts=2"]],
+    "attack.step_schedule": [["attack.step_schedule=cosine"]],
+    "attack.temperature_final": [["attack.temperature_final=0.1"]],
     "system": [["system=sdc"]],
     "eval.topk": [["eval.topk=7"], ["eval.topk=null"]],
     "dataset.eval_topk": [["dataset.eval_topk=9"]],
@@ -238,7 +243,7 @@ GROUP_OPTIONS = {
     "trainer": ["default", "ddp", "fastnet", "cpu_2epoch"],
     "quantizer": ["kmeans", "pqn"],
     "index": ["flat", "ivfpq"],
-    "attack": ["basic", "apd", "aod"],
+    "attack": ["basic", "apd", "aod", "margin", "center", "center_targeted"],
 }
 SYNTHETIC = ["dataset=synthetic", "dataset.num_train=300", "dataset.num_test=120", "dataset.num_queries=10",
              "dataset.num_database=80"]

@@ -19,7 +19,7 @@ from pqattack.models.classifier import RECIPE_OPTIONS
 from pqattack.models.fastnet import STEM_KERNEL, FastNet
 from pqattack.runtime import Runtime
 from pqattack.stages.keys import checkpoint_spec
-from pqattack.transfer import source_job
+from pqattack.transfer import source_jobs
 
 from .conftest import CONF
 
@@ -183,16 +183,16 @@ def test_recipe_follows_the_model_in_table4_fast_cpu(tmp_path) -> None:  # noqa:
         preset = make(["experiment=table4_fast_cpu", f"model={model}", "transfer.source_model=fastnet"])
         validate(preset)
         assert checkpoint(preset) == checkpoint(make(["experiment=table1_cpu", f"model={model}"]))
-        source = source_job(load_job(preset))
+        source = source_jobs(load_job(preset))[0]
         assert source.model["name"] == "fastnet"
         assert checkpoint_spec(source, data, "bf16", cpu) == checkpoint(make(["experiment=table1_fast_cpu"]))
     fast = make(["experiment=table4_fast_cpu", "model=fastnet_narrow", "transfer.source_model=vgg16"])
     assert container(fast.trainer) == container(make(["trainer=fastnet"]).trainer)
-    assert source_job(load_job(fast)).trainer == container(make(["experiment=table1_cpu"]).trainer)
+    assert source_jobs(load_job(fast))[0].trainer == container(make(["experiment=table1_cpu"]).trainer)
     # a recipe override reaches only its model
     tuned = make(["experiment=table4_fast_cpu", "model=fastnet", "recipes.vgg16.max_epochs=3",
                   "transfer.source_model=vgg16"])
-    assert tuned.trainer.max_epochs == 10 and source_job(load_job(tuned)).trainer["max_epochs"] == 3
+    assert tuned.trainer.max_epochs == 10 and source_jobs(load_job(tuned))[0].trainer["max_epochs"] == 3
 
 
 @pytest.mark.parametrize("overrides,key", [

@@ -27,6 +27,26 @@ def test_attack_variants_get_their_own_rows_and_stay_out_of_paper_comparisons() 
     assert "| SDC | aod | 20.0 |" in text and "| SDC | aod (cos, T=0.1) | 9.0 |" in text
 
 
+def test_attacks_beyond_the_paper_and_loop_options_get_their_own_rows() -> None:
+    base = dict(similarity="dot", temperature=1.0, eps=8 / 255, step=0.01, iters=5)
+    margin = row("margin", "sdc", 8.0, **base, kappa=0.1)
+    mi = row("margin", "sdc", 6.0, **base, kappa=0.1, momentum=1.0)
+    restarts = row("margin", "sdc", 5.0, **base, kappa=0.5, restarts=4, restart_pick="oracle")
+    assert attack_label(margin) == "margin" and is_paper_attack(margin)
+    assert attack_label(mi) == "margin (MI=1)" and not is_paper_attack(mi)
+    assert attack_label(restarts) == "margin (kappa=0.5, restarts=4, pick=oracle)"
+    text = markdown_table([row("clean", "sdc", 50.0), margin, mi, restarts])
+    assert "| SDC | margin | 8.0 |" in text and "| SDC | margin (MI=1) | 6.0 |" in text
+    assert "| SDC | margin (kappa=0.5, restarts=4, pick=oracle) | 5.0 |" in text
+    transfer = [row("clean", "sdc", 80.0, model=m) for m in ("resnet18", "vgg16")]
+    for momentum, value in ((None, 40.0), (1.0, 30.0)):
+        transfer.append(row("aod", "sdc", value, model="vgg16", source_model="resnet18", source_bits=16,
+                            transfer=True, momentum=momentum))
+    text = render_tables(transfer)
+    assert "AOD queries made on the row's model" in text and "AOD (MI=1) queries made on the row's model" in text
+    assert "| SDC | resnet18 | - | 40.0 |" in text and "| SDC | resnet18 | - | 30.0 |" in text
+
+
 def test_model_transfer_matrix() -> None:
     rows = []
     for tgt in ("resnet18", "vgg16"):

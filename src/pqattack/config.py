@@ -22,6 +22,7 @@ from .runtime import PRECISIONS, resolve_device
 
 CONF_DIR = Path(__file__).with_name("conf")  # package data; `--config-dir` adds a user's own folder
 TEST_SPLIT_SIZE = {"cifar10": 10_000}
+TEST_CLASSES = {"cifar10": 10}
 SYSTEMS = {"sdc": ["sdc"], "adc": ["adc"], "both": ["sdc", "adc"]}
 
 
@@ -191,6 +192,10 @@ def load_job(cfg: DictConfig) -> JobConfig:
     if test_size is not None and d.num_queries + d.num_database > test_size:
         raise ConfigError(f"dataset.num_queries + dataset.num_database = {d.num_queries} + {d.num_database} "
                           f"exceeds the {test_size} test images of dataset={d.name}")
+    classes = TEST_CLASSES.get(d.name, d.get("num_classes"))
+    if attack.target_class is not None and classes is not None and attack.target_class >= classes:
+        raise ConfigError(f"attack.target_class={attack.target_class}: dataset={d.name} has {classes} classes "
+                          f"(0..{classes - 1})")
     _check_trainer(tr, "trainer", d.get("image_size", 32))
     if int(tr.get("num_nodes", 1)) != 1:
         raise ConfigError(f"trainer.num_nodes={tr.num_nodes}: a job trains on one node only (its other stages run "
@@ -207,8 +212,17 @@ def load_job(cfg: DictConfig) -> JobConfig:
     if t.get("source") and (t.get("source_model") or t.get("source_bits")):
         raise ConfigError("transfer.source (a saved set) and transfer.source_model / transfer.source_bits (make "
                           "the set now) exclude each other; give one")
-    if t.get("source_model") is not None and not (CONF_DIR / "model" / f"{t['source_model']}.yaml").is_file():
-        raise ConfigError(f"transfer.source_model={t['source_model']!r}: expected one of {_options('model')}")
+    from .transfer import source_models
+
+    models = source_models(t)
+    if models is not None and not models:
+        raise ConfigError("transfer.source_model=[]: give a model, a list of models (an ensemble), or null")
+    for name in models or []:
+        if not (CONF_DIR / "model" / f"{name}.yaml").is_file():
+            raise ConfigError(f"transfer.source_model={t['source_model']!r}: {name!r} is not a model; expected "
+                              f"{_options('model')}")
+    if models and len(set(models)) != len(models):
+        raise ConfigError(f"transfer.source_model={t['source_model']!r}: a model is listed twice")
     if t.get("source_bits") is not None and (int(t["source_bits"]) < 1 or int(t["source_bits"]) % q.M):
         raise ConfigError(f"transfer.source_bits={t['source_bits']}: must be a positive multiple of "
                           f"quantizer.M={q.M}")

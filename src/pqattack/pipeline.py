@@ -18,11 +18,11 @@ from .config import container, load_job
 from .loggers import log_results
 from .records import attacked_rows, clean_rows, describe, recipe_fields, write_results
 from .runtime import Runtime, device_name, resolve_device, resolve_precision, versions
-from .stages.attack import adversarial_set
+from .stages.attack import adversarial_set, check_attack_data
 from .stages.data import load_data
 from .stages.features import check_finite, embed
 from .stages.keys import results_spec
-from .stages.target import build_target, peak_agreement, score
+from .stages.target import build_target, peak_agreement, score, targeted_scores
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +47,7 @@ def run(cfg: DictConfig, output_dir: Path, loggers: list | None = None) -> Path:
         source = instantiate(cfg.dataset)
         data = load_data(cfg, source, rt)
     label = getattr(source, "describe", lambda: data.name)()
+    check_attack_data(job, data)
     target = build_target(job, data, rt, loggers or [])
     base = {**describe(job, data, label), **recipe_fields(job, target, rt),
             "peak_agreement": round(peak_agreement(target, target.features["query"]), 4)}
@@ -61,8 +62,10 @@ def run(cfg: DictConfig, output_dir: Path, loggers: list | None = None) -> Path:
                                   job.subvectors, target.classify)
             check_finite("adversarial features", z_adv)
             scored = score(target, z_adv, data, job.systems, job.topk)
-        changed = float((target.index.encode(z_adv) != target.index.encode(target.features["query"])).float().mean())
-        rows += attacked_rows(base, scored, job, adv, data, changed, logits)
+            targeted = None if adv.targets is None else targeted_scores(target, z_adv, data, adv.targets, job.systems,
+                                                                        job.topk)
+        changed = target.index.encode(z_adv) != target.index.encode(target.features["query"])
+        rows += attacked_rows(base, scored, job, adv, data, changed, logits, targeted)
         adv.save(output_dir / "adversarial_queries")
 
     rt.timings["total"] = round(time.perf_counter() - t_start, 3)

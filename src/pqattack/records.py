@@ -6,13 +6,16 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
-from .attacks import LOSS_IGNORES
+from .attacks import LOSS_IGNORES, OFF_VALUES
 from .config import JobConfig
 from .data import RetrievalData, top1_hit
+from .metrics import QueryAP
 from .report import render_tables
 from .runtime import Runtime
+from .stages.keys import is_off
 from .stages.target import Target
 from .transfer import AdversarialSet
 
@@ -37,7 +40,9 @@ def recipe_fields(job: JobConfig, target: Target, rt: Runtime) -> dict[str, Any]
 def score_fields(scored: dict[str, Any], job: JobConfig) -> dict[str, Any]:
     """Row fields of one system's score: ``map`` (the ``eval.ties`` convention), ``map_grouped`` (sklearn's),
     ``ties``, with ``eval.topk`` also ``empty`` (both maps follow it); for index=ivfpq the index and its
-    recall@k."""
+    recall@k; over the full ranking, the diagnostics (means over the queries, expected under random tie order):
+    ``first_relevant_rank`` (1-based, over the queries that have a relevant item), ``precision_at_10`` (%) and
+    ``map_chance``, the mAP of rankings in random order (%)."""
     empty = job.empty if job.topk is not None else "zero"
     out: dict[str, Any] = {"map": round(scored["aps"].mean(job.ties, empty), 4),
                            "map_grouped": round(scored["aps"].mean("grouped", empty), 4), "ties": job.ties}
@@ -45,6 +50,13 @@ def score_fields(scored: dict[str, Any], job: JobConfig) -> dict[str, Any]:
         out["empty"] = empty
     if "recall" in scored:
         out.update(index="ivfpq", nlist=job.index.nlist, nprobe=job.index.nprobe, recall=round(scored["recall"], 4))
+    if "diagnostics" in scored:
+        d = scored["diagnostics"]
+        ranks = d["first_relevant_rank"][np.isfinite(d["first_relevant_rank"])]
+        out.update(first_relevant_rank=round(float(ranks.mean()), 2) if ranks.size else None,
+                   precision_at_10=round(float(d["precision_at_k"].mean()) * 100, 4))
+        if job.topk is None:
+            out["map_chance"] = round(float(d["chance_ap"].mean()) * 100, 4)
     return out
 
 
@@ -53,21 +65,65 @@ def clean_rows(base: dict[str, Any], scored: dict[str, dict[str, Any]], job: Job
             for s, v in scored.items()]
 
 
+def perceptibility(adversarial: torch.Tensor, clean: torch.Tensor) -> dict[str, Any]:
+    """How visible the perturbation is, adversarial against clean queries in [0, 1]: ``linf`` (the largest pixel
+    change), ``l2`` (the mean over queries of the perturbation's l2 norm), ``psnr`` (dB, the mean over the queries
+    that changed) and ``ssim`` (the mean over queries; torchmetrics, Gaussian window 11, data range 1)."""
+    from torchmetrics.functional import structural_similarity_index_measure
+
+    adv, ref = adversarial.float(), clean.float()
+    diff = (adv - ref).flatten(1)
+    mse = diff.pow(2).mean(1)
+    changed = mse > 0
+    psnr = (10 * torch.log10(1 / mse[changed])).mean().item() if changed.any() else None
+    ssim = structural_similarity_index_measure(adv, ref, data_range=1.0).item()
+    return {"linf": round(diff.abs().max().item(), 5), "l2": round(diff.norm(dim=1).mean().item(), 5),
+            "psnr": None if psnr is None else round(psnr, 3), "ssim": round(ssim, 5)}
+
+
+def targeted_fields(targeted: dict[str, Any], targets: torch.Tensor, data: RetrievalData, job: JobConfig
+                    ) -> dict[str, Any]:
+    """t-mAP (%): mAP with the target class as the relevant one, adversarial (``tmap``) and clean (``tmap_clean``)
+    queries, over the queries that are not of their target class already (``tmap_queries`` of them)."""
+    labels = data.query.labels
+    own = (labels == targets) if labels.ndim == 1 else labels.bool().gather(1, targets[:, None]).squeeze(1)
+    keep = (~own).numpy()
+    empty = job.empty if job.topk is not None else "zero"
+
+    def mean(aps: QueryAP) -> float:
+        return round(QueryAP(*(getattr(aps, f)[keep] for f in QueryAP.__dataclass_fields__)).mean(job.ties, empty), 4)
+
+    return {"tmap": mean(targeted["aps"]), "tmap_clean": mean(targeted["clean_aps"]), "tmap_queries": int(keep.sum())}
+
+
+#: the attack settings a row carries (None where its loss ignores them)
+ROW_SETTINGS = ("similarity", "temperature", "peak", "eps", "step", "iters", "kappa", "margin_focus", "target_class",
+                "temperature_final", "logit_norm", "restarts", "restart_pick", "momentum", "diversity",
+                "step_schedule")
+
+
 def attacked_rows(base: dict[str, Any], scored: dict[str, dict[str, Any]], job: JobConfig, adv: AdversarialSet,
-                  data: RetrievalData, codes_changed: float, logits: torch.Tensor | None) -> list[dict[str, Any]]:
-    """Rows of an adversarial query set: its source (white-box or transfer), its settings (those its loss reads),
-    the share of sub-codes it changed, its L-inf distance and the classifier's accuracy on it."""
+                  data: RetrievalData, codes_changed: torch.Tensor, logits: torch.Tensor | None,
+                  targeted: dict[str, dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+    """Rows of an adversarial query set: its source (white-box, transfer, or an ensemble of sources joined by
+    '+'), its settings (those its loss reads; loop options at their off value as None), the share of sub-codes it
+    changed (overall and per sub-space, from ``codes_changed`` ``[Q, M]`` bool), how visible it is
+    (:func:`perceptibility`), the classifier's accuracy on it, and for a targeted set its t-mAP."""
     src, made = adv.meta["source"], adv.meta["attack"]
-    setting = {k: None if k in LOSS_IGNORES.get(made.get("loss"), ()) else made.get(k)
-               for k in ("similarity", "temperature", "peak", "eps", "step", "iters")}
-    linf = (adv.images.float() / (255 if adv.images.dtype == torch.uint8 else 1)
-            - data.query.images.float() / 255).abs().max().item()
+    setting = {k: None if k in LOSS_IGNORES.get(made.get("loss"), ()) or is_off(made.get(k))
+               or made.get(k) == OFF_VALUES.get(k) else made.get(k) for k in ROW_SETTINGS}
+    adversarial = adv.images.float() / (255 if adv.images.dtype == torch.uint8 else 1)
+    seen = perceptibility(adversarial, data.query.images.float() / 255)
     extra = {} if logits is None else {
         "query_accuracy": round(float(top1_hit(logits, data.query.labels).float().mean()) * 100, 2)}
     transfer = (src["model"], src["bits"], src["quantizer"]) != (base["model"], base["bits"], base["quantizer"])
+    changed = codes_changed.float()
+    flips = {"codes_changed": round(float(changed.mean()), 4),
+             "codes_changed_per_subspace": [round(float(v), 4) for v in changed.mean(0)]}
     return [{**base, "attack": made["name"], "system": s, **score_fields(v, job), "topk": job.topk,
-             "source_model": src["model"], "source_bits": src["bits"], "transfer": transfer, **setting,
-             "codes_changed": round(codes_changed, 4), "linf": round(linf, 5), **extra}
+             "source_model": src["model"], "source_bits": src["bits"], "transfer": transfer, **setting, **flips,
+             **seen, **extra,
+             **({} if targeted is None else targeted_fields(targeted[s], adv.targets, data, job))}
             for s, v in scored.items()]
 
 

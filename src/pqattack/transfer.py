@@ -24,7 +24,8 @@ if TYPE_CHECKING:
 
 KIND = "adversarial_queries"
 ATTACK_FIELDS = ("name", "loss", "eps", "step", "iters", "random_start", "similarity", "temperature", "peak",
-                 "quantize_8bit", "batch_size")
+                 "quantize_8bit", "batch_size", "kappa", "margin_focus", "target_class", "temperature_final",
+                 "logit_norm", "restarts", "restart_pick", "momentum", "diversity", "step_schedule")
 
 
 @dataclass
@@ -33,23 +34,27 @@ class AdversarialSet:
     query_index: torch.Tensor  # int64 [Q]: positions in the test split
     labels: torch.Tensor
     meta: dict[str, Any]
+    targets: torch.Tensor | None = None  # int64 [Q]: each query's target class (concept), for targeted attacks
 
     @property
     def key(self) -> str:
         return self.meta["key"]
 
     @classmethod
-    def make(cls, images: torch.Tensor, data: RetrievalData, key: str, checkpoint_key: str, description: dict[str, Any],
-             attack: dict[str, Any], seed: int) -> "AdversarialSet":
-        """A set made against ``checkpoint_key`` with the resolved ``attack`` settings (temperature included)."""
+    def make(cls, images: torch.Tensor, data: RetrievalData, key: str, checkpoint_key: str | list[str],
+             description: dict[str, Any], attack: dict[str, Any], seed: int, targets: torch.Tensor | None = None
+             ) -> "AdversarialSet":
+        """A set made against ``checkpoint_key`` (a list for an ensemble of sources) with the resolved ``attack``
+        settings (temperature included), and the queries' ``targets`` for a targeted attack."""
         meta = {"key": key, "source": {**description, "checkpoint": checkpoint_key, "fingerprint": data.fingerprint,
                                        "queries": data.query_key, "num_queries": len(data.query),
                                        "num_database": len(data.database)},
                 "attack": {k: attack.get(k) for k in ATTACK_FIELDS}, "seed": int(seed)}
-        return cls(images, data.query.index, data.query.labels, meta)
+        return cls(images, data.query.index, data.query.labels, meta, targets)
 
     def tensors(self) -> dict[str, torch.Tensor]:
-        return {"images": self.images, "query_index": self.query_index, "labels": self.labels}
+        extra = {} if self.targets is None else {"targets": self.targets}
+        return {"images": self.images, "query_index": self.query_index, "labels": self.labels, **extra}
 
     def save(self, folder: Path) -> Path:
         """Write to ``folder/<key>/`` (atomic, checksummed, like the cache)."""
@@ -63,7 +68,7 @@ class AdversarialSet:
         tensors, meta = found
         if "source" not in meta or "query_index" not in tensors:
             raise QuerySetError(f"transfer.source={entry}: not an adversarial query set (or an old format)")
-        return cls(tensors["images"], tensors["query_index"], tensors["labels"], meta)
+        return cls(tensors["images"], tensors["query_index"], tensors["labels"], meta, tensors.get("targets"))
 
 
 def _find_entry(source: str, cache: ArtifactCache) -> Path:
@@ -102,23 +107,34 @@ def load_adversarial_set(source: str, data: RetrievalData, cache: ArtifactCache)
     return adv
 
 
-def source_job(job: "JobConfig") -> "JobConfig | None":
-    """The job of the model that makes the queries in a transfer job (``transfer.source_model`` and/or
-    ``transfer.source_bits``), or None for white-box. The source's model node is composed by Hydra from
-    ``conf/model/<source_model>``; everything else is the target job's."""
+def source_models(transfer: dict[str, Any]) -> list[str] | None:
+    """``transfer.source_model`` as a list of model names (several: an ensemble), or None when not set."""
+    model = transfer.get("source_model")
+    if model is None:
+        return None
+    return [str(m) for m in model] if isinstance(model, (list, tuple)) else [str(model)]
+
+
+def source_jobs(job: "JobConfig") -> "list[JobConfig] | None":
+    """The jobs of the models that make the queries in a transfer job (``transfer.source_model``, one model or a
+    list whose losses are averaged, and/or ``transfer.source_bits``), or None for white-box. Each source's model
+    node is composed by Hydra from ``conf/model/<name>``; everything else is the target job's."""
     from .config import compose_config, load_job
 
     t = job.transfer
-    model, bits = t.get("source_model"), t.get("source_bits")
-    if (model is None or model == job.model["name"]) and (bits is None or int(bits) == job.quantizer.bits):
+    names, bits = source_models(t) or [job.model["name"]], t.get("source_bits")
+    if names == [job.model["name"]] and (bits is None or int(bits) == job.quantizer.bits):
         return None
-    # Unresolved, so that what follows the model (a preset's ``trainer: ${recipes.${model.name}}``) follows the
-    # source's model.
-    src = OmegaConf.create(OmegaConf.to_container(job.config, resolve=False))
-    if model is not None and model != job.model["name"]:
-        src.model = compose_config([f"model={model}"]).model
-    if bits is not None:
-        src.bits = int(bits)
-        src.quantizer.K = 2 ** (int(bits) // job.quantizer.M)
-    src.transfer = {"source": None, "source_model": None, "source_bits": None}
-    return load_job(src)
+    jobs = []
+    for name in names:
+        # Unresolved, so that what follows the model (a preset's ``trainer: ${recipes.${model.name}}``) follows the
+        # source's model.
+        src = OmegaConf.create(OmegaConf.to_container(job.config, resolve=False))
+        if name != job.model["name"]:
+            src.model = compose_config([f"model={name}"]).model
+        if bits is not None:
+            src.bits = int(bits)
+            src.quantizer.K = 2 ** (int(bits) // job.quantizer.M)
+        src.transfer = {"source": None, "source_model": None, "source_bits": None}
+        jobs.append(load_job(src))
+    return jobs

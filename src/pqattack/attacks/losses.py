@@ -1,31 +1,53 @@
-"""PQ-AG attack losses. Each returns a per-query loss ``[B]`` that the PGD loop *maximises*
-(the paper writes the objectives as minimisation of the negated quantity).
+"""Attack losses. Each returns a per-query loss ``[B]`` that the PGD loop *maximises* (the paper writes its
+objectives as minimisation of the negated quantity).
 
 A loss sees the adversarial query's features and log soft assignment, and the clean query's
-:class:`Reference`: its features, its log soft assignment and its peak codes.
+:class:`Reference`: its features, its log soft assignment, its peak codes and, for the centre-code losses, its
+anchor codes. PQ-AG's three (basic, APD, AOD) and three beyond the paper: a margin on the index's assignment
+(CW-style), and the untargeted and targeted centre-code losses (the PQ analogue of the anchor / centre /
+mainstay codes of the hashing attacks).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
+from typing import Any, Callable
 
 import torch
 
 PEAKS = ("index", "argmax")
-PEAK_LOSSES = ("apd",)  # the losses that use the clean query's peak codes (``attack.peak``)
+PEAK_LOSSES = ("apd", "margin")  # the losses that use the clean query's peak codes (``attack.peak``)
+CENTER_LOSSES = ("center", "center_targeted")  # the losses that use centre codes (``Reference.anchor``)
+#: the attack settings that only some losses read
+LOSS_SETTINGS = ("similarity", "temperature", "peak", "kappa", "margin_focus", "target_class", "temperature_final",
+                 "logit_norm")
+_SOFT = ("similarity", "temperature", "temperature_final", "logit_norm")
+LOSS_READS = {
+    "basic": (),
+    "apd": (*_SOFT, "peak"),
+    "aod": _SOFT,
+    "margin": (*_SOFT, "peak", "kappa", "margin_focus"),
+    "center": _SOFT,
+    "center_targeted": (*_SOFT, "target_class"),
+}
 #: attack settings a loss does not read: they are left out of its query set's key and its rows
-LOSS_IGNORES = {"basic": ("similarity", "temperature", "peak"), "aod": ("peak",)}
+LOSS_IGNORES = {loss: tuple(s for s in LOSS_SETTINGS if s not in reads) for loss, reads in LOSS_READS.items()}
+
+Loss = Callable[[torch.Tensor, torch.Tensor, "Reference"], torch.Tensor]
 
 
 @dataclass
 class Reference:
     """What an attack compares the adversarial query with: the clean query's ``z [B, D]``, its log soft
-    assignment ``logp [B, M, K]`` (eq. 7) and its peak codes ``codes [B, M]`` (``attack.peak``: ``index``, the
-    code the index assigns, eq. 1; ``argmax``, eq. 6 as printed)."""
+    assignment ``logp [B, M, K]`` (eq. 7), its peak codes ``codes [B, M]`` (``attack.peak``: ``index``, the code
+    the index assigns, eq. 1; ``argmax``, eq. 6 as printed) and, for the centre-code losses, ``anchor [B, M]``:
+    the centre code of the query's class (``center``) or of its target class (``center_targeted``)."""
 
     z: torch.Tensor
     logp: torch.Tensor
     codes: torch.Tensor
+    anchor: torch.Tensor | None = None
 
 
 def feature_distance_loss(z_adv: torch.Tensor, logp_adv: torch.Tensor, ref: Reference) -> torch.Tensor:
@@ -45,8 +67,52 @@ def overall_distribution_loss(z_adv: torch.Tensor, logp_adv: torch.Tensor, ref: 
     return -(ref.logp.exp() * logp_adv).sum((1, 2))
 
 
-LOSSES = {
+def assignment_gaps(logp_adv: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+    """``[B, M]``: the logit of code ``b_m`` minus the best other code's logit, per sub-space (differences of log
+    probabilities are differences of logits). Positive: ``b_m`` is still the assignment."""
+    own = logp_adv.gather(-1, codes.unsqueeze(-1)).squeeze(-1)
+    others = logp_adv.scatter(-1, codes.unsqueeze(-1), float("-inf")).amax(-1)
+    return own - others
+
+
+def margin_loss(z_adv: torch.Tensor, logp_adv: torch.Tensor, ref: Reference, kappa: float = 0.0,
+                focus: bool = False) -> torch.Tensor:
+    """Margin on the assignment (Carlini-Wagner style): -sum_m w_m max(0, gap_m + kappa), with gap_m the logit of
+    the clean query's peak code b_m minus the best other code's logit. Zero, its maximum, once every sub-space has
+    left b_m by the margin kappa (logit units); a sub-space that has flipped stops drawing on the budget.
+    ``focus``: w_m proportional to 1 / (gap_m + kappa) over the sub-spaces not yet flipped (detached), so the
+    sub-spaces closest to flipping get the most weight; else w_m = 1."""
+    excess = (assignment_gaps(logp_adv, ref.codes) + kappa).clamp_min(0)
+    if focus:
+        inverse = torch.where(excess > 0, 1 / excess.detach().clamp_min(1e-12), torch.zeros_like(excess))
+        return -(excess * inverse / inverse.sum(1, keepdim=True).clamp_min(1e-12)).sum(1)
+    return -excess.sum(1)
+
+
+def center_loss(z_adv: torch.Tensor, logp_adv: torch.Tensor, ref: Reference) -> torch.Tensor:
+    """Untargeted centre-code attack: -sum_m log p^_{m, a_m}, pushing the soft assignment away from ``ref.anchor``,
+    the centre code of the query's class (the per-sub-space majority codeword of that class's database items)."""
+    return -logp_adv.gather(-1, ref.anchor.unsqueeze(-1)).squeeze(-1).sum(1)
+
+
+def targeted_center_loss(z_adv: torch.Tensor, logp_adv: torch.Tensor, ref: Reference) -> torch.Tensor:
+    """Targeted centre-code attack: sum_m log p^_{m, t_m}, pulling the soft assignment toward ``ref.anchor``, the
+    centre code of the target class. Zero, its maximum, when every sub-space is assigned to t_m with certainty."""
+    return logp_adv.gather(-1, ref.anchor.unsqueeze(-1)).squeeze(-1).sum(1)
+
+
+LOSSES: dict[str, Loss] = {
     "basic": feature_distance_loss,
     "apd": peak_distribution_loss,
     "aod": overall_distribution_loss,
+    "margin": margin_loss,
+    "center": center_loss,
+    "center_targeted": targeted_center_loss,
 }
+
+
+def loss_for(name: str, cfg: Any) -> Loss:
+    """The loss ``name`` with its settings from ``cfg`` (an ``AttackConfig``) bound: ``margin``'s kappa and focus."""
+    if name == "margin":
+        return partial(margin_loss, kappa=float(cfg.kappa), focus=bool(cfg.margin_focus))
+    return LOSSES[name]

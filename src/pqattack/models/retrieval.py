@@ -49,8 +49,9 @@ class RetrievalModel(nn.Module):
         with torch.autocast(x.device.type, enabled=False):
             return self.normalize(f)
 
-    def assignment_logits(self, z: torch.Tensor) -> torch.Tensor:
-        """``[B, M, K]`` logits sim(z_m, c_mk) / T of eq. (7), float32."""
+    def assignment_logits(self, z: torch.Tensor, temperature: float | None = None) -> torch.Tensor:
+        """``[B, M, K]`` logits sim(z_m, c_mk) / T of eq. (7), float32; T is ``temperature`` when given, else the
+        model's."""
         sub = z.float().view(z.shape[0], self.M, -1)
         c = self.codebooks
         if self.similarity == "cos":
@@ -58,7 +59,7 @@ class RetrievalModel(nn.Module):
         sim = torch.einsum("bmd,mkd->bmk", sub, c)
         if self.similarity == "l2":  # -||z_m - c_mk||^2 = 2 <z_m, c_mk> - ||z_m||^2 - ||c_mk||^2
             sim = 2 * sim - sub.pow(2).sum(-1, keepdim=True) - c.pow(2).sum(-1)[None]
-        return sim / self.temperature
+        return sim / (self.temperature if temperature is None else temperature)
 
     def index_codes(self, z: torch.Tensor) -> torch.Tensor:
         """The index's hard assignment, eq. (1): argmin_k ||z_m - c_mk||^2, int64 ``[B, M]`` (float32)."""

@@ -29,13 +29,14 @@ from __future__ import annotations
 
 import os
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable
+from typing import Callable, Iterator
 
 import faiss
 import numpy as np
 import torch
 
 from ..metrics.average_precision import QueryAP, average_precision, average_precision_unranked, relevance
+from ..metrics.ranking import ranking_diagnostics
 from .codebooks import nbits_of
 
 SYSTEMS = ("sdc", "adc")
@@ -345,11 +346,20 @@ class PQIndex:
             rel = relevance(ql, dl, ids)
             tie = self._tie_at_k(queries, system, dist, ids, rel, topk, heap, ql, dl)
             return average_precision(dist, rel, topk, tie_at_k=tie)
+        parts = []
+        for dist, rel in self._distance_blocks(queries, system, ql, dl):
+            parts += _parallel_rows(average_precision_unranked, len(dist), dist, rel)
+        return QueryAP.concat(parts)
+
+    def _distance_blocks(self, queries: torch.Tensor | np.ndarray, system: str, query_labels: torch.Tensor,
+                         db_labels: torch.Tensor) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """``(distances, relevance)`` ``[q, N]`` to every database item (in database order) for blocks of queries;
+        the distances' buffer is reused, so each block is to be used before the next."""
+        ql, dl = query_labels.cpu(), db_labels.cpu()
         tables = self.lookup_tables(queries, system)
         nq, n, rows = tables.shape[1], self.ntotal, self._block_rows()
         single = ql.ndim == 1
         buf = np.empty((min(rows, nq), n), dtype=np.float32)
-        parts = []
         for lo in range(0, nq, rows):
             hi = min(lo + rows, nq)
             dist = self._gather(tables[:, lo:hi], out=buf[: hi - lo])
@@ -357,8 +367,20 @@ class PQIndex:
                 rel = dl.numpy()[None, :] == ql[lo:hi].numpy()[:, None]
             else:
                 rel = relevance(ql[lo:hi], dl, torch.arange(n).expand(hi - lo, n)).numpy()
-            parts += _parallel_rows(average_precision_unranked, hi - lo, dist, rel)
-        return QueryAP.concat(parts)
+            yield dist, rel
+
+    def ranking_diagnostics(self, queries: torch.Tensor | np.ndarray, system: str, query_labels: torch.Tensor,
+                            db_labels: torch.Tensor, k: int = 10) -> dict[str, np.ndarray]:
+        """Per query, over the full ranking and as expectations under random tie order
+        (:func:`~pqattack.metrics.ranking.ranking_diagnostics`): ``first_relevant_rank`` (NaN without a relevant
+        item), ``precision_at_k``, and ``chance_ap``, the expected AP of a ranking in random order."""
+        out: dict[str, list[np.ndarray]] = {"first_relevant_rank": [], "precision_at_k": [], "chance_ap": []}
+        for dist, rel in self._distance_blocks(queries, system, query_labels, db_labels):
+            rank, precision = ranking_diagnostics(dist, rel, k)
+            out["first_relevant_rank"].append(rank)
+            out["precision_at_k"].append(precision)
+            out["chance_ap"].append(average_precision_unranked(np.zeros_like(dist), rel).expected)
+        return {name: np.concatenate([np.zeros(0)] + parts) for name, parts in out.items()}
 
     def mean_average_precision(self, queries: torch.Tensor | np.ndarray, system: str, query_labels: torch.Tensor,
                                db_labels: torch.Tensor, topk: int | None = None, ties: str = "expected",

@@ -7,17 +7,22 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any, Iterable
 
-ATTACK_ORDER = ("clean", "basic", "apd", "aod")
+ATTACK_ORDER = ("clean", "basic", "apd", "aod", "margin", "center", "center_targeted")
 SYSTEM_ORDER = ("sdc", "adc")
 
 
 #: What a table cell is: the system under attack, the attack and its settings, and the recipe that made the
 #: numbers (backbone epochs, PQN epochs, device, precision). Rows of one cell must agree on everything else.
 CELL_FIELDS = ("dataset", "model", "quantizer", "bits", "M", "K", "attack", "system", "source_model", "source_bits",
-               "similarity", "temperature", "peak", "eps", "step", "iters", "epochs", "pqn_epochs", "device",
-               "precision")
+               "similarity", "temperature", "peak", "eps", "step", "iters", "kappa", "margin_focus", "target_class",
+               "temperature_final", "logit_norm", "restarts", "restart_pick", "momentum", "diversity",
+               "step_schedule", "epochs", "pqn_epochs", "device", "precision")
 RECIPE_FIELDS = ("epochs", "pqn_epochs", "device", "precision")
 PAPER_ATTACK = {"similarity": "dot", "eps": 8 / 255, "step": 0.01, "iters": 5}
+#: the loop options beyond the paper as a label shows them (a row holds None where an option is off)
+LOOP_LABELS = {"temperature_final": "T->{:g}", "logit_norm": "logit-norm", "restarts": "restarts={}",
+               "restart_pick": "pick={}", "momentum": "MI={:g}", "diversity": "DI={:g}", "step_schedule": "{}"}
+MARGIN_KAPPA = 0.1  # conf/attack/margin.yaml's kappa: a label names another
 
 
 class TableError(ValueError):
@@ -36,12 +41,15 @@ def is_paper_attack(row: dict[str, Any]) -> bool:
         return False
     if row.get("peak") not in (None, "index"):
         return False
+    if any(row.get(k) is not None for k in LOOP_LABELS):
+        return False
     return all(row.get(k) is None or abs(float(row[k]) - v) < 1e-9 if k != "similarity" else row.get(k) in (None, v)
                for k, v in PAPER_ATTACK.items())
 
 
 def attack_label(row: dict[str, Any]) -> str:
-    """The attack's name, with the settings that differ from the defaults: ``aod (cos, T=0.1)``."""
+    """The attack's name, with the settings that differ from the defaults: ``aod (cos, T=0.1)``,
+    ``margin (kappa=0.5, MI=1, restarts=4)``."""
     diff = []
     if row.get("similarity") not in (None, "dot"):
         diff.append(row["similarity"])
@@ -52,6 +60,13 @@ def attack_label(row: dict[str, Any]) -> str:
     for k, short in (("eps", "eps"), ("step", "step"), ("iters", "iters")):
         if row.get(k) is not None and abs(float(row[k]) - PAPER_ATTACK[k]) > 1e-9:
             diff.append(f"{short}={row[k] * 255:.0f}/255" if k == "eps" else f"{short}={row[k]:g}")
+    if row.get("kappa") is not None and abs(float(row["kappa"]) - MARGIN_KAPPA) > 1e-9:
+        diff.append(f"kappa={row['kappa']:g}")
+    if row.get("margin_focus"):
+        diff.append("focus")
+    if row.get("target_class") is not None:
+        diff.append(f"target={row['target_class']}")
+    diff += [fmt.format(row[k]) for k, fmt in LOOP_LABELS.items() if row.get(k) is not None]
     return row["attack"] + (f" ({', '.join(diff)})" if diff else "")
 
 
@@ -127,6 +142,7 @@ def transfer_tables(rows: list[dict[str, Any]]) -> str:
     recipes = model_recipes(rows)
     adv = [r for r in rows if r["attack"] != "clean" and "source_model" in r]
     clean = {(r["dataset"], r["model"], r["bits"], r["system"]): r["map"] for r in rows if r["attack"] == "clean"}
+    adv = [{**r, "attack": attack_label(r)} for r in adv]  # MI, DI, restarts: rows of their own
     cell = {(r["dataset"], r["attack"], r["source_model"], r["source_bits"], r["model"], r["bits"], r["system"]):
             r["map"] for r in adv}
     out: list[str] = []

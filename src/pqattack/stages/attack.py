@@ -1,20 +1,22 @@
-"""Stage 4: adversarial queries, made with one PGD loop against a target (white-box) or a transfer source, or
-loaded from a saved set; cached as 8-bit images."""
+"""Stage 4: adversarial queries, made with one PGD loop against a target (white-box) or transfer sources (one model,
+or an ensemble), or loaded from a saved set; cached as 8-bit images."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 
-from ..attacks import pgd
+from ..attacks import CENTER_LOSSES, center_codes, nearest_centers, pgd, random_other_classes
 from ..config import JobConfig
 from ..data import RetrievalData
+from ..errors import ConfigError, DatasetError
 from ..models import RetrievalModel
 from ..runtime import Runtime
-from ..transfer import AdversarialSet, load_adversarial_set, source_job
-from .keys import attack_spec, attack_temperature
+from ..transfer import AdversarialSet, load_adversarial_set, source_jobs
+from .keys import attack_spec, attack_temperature, ensemble_keys
 from .target import Target, build_target
 
 
@@ -27,45 +29,161 @@ def retrieval_model(job: JobConfig, target: Target, device: torch.device) -> Ret
     return model
 
 
-def attack_queries(job: JobConfig, data: RetrievalData, target: Target, description: dict[str, Any], rt: Runtime
-                   ) -> AdversarialSet:
-    """Adversarial queries made against ``target`` with ``job.attack`` (cached as 8-bit images when quantised)."""
-    a = job.attack
-    spec = attack_spec(job, data, target.checkpoint_key, target.codebooks_key, rt.precision)
-    model = retrieval_model(job, target, rt.device)
+def num_classes(data: RetrievalData) -> int:
+    """The classes (concepts) of the data: its class names, else what its labels show."""
+    labels = data.database.labels
+    return data.num_classes or (labels.shape[1] if labels.ndim == 2 else int(labels.max()) + 1)
 
-    def make(images: torch.Tensor, key: str) -> AdversarialSet:
-        return AdversarialSet.make(images, data, key, target.checkpoint_key, description, spec["attack"], job.seed)
+
+def check_attack_data(job: JobConfig, data: RetrievalData) -> None:
+    """The attack settings that depend on the data (checked before anything is trained): ``attack.target_class``."""
+    a = job.attack
+    if a.name != "none" and a.loss == "center_targeted" and a.target_class is not None and \
+            a.target_class >= num_classes(data):
+        raise ConfigError(f"attack.target_class={a.target_class}: the dataset has {num_classes(data)} classes "
+                          f"(0..{num_classes(data) - 1})")
+
+
+def query_targets(job: JobConfig, data: RetrievalData) -> torch.Tensor | None:
+    """``[Q]`` int64 target class of each query for a targeted attack (``attack.target_class``, or a class drawn
+    with ``seed`` from those the query does not belong to); None for an untargeted attack."""
+    a = job.attack
+    if a.loss != "center_targeted":
+        return None
+    if a.target_class is not None:
+        return torch.full((len(data.query),), int(a.target_class), dtype=torch.int64)
+    return random_other_classes(data.query.labels, num_classes(data), torch.Generator().manual_seed(job.seed))
+
+
+@dataclass
+class Source:
+    """A model the queries are made against: its job, its retrieval system and, for the centre-code losses, its
+    centre codes ``[C, M]``."""
+
+    job: JobConfig
+    target: Target
+    model: RetrievalModel
+    centers: torch.Tensor | None
+
+    @classmethod
+    def of(cls, job: JobConfig, target: Target, data: RetrievalData, device: torch.device) -> "Source":
+        centers = None
+        if job.attack.loss in CENTER_LOSSES:
+            assert target.index.db_codes is not None
+            centers = center_codes(target.index.db_codes, data.database.labels, num_classes(data), target.index.K)
+        return cls(job, target, retrieval_model(job, target, device), centers)
+
+    @torch.no_grad()
+    def anchors(self, x: torch.Tensor, targets: torch.Tensor | None) -> torch.Tensor | None:
+        """``[B, M]`` anchor codes of the queries ``x`` (on the device): the target class's centre code, or for the
+        untargeted attack the centre code of the class the model predicts (its classifier; without one, the class
+        whose centre code is nearest to the query's code in SDC distance)."""
+        if self.centers is None:
+            return None
+        if targets is not None:
+            classes = targets
+        elif self.target.classify is not None:
+            classes = self.target.classify(self.model.backbone.forward_features(x)).float().argmax(1).cpu()
+        else:
+            codes = self.model.index_codes(self.model.features(x)).cpu()
+            classes = nearest_centers(codes, self.centers, self.target.index.sdc_table)
+        anchors = self.centers[classes]
+        if (anchors < 0).any():
+            raise DatasetError(f"attack.loss={self.job.attack.loss}: class(es) "
+                               f"{sorted(set(classes[(anchors < 0).any(1)].tolist()))} have no database items, so no "
+                               f"centre code")
+        return anchors.to(x.device)
+
+
+def oracle_pick(source: Source, data: RetrievalData, labels: torch.Tensor, rt: Runtime):  # noqa: ANN201
+    """``attack.restart_pick=oracle``: per query, the restart with the lowest AP on the source's own index (mean
+    over the job's systems), which needs the database labels: an upper bound for the restarts, not an attack."""
+
+    def pick(candidates: list[torch.Tensor]) -> torch.Tensor:
+        aps = []
+        for adv in candidates:
+            with torch.no_grad(), rt.autocast():
+                z = source.model.features(adv).cpu()
+            per_system = [source.target.index.average_precisions(z, s, labels, data.database.labels).expected
+                          for s in source.job.systems]
+            aps.append(torch.as_tensor(sum(per_system) / len(per_system)))
+        return torch.stack(aps).argmin(0).to(candidates[0].device)
+
+    return pick
+
+
+def attack_queries(job: JobConfig, data: RetrievalData, sources: list[Source], description: dict[str, Any],
+                   rt: Runtime) -> AdversarialSet:
+    """Adversarial queries made against ``sources`` (one: a target; several: an ensemble) with ``job.attack``
+    (cached as 8-bit images when quantised). With ``attack.save_prefixes``, the sets of the shorter runs (the
+    first k steps of this one) are cached too, each under the key the k-step job has."""
+    a = job.attack
+    spec = attack_spec(job, data, *ensemble_keys([s.target.checkpoint_key for s in sources],
+                                                 [s.target.codebooks_key for s in sources]), rt.precision)
+    checkpoints = spec["checkpoint"]
+    targets = query_targets(job, data)
+
+    def make(images: torch.Tensor, key: str, attack: dict[str, Any]) -> AdversarialSet:
+        return AdversarialSet.make(images, data, key, checkpoints, description, attack, job.seed, targets)
+
+    def to_stored(x: torch.Tensor) -> torch.Tensor:
+        return torch.round(x * 255).to(torch.uint8).cpu() if a.quantize_8bit else x.float().cpu()
 
     def build() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         gen = torch.Generator(device=rt.device).manual_seed(job.seed)
-        out = []
+        out: list[torch.Tensor] = []
+        prefixes: dict[int, list[torch.Tensor]] = {int(k): [] for k in a.save_prefixes or [] if int(k) < a.iters}
         images = data.query.images
+
+        def keep_prefix(step: int, x: torch.Tensor) -> None:
+            if step in prefixes:
+                prefixes[step].append(to_stored(x))
+
         for i in tqdm(range(0, len(images), a.batch_size), desc=f"attack {a.name}", disable=not rt.progress,
                       leave=False):
             x = (images[i:i + a.batch_size].to(rt.device).float() / 255).contiguous(memory_format=torch.channels_last)
+            batch_targets = None if targets is None else targets[i:i + a.batch_size]
+            pick = (oracle_pick(sources[0], data, data.query.labels[i:i + a.batch_size], rt)
+                    if a.restart_pick == "oracle" else None)
             with rt.autocast():
-                adv = pgd(model, x, a.loss, a, generator=gen)
-            out.append(torch.round(adv * 255).to(torch.uint8).cpu() if a.quantize_8bit else adv.float().cpu())
-        made = make(torch.cat(out), "")
+                anchors = [s.anchors(x, batch_targets) for s in sources]
+                adv = pgd([s.model for s in sources], x, a.loss, a, generator=gen, anchors=anchors, pick=pick,
+                          on_step=keep_prefix if prefixes else None)
+            out.append(to_stored(adv))
+        for k, parts in prefixes.items():
+            save_prefix(k, torch.cat(parts))
+        made = make(torch.cat(out), "", spec["attack"])
         return made.tensors(), {k: v for k, v in made.meta.items() if k != "key"}
 
+    def save_prefix(k: int, images: torch.Tensor) -> None:
+        from ..cache import spec_key
+
+        prefix_spec = {**spec, "attack": {**spec["attack"], "iters": k}}
+        key = spec_key("adversarial_queries", prefix_spec)
+        if rt.cache.enabled and rt.cache.load("adversarial_queries", key) is None:
+            made = make(images, key, prefix_spec["attack"])
+            rt.cache.save("adversarial_queries", key, made.tensors(),
+                          {**{m: v for m, v in made.meta.items() if m != "key"}, "spec": prefix_spec})
+
     with rt.timed(f"attack_{a.name}"):
-        tensors, _, key = rt.cache.get_or_build("adversarial_queries", spec, build)
-    return make(tensors["images"], key)
+        tensors, meta, key = rt.cache.get_or_build("adversarial_queries", spec, build)
+    return make(tensors["images"], key, meta["attack"])
 
 
 def adversarial_set(job: JobConfig, data: RetrievalData, target: Target, describe: Any, rt: Runtime
                     ) -> AdversarialSet | None:
     """The adversarial queries this job evaluates: white-box (made against ``target``), or a transfer source (a
-    saved set, or one made against another model / code length, ``transfer.*``). ``describe(job)`` gives the
-    rows' description of a job's target, which the set records as its source."""
+    saved set, or one made against other models / another code length, ``transfer.*``). ``describe(job)`` gives
+    the rows' description of a job's target, which the set records as its source (for an ensemble, the models
+    joined by '+')."""
     if job.transfer.get("source"):
         return load_adversarial_set(job.transfer["source"], data, rt.cache)
     if job.attack.name == "none":
         return None
-    src = source_job(job)
-    if src is None:
-        return attack_queries(job, data, target, describe(job), rt)
-    src_rt = Runtime(rt.device, rt.precision, rt.cache, rt.progress)  # the source's keys stay out of this run's
-    return attack_queries(src, data, build_target(src, data, src_rt, []), describe(src), rt)
+    srcs = source_jobs(job)
+    if srcs is None:
+        return attack_queries(job, data, [Source.of(job, target, data, rt.device)], describe(job), rt)
+    src_rt = Runtime(rt.device, rt.precision, rt.cache, rt.progress)  # the sources' keys stay out of this run's
+    sources = [Source.of(s, build_target(s, data, src_rt, []), data, rt.device) for s in srcs]
+    description = {**describe(srcs[0]), "model": "+".join(s.model["name"] for s in srcs)}
+    return attack_queries(srcs[0], data, sources, description, rt)

@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from ..attacks import LOSS_IGNORES
+from ..attacks import CENTER_LOSSES, LOSS_IGNORES, OFF_VALUES
 from ..cache import spec_key
 from ..config import JobConfig, container
 from ..data import RetrievalData
@@ -28,6 +28,7 @@ RUN_ONLY_KEYS = (
     "dataset.name",        # the option's label; the loader (`_target_`) names the data in its keys
     "trainer.strategy",    # how training processes start; their number (world size) is in the checkpoint key
     "trainer.num_nodes",   # must be 1 (config.load_job); the world size is in the checkpoint key
+    "attack.save_prefixes",  # also caches the sets of shorter runs, each under its own key; this set is the same
 )
 TRAINER_CORE = ("max_epochs", "batch_size", "lr", "momentum", "weight_decay", "nesterov", "label_smoothing",
                 "schedule", "augment")
@@ -98,18 +99,31 @@ def attack_temperature(job: JobConfig) -> float:
 
 
 def attack_settings(job: JobConfig) -> dict[str, Any]:
-    """The attack's settings as they make a query set: the resolved temperature, without what the loss ignores."""
+    """The attack's settings as they make a query set: the resolved temperature, without what the loss ignores,
+    loop options at their off value (``attacks.OFF_VALUES``) and ``save_prefixes`` (it changes no set)."""
     a = {**container(job.config.attack), "temperature": attack_temperature(job)}
-    return {k: v for k, v in a.items() if k not in LOSS_IGNORES.get(job.attack.loss, ())}
+    return {k: v for k, v in a.items() if k not in LOSS_IGNORES.get(job.attack.loss, ()) and k != "save_prefixes"
+            and not (k in OFF_VALUES and v == OFF_VALUES[k])}
 
 
-def attack_spec(job: JobConfig, data: RetrievalData, checkpoint_key: str, codebooks_key: str | None, precision: str
-                ) -> dict[str, Any]:
-    """An adversarial query set: the target (checkpoint, and codebooks unless the loss ignores them), the actual
-    queries, every attack setting (``batch_size`` included: it orders the random-start draws), precision, seed."""
-    return {"checkpoint": checkpoint_key, "codebooks": codebooks_key if job.attack.loss != "basic" else None,
-            "queries": data.query_key, "attack": settings(attack_settings(job), ATTACK_CORE), "precision": precision,
-            "seed": job.seed}
+def attack_spec(job: JobConfig, data: RetrievalData, checkpoint_key: str | list[str],
+                codebooks_key: str | None | list[str | None], precision: str) -> dict[str, Any]:
+    """An adversarial query set: the source (checkpoint, and codebooks unless the loss ignores them; lists for an
+    ensemble of sources), the actual queries (and database items, whose codes give the centre codes), every attack
+    setting (``batch_size`` included: it orders the random-start draws), precision, seed."""
+    if job.attack.loss == "basic":
+        codebooks_key = None if isinstance(checkpoint_key, str) else [None] * len(checkpoint_key)
+    spec = {"checkpoint": checkpoint_key, "codebooks": codebooks_key, "queries": data.query_key,
+            "attack": settings(attack_settings(job), ATTACK_CORE), "precision": precision, "seed": job.seed}
+    if job.attack.loss in CENTER_LOSSES:
+        spec["database"] = data.database_key
+    return spec
+
+
+def ensemble_keys(checkpoints: list[str], codebooks: list[str | None]) -> tuple[Any, Any]:
+    """The sources' checkpoint and codebooks keys as a query set's spec holds them: plain for one source, lists
+    for an ensemble."""
+    return (checkpoints[0], codebooks[0]) if len(checkpoints) == 1 else (checkpoints, codebooks)
 
 
 def _drop(tree: dict[str, Any], dotted: str) -> None:
@@ -133,13 +147,16 @@ def results_spec(job: JobConfig, precision: str) -> dict[str, Any]:
         _drop(spec, key)
     if spec["model"].get("_target_") == DEFAULT_BACKBONE_BUILDER:  # as in model_spec
         _drop(spec, "model._target_")
+    for key, off in OFF_VALUES.items():  # loop options whose off value is a word
+        if spec.get("attack", {}).get(key) == off:
+            _drop(spec, f"attack.{key}")
     return {**_without_off(spec), "precision": precision}
 
 
 def artifact_keys(job: JobConfig, data: RetrievalData, precision: str, device: torch.device) -> dict[str, str]:
     """The cache key of every artifact a job uses, from its config and data alone: nothing is built or loaded.
     (A saved adversarial set given by ``transfer.source`` has its own key, read when it is loaded.)"""
-    from ..transfer import source_job
+    from ..transfer import source_jobs
 
     def target_keys(j: JobConfig) -> dict[str, str]:
         out = {"checkpoint": spec_key("checkpoint", checkpoint_spec(j, data, precision, device))}
@@ -152,9 +169,13 @@ def artifact_keys(job: JobConfig, data: RetrievalData, precision: str, device: t
 
     keys = target_keys(job)
     if job.attack.name != "none" and not job.transfer.get("source"):
-        src = source_job(job)
-        made = keys if src is None else target_keys(src)
-        keys["adversarial_queries"] = spec_key("adversarial_queries", attack_spec(
-            src or job, data, made["checkpoint"], made["codebooks"], precision))
+        srcs = source_jobs(job)
+        if srcs is None:
+            spec = attack_spec(job, data, keys["checkpoint"], keys["codebooks"], precision)
+        else:
+            made = [target_keys(s) for s in srcs]
+            spec = attack_spec(srcs[0], data, *ensemble_keys([m["checkpoint"] for m in made],
+                                                             [m["codebooks"] for m in made]), precision)
+        keys["adversarial_queries"] = spec_key("adversarial_queries", spec)
     keys["results"] = spec_key("results", results_spec(job, precision))
     return keys

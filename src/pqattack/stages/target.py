@@ -91,23 +91,39 @@ def peak_agreement(target: Target, query_z: torch.Tensor) -> float:
     return float((dots.argmax(-1) == target.index.encode(query_z)).float().mean())
 
 
-def evaluate(index: PQIndex, query_z: torch.Tensor, data: RetrievalData, systems: list[str], topk: int | None
-             ) -> dict[str, QueryAP]:
-    """Per-query APs per system, both tie conventions, over the full ranking or at ``topk``: those of ranking
-    with ``index.search`` and scoring with ``metrics.query_average_precisions``, computed without building the
-    ``[Q, N]`` ranking (see ``PQIndex.average_precisions``)."""
-    return {s: index.average_precisions(query_z, s, data.query.labels, data.database.labels, topk=topk)
-            for s in systems}
-
-
-def score(target: Target, query_z: torch.Tensor, data: RetrievalData, systems: list[str], topk: int | None
-          ) -> dict[str, dict[str, Any]]:
-    """Per system, the per-query APs (``aps``); with index=ivfpq, those of the IVF search at ``topk`` (continued
-    past the tie group at k) and its recall@k of the exact PQ (flat ADC) top k."""
+def score(target: Target, query_z: torch.Tensor, data: RetrievalData, systems: list[str], topk: int | None,
+          query_labels: torch.Tensor | None = None, diagnostics: bool = True) -> dict[str, dict[str, Any]]:
+    """Per system, the per-query APs (``aps``) against ``query_labels`` (default: the queries' own) and, over the
+    full ranking of the flat index with ``diagnostics``, the per-query ``diagnostics`` of
+    ``PQIndex.ranking_diagnostics`` (first relevant rank, precision@10, chance AP); with index=ivfpq, the APs of the
+    IVF search at ``topk`` (continued past the tie group at k) and its recall@k of the exact PQ (flat ADC) top k."""
+    labels = data.query.labels if query_labels is None else query_labels
     if target.ivf is None:
-        return {s: {"aps": v} for s, v in evaluate(target.index, query_z, data, systems, topk).items()}
+        out = {s: {"aps": target.index.average_precisions(query_z, s, labels, data.database.labels, topk=topk)}
+               for s in systems}
+        if diagnostics:
+            for s in systems:
+                out[s]["diagnostics"] = target.index.ranking_diagnostics(query_z, s, labels, data.database.labels)
+        return out
     assert topk is not None and systems == ["adc"]
     approx, ids = search_past_ties(lambda n: target.ivf.search(query_z, "adc", k=n), topk, target.ivf.ntotal)
     exact, _ = target.index.search(query_z, "adc", k=topk)
-    return {"adc": {"aps": query_average_precisions(approx, ids, data.query.labels, data.database.labels, topk=topk),
+    return {"adc": {"aps": query_average_precisions(approx, ids, labels, data.database.labels, topk=topk),
                     "recall": recall_at_k_with_ties(approx, exact)}}
+
+
+def target_labels(targets: torch.Tensor, data: RetrievalData) -> torch.Tensor:
+    """Target classes ``[Q]`` as query labels: as they are for single-label data, one-hot concepts for multi-label."""
+    if data.database.labels.ndim == 1:
+        return targets
+    return torch.nn.functional.one_hot(targets, data.database.labels.shape[1]).bool()
+
+
+def targeted_scores(target: Target, adversarial_z: torch.Tensor, data: RetrievalData, targets: torch.Tensor,
+                    systems: list[str], topk: int | None) -> dict[str, dict[str, Any]]:
+    """Per system, the per-query APs with the target class as the relevant one (t-mAP's), of the adversarial
+    queries (``aps``) and of the clean ones (``clean_aps``, the level without an attack)."""
+    labels = target_labels(targets, data)
+    adv = score(target, adversarial_z, data, systems, topk, labels, diagnostics=False)
+    clean = score(target, target.features["query"], data, systems, topk, labels, diagnostics=False)
+    return {s: {"aps": adv[s]["aps"], "clean_aps": clean[s]["aps"]} for s in systems}

@@ -1,0 +1,44 @@
+"""Centre codes: for each class, the per-sub-space majority codeword over the database items of that class (the PQ
+analogue of the anchor, centre and mainstay codes of the hashing attacks DHTA, CgAT and SAAT); with multi-label
+data, over the items that carry each concept. And the classes the centre-code attacks aim at."""
+
+from __future__ import annotations
+
+import torch
+from torch.nn.functional import one_hot
+
+
+def center_codes(db_codes: torch.Tensor, db_labels: torch.Tensor, num_classes: int, K: int) -> torch.Tensor:  # noqa: N803
+    """``[C, M]`` int64: per class c and sub-space m, the code most frequent among the database items of class c
+    (``db_labels`` int ``[N]``, or multi-hot ``[N, C]``: the items carrying concept c); ties go to the smaller code.
+    A class without database items gets -1."""
+    members = (db_labels.bool() if db_labels.ndim == 2 else
+               one_hot(db_labels.long(), num_classes)).to(torch.float64)  # [N, C]
+    out = torch.empty(num_classes, db_codes.shape[1], dtype=torch.int64)
+    for m in range(db_codes.shape[1]):
+        votes = members.T @ one_hot(db_codes[:, m].long(), K).to(torch.float64)  # [C, K]
+        out[:, m] = votes.argmax(1)  # the first maximum: the smaller code
+    out[members.sum(0) == 0] = -1
+    return out
+
+
+def nearest_centers(query_codes: torch.Tensor, centers: torch.Tensor, sdc_table: torch.Tensor) -> torch.Tensor:
+    """``[B]``: for each query code ``[B, M]``, the class whose centre code is nearest in SDC distance
+    (sum_m T[m, b_m, c_m], ``sdc_table`` ``[M, K, K]``); classes without a centre are skipped, ties go to the
+    smaller class."""
+    valid = (centers >= 0).all(1)
+    m = torch.arange(centers.shape[1])
+    dist = sdc_table[m[None, None, :], query_codes[:, None, :], centers.clamp_min(0)[None, :, :]].sum(-1)  # [B, C]
+    return dist.masked_fill(~valid[None], float("inf")).argmin(1)
+
+
+def random_other_classes(labels: torch.Tensor, num_classes: int, generator: torch.Generator) -> torch.Tensor:
+    """``[B]``: per query a class drawn uniformly from those it does not belong to (int ``[B]`` labels: the other
+    classes; multi-hot ``[B, C]``: the concepts it lacks, or any concept when it carries all)."""
+    if labels.ndim == 1:
+        shift = torch.randint(1, num_classes, (len(labels),), generator=generator)
+        return (labels.long() + shift) % num_classes
+    lacks = ~labels.bool()
+    lacks[~lacks.any(1)] = True
+    weights = lacks.to(torch.float64)
+    return torch.multinomial(weights, 1, generator=generator).squeeze(1)
