@@ -12,7 +12,7 @@ import pytest
 import torch
 from sklearn.metrics import average_precision_score
 
-from pqattack.bench import plain_expected_average_precision
+from pqattack.bench.baselines import plain_expected_average_precision
 from pqattack.metrics import mean_average_precision
 from pqattack.quant import PQIndex, search_past_ties
 

@@ -4,7 +4,6 @@ and ``pqattack --help``."""
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 import sys
 from pathlib import Path
@@ -14,6 +13,7 @@ from omegaconf import DictConfig
 
 from .config import register
 from .errors import PQAttackError
+from .loggers import finish_loggers, make_loggers
 
 register()
 log = logging.getLogger("pqattack")
@@ -36,30 +36,6 @@ def set_log_level(cfg: DictConfig) -> None:
         warnings.filterwarnings("ignore", category=DeprecationWarning)
         warnings.filterwarnings("ignore", category=FutureWarning)
         warnings.filterwarnings("ignore", module="pytorch_lightning")
-
-
-def make_loggers(cfg: DictConfig, output_dir: Path) -> list:
-    """Lightning loggers for the run: CSV always; wandb (offline unless WANDB_MODE says otherwise)."""
-    from pytorch_lightning.loggers import CSVLogger
-
-    loggers = [CSVLogger(save_dir=str(output_dir), name="csv", version="")]
-    if cfg.logger.get("wandb"):
-        from pytorch_lightning.loggers import WandbLogger
-
-        w = cfg.logger.wandb
-        os.environ.setdefault("WANDB_MODE", w.mode)
-        save_dir = Path(w.save_dir) if w.save_dir else output_dir
-        loggers.append(WandbLogger(project=w.project, name=w.name, save_dir=str(save_dir),
-                                   group=w.group, tags=list(w.tags or []), log_model=False))
-    return loggers
-
-
-def finish_loggers(loggers: list, status: str) -> None:
-    """Close every logger, on success and on failure (wandb: its run's files are flushed and the run ended)."""
-    for lg in loggers:
-        lg.finalize(status)
-        if hasattr(lg, "log_table"):
-            lg.experiment.finish(exit_code=0 if status == "success" else 1)
 
 
 def remove_empty_run_dir(output_dir: Path) -> None:

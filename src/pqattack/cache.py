@@ -335,7 +335,8 @@ def job_overrides(entry: dict[str, Any], base: dict[str, Any] | None, extra: lis
     for k, v in dataset.items():
         if k not in ("name", "root", "download", "_target_") and default.dataset.get(k) != v:
             out.append(_override(f"dataset.{k}", v))
-    out += [_override(f"model.{k}", v) for k, v in spec["model"].items() if default.model.get(k) != v]
+    model = {("_target_" if k == "builder" else k): v for k, v in spec["model"].items()}  # stages.keys.model_spec
+    out += [_override(f"model.{k}", v) for k, v in model.items() if default.model.get(k) != v]
     out += [_override(f"trainer.{k}", v) for k, v in spec["trainer"].items() if default.trainer.get(k) != v]
     out.append(f"precision={spec['precision']}")
     if spec["seed"] != default.seed:
@@ -353,8 +354,8 @@ def import_checkpoints(path: str | Path, cache_dir: str | None = None, extra: li
 
     from .config import CONF_DIR, load_job
     from .errors import DatasetError
-    from .pipeline import load_data
     from .runtime import Runtime
+    from .stages.data import load_data
     from .stages.keys import checkpoint_spec, pqn_spec
 
     manifest, tensors = read_export(path)

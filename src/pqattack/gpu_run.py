@@ -92,8 +92,8 @@ class Mode:
 
 # --------------------------------------------------------------------------------------------- cost estimates
 def training_flops(arch: str) -> float:
-    """Work of one training step per image (forward + backward; FLOPs / 2, as ``bench.flops_per_item`` counts),
-    counted on the meta device, without computing anything. The estimates use its ratios between backbones."""
+    """Work of one training step per image (forward + backward; FLOPs / 2, as ``bench.training.flops_per_item``
+    counts), counted on the meta device, without computing anything. The estimates use its ratios between backbones."""
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -386,8 +386,8 @@ class Run:
 
     def bench_seconds(self, figures: list[str]) -> float:
         """The bench figures: each a process that decodes its images and runs the fast path twice (fp32, bf16) and
-        the baseline, a few dozen batches each (bench.SIZES); estimated from the smoke stage's rates."""
-        from .bench import SIZES
+        the baseline, a few dozen batches each (bench.workloads.SIZES); estimated from the smoke stage's rates."""
+        from .bench.workloads import SIZES
 
         c, sz = self.costs, SIZES["quick" if self.mode.tiny else self.mode.device]
         if c is None:

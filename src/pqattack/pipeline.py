@@ -5,11 +5,9 @@ trains each backbone, extracts its features and runs K-means once."""
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from pathlib import Path
-from typing import Any
 
 import torch
 from hydra.utils import instantiate
@@ -17,10 +15,11 @@ from omegaconf import DictConfig
 
 from .cache import ArtifactCache, spec_key
 from .config import container, load_job
-from .data import RetrievalData
+from .loggers import log_results
 from .records import attacked_rows, clean_rows, describe, recipe_fields, write_results
 from .runtime import Runtime, device_name, resolve_device, resolve_precision, versions
 from .stages.attack import adversarial_set, check_attack_data
+from .stages.data import load_data
 from .stages.features import check_finite, embed
 from .stages.keys import results_spec
 from .stages.target import build_target, peak_agreement, score, targeted_scores
@@ -77,29 +76,7 @@ def run(cfg: DictConfig, output_dir: Path, loggers: list | None = None) -> Path:
     path = write_results(output_dir, {"meta": meta, "rows": rows})
     if rt.cache.enabled:
         rt.cache.save("results", results_key, {}, {"results": {"meta": meta, "rows": rows}})
-    log_rows(loggers or [], rows)
+    log_results(loggers or [], rows, job, data, target.index, target.features["query"],
+                None if adv is None else (adv.images, z_adv))
     return path
 
-
-_LOADED: dict[str, RetrievalData] = {}  # the last dataset loaded in this process (see load_data)
-
-
-def load_data(cfg: DictConfig, source: Any, rt: Runtime) -> RetrievalData:
-    """``source.load(rt.cache)``, once per process for the same dataset config and cache: the jobs of a sweep,
-    which Hydra's basic launcher runs in one process, share the decoded images instead of listing, hashing and
-    loading them again in every job."""
-    key = json.dumps([container(cfg.dataset), str(rt.cache.root), rt.cache.enabled], sort_keys=True, default=str)
-    if key not in _LOADED:
-        _LOADED.clear()
-        _LOADED[key] = source.load(rt.cache)
-    return _LOADED[key]
-
-
-def log_rows(loggers: list, rows: list[dict[str, Any]]) -> None:
-    """The rows to the run's loggers: one metric per attack and system, and the whole table where a logger takes
-    tables (wandb)."""
-    for lg in loggers:
-        lg.log_metrics({f"map/{r['attack']}/{r['system']}": r["map"] for r in rows})
-        if hasattr(lg, "log_table"):
-            cols = sorted({k for r in rows for k in r})
-            lg.log_table("results", columns=cols, data=[[r.get(c) for c in cols] for r in rows])

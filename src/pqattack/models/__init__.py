@@ -1,7 +1,7 @@
 """Stage 2, models: CIFAR-size backbones, their Lightning training module, the differentiable retrieval model."""
 
-from .backbones import ARCHITECTURES, Backbone, build_backbone
+from .backbones import ARCHITECTURES, DEFAULT_BACKBONE_BUILDER, Backbone, build_backbone
 from .classifier import ClassifierModule
 from .retrieval import RetrievalModel
 
-__all__ = ["ARCHITECTURES", "Backbone", "ClassifierModule", "RetrievalModel", "build_backbone"]
+__all__ = ["ARCHITECTURES", "DEFAULT_BACKBONE_BUILDER", "Backbone", "ClassifierModule", "RetrievalModel", "build_backbone"]

@@ -101,6 +101,7 @@ def _smallcnn(width: int) -> tuple[nn.Module, int]:
     return body, 4 * w
 
 
+DEFAULT_BACKBONE_BUILDER = "pqattack.models.build_backbone"  # the `_target_` of every conf/model option
 ARCHITECTURES = ("alexnet", "vgg11", "vgg13", "vgg16", "resnet18", "resnet34", "resnet50", "smallcnn", "fastnet")
 
 

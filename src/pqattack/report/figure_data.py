@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..data import RetrievalData
 from ..metrics import mean_average_precision, precision_recall_at_ranks, relevance
 from .artifacts import JobArtifacts
 from .figures import ExampleRow
@@ -115,16 +116,29 @@ def pick_example_query(ranked: Ranked) -> int:
     return int(torch.argmax(drop))
 
 
-def _hwc(image: torch.Tensor) -> np.ndarray:
+def hwc(image: torch.Tensor) -> np.ndarray:
     """uint8 HxWx3 for display; float images in [0, 1] are rounded to 8 bits."""
     if image.dtype != torch.uint8:
         image = (image.clamp(0, 1) * 255).round().to(torch.uint8)
     return image.permute(1, 2, 0).cpu().numpy()
 
 
-def perturbation_amplification(arts: dict[str, JobArtifacts]) -> float:
+def amplification(eps: float) -> float:
     """Maps the L-inf ball [-eps, eps] onto the displayable [0, 1] around grey 0.5."""
-    return 0.5 / max(a.job.config["attack"]["eps"] for a in arts.values())
+    return 0.5 / eps
+
+
+def perturbation_amplification(arts: dict[str, JobArtifacts]) -> float:
+    """``amplification`` of the largest budget among the jobs."""
+    return amplification(max(a.job.config["attack"]["eps"] for a in arts.values()))
+
+
+def amplified_perturbation(clean: torch.Tensor, adversarial: torch.Tensor, amplify: float) -> np.ndarray:
+    """HxWx3 in [0, 1]: grey 0.5 plus ``amplify`` times the perturbation (``clean`` uint8; ``adversarial`` uint8, or
+    float in [0, 1] without 8-bit rounding)."""
+    scale = 255.0 if adversarial.dtype == torch.uint8 else 1.0
+    delta = adversarial.float().cpu() / scale - clean.float().cpu() / 255.0
+    return (delta * amplify + 0.5).clamp(0, 1).permute(1, 2, 0).numpy()
 
 
 def example_rows(arts: dict[str, JobArtifacts], ranked: Ranked, system: str, query: int) -> list[ExampleRow]:
@@ -147,10 +161,8 @@ def example_rows(arts: dict[str, JobArtifacts], ranked: Ranked, system: str, que
             image, perturbation = clean_image, None
         else:
             image = arts[attack].adversarial[query]
-            scale = 255.0 if image.dtype == torch.uint8 else 1.0
-            delta = image.float() / scale - clean_image.float() / 255.0
-            perturbation = (delta * amplify + 0.5).clamp(0, 1).permute(1, 2, 0).numpy()
-        out.append(ExampleRow(label, _hwc(image), perturbation, [_hwc(data.database.images[i]) for i in top],
+            perturbation = amplified_perturbation(clean_image, image, amplify)
+        out.append(ExampleRow(label, hwc(image), perturbation, [hwc(data.database.images[i]) for i in top],
                               rel[query, :TOP_K].tolist()))
     return out
 
@@ -176,13 +188,16 @@ def centroid_distributions(arts: dict[str, JobArtifacts], query: int
     return subspace, {a: p[subspace] for a, p in clean.items()}, {a: p[subspace] for a, p in attacked.items()}
 
 
+def class_name(data: RetrievalData, query: int) -> str:
+    """The query's class; multi-label: every concept of the query, joined by +."""
+    labels = data.query.labels[query]
+    if labels.ndim == 1:
+        return "+".join(data.classes[c] for c in torch.nonzero(labels).squeeze(1).tolist())
+    label = int(labels)
+    return data.classes[label] if label < len(data.classes) else str(label)
+
+
 def query_description(arts: dict[str, JobArtifacts], query: int) -> dict[str, Any]:
     data = next(iter(arts.values())).data
-    labels = data.query.labels[query]
-    if labels.ndim == 1:  # multi-label: every concept of the query
-        name = "+".join(data.classes[c] for c in torch.nonzero(labels).squeeze(1).tolist())
-    else:
-        label = int(labels)
-        name = data.classes[label] if label < len(data.classes) else str(label)
-    return {"query": query, "class": name, "test_index": int(data.query.index[query])
+    return {"query": query, "class": class_name(data, query), "test_index": int(data.query.index[query])
             if data.query.index is not None else query}

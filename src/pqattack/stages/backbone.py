@@ -6,11 +6,12 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from hydra.utils import instantiate
 
 from ..config import JobConfig
 from ..data import RetrievalData
 from ..errors import CacheError
-from ..models import Backbone, ClassifierModule, build_backbone
+from ..models import DEFAULT_BACKBONE_BUILDER, Backbone, ClassifierModule
 from ..models.pqn import PQNModule
 from ..quant import train_codebooks
 from ..runtime import Runtime
@@ -19,8 +20,10 @@ from .keys import checkpoint_spec, pqn_spec
 
 
 def make_backbone(model: dict[str, Any], num_classes: int) -> Backbone:
-    """An untrained backbone from the ``model`` settings."""
-    return build_backbone(num_classes=num_classes, **{k: v for k, v in model.items() if k not in ("_target_", "name")})
+    """An untrained backbone from the ``model`` settings: ``hydra.utils.instantiate`` of its ``_target_`` (records
+    made before the model configs named one: ``models.build_backbone``) with its keys but ``name``, a label."""
+    node = {"_target_": DEFAULT_BACKBONE_BUILDER, **{k: v for k, v in model.items() if k != "name"}}
+    return instantiate(node, num_classes=num_classes, _convert_="all")
 
 
 def load_backbone(model: dict[str, Any], state: dict[str, torch.Tensor], key: str, num_classes: int, rt: Runtime

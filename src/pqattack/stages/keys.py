@@ -13,6 +13,7 @@ from ..attacks import CENTER_LOSSES, LOSS_IGNORES, OFF_VALUES
 from ..cache import spec_key
 from ..config import JobConfig, container
 from ..data import RetrievalData
+from ..models import DEFAULT_BACKBONE_BUILDER
 from ..training import DISTRIBUTED_KEYS, distributed_spec
 
 # Config keys that change no artifact's content, so no cache key holds them (tests/test_cache_keys.py walks every
@@ -53,10 +54,17 @@ def recipe_spec(trainer: dict[str, Any], exclude: tuple[str, ...] = ()) -> dict[
                     TRAINER_CORE)
 
 
+def model_spec(model: dict[str, Any]) -> dict[str, Any]:
+    """The backbone's settings; its builder (``_target_``) only when it is not ``models.build_backbone``, which every
+    ``conf/model`` option names, so that checkpoints made before the model configs named a builder keep their keys."""
+    builder = model.get("_target_", DEFAULT_BACKBONE_BUILDER)
+    return {**settings(model), **({"builder": builder} if builder != DEFAULT_BACKBONE_BUILDER else {})}
+
+
 def checkpoint_spec(job: JobConfig, data: RetrievalData, precision: str, device: torch.device) -> dict[str, Any]:
     """The cross-entropy backbone: the training items, the model, the recipe, the training precision, the seed
     (and the number of training processes when > 1)."""
-    return {"data": data.train_key, "model": settings(job.model), "trainer": recipe_spec(job.trainer),
+    return {"data": data.train_key, "model": model_spec(job.model), "trainer": recipe_spec(job.trainer),
             "precision": precision, "seed": job.seed, **distributed_spec(job.trainer, device)}
 
 
@@ -137,6 +145,8 @@ def results_spec(job: JobConfig, precision: str) -> dict[str, Any]:
     spec = container(job.config)
     for key in RUN_ONLY_KEYS:
         _drop(spec, key)
+    if spec["model"].get("_target_") == DEFAULT_BACKBONE_BUILDER:  # as in model_spec
+        _drop(spec, "model._target_")
     for key, off in OFF_VALUES.items():  # loop options whose off value is a word
         if spec.get("attack", {}).get(key) == off:
             _drop(spec, f"attack.{key}")

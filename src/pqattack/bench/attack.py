@@ -1,0 +1,87 @@
+"""Attack figures: PGD queries per second through ``RetrievalModel``, fast path against plain float32."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+
+from .measure import Measured, measure, step_seconds, sync
+from .records import record
+from .training import add_speed_notes
+from .workloads import training_images
+
+
+def attack_model(arch: str, device: torch.device, channels_last: bool) -> Any:
+    from ..models import RetrievalModel, build_backbone
+
+    g = torch.Generator().manual_seed(0)
+    codebooks = torch.nn.functional.normalize(torch.randn(4, 16, 128, generator=g), dim=-1)
+    backbone = build_backbone(arch, 10).to(device)
+    if channels_last:
+        backbone = backbone.to(memory_format=torch.channels_last)
+    model = RetrievalModel(backbone, codebooks.to(device), "dot", 1.0).eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+def run_attack(model: Any, images: torch.Tensor, batch: int, device: torch.device, precision: str,
+               channels_last: bool) -> float:
+    """Queries/s of 5-step PGD with the AOD loss over ``images`` in batches (the loop of
+    ``stages.attack.attack_queries``), from the median batch."""
+    from ..attacks import AttackConfig, pgd
+
+    cfg = AttackConfig(name="aod", loss="aod")
+    gen = torch.Generator(device=device).manual_seed(0)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16" else _null()
+    sync(device)
+    ends = [time.perf_counter()]
+    for i in range(0, len(images) - batch + 1, batch):
+        x = images[i:i + batch].to(device).float() / 255
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with autocast:
+            adv = pgd(model, x, "aod", cfg, generator=gen)
+        torch.round(adv * 255).to(torch.uint8).cpu()
+        sync(device)
+        ends.append(time.perf_counter())
+    return batch / step_seconds(ends, 1)
+
+
+def _null() -> Any:
+    from contextlib import nullcontext
+    return nullcontext()
+
+
+def figure_attack(arch: str, device: torch.device, sz: dict[str, Any]) -> list[dict[str, Any]]:
+    bf, bb, nb = sz["attack_batch_fast"], sz["attack_batch_base"], sz["attack_batches"]
+    images, _, source = training_images(max(bf, bb) * nb)
+    rates: dict[str, float] = {}
+    peaks: dict[str, Measured] = {}
+    for precision in ("fp32", "bf16"):
+        def fast(p: str = precision) -> tuple[float, dict[str, Any]]:
+            model = attack_model(arch, device, True)
+            run_attack(model, images[:bf], bf, device, p, True)  # warm-up (kernels, allocator)
+            return run_attack(model, images[:bf * nb], bf, device, p, True), {}
+        m = measure(device, fast)
+        rates[precision], peaks[precision] = m.value, m
+
+    def baseline() -> tuple[float, dict[str, Any]]:
+        model = attack_model(arch, device, False)
+        run_attack(model, images[:bb], bb, device, "fp32", False)
+        return run_attack(model, images[:bb * nb], bb, device, "fp32", False), {}
+
+    base = measure(device, baseline)
+    best = max(rates, key=rates.get)  # type: ignore[arg-type]
+    auto = "bf16" if device.type == "cuda" else "fp32"
+    notes = {"data": source, "attack": "PGD, AOD loss, eps 8/255, step 0.01, 5 iterations, random start, 8-bit output",
+             "fast_batch": bf, "baseline_batch": bb, "timed_batches": nb,
+             "fast_queries_per_s_fp32": round(rates["fp32"], 2), "fast_queries_per_s_bf16": round(rates["bf16"], 2),
+             "fast_precision": best, "framework_precision_auto": auto,
+             "fast": "the loop of stages.attack.attack_queries: channels_last, the faster of fp32 and bf16 autocast",
+             "baseline": "the same PGD, float32 eager NCHW", "torch_compile": "not used"}
+    add_speed_notes(notes, rates, best, auto, arch, True, device)
+    return [record(f"attack_{arch}", rates[best], base.value, "queries/s", peaks[best], base, notes)]
+
