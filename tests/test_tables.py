@@ -1,6 +1,9 @@
 """Tables rendered from rows: the Table 1 layout, attack variants, transfer matrices."""
 
-from pqattack.report.tables import attack_label, dedupe_rows, is_paper_attack, markdown_table, render_tables
+import pytest
+
+from pqattack.report.tables import (TableError, attack_label, dedupe_rows, is_paper_attack, markdown_table,
+                                    render_tables)
 
 
 def row(attack: str, system: str, value: float, **kw) -> dict:
@@ -107,6 +110,21 @@ def test_rows_of_one_cell_that_differ_are_refused_with_both_files(tmp_path) -> N
     assert not (tmp_path / "out").exists()
     # identical rows (the clean row every job of one target repeats) are merged
     assert len(dedupe_rows([a, dict(a)])) == 1
+
+
+def test_a_diagnostic_an_older_record_lacks_is_no_disagreement() -> None:
+    """A clean row from a record made before the ranking diagnostics existed and one made after fill one cell:
+    merged, keeping the row with the diagnostics; the same diagnostic with two values still stops the table."""
+    recipe = dict(epochs=2, device="cpu", precision="bf16")
+    older = row("clean", "sdc", 60.0, **recipe)
+    newer = {**older, "first_relevant_rank": 7.66, "precision_at_10": 64.1, "map_chance": 10.1}
+    for pair in ([older, newer], [newer, older]):
+        (kept,) = dedupe_rows(pair)
+        assert kept == newer
+    with pytest.raises(TableError, match="precision_at_10"):
+        dedupe_rows([newer, {**newer, "precision_at_10": 50.0}])
+    with pytest.raises(TableError, match="map"):
+        dedupe_rows([older, {**newer, "map": 61.0}])
 
 
 def test_the_recipe_is_in_the_heading_or_a_column_when_mixed() -> None:

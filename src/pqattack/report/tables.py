@@ -91,10 +91,17 @@ def order_key(value: Any, order: tuple[str, ...]) -> tuple[int, str]:
     return (order.index(value), "") if value in order else (len(order), str(value))
 
 
+#: per-row diagnostics that records made before they existed lack: absent from one of two rows of a cell, they
+#: are no disagreement (present in both, they must agree like every other field)
+LATER_DIAGNOSTICS = frozenset({"first_relevant_rank", "precision_at_10", "map_chance", "codes_changed_per_subspace",
+                               "psnr", "ssim", "l2", "linf"})
+
+
 def dedupe_rows(rows: list[dict[str, Any]], sources: list[str] | None = None) -> list[dict[str, Any]]:
     """One row per cell: clean rows repeat across the jobs of one target. Rows of one cell must be identical;
     two that differ in anything (top k, seed, tie protocol, checkpoint, the mAP itself, ...) are not merged:
-    ``TableError`` names their ``sources`` (a file per row) and the fields that differ."""
+    ``TableError`` names their ``sources`` (a file per row) and the fields that differ. A diagnostic of
+    ``LATER_DIAGNOSTICS`` that one of the two lacks is not compared; the row that has it is kept."""
     seen: dict[tuple, int] = {}
     out: list[dict[str, Any]] = []
     for i, r in enumerate(rows):
@@ -104,7 +111,14 @@ def dedupe_rows(rows: list[dict[str, Any]], sources: list[str] | None = None) ->
             out.append(r)
             continue
         first = rows[seen[cell]]
-        diff = sorted(k for k in set(first) | set(r) if first.get(k) != r.get(k))
+        diff = sorted(k for k in set(first) | set(r) if first.get(k) != r.get(k)
+                      and not (k in LATER_DIAGNOSTICS and (first.get(k) is None or r.get(k) is None)))
+        if not diff:
+            if sum(first.get(k) is not None for k in LATER_DIAGNOSTICS) < sum(r.get(k) is not None
+                                                                              for k in LATER_DIAGNOSTICS):
+                out[out.index(first)] = r
+                seen[cell] = i
+            continue
         if diff:
             where = (f"{sources[seen[cell]]} and {sources[i]}" if sources else f"rows {seen[cell]} and {i}")
             shown = ", ".join(f"{k}: {first.get(k)!r} vs {r.get(k)!r}" for k in diff[:4])
