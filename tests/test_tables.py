@@ -136,3 +136,23 @@ def test_the_recipe_is_in_the_heading_or_a_column_when_mixed() -> None:
     assert "recipe:" not in both.splitlines()[0]
     assert "| vgg16 16b (2 epochs, cpu, bf16) | vgg16 16b (40 epochs, cuda, bf16) |" in both
     assert "| SDC | clean | 60.0 | 85.0 |" in both
+
+
+def test_transfer_matrices_leave_out_the_rows_of_another_quantizer() -> None:
+    """A report over Tables 2 and 4 together: the PQN rows on VGG16 (their own recipe and clean mAP) stay out of
+    the K-means transfer matrix instead of stopping it or replacing its clean cells."""
+    from pqattack.report.tables import transfer_tables
+
+    km = dict(epochs=2, device="cpu", precision="bf16")
+    pqn = dict(epochs=2, pqn_epochs=1, device="cpu", precision="bf16")
+    rows = [row("clean", "sdc", 60.0, **km), {**row("clean", "sdc", 55.0, **km), "model": "resnet18"},
+            row("aod", "sdc", 18.0, source_model="vgg16", source_bits=16, transfer=False, **km),
+            row("aod", "sdc", 38.0, source_model="resnet18", source_bits=16, transfer=True, **km),
+            {**row("aod", "sdc", 34.0, source_model="vgg16", source_bits=16, transfer=True, **km), "model": "resnet18"},
+            {**row("aod", "sdc", 24.0, source_model="resnet18", source_bits=16, transfer=False, **km),
+             "model": "resnet18"},
+            row("clean", "sdc", 61.0, quantizer="pqn", **pqn),
+            row("aod", "sdc", 24.0, quantizer="pqn", source_model="vgg16", source_bits=16, transfer=False, **pqn)]
+    text = transfer_tables(rows)
+    assert "| SDC | clean | 55.0 | 60.0 |" in text
+    assert "| SDC | resnet18 | 24.0 | 38.0 |" in text and "61.0" not in text

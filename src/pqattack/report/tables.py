@@ -152,7 +152,11 @@ def model_recipes(rows: list[dict[str, Any]]) -> dict[str, str]:
 def transfer_tables(rows: list[dict[str, Any]]) -> str:
     """Black-box matrices in the paper's layouts: Table 3 (rows: generation bits, columns: target bits,
     cells SDC / ADC, per model) and Table 4 (rows: source model, columns: target model, per system)."""
-    rows = [{**r, "dataset": r.get("dataset_label") or r["dataset"]} for r in dedupe_rows(rows)]
+    # the matrices hold the quantizers that transfer rows were made for (a PQN model is another target than the
+    # K-means one on the same backbone, with its own clean mAP and recipe)
+    quantizers = {r["quantizer"] for r in rows if r.get("transfer")}
+    rows = [{**r, "dataset": r.get("dataset_label") or r["dataset"]} for r in dedupe_rows(rows)
+            if r["quantizer"] in quantizers]
     recipes = model_recipes(rows)
     adv = [r for r in rows if r["attack"] != "clean" and "source_model" in r]
     clean = {(r["dataset"], r["model"], r["bits"], r["system"]): r["map"] for r in rows if r["attack"] == "clean"}
