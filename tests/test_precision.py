@@ -39,7 +39,9 @@ def test_losses_and_gradients_under_bf16_autocast_match_a_float64_head(trained_d
         with torch.autocast("cpu", dtype=torch.bfloat16):
             f_clean = model.backbone.forward_features(x)
             z, logp = model(x)
-            ref = Reference(z, logp, model.index_codes(z))
+            codes = model.index_codes(z)
+            anchor = (codes + 1) % logp.shape[-1]  # the centre-code losses' anchor: any fixed code per sub-space
+            ref = Reference(z, logp, codes, anchor)
             xa = x_adv.clone().requires_grad_(True)
             z_adv, logp_adv = model(xa)
             assert z_adv.dtype == logp_adv.dtype == torch.float32
@@ -47,7 +49,7 @@ def test_losses_and_gradients_under_bf16_autocast_match_a_float64_head(trained_d
         zc64, lc64 = head_in_float64(model, f_clean)
         sub = zc64.view(len(zc64), model.M, -1)
         dist = (sub[:, :, None, :] - model.codebooks.double()[None]).pow(2).sum(-1)  # eq. (1) in float64
-        ref64 = Reference(zc64, lc64, dist.argmin(-1))
+        ref64 = Reference(zc64, lc64, dist.argmin(-1), anchor)
         gap = dist.sort(-1).values
         clear = gap[..., 1] - gap[..., 0] > 1e-5  # sub-spaces whose nearest codeword is not a float32 near-tie
         assert clear.float().mean() > 0.95 and torch.equal(ref.codes[clear], ref64.codes[clear])
