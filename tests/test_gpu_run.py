@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from pqattack.cache import read_export
-from pqattack.gpu_run import GPU_WHEELS, OUT_LIMITS, Command, Run, Stage, check_prep, out_fits, parse_args
+from pqattack.gpu_run import (GPU_WHEELS, OUT_LIMITS, PACK_RESERVE_S, Command, Run, Stage, check_prep, out_fits,
+                              parse_args)
 
 REPO = Path(__file__).resolve().parents[1]
 STAGE_NAMES = ("smoke", "table1", "table2", "table3", "bench", "table4", "bench_compile")
@@ -118,10 +119,12 @@ def test_tiny_run_every_stage_render_resume_deadline(tmp_path: Path) -> None:
     assert ": start (" not in again.stdout  # no command started
     assert set(names) <= set(archive_names(out))
 
-    # a short deadline: the unfinished stages are skipped with the estimate and the time left
+    # a short deadline: the unfinished stages are skipped with the estimate and the time left. The deadline is the
+    # packing reserve itself, so that no command's estimate fits however fast this machine is
     for stage in ("table4", "bench_compile"):
         subprocess.run(["rm", "-rf", str(work / "stages" / stage)], check=True)
-    short = gpu_run(["--tiny", "--work", str(work), "--out", str(tmp_path / "out2"), "--deadline", "25"], data)
+    short = gpu_run(["--tiny", "--work", str(work), "--out", str(tmp_path / "out2"), "--deadline",
+                     str(PACK_RESERVE_S)], data)
     assert short.returncode == 0, short.stdout[-3000:]
     assert "table4/first: skipped: estimated" in short.stdout and "left before the deadline" in short.stdout
     status = json.loads((work / "stages" / "table4" / "status.json").read_text())
