@@ -103,13 +103,13 @@ class ClassifierBefore(ClassifierModule):
     """The training step and optimiser as they were before the fast recipes' options."""
 
     def on_train_start(self) -> None:
-        pass
+        """No data-dependent initialisation: the hook did not exist."""
 
     def on_train_batch_end(self, *args: object) -> None:
-        pass
+        """No lookahead pull."""
 
     def on_train_epoch_end(self) -> None:
-        pass
+        """No lookahead reset."""
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         images, labels = batch
