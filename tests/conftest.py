@@ -58,6 +58,29 @@ def compose_config(overrides: list[str]):  # noqa: ANN201
     return cfg
 
 
+def run_job(overrides: list[str], out: Path, cache: Path) -> dict:
+    """The job ``python -m pqattack <overrides>`` runs, in this process: composed with ``hydra.compose``, validated,
+    run by ``pipeline.run`` into ``out`` with the artifact cache ``cache``; its ``results.json``. Errors propagate
+    as the ``PQAttackError`` the command would print (its ``kind`` and ``exit_code``)."""
+    from pqattack.pipeline import run
+
+    cfg = compose_config([*overrides, f"cache.dir={cache}"])
+    return load_results(run(cfg, out))
+
+
+def run_sweep(jobs: list[list[str]], sweep_dir: Path, cache: Path) -> dict:
+    """A sweep's jobs run in this process (``run_job``), each into ``sweep_dir/<i>``, then collected as the sweep's
+    Hydra callback collects them (``report.callbacks.CollectResults``); the collected ``results.json``."""
+    from omegaconf import OmegaConf
+
+    from pqattack.report.callbacks import CollectResults
+
+    for i, overrides in enumerate(jobs):
+        run_job(overrides, sweep_dir / str(i), cache)
+    CollectResults().on_multirun_end(OmegaConf.create({"hydra": {"sweep": {"dir": str(sweep_dir)}}}))
+    return load_results(sweep_dir / "results.json")
+
+
 @pytest.fixture(scope="session")
 def trained_demo(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
     """A small CNN trained in-process on the synthetic set (fp32), with its data and 16-bit K-means target:

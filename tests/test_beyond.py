@@ -442,13 +442,15 @@ def sweep_jobs(experiment: str) -> list[list[str]]:
 
 def test_beyond_preset_jobs_validate() -> None:
     jobs = sweep_jobs("beyond_cpu")
-    assert len(jobs) == 2 * 3 * 8
-    attacks = set()
+    assert len(jobs) == 3 * 3 * 8
+    attacks, epochs = set(), {}
     for job in jobs[:8] + jobs[-8:]:  # every attack, on the first and the last cell
         cfg = make(job)
         validate(cfg)
         attacks.add((cfg.attack.name, cfg.attack.restarts, cfg.attack.momentum))
-        assert (cfg.attack.eps, cfg.attack.iters, cfg.trainer.max_epochs) == (8 / 255, 5, 2)
+        epochs[cfg.model.name] = cfg.trainer.max_epochs  # each victim keeps its own recipe
+        assert (cfg.attack.eps, cfg.attack.iters) == (8 / 255, 5)
+    assert epochs == {"fastnet": 10, "resnet18": 2}
     assert ("margin", 4, 0.0) in attacks and ("margin", None, 1.0) in attacks and len(attacks) == 8
 
 
@@ -463,6 +465,7 @@ def test_budget_preset_makes_each_iteration_curve_in_one_run() -> None:
         iters = [cfg.attack.iters for cfg in cfgs]
         assert iters == [100, 50, 20, 10, 5, 2, 1]
         assert set(iters[1:]) <= set(cfgs[0].attack.save_prefixes) and len({c.attack.eps for c in cfgs}) == 1
+        assert {c.model.name for c in cfgs} == {"fastnet"}
 
 
 @pytest.mark.slow  # trains a second backbone: about 35 s on 2 shared cores

@@ -86,6 +86,21 @@ def test_collect_reads_a_sweep_folder_once(tmp_path) -> None:
     assert len(record["rows"]) == 2 and record["meta"]["command"] == "python -m pqattack experiment=t"
 
 
+@pytest.mark.parametrize("make", ["absent", "empty"])
+def test_a_source_without_records_is_refused_and_nothing_written(tmp_path, make: str) -> None:
+    """A mistyped sweep folder once rendered an empty table with blank provenance; now it is one clear error."""
+    import subprocess
+    import sys
+
+    source = tmp_path / "sweep"
+    if make == "empty":
+        source.mkdir()
+    proc = subprocess.run([sys.executable, "-m", "pqattack.report.collect", str(source), "--out",
+                           str(tmp_path / "out" / "t")], capture_output=True, text=True)
+    assert proc.returncode == 2 and proc.stderr.startswith("table error:") and str(source) in proc.stderr
+    assert not (tmp_path / "out").exists()
+
+
 def test_rows_of_one_cell_that_differ_are_refused_with_both_files(tmp_path) -> None:
     """Two records fill the same cell with rows that differ outside the cell (here the seed and the tie
     protocol): collecting them stops with an error naming both files, and writes nothing."""

@@ -6,9 +6,10 @@ import pytest
 import torch
 
 from pqattack.cache import ArtifactCache
+from pqattack.errors import PQAttackError
 from pqattack.transfer import AdversarialSet
 
-from .conftest import TINY, load_results, results_path, run_cli
+from .conftest import TINY, run_job, run_sweep
 
 
 def maps(res: dict, attack: str) -> dict[tuple, float]:
@@ -17,9 +18,8 @@ def maps(res: dict, attack: str) -> dict[tuple, float]:
 
 @pytest.fixture(scope="module")
 def white_box(tmp_path_factory: pytest.TempPathFactory, shared_cache: Path) -> tuple[Path, dict]:
-    cwd = tmp_path_factory.mktemp("whitebox")
-    proc = run_cli([*TINY, "attack=aod", "hydra.run.dir=run"], cwd, shared_cache)
-    return cwd / "run", load_results(results_path(proc, cwd))
+    run_dir = tmp_path_factory.mktemp("whitebox") / "run"
+    return run_dir, run_job([*TINY, "attack=aod"], run_dir, shared_cache)
 
 
 def test_saved_set_round_trips_bit_exactly(white_box: tuple[Path, dict], shared_cache: Path) -> None:
@@ -41,8 +41,7 @@ def test_saved_set_on_its_own_source_reproduces_white_box(white_box: tuple[Path,
                                                           tmp_path: Path, how: str) -> None:
     run_dir, res = white_box
     source = run_dir if how == "run_dir" else res["meta"]["cache_keys"]["adversarial_queries"]
-    proc = run_cli([*TINY, f"transfer.source={source}", "hydra.run.dir=again"], tmp_path, shared_cache)
-    again = load_results(results_path(proc, tmp_path))
+    again = run_job([*TINY, f"transfer.source={source}"], tmp_path / "again", shared_cache)
     assert maps(again, "aod") == maps(res, "aod") and maps(again, "clean") == maps(res, "clean")
     assert not any(r.get("transfer") for r in again["rows"])
 
@@ -50,9 +49,8 @@ def test_saved_set_on_its_own_source_reproduces_white_box(white_box: tuple[Path,
 def test_two_by_two_bits_matrix_has_the_white_box_diagonal(white_box: tuple[Path, dict], shared_cache: Path,
                                                            tmp_path: Path) -> None:
     _, res = white_box
-    proc = run_cli(["-m", *TINY, "attack=aod", "bits=16,24", "transfer.source_bits=16,24", "hydra.sweep.dir=sw"],
-                   tmp_path, shared_cache)
-    matrix = load_results(results_path(proc, tmp_path))
+    jobs = [[*TINY, "attack=aod", f"bits={b}", f"transfer.source_bits={s}"] for b in (16, 24) for s in (16, 24)]
+    matrix = run_sweep(jobs, tmp_path / "sw", shared_cache)
     cells = {(r["source_bits"], r["bits"], r["system"]): r for r in matrix["rows"] if r["attack"] == "aod"}
     assert set(cells) == {(s, t, sys) for s in (16, 24) for t in (16, 24) for sys in ("sdc", "adc")}
     for sys in ("sdc", "adc"):
@@ -65,8 +63,7 @@ def test_two_by_two_bits_matrix_has_the_white_box_diagonal(white_box: tuple[Path
 
 
 def test_model_transfer_uses_the_source_model_and_target_index(shared_cache: Path, tmp_path: Path) -> None:
-    proc = run_cli([*TINY, "attack=aod", "transfer.source_model=alexnet", "hydra.run.dir=r"], tmp_path, shared_cache)
-    res = load_results(results_path(proc, tmp_path))
+    res = run_job([*TINY, "attack=aod", "transfer.source_model=alexnet"], tmp_path / "r", shared_cache)
     adv = [r for r in res["rows"] if r["attack"] == "aod"]
     assert len(adv) == 2 and all(r["transfer"] and r["source_model"] == "alexnet" and r["model"] == "smallcnn"
                                  for r in adv)
@@ -79,17 +76,19 @@ def test_model_transfer_uses_the_source_model_and_target_index(shared_cache: Pat
 def test_set_from_another_dataset_is_refused(white_box: tuple[Path, dict], shared_cache: Path,
                                              tmp_path: Path) -> None:
     run_dir, _ = white_box
-    proc = run_cli([*TINY, "dataset.seed=5", f"transfer.source={run_dir}"], tmp_path, shared_cache, check=False)
-    assert proc.returncode == 2 and "transfer error" in proc.stderr and "transfer.source" in proc.stderr
+    with pytest.raises(PQAttackError, match="transfer.source") as err:
+        run_job([*TINY, "dataset.seed=5", f"transfer.source={run_dir}"], tmp_path / "r", shared_cache)
+    assert (err.value.kind, err.value.exit_code) == ("transfer", 2)
 
 
 def test_set_from_another_split_is_refused(white_box: tuple[Path, dict], shared_cache: Path, tmp_path: Path) -> None:
     run_dir, _ = white_box
-    proc = run_cli([*TINY, "dataset.split_seed=3", f"transfer.source={run_dir}"], tmp_path, shared_cache,
-                   check=False)
-    assert proc.returncode == 2 and "query split" in proc.stderr
+    with pytest.raises(PQAttackError, match="query split") as err:
+        run_job([*TINY, "dataset.split_seed=3", f"transfer.source={run_dir}"], tmp_path / "r", shared_cache)
+    assert err.value.exit_code == 2
 
 
 def test_unknown_source_is_refused(tmp_path: Path, shared_cache: Path) -> None:
-    proc = run_cli([*TINY, "transfer.source=deadbeef"], tmp_path, shared_cache, check=False)
-    assert proc.returncode == 2 and "deadbeef" in proc.stderr
+    with pytest.raises(PQAttackError, match="deadbeef") as err:
+        run_job([*TINY, "transfer.source=deadbeef"], tmp_path / "r", shared_cache)
+    assert err.value.exit_code == 2

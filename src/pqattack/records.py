@@ -69,7 +69,7 @@ def perceptibility(adversarial: torch.Tensor, clean: torch.Tensor) -> dict[str, 
     """How visible the perturbation is, adversarial against clean queries in [0, 1]: ``linf`` (the largest pixel
     change), ``l2`` (the mean over queries of the perturbation's l2 norm), ``psnr`` (dB, the mean over the queries
     that changed) and ``ssim`` (the mean over queries; torchmetrics, Gaussian window 11, data range 1)."""
-    from torchmetrics.functional import structural_similarity_index_measure
+    from torchmetrics.functional.image import structural_similarity_index_measure
 
     adv, ref = adversarial.float(), clean.float()
     diff = (adv - ref).flatten(1)

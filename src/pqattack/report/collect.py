@@ -17,7 +17,11 @@ def write_table(sources: list[str | Path], out_prefix: str | Path, title: str, c
     files: list[Path] = []
     for s in sources:
         s = Path(s)
+        if not s.exists():
+            raise TableError(f"source {s} does not exist (a results.json, or a run or sweep folder holding them)")
         found = [s] if s.is_file() else sorted(s.rglob("results.json"))
+        if not found:
+            raise TableError(f"source {s} holds no results.json (a run or sweep folder holds one per job)")
         per_job = [f for f in found if "jobs" not in json.loads(f.read_text())["meta"]]
         files += per_job or found  # a sweep folder: its jobs' own records, not the collected copy too
     jobs = [json.loads(f.read_text()) for f in files]
