@@ -60,12 +60,21 @@ def compose_config(overrides: list[str]):  # noqa: ANN201
 
 def run_job(overrides: list[str], out: Path, cache: Path) -> dict:
     """The job ``python -m pqattack <overrides>`` runs, in this process: composed with ``hydra.compose``, validated,
-    run by ``pipeline.run`` into ``out`` with the artifact cache ``cache``; its ``results.json``. Errors propagate
-    as the ``PQAttackError`` the command would print (its ``kind`` and ``exit_code``)."""
+    run by ``pipeline.run`` into ``out`` with the artifact cache ``cache`` and the config's loggers (finished
+    whatever happens, as the command does); its ``results.json``. Errors propagate as the ``PQAttackError`` the
+    command would print (its ``kind`` and ``exit_code``)."""
+    from pqattack.loggers import finish_loggers, make_loggers
     from pqattack.pipeline import run
 
     cfg = compose_config([*overrides, f"cache.dir={cache}"])
-    return load_results(run(cfg, out))
+    loggers, status = [], "failed"
+    try:
+        loggers = make_loggers(cfg, out)
+        path = run(cfg, out, loggers)
+        status = "success"
+    finally:
+        finish_loggers(loggers, status)
+    return load_results(path)
 
 
 def run_sweep(jobs: list[list[str]], sweep_dir: Path, cache: Path) -> dict:

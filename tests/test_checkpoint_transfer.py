@@ -1,4 +1,5 @@
-"""Trained checkpoints between machines: ``python -m pqattack.cache export`` and ``import`` in real subprocesses."""
+"""Trained checkpoints between machines: ``python -m pqattack.cache export`` and ``import`` in real subprocesses; the
+jobs that train and then find the checkpoints run in-process."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import torch
 
 from pqattack.cache import ArtifactCache, read_export
 
-from .conftest import TINY, load_results, results_path, run_cli
+from .conftest import TINY, run_job
 
 CLEAN_ONLY = [o for o in TINY if not o.startswith("attack.")] + ["attack=none"]
 
@@ -27,9 +28,9 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, dict,
     """A cross-entropy job and a PQN job on the tiny set, in their own cache: (cwd, cache, ce record, pqn record)."""
     cwd = tmp_path_factory.mktemp("export")
     cache = cwd / "cache-a"
-    ce = load_results(results_path(run_cli([*CLEAN_ONLY, "hydra.run.dir=ce"], cwd, cache), cwd))
-    pqn = load_results(results_path(run_cli([*CLEAN_ONLY, "quantizer=pqn", "quantizer.epochs=1",
-                                             "quantizer.init_samples=300", "hydra.run.dir=pqn"], cwd, cache), cwd))
+    ce = run_job(CLEAN_ONLY, cwd / "ce", cache)
+    pqn = run_job([*CLEAN_ONLY, "quantizer=pqn", "quantizer.epochs=1", "quantizer.init_samples=300"], cwd / "pqn",
+                  cache)
     return cwd, cache, ce, pqn
 
 
@@ -59,8 +60,7 @@ def test_export_in_parts_import_elsewhere_and_a_job_finds_it(trained: tuple[Path
     assert f"imported checkpoint {key}" in proc.stdout
     assert {"dataset=synthetic", "model=smallcnn", "model.width=8", "trainer.max_epochs=2",
             f"precision={ce['meta']['precision']}"} <= set(overrides)  # the training precision is in the key
-    job = load_results(results_path(run_cli([*overrides, "attack=none", "device=cpu", "progress=false",
-                                             "hydra.run.dir=again"], cwd, cache_b), cwd))
+    job = run_job([*overrides, "attack=none", "device=cpu", "progress=false"], cwd / "again", cache_b)
     assert job["meta"]["cache_keys"]["checkpoint"] == key
     assert not any(b.startswith("checkpoint/") for b in job["meta"]["cache_builds"])
     again = cache_cli(["import", str(cwd / "out" / "backbone.pqc")], cwd, cache_b)  # by the exported name too
@@ -87,8 +87,7 @@ def test_pqn_travels_with_its_base(trained: tuple[Path, Path, dict, dict]) -> No
     assert proc.returncode == 0, proc.stderr
     base_overrides, pqn_overrides = overrides_printed(proc.stdout)
     assert "quantizer=pqn" in pqn_overrides and "quantizer.epochs=1" in pqn_overrides and "bits=16" in pqn_overrides
-    job = load_results(results_path(run_cli([*pqn_overrides, "attack=none", "device=cpu", "progress=false",
-                                             "hydra.run.dir=pqn-again"], cwd, cache_c), cwd))
+    job = run_job([*pqn_overrides, "attack=none", "device=cpu", "progress=false"], cwd / "pqn-again", cache_c)
     assert (job["meta"]["cache_keys"]["checkpoint"], job["meta"]["cache_keys"]["base_checkpoint"]) == (
         keys["checkpoint"], keys["base_checkpoint"])
     assert not any(b.startswith("checkpoint/") for b in job["meta"]["cache_builds"])

@@ -15,7 +15,7 @@ from pqattack.cache import ArtifactCache
 from pqattack.data import DatasetError, ImageFolderSource, NUSWIDESource, shares_label, top1_hit
 from pqattack.metrics import mean_average_precision, relevance
 
-from .conftest import load_results, results_path, run_cli
+from .conftest import run_cli, run_job
 from .fixtures import make_image_folder, make_nuswide_tree
 
 
@@ -159,9 +159,7 @@ NUS_TINY = ["dataset=nuswide", "dataset.num_queries=30", "dataset.eval_topk=100"
 
 def test_nuswide_job_end_to_end_with_bce_and_map_at_k(nuswide_root: tuple[Path, dict], tmp_path: Path) -> None:
     root, _ = nuswide_root
-    proc = run_cli([*NUS_TINY, f"dataset.root={root}", "attack=apd", "hydra.run.dir=run"], tmp_path,
-                   tmp_path / "cache")
-    res = load_results(results_path(proc, tmp_path))
+    res = run_job([*NUS_TINY, f"dataset.root={root}", "attack=apd"], tmp_path / "run", tmp_path / "cache")
     rows = {(r["attack"], r["system"]): r for r in res["rows"]}
     assert set(rows) == {(a, s) for a in ("clean", "apd") for s in ("sdc", "adc")}
     assert all(r["topk"] == 100 and r["dataset"] == "nuswide" for r in rows.values())
@@ -182,11 +180,9 @@ def test_nuswide_job_end_to_end_with_bce_and_map_at_k(nuswide_root: tuple[Path, 
 
 def test_imagefolder_job_end_to_end(tmp_path: Path) -> None:
     make_image_folder(tmp_path / "imgs", per_class=40, split=True)
-    proc = run_cli(["dataset=imagefolder", f"dataset.root={tmp_path / 'imgs'}", "dataset.num_queries=20",
-                    "model=smallcnn", "model.width=8", "trainer.max_epochs=2", "trainer.batch_size=32", "bits=16",
-                    "device=cpu", "progress=false", "attack=basic", "hydra.run.dir=run"], tmp_path,
-                   tmp_path / "cache")
-    res = load_results(results_path(proc, tmp_path))
+    res = run_job(["dataset=imagefolder", f"dataset.root={tmp_path / 'imgs'}", "dataset.num_queries=20",
+                   "model=smallcnn", "model.width=8", "trainer.max_epochs=2", "trainer.batch_size=32", "bits=16",
+                   "device=cpu", "progress=false", "attack=basic"], tmp_path / "run", tmp_path / "cache")
     assert {r["attack"] for r in res["rows"]} == {"clean", "basic"}
     assert res["meta"]["dataset_label"].startswith("ImageFolder")
 

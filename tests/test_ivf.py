@@ -111,17 +111,18 @@ def test_errors_name_the_config_keys(small) -> None:
 
 
 def test_ivfpq_job_reports_map_at_k_and_recall(tmp_path: Path, shared_cache: Path) -> None:
-    """index=ivfpq through ``python -m pqattack``: exhaustive probing equals the flat index (recall 1, same
-    mAP@k); probing 1 of 16 cells reports a recall below 1; the wrong system is a start-up error."""
-    from .conftest import TINY, load_results, results_path, run_cli
+    """index=ivfpq jobs (in-process): exhaustive probing equals the flat index (recall 1, same mAP@k); probing 1 of
+    16 cells reports a recall below 1; the wrong system is a start-up error."""
+    from pqattack.errors import ConfigError
+
+    from .conftest import TINY, run_job
 
     common = [*TINY, "attack=basic", "system=adc", "eval.topk=50"]
     runs = {}
     for name, extra in (("flat", []), ("all", ["index=ivfpq", "index.nlist=16", "index.nprobe=16"]),
                         ("one", ["index=ivfpq", "index.nlist=16", "index.nprobe=1"]),
                         ("grouped", ["eval.ties=grouped", "eval.empty=drop"])):
-        proc = run_cli([*common, *extra, f"hydra.run.dir={name}"], tmp_path, shared_cache)
-        runs[name] = {r["attack"]: r for r in load_results(results_path(proc, tmp_path))["rows"]}
+        runs[name] = {r["attack"]: r for r in run_job([*common, *extra], tmp_path / name, shared_cache)["rows"]}
     for attack in ("clean", "basic"):
         assert "recall" not in runs["flat"][attack]
         assert runs["all"][attack]["recall"] == 1.0
@@ -136,8 +137,9 @@ def test_ivfpq_job_reports_map_at_k_and_recall(tmp_path: Path, shared_cache: Pat
         assert runs["grouped"][attack]["map_grouped"] >= runs["flat"][attack]["map_grouped"]  # drop >= zero
         assert 0 < runs["one"][attack]["recall"] < 1
         assert (runs["one"][attack]["index"], runs["one"][attack]["nprobe"]) == ("ivfpq", 1)
-    bad = run_cli([*TINY, "index=ivfpq", "eval.topk=50", "hydra.run.dir=bad"], tmp_path, shared_cache, check=False)
-    assert bad.returncode == 2 and "index=ivfpq searches with ADC only; set system=adc" in bad.stderr
+    with pytest.raises(ConfigError, match="index=ivfpq searches with ADC only; set system=adc"):
+        run_job([*TINY, "index=ivfpq", "eval.topk=50"], tmp_path / "bad", shared_cache)
+    assert not (tmp_path / "bad").exists()
 
 
 def test_recall_with_ties_ignores_how_ties_are_broken() -> None:

@@ -10,7 +10,7 @@ from pqattack.models import build_backbone
 from pqattack.models.pqn import PQNModule, SoftProductQuantizer, asymmetric_triplet_loss
 from pqattack.quant import PQIndex
 
-from .conftest import load_results, results_path, run_cli
+from .conftest import run_job
 
 
 def test_soft_assignment_tends_to_the_hard_one_as_alpha_grows() -> None:
@@ -80,9 +80,8 @@ DEMO = ["dataset=synthetic", "model=smallcnn", "trainer.max_epochs=8", "trainer.
 
 def test_short_joint_training_lowers_loss_and_keeps_map(tmp_path: Path) -> None:
     cache = tmp_path / "cache"
-    km = load_results(results_path(run_cli([*DEMO, "hydra.run.dir=km"], tmp_path, cache), tmp_path))
-    pqn = load_results(results_path(run_cli([*DEMO, "quantizer=pqn", "quantizer.epochs=4", "hydra.run.dir=pqn"],
-                                            tmp_path, cache), tmp_path))
+    km = run_job(DEMO, tmp_path / "km", cache)
+    pqn = run_job([*DEMO, "quantizer=pqn", "quantizer.epochs=4"], tmp_path / "pqn", cache)
     assert pqn["meta"]["cache_keys"]["base_checkpoint"] == km["meta"]["cache_keys"]["checkpoint"]
     with open(tmp_path / "pqn" / "csv" / "metrics.csv") as f:
         epochs = [float(r["train/pqn_loss_epoch"]) for r in csv.DictReader(f) if r.get("train/pqn_loss_epoch")]

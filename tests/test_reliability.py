@@ -1,5 +1,5 @@
 """Crashes, concurrency and repeatability, with real processes: SIGKILL mid-write, two jobs racing for
-one backbone, a resumed sweep, the same command twice."""
+one backbone, a resumed sweep, the same command twice; a diverging training (in-process)."""
 
 import json
 import os
@@ -11,12 +11,13 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 
 from pqattack.cache import ArtifactCache, spec_key
 
-from .conftest import TINY, REPO, load_results, results_path, run_cli
+from .conftest import TINY, REPO, load_results, results_path, run_cli, run_job
 
 WRITER = """
 import sys, torch
@@ -91,9 +92,11 @@ def test_same_command_twice_gives_identical_rows(tmp_path: Path) -> None:
 
 
 def test_diverged_training_stops_with_a_message(tmp_path: Path) -> None:
-    proc = run_cli([*TINY, "trainer.lr=1e30", "trainer.max_epochs=1", "hydra.run.dir=r"], tmp_path,
-                   tmp_path / "cache", check=False)
-    assert proc.returncode == 3 and "numerics error" in proc.stderr
+    from pqattack.errors import NumericsError
+
+    with pytest.raises(NumericsError, match="diverged") as err:
+        run_job([*TINY, "trainer.lr=1e30", "trainer.max_epochs=1"], tmp_path / "r", tmp_path / "cache")
+    assert (err.value.kind, err.value.exit_code) == ("numerics", 3)
     assert not (tmp_path / "r" / "results.json").exists()
 
 
