@@ -205,3 +205,22 @@ def test_ranking_past_ties_grows_until_the_group_at_k_ends() -> None:
     assert calls == [21, 42, 84, 100]
     ran_out = (torch.tensor([[0.0, 1.0, 1.0, float("inf")]]), torch.tensor([[0, 1, 2, -1]]))
     assert search_past_ties(lambda n: ran_out, 2, 100)[1].shape[1] == 4
+
+
+def test_attack_loss_cost_figure_times_every_loss_against_apd() -> None:
+    """attack_losses (in-process, quick sizes): one record per loss, its value its median seconds per batch over
+    APD's, with the target of at most 1.10x judged on any device."""
+    from pqattack.bench.attack import COST_LOSSES, figure_attack_losses
+    from pqattack.bench.records import target_of
+    from pqattack.bench.workloads import SIZES
+
+    records = figure_attack_losses(torch.device("cpu"), SIZES["quick"])
+    assert [r["figure"] for r in records] == [f"attack_cost_{loss}" for loss in COST_LOSSES if loss != "apd"]
+    for r in records:
+        seconds = r["notes"]["seconds_per_batch"]
+        assert set(seconds) == set(COST_LOSSES) and all(s > 0 for s in seconds.values())
+        loss = r["figure"].removeprefix("attack_cost_")
+        assert r["fast_value"] == pytest.approx(seconds[loss] / seconds["apd"], rel=1e-2)
+        assert r["unit"] == "x APD" and r["notes"]["rounds"] == SIZES["quick"]["attack_cost_rounds"]
+        text, check = target_of(r["figure"], "cpu")
+        assert text == "<= 1.1 x APD on any device" and check(1.05) and not check(1.2)

@@ -17,8 +17,8 @@ def attack_model(arch: str, device: torch.device, channels_last: bool) -> Any:
     from ..models import RetrievalModel, build_backbone
 
     g = torch.Generator().manual_seed(0)
-    codebooks = torch.nn.functional.normalize(torch.randn(4, 16, 128, generator=g), dim=-1)
     backbone = build_backbone(arch, 10).to(device)
+    codebooks = torch.nn.functional.normalize(torch.randn(4, 16, backbone.embed_dim // 4, generator=g), dim=-1)
     if channels_last:
         backbone = backbone.to(memory_format=torch.channels_last)
     model = RetrievalModel(backbone, codebooks.to(device), "dot", 1.0).eval()
@@ -85,3 +85,48 @@ def figure_attack(arch: str, device: torch.device, sz: dict[str, Any]) -> list[d
     add_speed_notes(notes, rates, best, auto, arch, True, device)
     return [record(f"attack_{arch}", rates[best], base.value, "queries/s", peaks[best], base, notes)]
 
+
+
+COST_LOSSES = ("apd", "aod", "basic", "margin", "center", "center_targeted")  # apd first: the reference
+
+
+def figure_attack_losses(device: torch.device, sz: dict[str, Any]) -> list[dict[str, Any]]:
+    """The cost of each loss beyond the paper against APD's: 5-step PGD on the same batches through one model,
+    the losses interleaved round by round (so drifts in the machine's speed hit all of them alike), median seconds
+    per batch over ``attack_cost_rounds`` rounds; one record per loss, its time as a multiple of APD's (target:
+    at most 1.10). The centre-code losses get random anchor codes (finding the nearest centre runs once per
+    query set, outside the loop)."""
+    from ..attacks import AttackConfig, pgd
+
+    arch, batch, rounds = sz["attack_cost_arch"], sz["attack_cost_batch"], sz["attack_cost_rounds"]
+    images, _, source = training_images(batch)
+    model = attack_model(arch, device, True)
+    m, k = model.codebooks.shape[:2]
+    g = torch.Generator().manual_seed(0)
+    anchors = torch.randint(0, k, (batch, m), generator=g).to(device)
+    x = (images.to(device).float() / 255).contiguous(memory_format=torch.channels_last)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if device.type == "cuda" else _null()
+
+    def one(loss: str) -> float:
+        cfg = AttackConfig(name=loss, loss=loss)
+        gen = torch.Generator(device=device).manual_seed(0)
+        sync(device)
+        t0 = time.perf_counter()
+        with autocast:
+            pgd(model, x, loss, cfg, generator=gen, anchors=anchors if loss.startswith("center") else None)
+        sync(device)
+        return time.perf_counter() - t0
+
+    for loss in COST_LOSSES:  # warm-up: kernels, allocator
+        one(loss)
+    times: dict[str, list[float]] = {loss: [] for loss in COST_LOSSES}
+    for _ in range(rounds):
+        for loss in COST_LOSSES:
+            times[loss].append(one(loss))
+    med = {loss: sorted(t)[len(t) // 2] for loss, t in times.items()}
+    notes = {"data": source, "model": arch, "batch": batch, "rounds": rounds,
+             "attack": "PGD, eps 8/255, step 0.01, 5 iterations, random start, 8-bit output",
+             "seconds_per_batch": {loss: round(s, 4) for loss, s in med.items()},
+             "precision": "bf16 autocast" if device.type == "cuda" else "fp32"}
+    return [record(f"attack_cost_{loss}", med[loss] / med["apd"], None, "x APD", None, None, notes)
+            for loss in COST_LOSSES if loss != "apd"]

@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 import torch
 
-from .attack import figure_attack
+from .attack import figure_attack, figure_attack_losses
 from .jobs import figure_demo, figure_sweep_memory, figure_table1
 from .recipe import derive_recipe, figure_train_compile, figures_from_table1
 from .records import TARGETS, device_label, line, markdown, target_of, update_document, versions
@@ -31,6 +31,7 @@ FIGURES: dict[str, Callable[[torch.device, dict[str, Any]], list[dict[str, Any]]
     "train_compile": figure_train_compile,
     "attack_resnet18": lambda d, s: figure_attack("resnet18", d, s),
     "attack_vgg16": lambda d, s: figure_attack("vgg16", d, s),
+    "attack_losses": figure_attack_losses,
     "retrieval_9k_sdc": lambda d, s: figure_retrieval_9k("sdc", d, s),
     "retrieval_9k_adc": lambda d, s: figure_retrieval_9k("adc", d, s),
     "retrieval_1m_adc": figure_retrieval_1m,

@@ -24,6 +24,8 @@ TARGETS: dict[str, tuple[str, str, float, str]] = {
     "retrieval_9k_adc": ("cpu", "<=", 0.5, "s"),
     "retrieval_1m_adc": ("cpu", "<=", 30.0, "s"),
     "sweep_memory": ("any", "<=", 32.0, "MB"),  # RSS growth from job 2 to the last: allocator noise only
+    **{f"attack_cost_{loss}": ("any", "<=", 1.10, "x APD") for loss in ("aod", "basic", "margin", "center",
+                                                                       "center_targeted")},
 }
 
 HIGHER_IS_BETTER = {"images/s", "queries/s"}
@@ -129,7 +131,8 @@ def markdown(doc: dict[str, Any]) -> str:
                                   "previous_path_s", "speedup_vs_previous_path", "search_full_ranking_s", "distances_s",
                                   "effective_tflops_fast", "flops_per_item",
                                   "rss_mb_after_each_job", "stage_seconds_fresh", "stage_seconds", "data",
-                                  "recommendation", "reason", "fast_others_cpu_share", "baseline_others_cpu_share")
+                                  "recommendation", "reason", "fast_others_cpu_share", "baseline_others_cpu_share",
+                                  "seconds_per_batch")
                 if n.get(k) is not None}
         for k, val in n.items():
             if k.startswith("at_") and isinstance(val, dict):

@@ -20,15 +20,18 @@ SIZES: dict[str, dict[str, Any]] = {
     "cpu": {"train_batch_fast": 32, "train_batch_base": 32, "train_warmup": 2, "train_steps": 4,
             "attack_batch_fast": 16, "attack_batch_base": 16, "attack_batches": 3,
             "q9k": 1000, "n9k": 9000, "q1m": 1000, "n1m": 1_000_000, "k1m": 5000, "q1m_base": 200,
-            "bits_extra": [24], "sweep_jobs": 6, "loader_workers": 0, "compile_arch": "resnet18"},
+            "bits_extra": [24], "sweep_jobs": 6, "loader_workers": 0, "compile_arch": "resnet18",
+            "attack_cost_arch": "fastnet", "attack_cost_batch": 128, "attack_cost_rounds": 5},
     "cuda": {"train_batch_fast": 512, "train_batch_base": 128, "train_warmup": 5, "train_steps": 30,
              "attack_batch_fast": 2000, "attack_batch_base": 100, "attack_batches": 5,
              "q9k": 1000, "n9k": 9000, "q1m": 1000, "n1m": 1_000_000, "k1m": 5000, "q1m_base": 1000,
-             "bits_extra": [24, 36], "sweep_jobs": 6, "loader_workers": 4, "compile_arch": "resnet18"},
+             "bits_extra": [24, 36], "sweep_jobs": 6, "loader_workers": 4, "compile_arch": "resnet18",
+             "attack_cost_arch": "resnet18", "attack_cost_batch": 2000, "attack_cost_rounds": 5},
     "quick": {"train_batch_fast": 4, "train_batch_base": 4, "train_warmup": 1, "train_steps": 1,
               "attack_batch_fast": 4, "attack_batch_base": 4, "attack_batches": 2,
               "q9k": 200, "n9k": 1800, "q1m": 100, "n1m": 20_000, "k1m": 500, "q1m_base": 50,
-              "bits_extra": [], "sweep_jobs": 3, "loader_workers": 0, "compile_arch": "smallcnn"},
+              "bits_extra": [], "sweep_jobs": 3, "loader_workers": 0, "compile_arch": "smallcnn",
+              "attack_cost_arch": "smallcnn", "attack_cost_batch": 4, "attack_cost_rounds": 2},
 }
 
 
