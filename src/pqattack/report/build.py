@@ -2,8 +2,9 @@
 
 Sections: the paper's Tables 1-4 beside ours and the difference; all our records; mAP against code length
 and attack; and, from the artifacts the jobs cached, the precision-recall curves (Fig. 5), retrieval
-examples (Fig. 4) and soft centroid distributions (Fig. 3). A figure whose artifacts are gone is left out
-with a note saying why. Every number is computed from the records or the artifacts.
+examples (Fig. 4) and soft centroid distributions (Fig. 3); beyond the paper (``beyond``): findings, the
+per-cell winners, t-mAP and the budget curves with their gradient-masking check. A figure whose artifacts are
+gone is left out with a note saying why. Every number is computed from the records or the artifacts.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import figure_data, figures
+from . import beyond, figure_data, figures
 from .artifacts import ArtifactMissing, ArtifactStore, JobArtifacts
 from .paper import MISSING, Grid, comparisons, load_paper
 from .records import Records, gather_records
@@ -117,6 +118,33 @@ def map_section(report: Report, rows: list[dict[str, Any]]) -> None:
                       f"map_vs_bits_{_slug(label)}", f"{label}: mAP (%) against code length, per model and attack.")
         report.figure(figures.map_vs_attack(group, f"{label}: white-box mAP per attack"),
                       f"map_vs_attack_{_slug(label)}", f"{label}: mAP (%) per attack, per model and code length.")
+
+
+def beyond_section(report: Report, rows: list[dict[str, Any]]) -> None:
+    """Attacks beyond the paper (``report.beyond``): findings, the per-cell winners, t-mAP, the budget curves and
+    their gradient-masking check; absent when the records hold none of these."""
+    winners, tmap = beyond.winners_grid(rows), beyond.tmap_grid(rows)
+    curves = beyond.budget_curves(rows)
+    if winners is None and tmap is None and not curves:
+        return
+    report.add("## 7. Beyond the paper")
+    found = beyond.findings(rows)
+    if found:
+        report.add("**Findings** (computed from the records):", "\n".join(f"- {f}" for f in found))
+    for name, grid in (("beyond_winners", winners), ("targeted_tmap", tmap)):
+        if grid is not None:
+            report.add(grid.markdown())
+            report.grids[name] = grid
+    if curves:
+        for axis in ("iters", "eps"):
+            if any(c.axis == axis for c in curves):
+                what = "PGD iterations" if axis == "iters" else "eps"
+                report.figure(beyond.budget_figure(curves, axis, f"mAP against {what}"), f"budget_{axis}",
+                              f"mAP (%) against {what}, white-box, per attack and fixed "
+                              f"{'eps' if axis == 'iters' else 'iterations'}.")
+        grid = beyond.flags_grid(curves)
+        report.add(grid.markdown())
+        report.grids["budget_flags"] = grid
 
 
 FIGURE_SECTIONS = (("Precision-recall curves", 5), ("Retrieval examples", 4), ("Centroid distributions", 3))
@@ -263,6 +291,7 @@ def build_report(sources: list[str | Path], out: str | Path, cache_dir: str | Pa
     peak_section(report, records.rows)
     map_section(report, records.rows)
     artifact_sections(report, records, ArtifactStore(cache_dir), model, bits)
+    beyond_section(report, records.rows)
     sources_section(report, records)
     if report.notes:
         report.blocks[2:2] = ["**Notes**", "\n".join(f"- {n}" for n in report.notes)]
