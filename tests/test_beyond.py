@@ -323,6 +323,24 @@ def test_ranking_diagnostics_are_expectations_over_random_tie_orders() -> None:
         assert precision[q] == pytest.approx(np.mean(precs))
 
 
+def test_floor_ap_is_the_ap_of_every_relevant_item_last() -> None:
+    """``floor_ap``: the worst ranking's AP, (1/R) sum_i i / (N - R + i), whatever the distances; below chance."""
+    from pqattack.quant import PQIndex
+
+    rng = np.random.default_rng(3)
+    codebooks = torch.from_numpy(rng.normal(size=(2, 4, 2)).astype(np.float32))
+    db = torch.from_numpy(rng.normal(size=(60, 4)).astype(np.float32))
+    queries = torch.from_numpy(rng.normal(size=(5, 4)).astype(np.float32))
+    db_labels = torch.from_numpy(rng.integers(0, 3, 60))
+    query_labels = torch.tensor([0, 1, 2, 0, 1])
+    d = PQIndex(codebooks, db).ranking_diagnostics(queries, "sdc", query_labels, db_labels)
+    n = len(db_labels)
+    for q, label in enumerate(query_labels.tolist()):
+        r = int((db_labels == label).sum())
+        assert d["floor_ap"][q] == pytest.approx(np.mean([i / (n - r + i) for i in range(1, r + 1)]))
+        assert d["floor_ap"][q] < d["chance_ap"][q]
+
+
 def test_perceptibility_by_hand() -> None:
     clean = torch.full((2, 3, 16, 16), 0.5)
     adv = clean.clone()
@@ -402,6 +420,7 @@ def test_a_job_per_new_attack_carries_the_new_fields(extra: list[str], tiny_cach
     attacked = [r for r in rows if r["attack"] != "clean"]
     assert {r["system"] for r in attacked} == {"sdc", "adc"}
     assert all(r["precision_at_10"] is not None and r["first_relevant_rank"] >= 1 for r in clean)
+    assert all(0 < r["map_floor"] < r["map_chance"] for r in rows)
     for r in attacked:
         assert all(r[f] is not None for f in ROW_FIELDS), r
         assert len(r["codes_changed_per_subspace"]) == 4 and 0 <= r["codes_changed"] <= 1

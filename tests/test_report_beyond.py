@@ -51,6 +51,10 @@ def test_findings_count_the_cells_and_the_gaps_to_apd() -> None:
     assert gaps["margin"] == pytest.approx(((18 - 8) + (20 - 7)) / 2)
     assert gaps["apd (MI=1)"] == pytest.approx(-1.0) and "apd" not in gaps
     assert beyond.findings([row("clean", "sdc", 80.0), row("apd", "sdc", 8.0)]) == []
+    floored = [{**r, "map_floor": 5.2} if r["attack"] == "clean" else r for r in cells()]
+    assert beyond.cell_winners(floored)[0].floor == 5.2 and beyond.cell_winners(cells())[0].floor is None
+    assert any("is 5.2-5.2; the best of PQ-AG's attacks is 1.8-2.8 points above it in the 2 cells" in f
+               for f in beyond.findings(floored))
 
 
 def test_tmap_grid_lists_the_targeted_rows_with_their_budget() -> None:

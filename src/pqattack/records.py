@@ -42,7 +42,8 @@ def score_fields(scored: dict[str, Any], job: JobConfig) -> dict[str, Any]:
     ``ties``, with ``eval.topk`` also ``empty`` (both maps follow it); for index=ivfpq the index and its
     recall@k; over the full ranking, the diagnostics (means over the queries, expected under random tie order):
     ``first_relevant_rank`` (1-based, over the queries that have a relevant item), ``precision_at_10`` (%) and
-    ``map_chance``, the mAP of rankings in random order (%)."""
+    ``map_chance``, the mAP of rankings in random order (%), and ``map_floor``, the mAP of the worst rankings (every
+    relevant item last): the lowest any attack can reach (%)."""
     empty = job.empty if job.topk is not None else "zero"
     out: dict[str, Any] = {"map": round(scored["aps"].mean(job.ties, empty), 4),
                            "map_grouped": round(scored["aps"].mean("grouped", empty), 4), "ties": job.ties}
@@ -57,6 +58,7 @@ def score_fields(scored: dict[str, Any], job: JobConfig) -> dict[str, Any]:
                    precision_at_10=round(float(d["precision_at_k"].mean()) * 100, 4))
         if job.topk is None:
             out["map_chance"] = round(float(d["chance_ap"].mean()) * 100, 4)
+            out["map_floor"] = round(float(d["floor_ap"].mean()) * 100, 4)
     return out
 
 

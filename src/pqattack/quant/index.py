@@ -373,13 +373,16 @@ class PQIndex:
                             db_labels: torch.Tensor, k: int = 10) -> dict[str, np.ndarray]:
         """Per query, over the full ranking and as expectations under random tie order
         (:func:`~pqattack.metrics.ranking.ranking_diagnostics`): ``first_relevant_rank`` (NaN without a relevant
-        item), ``precision_at_k``, and ``chance_ap``, the expected AP of a ranking in random order."""
-        out: dict[str, list[np.ndarray]] = {"first_relevant_rank": [], "precision_at_k": [], "chance_ap": []}
+        item), ``precision_at_k``, ``chance_ap``, the expected AP of a ranking in random order, and ``floor_ap``, the
+        AP of the worst ranking, every relevant item after every other: the lowest AP any attack can reach."""
+        out: dict[str, list[np.ndarray]] = {"first_relevant_rank": [], "precision_at_k": [], "chance_ap": [],
+                                            "floor_ap": []}
         for dist, rel in self._distance_blocks(queries, system, query_labels, db_labels):
             rank, precision = ranking_diagnostics(dist, rel, k)
             out["first_relevant_rank"].append(rank)
             out["precision_at_k"].append(precision)
             out["chance_ap"].append(average_precision_unranked(np.zeros_like(dist), rel).expected)
+            out["floor_ap"].append(average_precision_unranked(rel.astype(np.float32), rel).expected)
         return {name: np.concatenate([np.zeros(0)] + parts) for name, parts in out.items()}
 
     def mean_average_precision(self, queries: torch.Tensor | np.ndarray, system: str, query_labels: torch.Tensor,

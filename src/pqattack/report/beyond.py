@@ -39,6 +39,7 @@ class CellWinner:
     clean: float | None
     paper: tuple[str, float]   # the best of PQ-AG's attacks (label, mAP)
     beyond: tuple[str, float]  # the best attack beyond the paper
+    floor: float | None = None  # the mAP of the worst rankings (every relevant item last), where recorded
 
     @property
     def gain(self) -> float:
@@ -51,6 +52,7 @@ def cell_winners(rows: list[dict[str, Any]]) -> list[CellWinner]:
     best of basic/APD/AOD as the paper runs them against the best untargeted attack beyond the paper; cells that
     lack either side are left out. A targeted attack's rows count too: their mAP is the untargeted one."""
     clean = {_cell(r): r["map"] for r in rows if r["attack"] == "clean" and r.get("topk") is None}
+    floor = {_cell(r): r["map_floor"] for r in rows if r.get("map_floor") is not None and r.get("topk") is None}
     paper: dict[tuple, tuple[str, float]] = {}
     beyond: dict[tuple, tuple[str, float]] = {}
     for r in _white_box(rows):
@@ -62,7 +64,7 @@ def cell_winners(rows: list[dict[str, Any]]) -> list[CellWinner]:
         c = _cell(r)
         if c not in side or r["map"] < side[c][1]:
             side[c] = (attack_label(r), float(r["map"]))
-    return [CellWinner(c, clean.get(c), paper[c], beyond[c]) for c in sorted(set(paper) & set(beyond))]
+    return [CellWinner(c, clean.get(c), paper[c], beyond[c], floor.get(c)) for c in sorted(set(paper) & set(beyond))]
 
 
 def findings(rows: list[dict[str, Any]]) -> list[str]:
@@ -84,6 +86,13 @@ def findings(rows: list[dict[str, Any]]) -> list[str]:
                ", ".join(f"{k} {v}" for k, v in sorted(best_paper.items(), key=lambda kv: -kv[1])) + ".")
     out.append("Strongest attack beyond the paper, cells won: " +
                ", ".join(f"{k} {v}" for k, v in sorted(best_new.items(), key=lambda kv: -kv[1])) + ".")
+    floored = [w for w in winners if w.floor is not None]
+    if floored:
+        room = [w.paper[1] - w.floor for w in floored]
+        out.append(f"The lowest mAP any attack can reach (every relevant item ranked last) is "
+                   f"{min(w.floor for w in floored):.1f}-{max(w.floor for w in floored):.1f}; the best of PQ-AG's "
+                   f"attacks is {min(room):.1f}-{max(room):.1f} points above it in the {len(floored)} cells that "
+                   f"record it, so a gain of {GAIN_TARGET:g} points is out of reach where that room is smaller.")
     per_attack = mean_gap_to_apd(rows)
     if per_attack:
         out.append("Mean mAP against APD in the same cell (points; negative: stronger than APD): " +
@@ -108,10 +117,11 @@ def winners_grid(rows: list[dict[str, Any]]) -> Grid | None:
         return None
     return Grid("**Beyond the paper, white-box at the paper's budget**: per cell, the best of PQ-AG's attacks and "
                 "the best attack beyond it; mAP (%); gain: how far the new one is below (positive: it wins)",
-                ["dataset", "model", "recipe", "bits", "system", "clean", "best of PQ-AG", "mAP", "best beyond",
-                 "mAP ", "gain"],
+                ["dataset", "model", "recipe", "bits", "system", "clean", "floor", "best of PQ-AG", "mAP",
+                 "best beyond", "mAP ", "gain"],
                 [[w.cell[0], w.cell[1] if w.cell[3] == "kmeans" else f"{w.cell[1]}+{w.cell[3]}", w.cell[2],
-                  str(w.cell[4]), w.cell[5].upper(), "—" if w.clean is None else f"{w.clean:.1f}", w.paper[0],
+                  str(w.cell[4]), w.cell[5].upper(), "—" if w.clean is None else f"{w.clean:.1f}",
+                  "—" if w.floor is None else f"{w.floor:.1f}", w.paper[0],
                   f"{w.paper[1]:.1f}", w.beyond[0], f"{w.beyond[1]:.1f}", f"{w.gain:+.1f}"] for w in winners])
 
 

@@ -93,7 +93,8 @@ def order_key(value: Any, order: tuple[str, ...]) -> tuple[int, str]:
 
 #: per-row diagnostics that records made before they existed lack: absent from one of two rows of a cell, they
 #: are no disagreement (present in both, they must agree like every other field)
-LATER_DIAGNOSTICS = frozenset({"first_relevant_rank", "precision_at_10", "map_chance", "codes_changed_per_subspace",
+LATER_DIAGNOSTICS = frozenset({"first_relevant_rank", "precision_at_10", "map_chance", "map_floor",
+                               "codes_changed_per_subspace",
                                "psnr", "ssim", "l2", "linf"})
 
 
