@@ -487,6 +487,20 @@ def test_budget_preset_makes_each_iteration_curve_in_one_run() -> None:
         assert {c.model.name for c in cfgs} == {"fastnet"}
 
 
+def test_transfer_boost_preset_crosses_the_boosters_with_table4_fast_cpu() -> None:
+    jobs = sweep_jobs("transfer_boost_cpu")
+    assert len(jobs) == 2 * 2 * 4 * 4
+    seen = set()
+    for job in jobs[::7]:
+        cfg = make(job)
+        validate(cfg)
+        seen.add((cfg.attack.momentum, cfg.attack.diversity, cfg.model.name, cfg.transfer.source_model))
+        assert (cfg.attack.name, cfg.bits, cfg.attack.iters) == ("aod", 16, 5)
+        assert cfg.trainer.max_epochs == {"fastnet": 10, "fastnet_narrow": 10}.get(cfg.model.name, 2)
+    assert {s[:2] for s in seen} == {(0.0, 0.0), (0.0, 0.5), (1.0, 0.0), (1.0, 0.5)}
+    assert {s[2] for s in seen} == {s[3] for s in seen} == {"fastnet", "fastnet_narrow", "vgg16", "resnet18"}
+
+
 @pytest.mark.slow  # trains a second backbone: about 35 s on 2 shared cores
 def test_an_ensemble_transfer_job_averages_its_sources_under_the_key_artifact_keys_computes(
         tiny_cache: Path, tmp_path: Path) -> None:
