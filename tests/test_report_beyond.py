@@ -97,4 +97,4 @@ def test_a_built_report_has_the_section_and_its_figures(tmp_path: Path) -> None:
     index = build_report([tmp_path / "run"], tmp_path / "report", cache_dir=tmp_path / "no-cache").read_text()
     assert "## 7. Beyond the paper" in index and "In 1 of 2 cells" in index
     assert "**Targeted attacks**" in index and "**Gradient-masking check**" in index
-    assert Image.open(tmp_path / "report" / "budget_iters.png").size == (1300, 450)
+    assert Image.open(tmp_path / "report" / "budget_curves_iters.png").size == (1300, 450)

@@ -139,7 +139,7 @@ def beyond_section(report: Report, rows: list[dict[str, Any]]) -> None:
         for axis in ("iters", "eps"):
             if any(c.axis == axis for c in curves):
                 what = "PGD iterations" if axis == "iters" else "eps"
-                report.figure(beyond.budget_figure(curves, axis, f"mAP against {what}"), f"budget_{axis}",
+                report.figure(beyond.budget_figure(curves, axis, f"mAP against {what}"), f"budget_curves_{axis}",
                               f"mAP (%) against {what}, white-box, per attack and fixed "
                               f"{'eps' if axis == 'iters' else 'iterations'}.")
         grid = beyond.flags_grid(curves)
