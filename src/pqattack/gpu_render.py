@@ -2,7 +2,7 @@
 
     tools/gpu-render <fetched folder | records.tar.gz>        # make gpu-render GPU_RECORDS=<fetched folder>
 
-writes ``results/table{1,2,3,4}.md|json`` through ``python -m pqattack.report.collect``, ``results/gpu_run.md`` (the
+writes ``results/table{1,2,3,4}.md|json`` and ``results/beyond.md|json`` through ``python -m pqattack.report.collect``, ``results/gpu_run.md`` (the
 run's stages, their status, wall times and estimates, the machine) and the GPU section of docs/benchmarks.md through
 ``python -m pqattack.bench --markdown``. Every number comes from the records; nothing is typed. The records are
 unpacked into ``--unpack-to`` (default ``outputs/gpu-run/records``) so that the tables' sources stay readable.
@@ -25,6 +25,7 @@ TABLES = {  # stage: (output name, title)
     "table2": ("table2", "Table 2, white-box attacks on PQN next to K-means (CIFAR-10), full recipe"),
     "table3": ("table3", "Table 3, bits transferability (CIFAR-10), full recipe"),
     "table4": ("table4", "Table 4, model transferability (CIFAR-10)"),
+    "beyond": ("beyond", "Beyond PQ-AG, white-box attacks at the paper's budget (CIFAR-10), full recipe"),
 }
 
 

@@ -4,9 +4,9 @@
     tools/gpu-run --tiny --out DIR      # the same stages at toy size on a CPU (the test of this script)
 
 Stages, in this order, under one deadline: ``smoke`` (the ``gpu`` tests, a small CIFAR-10 job with the three
-attacks, PQN and transfer; a failure stops the run), ``table1``, ``table2``, ``table3``, ``bench``, ``table4``
-(``python -m pqattack experiment=tableN``, ``python -m pqattack.bench``) and, with what time is left,
-``bench_compile``. Every command runs in its own process with the time left as its timeout. Before a stage starts,
+attacks, PQN and transfer; a failure stops the run), ``table1``, ``table2``, ``table3``, ``bench``, ``table4``,
+``beyond`` (``python -m pqattack experiment=tableN|beyond``, ``python -m pqattack.bench``) and, with what time is
+left, ``bench_compile``. Every command runs in its own process with the time left as its timeout. Before a stage starts,
 its cost is estimated from the throughputs the smoke stage (and later ``table1``) measured; a stage (or one of its
 commands) that cannot finish before the deadline is skipped, with the reason in the log.
 
@@ -16,7 +16,7 @@ JSON, logs; never images or tensors) are packed into ``<out>/records.tar.gz``; `
 script's log, appended line by line; ``<out>/checkpoints/`` gets Table 1's backbones (fp16, in parts, for
 ``python -m pqattack.cache import``). ``<out>`` keeps within what one device call brings back (``OUT_LIMITS``), so
 a run stopped at any point still returns everything finished. ``tools/gpu-render`` turns the records into
-``results/table{1..4}.md|json`` and the GPU section of docs/benchmarks.md.
+``results/table{1..4}.md|json``, ``results/beyond.md|json`` and the GPU section of docs/benchmarks.md.
 
 Running it again skips the stages whose records are present and valid (in ``<work>``, or in ``--previous``, a
 records.tar.gz from an earlier run).
@@ -43,7 +43,10 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[2]
 CIFAR_TRAIN = 50_000  # CIFAR-10's training images (the full recipe trains on all of them)
-STAGES = ("smoke", "table1", "table2", "table3", "bench", "table4", "bench_compile")
+STAGES = ("smoke", "table1", "table2", "table3", "bench", "table4", "beyond", "bench_compile")
+#: the query sets one (model, bits) cell of the beyond stage makes besides Table 1's: margin, center and
+#: center_targeted one each, margin with 4 restarts four, margin with momentum one
+BEYOND_SETS_PER_CELL = 8
 REQUIRED = ("smoke",)  # a failure here stops the run
 PACK_RESERVE_S = 15.0  # kept back from every command's timeout: packing the records, moving the checkpoints
 EXPORT_PART_MB = 15.5  # checkpoint parts, under the 16 MiB a file may have in <out>
@@ -371,6 +374,16 @@ class Run:
                                                      f"transfer.source_model={m.table4_first}"], len(first) ** 2, plan1),
                 self.sweep(name, "all", "table4", [*extra, f"model={m.table4_all}",
                                                    f"transfer.source_model={m.table4_all}"], len(every) ** 2, plan2)])
+        if name == "beyond":
+            e = self.epochs("table1")
+            models = m.base_models.split(",")
+            fresh = not self.valid("table1")
+            sets = BEYOND_SETS_PER_CELL * len(bits) + (1 + 2 * len(bits) if fresh else 0)
+            plan = Plan(train=untrained(m.base_models, e), jobs=len(models) * len(bits) * 8,
+                        attacks=[(a, m.queries) for a in models for _ in range(sets)],
+                        codebooks=[k for _ in models for k in ks] if fresh else [])
+            return Stage(name, [self.sweep(name, "sweep", "beyond", [f"model={m.base_models}", f"bits={m.bits}"],
+                                           plan.jobs, plan)])
         if name == "bench_compile":
             argv = ["-m", "pqattack.bench", "--device", m.device, "--figures", "train_compile",
                     "--out", str(self.stages_dir / name / "bench.json"), *(["--quick"] if m.tiny else [])]
