@@ -57,6 +57,22 @@ def test_findings_count_the_cells_and_the_gaps_to_apd() -> None:
                for f in beyond.findings(floored))
 
 
+def test_transfer_boosts_compare_each_booster_with_plain_pgd_cell_by_cell() -> None:
+    def t(source: str, value: float, **kw) -> dict:
+        return row("aod", "sdc", value, model="vgg16", source_model=source, transfer=True, **kw)
+
+    rows = [t("fastnet", 50.0), t("fastnet", 45.0, momentum=1.0), t("fastnet", 52.0, diversity=0.5),
+            t("resnet18", 40.0), t("resnet18", 38.0, momentum=1.0), t("resnet18", 39.0, diversity=0.5),
+            t("alexnet", 30.0, momentum=1.0),  # no plain row for this source: not compared
+            row("aod", "sdc", 20.0, model="vgg16")]  # white-box: not a transfer cell
+    boosts = beyond.transfer_boosts(rows)
+    assert boosts["aod (MI=1)"] == (2, 2, pytest.approx(-3.5))
+    assert boosts["aod (DI=0.5)"] == (1, 2, pytest.approx(0.5))
+    assert beyond.findings(rows) == [
+        "Transfer, aod (DI=0.5): below plain PGD's transfer in 1 of 2 black-box cells, +0.5 mAP points on average.",
+        "Transfer, aod (MI=1): below plain PGD's transfer in 2 of 2 black-box cells, -3.5 mAP points on average."]
+
+
 def test_tmap_grid_lists_the_targeted_rows_with_their_budget() -> None:
     rows = [row("center_targeted", "sdc", 11.0, iters=i, tmap=t, tmap_clean=10.0) for i, t in ((5, 60.0), (100, 91.0))]
     grid = beyond.tmap_grid([*rows, row("apd", "sdc", 8.0)])

@@ -125,7 +125,7 @@ def beyond_section(report: Report, rows: list[dict[str, Any]]) -> None:
     their gradient-masking check; absent when the records hold none of these."""
     winners, tmap = beyond.winners_grid(rows), beyond.tmap_grid(rows)
     curves = beyond.budget_curves(rows)
-    if winners is None and tmap is None and not curves:
+    if winners is None and tmap is None and not curves and not beyond.transfer_boosts(rows):
         return
     report.add("## 7. Beyond the paper")
     found = beyond.findings(rows)
