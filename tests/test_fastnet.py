@@ -195,6 +195,21 @@ def test_recipe_follows_the_model_in_table4_fast_cpu(tmp_path) -> None:  # noqa:
     assert tuned.trainer.max_epochs == 10 and source_jobs(load_job(tuned))[0].trainer["max_epochs"] == 3
 
 
+def test_an_ensemble_source_trains_each_member_with_its_own_recipe(tmp_path) -> None:  # noqa: ANN001
+    """``transfer.source_model=[a,b]`` in a preset with ``recipes``: each member needs a recipe and gets its own (an
+    ensemble once stopped at start-up with "no recipe for ['a', 'b']")."""
+    data = synthetic(64, tmp_path)
+    cpu = torch.device("cpu")
+    preset = make(["experiment=table4_fast_cpu", "model=fastnet", "transfer.source_model=[fastnet_narrow,vgg16]"])
+    validate(preset)
+    narrow, vgg = source_jobs(load_job(preset))
+    assert (narrow.model["name"], narrow.trainer["max_epochs"], vgg.model["name"]) == ("fastnet_narrow", 10, "vgg16")
+    assert checkpoint_spec(vgg, data, "bf16", cpu) == checkpoint_spec(
+        load_job(make(["experiment=table1_cpu", "model=vgg16"])), data, "bf16", cpu)
+    with pytest.raises(ConfigError, match=r"transfer\.source_model=\[fastnet_narrow, alexnet\].*'alexnet'"):
+        validate(make(["experiment=table4_fast_cpu", "transfer.source_model=[fastnet_narrow,alexnet]"]))
+
+
 @pytest.mark.parametrize("overrides,key", [
     (["experiment=table4_fast_cpu", "model=vgg11"], "model=vgg11"),
     (["experiment=table4_fast_cpu", "transfer.source_model=alexnet"], "transfer.source_model=alexnet"),

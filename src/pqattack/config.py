@@ -10,7 +10,7 @@ from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from .attacks.config import AttackConfig
 from .errors import ConfigError
@@ -63,11 +63,16 @@ def _check_recipes(cfg: DictConfig) -> None:
     if recipes is None:
         return
     t = cfg.get("transfer") or {}
-    for key, name in (("model", cfg.model.name), ("transfer.source_model", t.get("source_model"))):
-        if name is not None and name not in recipes:
-            raise ConfigError(f"{key}={name}: this preset trains each model with its recipe in `recipes`, which has "
-                              f"none for {name!r} (only {', '.join(recipes)}); add /trainer@recipes.{name}: <recipe> "
-                              f"to its defaults")
+    sources = t.get("source_model")
+    members = [str(m) for m in sources] if isinstance(sources, (list, tuple, ListConfig)) else [sources]
+    shown = f"[{', '.join(members)}]" if isinstance(sources, (list, tuple, ListConfig)) else sources
+    for key, value, names in (("model", cfg.model.name, [cfg.model.name]),
+                              ("transfer.source_model", shown, members)):  # an ensemble: each member
+        for name in names:
+            if name is not None and name not in recipes:
+                raise ConfigError(f"{key}={value}: this preset trains each model with its recipe in `recipes`, which "
+                                  f"has none for {name!r} (only {', '.join(recipes)}); add "
+                                  f"/trainer@recipes.{name}: <recipe> to its defaults")
     for name, recipe in recipes.items():
         _check_trainer(recipe, f"recipes.{name}", cfg.dataset.get("image_size", 32))
 
