@@ -62,6 +62,19 @@ def test_model_transfer_matrix() -> None:
     assert "| SDC | resnet18 | 10.0 | 50.0 |" in text and "| SDC | vgg16 | 50.0 | 10.0 |" in text
 
 
+def test_an_ensemble_source_is_a_row_of_the_model_matrix_not_a_column() -> None:
+    recipe = dict(epochs=2, device="cpu", precision="bf16")
+    rows = [row("clean", "sdc", 50.0, model="vgg16", **recipe), row("clean", "sdc", 60.0, model="resnet18", **recipe),
+            row("aod", "sdc", 10.0, model="vgg16", source_model="vgg16", source_bits=16, **recipe),
+            row("aod", "sdc", 30.0, model="vgg16", source_model="resnet18", source_bits=16, transfer=True, **recipe),
+            row("aod", "sdc", 25.0, model="vgg16", source_model="alexnet+resnet18", source_bits=16, transfer=True,
+                **recipe)]
+    text = render_tables(rows)
+    assert "| system | generated on | resnet18 | vgg16 |" in text
+    assert "| SDC | alexnet+resnet18 | - | 25.0 |" in text and "| SDC | resnet18 | - | 30.0 |" in text
+    assert "?" not in text
+
+
 def test_collect_reads_a_sweep_folder_once(tmp_path) -> None:
     import json
 

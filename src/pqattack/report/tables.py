@@ -185,14 +185,20 @@ def transfer_tables(rows: list[dict[str, Any]]) -> str:
         key = lambda m: order_key(m, MODEL_ORDER)  # noqa: E731
         for ds, b, attack in sorted({(r["dataset"], r["bits"], r["attack"]) for r in same_bits}):
             group = [r for r in same_bits if (r["dataset"], r["bits"], r["attack"]) == (ds, b, attack)]
-            models = sorted({r["model"] for r in group} | {r["source_model"] for r in group}, key=key)
-            lines = [f"**{ds}**, {b} bits, {attack.upper()} queries made on the row's model, evaluated on the "
-                     f"column's; mAP (%); recipes: " + "; ".join(f"{m} {recipes.get(m, '?')}" for m in models), "", "| system | generated on | " + " | ".join(models) + " |",
-                     "|" + "---|" * (len(models) + 2)]
+            # columns: the models (targets, and single sources for the white-box diagonal); rows: every source, an
+            # ensemble ("a+b") after the single models
+            models = sorted({r["model"] for r in group} | {r["source_model"] for r in group
+                                                           if "+" not in r["source_model"]}, key=key)
+            sources = models + sorted({r["source_model"] for r in group} - set(models))
+            ensemble = " (a+b: an ensemble)" if len(sources) > len(models) else ""
+            lines = [f"**{ds}**, {b} bits, {attack.upper()} queries made on the row's model{ensemble}, "
+                     f"evaluated on the column's; mAP (%); recipes: " + "; ".join(
+                         f"{m} {recipes.get(m, '?')}" for m in models), "",
+                     "| system | generated on | " + " | ".join(models) + " |", "|" + "---|" * (len(models) + 2)]
             for system in SYSTEM_ORDER:
                 lines.append(f"| {system.upper()} | clean | " + " | ".join(_fmt(clean.get((ds, m, b, system)))
                                                                           for m in models) + " |")
-                for sm in models:
+                for sm in sources:
                     lines.append(f"| {system.upper()} | {sm} | " + " | ".join(
                         _fmt(cell.get((ds, attack, sm, b, m, b, system))) for m in models) + " |")
             out.append("\n".join(lines))
