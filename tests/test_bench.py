@@ -33,6 +33,7 @@ def bench_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, str]:
     return json.loads(out.read_text()), proc.stdout
 
 
+@pytest.mark.slow  # its fixture runs `pqattack.bench --quick` (8 figures in child processes): about 35 s
 def test_bench_writes_one_record_per_figure(bench_run: tuple[dict, str]) -> None:
     doc, stdout = bench_run
     assert doc["device"] == "cpu" and doc["quick"] is True
@@ -62,6 +63,7 @@ def test_bench_writes_one_record_per_figure(bench_run: tuple[dict, str]) -> None
     assert records["sweep_memory"]["notes"]["rss_mb_after_each_job"]
 
 
+@pytest.mark.slow  # shares the --quick bench run
 def test_bench_fast_and_baseline_map_agree(bench_run: tuple[dict, str]) -> None:
     records = {r["figure"]: r for r in bench_run[0]["records"]}
     for name in ("retrieval_9k_adc", "retrieval_9k_sdc"):
@@ -76,6 +78,7 @@ def test_bench_fast_and_baseline_map_agree(bench_run: tuple[dict, str]) -> None:
     assert n["fast_map_grouped_on_baseline_queries"] == pytest.approx(n["baseline_map_grouped"], abs=1e-6)
 
 
+@pytest.mark.slow  # shares the --quick bench run
 def test_bench_markdown_renders_every_figure(bench_run: tuple[dict, str], tmp_path: Path) -> None:
     src = tmp_path / "x.json"
     src.write_text(json.dumps(bench_run[0]))
@@ -224,3 +227,30 @@ def test_attack_loss_cost_figure_times_every_loss_against_apd() -> None:
         assert r["unit"] == "x APD" and r["notes"]["rounds"] == SIZES["quick"]["attack_cost_rounds"]
         text, check = target_of(r["figure"], "cpu")
         assert text == "<= 1.1 x APD on any device" and check(1.05) and not check(1.2)
+
+
+def test_attack_figure_names_the_precision_the_framework_runs_by_default() -> None:
+    """The figures compare their fastest precision with the one ``precision=auto`` resolves to on this device (bf16
+    on a CPU with native bf16); they once assumed fp32 on every CPU and recommended bf16 where it is the default."""
+    from pqattack.bench.attack import figure_attack
+    from pqattack.bench.workloads import SIZES
+    from pqattack.runtime import resolve_precision
+
+    cpu = torch.device("cpu")
+    [rec] = figure_attack("smallcnn", cpu, SIZES["quick"])
+    auto = resolve_precision("auto", cpu)
+    assert rec["notes"]["framework_precision_auto"] == auto
+    if "recommendation" in rec["notes"]:
+        assert rec["notes"]["fast_precision"] != auto and f"default ({auto})" in rec["notes"]["recommendation"]
+
+
+def test_bench_finds_the_checkout_and_its_data_folder(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The figures read CIFAR-10 from ``<checkout>/data`` and write to ``<checkout>/outputs``: the package's move to
+    ``bench/`` once pointed both at ``src/``, and every image figure silently fell back to random images."""
+    from pqattack.bench import workloads
+
+    assert (workloads.REPO / "pyproject.toml").is_file() and (workloads.REPO / "src" / "pqattack").is_dir()
+    monkeypatch.delenv("PQATTACK_DATA", raising=False)
+    found = workloads.cifar_folder()
+    assert found == (workloads.REPO / "data" / "cifar10-jpeg" if (workloads.REPO / "data" / "cifar10-jpeg" / "train")
+                     .is_dir() else None)

@@ -98,6 +98,7 @@ def test_missing_cifar10_says_where_to_put_it(tmp_path: Path) -> None:
     assert "cifar10-jpeg.tar.xz" in proc.stderr
 
 
+@pytest.mark.slow  # the whole demo (make demo) in a subprocess: about 20 s
 def test_demo_attacks_drive_map_down(tmp_path: Path) -> None:
     """``make demo``: the whole pipeline offline on CPU; every attack clearly below clean."""
     t0 = time.perf_counter()

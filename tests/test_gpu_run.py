@@ -227,6 +227,7 @@ def expand_sweep(overrides: list[str]) -> list[list[str]]:
     return BasicSweeper.split_arguments(parsed, None)[0]
 
 
+@pytest.mark.slow  # composes and validates every job of the full run: about 15 s
 def test_full_mode_commands_make_the_jobs_they_expect_and_every_job_validates(tmp_path: Path) -> None:
     """Every sweep of the GPU run, as built for the GPU (not --tiny): Hydra expands it into the number of jobs the
     stage waits for, and every job's config composes and passes the start-up checks (on the CPU here)."""

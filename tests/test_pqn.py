@@ -78,6 +78,7 @@ DEMO = ["dataset=synthetic", "model=smallcnn", "trainer.max_epochs=8", "trainer.
         "device=cpu", "progress=false", "bits=16", "attack=aod"]
 
 
+@pytest.mark.slow  # trains a backbone for 8 epochs and PQN for 4: about 20 s
 def test_short_joint_training_lowers_loss_and_keeps_map(tmp_path: Path) -> None:
     cache = tmp_path / "cache"
     km = run_job(DEMO, tmp_path / "km", cache)

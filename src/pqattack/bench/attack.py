@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 
+from ..runtime import resolve_precision
 from .measure import Measured, measure, step_seconds, sync
 from .records import record
 from .training import add_speed_notes
@@ -75,7 +76,7 @@ def figure_attack(arch: str, device: torch.device, sz: dict[str, Any]) -> list[d
 
     base = measure(device, baseline)
     best = max(rates, key=rates.get)  # type: ignore[arg-type]
-    auto = "bf16" if device.type == "cuda" else "fp32"
+    auto = resolve_precision("auto", device)  # what precision=auto (the default) runs
     notes = {"data": source, "attack": "PGD, AOD loss, eps 8/255, step 0.01, 5 iterations, random start, 8-bit output",
              "fast_batch": bf, "baseline_batch": bb, "timed_batches": nb,
              "fast_queries_per_s_fp32": round(rates["fp32"], 2), "fast_queries_per_s_bf16": round(rates["bf16"], 2),

@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from ..runtime import resolve_precision
 from .baselines import baseline_train_throughput
 from .measure import Measured, batch_seconds, measure, sync
 from .records import record
@@ -112,7 +113,7 @@ def figure_train(arch: str, device: torch.device, sz: dict[str, Any]) -> list[di
     best = max(rates, key=rates.get)  # type: ignore[arg-type]
     base = measure(device, lambda: (baseline_train_throughput(arch, images[:bb * (w + s)], labels[:bb * (w + s)],
                                                               device, bb, w, s, sz["loader_workers"]), {}))
-    auto = "bf16" if device.type == "cuda" else "fp32"
+    auto = resolve_precision("auto", device)  # what precision=auto (the default) runs
     notes = {"data": source, "fast_batch": bf, "baseline_batch": bb, "warmup_batches": w, "timed_batches": s,
              "fast_images_per_s_fp32": round(rates["fp32"], 2), "fast_images_per_s_bf16": round(rates["bf16"], 2),
              "fast_precision": best, "framework_precision_auto": auto,
@@ -130,7 +131,7 @@ def figure_train_recipe(device: torch.device, sz: dict[str, Any]) -> list[dict[s
     framework's path; the baseline (and the CPU figure) projected from measured throughput."""
     arch = "resnet18"
     bb, w, s = sz["train_batch_base"], sz["train_warmup"], sz["train_steps"]
-    auto = "bf16" if device.type == "cuda" else "fp32"
+    auto = resolve_precision("auto", device)  # what precision=auto (the default) runs
     n = CIFAR_TRAIN_IMAGES if device.type == "cuda" else sz["train_batch_fast"] * (w + s)
     images, labels, source = training_images(max(n, bb * (w + s)))
     if device.type == "cuda":

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]  # the checkout: src/pqattack/bench/workloads.py
 CIFAR_TRAIN_IMAGES = 50_000
 RECIPE_EPOCHS = 40
 
