@@ -34,7 +34,7 @@ table1-cpu: ## CPU-scale Table 1 on CIFAR-10 (55 min measured on 2 shared cores)
 REPORT_IN ?= results
 REPORT_OUT ?= results/report
 report: ## the reproduction report (index.md + figures) from the records in $(REPORT_IN), into $(REPORT_OUT)
-	$(BIN)/python -m pqattack.report $(REPORT_IN) --out $(REPORT_OUT)
+	$(BIN)/python -m pqattack.report $(REPORT_IN) --out $(REPORT_OUT) --stand-in fastnet=vgg16
 
 gpu-prep: ## fill .gpu/ (git-ignored) with the wheels and the CIFAR-10 archive the GPU machine lacks, and check them
 	@test -x ../shared/tools/gpu-prep || { echo "make gpu-prep: ../shared/tools/gpu-prep is missing (it exists on this project's machines only). Put Python 3.12 x86-64 wheels of faiss-cpu, hydra-core, omegaconf, antlr4-python3-runtime 4.9.3, hydra-submitit-launcher, hydra-joblib-launcher, submitit, cloudpickle and joblib into .gpu/wheels/ and cifar10-jpeg.tar.xz into .gpu/, then run make gpu-check." >&2; exit 2; }

@@ -279,3 +279,23 @@ def test_paper_tables_agree_with_each_other() -> None:
     assert len(in_t1) == 2 * 3 * 2 * 2 + 2 * 2  # Table 3: clean + diagonal; Table 4: vgg16 clean + diagonal
     for c in in_t1:
         assert c["map"] == t1[(c["model"], c["bits"], c["attack"], c["system"])], c
+
+
+def test_a_stand_in_fills_the_paper_models_cells_in_a_comparison_of_its_own() -> None:
+    """``--stand-in fastnet=vgg16``: fastnet's rows fill VGG16's Table 1 cells, in a comparison whose heading names
+    the stand-in; without it, fastnet fills no paper cell; a malformed option is one clear error."""
+    from pqattack.report.paper import comparisons
+
+    base = {"dataset": "cifar10", "dataset_label": "CIFAR-10 (JPEG copy)", "model": "fastnet", "quantizer": "kmeans",
+            "bits": 16, "M": 4, "K": 16, "epochs": 10, "device": "cpu", "precision": "bf16", "topk": None}
+    rows = [{**base, "attack": "clean", "system": "sdc", "map": 81.7},
+            {**base, "attack": "apd", "system": "sdc", "map": 7.8, "similarity": "dot", "temperature": 1.0,
+             "eps": 8 / 255, "step": 0.01, "iters": 5}]
+    assert not any(c.filled for c in comparisons(rows) if c.table == 1)
+    [comp] = [c for c in comparisons(rows, {"fastnet": "vgg16"}) if c.table == 1]
+    assert comp.recipe == "fastnet standing in for vgg16, 10 epochs, cpu, bf16" and comp.filled == 2
+    assert "**Table 1, ours, fastnet standing in for vgg16, 10 epochs, cpu, bf16**" in comp.ours.markdown()
+    assert sorted(r["map"] for r in comp.matched.values()) == [7.8, 81.7]
+    with pytest.raises(SystemExit) as err:
+        report_main(["x", "--out", "y", "--stand-in", "fastnet"])
+    assert err.value.code == 2

@@ -22,10 +22,19 @@ def main(argv: list[str] | None = None) -> None:
                    "if run, else picked)")
     p.add_argument("--wandb", action="store_true", help="also log tables and figures to wandb (WANDB_MODE, "
                    "default offline)")
+    p.add_argument("--stand-in", action="append", default=[], metavar="OURS=PAPER",
+                   help="our model OURS fills the paper model PAPER's cells, in tables of their own whose headings "
+                        "say so (e.g. fastnet=vgg16); repeatable")
     a = p.parse_args(argv)
+    stand_ins = {}
+    for item in a.stand_in:
+        ours, sep, paper = item.partition("=")
+        if not (sep and ours and paper):
+            p.error(f"--stand-in {item!r}: expected OURS=PAPER, e.g. fastnet=vgg16")
+        stand_ins[ours] = paper
     try:
         index = build_report(a.sources, a.out, a.cache, a.model, a.bits, a.wandb,
-                             command=shlex.join(["python", "-m", "pqattack.report", *argv]))
+                             command=shlex.join(["python", "-m", "pqattack.report", *argv]), stand_ins=stand_ins)
     except (FileNotFoundError, TableError) as exc:
         print(f"report error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None

@@ -61,15 +61,16 @@ def _display(path: Path) -> str:
         return str(path)
 
 
-def paper_section(report: Report, rows: list[dict[str, Any]]) -> None:
-    """Tables 1-4: the paper's, ours and the difference (ours only where a record fills a cell)."""
+def paper_section(report: Report, rows: list[dict[str, Any]], stand_ins: dict[str, str] | None = None) -> None:
+    """Tables 1-4: the paper's, ours and the difference (ours only where a record fills a cell); ``stand_ins``: our
+    models that fill a paper model's cells in comparisons of their own (``paper.comparisons``)."""
     paper = load_paper()
     report.add("## 1. Our tables beside the paper's",
                f"The paper's numbers are data (`src/pqattack/report/paper_tables.json`, from {paper['source']}). "
                "Ours are the records' rows for the same dataset, model, code length, quantizer, attack, system and "
                "query source; mAP@k rows are not compared. A cell we did not run is `—`.")
     shown: set[int] = set()
-    for comp in comparisons(rows):
+    for comp in comparisons(rows, stand_ins):
         if comp.table not in shown:
             shown.add(comp.table)
             report.add(f"### Table {comp.table}", comp.paper.markdown())
@@ -273,7 +274,7 @@ def log_to_wandb(report: Report, rows: list[dict[str, Any]]) -> None:
 
 def build_report(sources: list[str | Path], out: str | Path, cache_dir: str | Path | None = None,
                  model: str | None = None, bits: int | None = None, use_wandb: bool = False,
-                 command: str = "") -> Path:
+                 command: str = "", stand_ins: dict[str, str] | None = None) -> Path:
     """Write ``out/index.md``, the PNG figures and ``out/report.json`` (the rows used); return index.md."""
     out = Path(out)
     records = gather_records(sources, exclude=out)
@@ -285,7 +286,7 @@ def build_report(sources: list[str | Path], out: str | Path, cache_dir: str | Pa
     report.add("# Reproduction report: Adversarial Attack on Deep Product Quantization Network (PQ-AG, AAAI 2020)",
                f"Built with `{command or 'python -m pqattack.report'}` from {len(records.files)} records files "
                "(listed under Sources).")
-    paper_section(report, records.rows)
+    paper_section(report, records.rows, stand_ins)
     report.add("## 2. All our records", "Every row, in the layout of Table 1 (and the transfer matrices of "
                "Tables 3-4 where there are transfer rows); mAP (%), systems SDC and ADC.", render_tables(records.rows))
     peak_section(report, records.rows)

@@ -162,12 +162,18 @@ def compare(table: int, rows: list[dict[str, Any]], recipe: str | None = None) -
         matched, recipe)
 
 
-def comparisons(rows: list[dict[str, Any]]) -> list[Comparison]:
+def comparisons(rows: list[dict[str, Any]], stand_ins: dict[str, str] | None = None) -> list[Comparison]:
     """All four tables, one comparison per recipe that fills any of a table's cells (a table no record fills gets
-    one empty comparison): numbers of different recipes are never mixed in one grid."""
-    recipes = sorted({recipe_label(r) for r in rows})
+    one empty comparison): numbers of different recipes are never mixed in one grid. ``stand_ins`` maps a model
+    of ours to a paper model it stands in for (``{"fastnet": "vgg16"}``): its rows fill that model's cells in
+    comparisons of their own, whose headings say so."""
+    groups = [(rc, [r for r in rows if recipe_label(r) == rc]) for rc in sorted({recipe_label(r) for r in rows})]
+    for ours, paper_model in (stand_ins or {}).items():
+        renamed = [{**r, "model": paper_model} for r in rows if r["model"] == ours]
+        groups += [(f"{ours} standing in for {paper_model}, {rc}", [r for r in renamed if recipe_label(r) == rc])
+                   for rc in sorted({recipe_label(r) for r in renamed})]
     out = []
     for t in sorted(LAYOUTS):
-        found = [compare(t, [r for r in rows if recipe_label(r) == rc], rc) for rc in recipes]
+        found = [compare(t, group, rc) for rc, group in groups]
         out += [c for c in found if c.filled] or [compare(t, [])]
     return out
