@@ -89,12 +89,13 @@ def versions() -> dict[str, str]:
     """The versions of pqattack and of what computes its numbers."""
     import faiss
     import hydra
+    import numpy
     import pytorch_lightning
 
     from . import __version__
     return {"pqattack": __version__, "torch": torch.__version__, "faiss": faiss.__version__,
             "hydra": hydra.__version__, "pytorch_lightning": pytorch_lightning.__version__,
-            "python": platform.python_version()}
+            "numpy": numpy.__version__, "python": platform.python_version()}
 
 
 def cpu_model() -> str:

@@ -16,10 +16,11 @@ from typing import Any, Callable
 
 import torch
 
+from ..runtime import versions
 from .attack import figure_attack, figure_attack_losses
 from .jobs import figure_demo, figure_sweep_memory, figure_table1
 from .recipe import derive_recipe, figure_train_compile, figures_from_table1
-from .records import TARGETS, device_label, line, markdown, target_of, update_document, versions
+from .records import TARGETS, device_label, line, markdown, target_of, update_document
 from .retrieval import figure_retrieval_1m, figure_retrieval_9k
 from .training import figure_train, figure_train_recipe
 from .workloads import REPO, SIZES

@@ -7,7 +7,6 @@ import os
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
 import torch
 
 from .measure import Measured
@@ -59,12 +58,6 @@ def target_of(figure: str, device: str) -> tuple[str | None, Callable[[float], b
         return text, None
     return text, (lambda v: v <= value) if op == "<=" else (lambda v: v >= value)
 
-
-
-def versions() -> dict[str, str]:
-    from ..runtime import versions as framework_versions
-
-    return {**framework_versions(), "numpy": np.__version__}
 
 
 def device_label(device: torch.device) -> str:

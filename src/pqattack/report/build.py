@@ -22,7 +22,7 @@ from .paper import MISSING, Grid, comparisons, load_paper
 from .records import Records, gather_records
 from .tables import is_paper_attack, recipe_label, render_tables
 
-MAP_TOLERANCE = 0.05  # mAP points between the records and the reloaded system before a note is written
+RELOAD_TOLERANCE = 0.05  # mAP points between the records and the reloaded system before a note is written
 
 
 @dataclass
@@ -162,7 +162,7 @@ def pr_section(report: Report, setting: figure_data.Setting, arts: dict[str, Job
     record_maps = {(s, a): setting.record_map(s, a) for s, a in ranked}
     off = [f"{s.upper()} {a}: {record_maps[(s, a)]:.2f} recorded, {v:.2f} reloaded"
            for (s, a), v in figure_data.recomputed_maps(ranked, arts).items()
-           if abs(v - record_maps[(s, a)]) > MAP_TOLERANCE]
+           if abs(v - record_maps[(s, a)]) > RELOAD_TOLERANCE]
     report.add(_title(0), f"System: {setting.describe} (the one with the most attacks, 16 bits first; `--model` "
                f"and `--bits` pick another); {len(arts)} white-box attack jobs: "
                + ", ".join(_display(j.path) for j in setting.jobs.values()) + ".")
