@@ -28,7 +28,9 @@ def cells() -> list[dict]:
                  row("aod", "sdc", aod, bits), row("margin", "sdc", margin, bits, kappa=0.1),
                  row("center", "sdc", center, bits), row("apd", "sdc", apd_mi, bits, momentum=1.0),
                  # a larger budget is no cell of the paper's budget: left out of the winners
-                 row("center", "sdc", 0.5, bits, eps=16 / 255)]
+                 row("center", "sdc", 0.5, bits, eps=16 / 255),
+                 # eq. (7)'s other settings belong to the soft-assignment study: neither side
+                 row("apd", "sdc", 1.0, bits, similarity="l2"), row("apd", "sdc", 1.0, bits, peak="argmax")]
     return rows
 
 

@@ -184,3 +184,29 @@ def test_transfer_matrices_leave_out_the_rows_of_another_quantizer() -> None:
     text = transfer_tables(rows)
     assert "| SDC | clean | 55.0 | 60.0 |" in text
     assert "| SDC | resnet18 | 24.0 | 38.0 |" in text and "61.0" not in text
+
+
+def test_records_of_another_query_count_fill_cells_of_their_own(tmp_path) -> None:
+    """A 100-query budget sweep and a 1,000-query table on one checkpoint: once one cell (their clean rows differ)
+    and the report stopped; the query count, from the row or from the job's config for older records, now keeps
+    them apart, and the recipe says so."""
+    import json
+
+    from pqattack.report.records import gather_records
+    from pqattack.report.tables import recipe_label
+
+    recipe = dict(epochs=10, device="cpu", precision="bf16")
+    for name, n, value in (("table", 1000, 81.7), ("budget", 100, 81.2)):
+        (tmp_path / name).mkdir()
+        meta = {"config": {"model": {"name": "fastnet"}, "dataset": {"num_queries": n}}}
+        rows = [row("clean", "sdc", value, model="fastnet", **recipe)]  # an older record: no "queries" in the row
+        (tmp_path / name / "results.json").write_text(json.dumps({"meta": meta, "rows": rows}))
+    rows = gather_records([tmp_path]).rows
+    assert sorted((r["queries"], r["map"]) for r in rows) == [(100, 81.2), (1000, 81.7)]
+    assert sorted(recipe_label(r) for r in rows) == ["10 epochs, cpu, bf16", "10 epochs, cpu, bf16, 100 queries"]
+    # beside a transfer matrix of the 1,000-query protocol, the 100-query rows stay out of it
+    transfer = row("aod", "sdc", 30.0, model="fastnet", source_model="vgg16", source_bits=16, transfer=True,
+                   queries=1000, **recipe)
+    text = render_tables([*rows, transfer, row("clean", "sdc", 59.7, model="vgg16", queries=1000, epochs=2,
+                                                device="cpu", precision="bf16")])
+    assert "| system | generated on | vgg16 | fastnet |" in text and "| SDC | vgg16 | - | 30.0 |" in text

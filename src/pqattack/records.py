@@ -21,10 +21,11 @@ from .transfer import AdversarialSet
 
 
 def describe(job: JobConfig, data: RetrievalData, dataset_label: str) -> dict[str, Any]:
-    """What a row is about: the dataset, the model and the quantizer (with the code length)."""
+    """What a row is about: the dataset (and how many queries it asks), the model and the quantizer (with the code
+    length)."""
     q = job.quantizer
-    return {"dataset": data.name, "dataset_label": dataset_label, "model": job.model["name"], "quantizer": q.kind,
-            "bits": q.bits, "M": q.M, "K": q.K}
+    return {"dataset": data.name, "dataset_label": dataset_label, "queries": len(data.query), "model": job.model["name"],
+            "quantizer": q.kind, "bits": q.bits, "M": q.M, "K": q.K}
 
 
 def recipe_fields(job: JobConfig, target: Target, rt: Runtime) -> dict[str, Any]:

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .tables import TableError, dedupe_rows, render_tables
+from .tables import TableError, dedupe_rows, render_tables, with_queries
 
 
 def write_table(sources: list[str | Path], out_prefix: str | Path, title: str, command: str) -> Path:
@@ -25,6 +25,8 @@ def write_table(sources: list[str | Path], out_prefix: str | Path, title: str, c
         per_job = [f for f in found if "jobs" not in json.loads(f.read_text())["meta"]]
         files += per_job or found  # a sweep folder: its jobs' own records, not the collected copy too
     jobs = [json.loads(f.read_text()) for f in files]
+    for j in jobs:
+        j["rows"] = with_queries(j["rows"], j["meta"])
     for f, j in zip(files, jobs):
         j["meta"].setdefault("job_dir", str(f.parent))  # lets the report reload the job's artifacts
     job_metas = [m for j in jobs for m in (j["meta"].get("jobs") or [j["meta"]])]

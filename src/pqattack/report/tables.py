@@ -13,11 +13,13 @@ SYSTEM_ORDER = ("sdc", "adc")
 
 #: What a table cell is: the system under attack, the attack and its settings, and the recipe that made the
 #: numbers (backbone epochs, PQN epochs, device, precision). Rows of one cell must agree on everything else.
-CELL_FIELDS = ("dataset", "model", "quantizer", "bits", "M", "K", "attack", "system", "source_model", "source_bits",
+CELL_FIELDS = ("dataset", "queries", "model", "quantizer", "bits", "M", "K", "attack", "system", "source_model",
+               "source_bits",
                "similarity", "temperature", "peak", "eps", "step", "iters", "kappa", "margin_focus", "target_class",
                "temperature_final", "logit_norm", "restarts", "restart_pick", "momentum", "diversity",
                "step_schedule", "epochs", "pqn_epochs", "device", "precision")
-RECIPE_FIELDS = ("epochs", "pqn_epochs", "device", "precision")
+RECIPE_FIELDS = ("epochs", "pqn_epochs", "device", "precision", "queries")
+PAPER_QUERIES = 1000  # the paper's CIFAR-10 protocol: 1,000 test images as queries
 PAPER_ATTACK = {"similarity": "dot", "eps": 8 / 255, "step": 0.01, "iters": 5}
 #: the loop options beyond the paper as a label shows them (a row holds None where an option is off)
 LOOP_LABELS = {"temperature_final": "T->{:g}", "logit_norm": "logit-norm", "restarts": "restarts={}",
@@ -71,14 +73,23 @@ def attack_label(row: dict[str, Any]) -> str:
 
 
 def recipe_label(row: dict[str, Any]) -> str:
-    """How a row's numbers were made: ``2 epochs, cpu, bf16`` (``+ PQN 1 epoch`` for PQN targets)."""
+    """How a row's numbers were made: ``2 epochs, cpu, bf16`` (``+ PQN 1 epoch`` for PQN targets; ``, 100 queries``
+    when the row averages over another number of queries than the paper's protocol, ``PAPER_QUERIES``)."""
     if row.get("epochs") is None:
         return "recipe not recorded"
     def epochs(n: int) -> str:
         return f"{n} epoch{'s' if n != 1 else ''}"
 
     pqn = f" + PQN {epochs(row['pqn_epochs'])}" if row.get("pqn_epochs") is not None else ""
-    return f"{epochs(row['epochs'])}{pqn}, {row.get('device', '?')}, {row.get('precision', '?')}"
+    queries = f", {row['queries']} queries" if row.get("queries") not in (None, PAPER_QUERIES) else ""
+    return f"{epochs(row['epochs'])}{pqn}, {row.get('device', '?')}, {row.get('precision', '?')}{queries}"
+
+
+def with_queries(rows: list[dict[str, Any]], meta: dict[str, Any]) -> list[dict[str, Any]]:
+    """A job's rows with ``queries`` (how many queries each averages over), taken from the job's config where a
+    record made before rows carried it lacks it."""
+    n = ((meta.get("config") or {}).get("dataset") or {}).get("num_queries")
+    return [r if "queries" in r or n is None else {**r, "queries": int(n)} for r in rows]
 
 
 def cell_key(row: dict[str, Any]) -> tuple:
@@ -155,9 +166,11 @@ def transfer_tables(rows: list[dict[str, Any]]) -> str:
     cells SDC / ADC, per model) and Table 4 (rows: source model, columns: target model, per system)."""
     # the matrices hold the quantizers that transfer rows were made for (a PQN model is another target than the
     # K-means one on the same backbone, with its own clean mAP and recipe)
+    # ... and the query counts of the transfer rows (a 100-query budget sweep is another protocol)
     quantizers = {r["quantizer"] for r in rows if r.get("transfer")}
+    queries = {r.get("queries") for r in rows if r.get("transfer")}
     rows = [{**r, "dataset": r.get("dataset_label") or r["dataset"]} for r in dedupe_rows(rows)
-            if r["quantizer"] in quantizers]
+            if r["quantizer"] in quantizers and r.get("queries") in queries]
     recipes = model_recipes(rows)
     adv = [r for r in rows if r["attack"] != "clean" and "source_model" in r]
     clean = {(r["dataset"], r["model"], r["bits"], r["system"]): r["map"] for r in rows if r["attack"] == "clean"}
