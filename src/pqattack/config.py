@@ -10,7 +10,7 @@ from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from .attacks.config import AttackConfig
 from .errors import ConfigError
@@ -62,14 +62,13 @@ def _check_recipes(cfg: DictConfig) -> None:
     recipes = cfg.get("recipes")
     if recipes is None:
         return
-    t = cfg.get("transfer") or {}
-    sources = t.get("source_model")
-    members = [str(m) for m in sources] if isinstance(sources, (list, tuple, ListConfig)) else [sources]
-    shown = f"[{', '.join(members)}]" if isinstance(sources, (list, tuple, ListConfig)) else sources
-    for key, value, names in (("model", cfg.model.name, [cfg.model.name]),
-                              ("transfer.source_model", shown, members)):  # an ensemble: each member
+    from .transfer import source_models
+
+    t = container(cfg.get("transfer") or OmegaConf.create({}))
+    for key, names in (("model", [cfg.model.name]), ("transfer.source_model", source_models(t) or [])):
+        value = names[0] if len(names) == 1 else f"[{', '.join(names)}]"  # an ensemble: each member needs one
         for name in names:
-            if name is not None and name not in recipes:
+            if name not in recipes:
                 raise ConfigError(f"{key}={value}: this preset trains each model with its recipe in `recipes`, which "
                                   f"has none for {name!r} (only {', '.join(recipes)}); add "
                                   f"/trainer@recipes.{name}: <recipe> to its defaults")

@@ -44,8 +44,9 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[2]
 CIFAR_TRAIN = 50_000  # CIFAR-10's training images (the full recipe trains on all of them)
 STAGES = ("smoke", "table1", "table2", "table3", "bench", "table4", "beyond", "bench_compile")
-#: the query sets one (model, bits) cell of the beyond stage makes besides Table 1's: margin, center and
-#: center_targeted one each, margin with 4 restarts four, margin with momentum one
+#: per (model, bits) cell of the beyond stage: its jobs (experiment=beyond's 8 attacks) and the query sets it makes
+#: besides Table 1's (margin, center and center_targeted one each, margin with 4 restarts four, margin with MI one)
+BEYOND_JOBS_PER_CELL = 8
 BEYOND_SETS_PER_CELL = 8
 REQUIRED = ("smoke",)  # a failure here stops the run
 PACK_RESERVE_S = 15.0  # kept back from every command's timeout: packing the records, moving the checkpoints
@@ -379,7 +380,7 @@ class Run:
             models = m.base_models.split(",")
             fresh = not self.valid("table1")
             sets = BEYOND_SETS_PER_CELL * len(bits) + (1 + 2 * len(bits) if fresh else 0)
-            plan = Plan(train=untrained(m.base_models, e), jobs=len(models) * len(bits) * 8,
+            plan = Plan(train=untrained(m.base_models, e), jobs=len(models) * len(bits) * BEYOND_JOBS_PER_CELL,
                         attacks=[(a, m.queries) for a in models for _ in range(sets)],
                         codebooks=[k for _ in models for k in ks] if fresh else [])
             return Stage(name, [self.sweep(name, "sweep", "beyond", [f"model={m.base_models}", f"bits={m.bits}"],

@@ -87,7 +87,6 @@ def figure_attack(arch: str, device: torch.device, sz: dict[str, Any]) -> list[d
     return [record(f"attack_{arch}", rates[best], base.value, "queries/s", peaks[best], base, notes)]
 
 
-
 COST_LOSSES = ("apd", "aod", "basic", "margin", "center", "center_targeted")  # apd first: the reference
 
 

@@ -12,7 +12,8 @@ from .tables import LOOP_LABELS, PAPER_ATTACK, attack_label, is_paper_attack, re
 
 PAPER_ATTACKS = ("basic", "apd", "aod")
 GAIN_TARGET = 2.0  # mAP points: a new attack "beats" PQ-AG's in a cell when it is at least this far below the best
-RISE_TOLERANCE = 0.5  # mAP points a budget curve may rise before it is flagged (100 queries: about 0.1 per query)
+RISE_TOLERANCE = 0.5  # mAP points a budget curve may rise before it is flagged (over 100 queries, one query whose
+#                      AP moves by 50 points moves the mean by 0.5)
 
 
 def _cell(row: dict[str, Any]) -> tuple:
@@ -71,10 +72,16 @@ def cell_winners(rows: list[dict[str, Any]]) -> list[CellWinner]:
 
 def findings(rows: list[dict[str, Any]]) -> list[str]:
     """Short findings, each a sentence computed from the records: which attack wins where, and by how much."""
-    winners = cell_winners(rows)
+    return [*winner_findings(cell_winners(rows)),
+            *(f"Transfer, {label}: below plain PGD's transfer in {wins} of {n} black-box cells, {change:+.1f} mAP "
+              f"points on average." for label, (wins, n, change) in transfer_boosts(rows).items()),
+            *gap_findings(mean_gap_to_apd(rows))]
+
+
+def winner_findings(winners: list[CellWinner]) -> list[str]:
+    """The white-box sentences: how often and by how much the new attacks win, who wins, the room to the floor."""
     if not winners:
-        return [f"Transfer, {label}: below plain PGD's transfer in {w} of {n} black-box cells, {c:+.1f} mAP points "
-                f"on average." for label, (w, n, c) in transfer_boosts(rows).items()]
+        return []
     n = len(winners)
     beaten = [w for w in winners if w.gain >= GAIN_TARGET]
     out = [f"In {len(beaten)} of {n} cells (white-box, the paper's budget) an attack beyond the paper is at least "
@@ -96,14 +103,14 @@ def findings(rows: list[dict[str, Any]]) -> list[str]:
                    f"{min(w.floor for w in floored):.1f}-{max(w.floor for w in floored):.1f}; the best of PQ-AG's "
                    f"attacks is {min(room):.1f}-{max(room):.1f} points above it in the {len(floored)} cells that "
                    f"record it, so a gain of {GAIN_TARGET:g} points is out of reach where that room is smaller.")
-    for label, (wins, n_cells, change) in transfer_boosts(rows).items():
-        out.append(f"Transfer, {label}: below plain PGD's transfer in {wins} of {n_cells} black-box cells, "
-                   f"{change:+.1f} mAP points on average.")
-    per_attack = mean_gap_to_apd(rows)
-    if per_attack:
-        out.append("Mean mAP against APD in the same cell (points; negative: stronger than APD): " +
-                   ", ".join(f"{k} {v:+.1f}" for k, v in sorted(per_attack.items(), key=lambda kv: kv[1])) + ".")
     return out
+
+
+def gap_findings(per_attack: dict[str, float]) -> list[str]:
+    if not per_attack:
+        return []
+    return ["Mean mAP against APD in the same cell (points; negative: stronger than APD): " +
+            ", ".join(f"{k} {v:+.1f}" for k, v in sorted(per_attack.items(), key=lambda kv: kv[1])) + "."]
 
 
 def transfer_boosts(rows: list[dict[str, Any]]) -> dict[str, tuple[int, int, float]]:

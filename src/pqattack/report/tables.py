@@ -18,7 +18,6 @@ CELL_FIELDS = ("dataset", "queries", "model", "quantizer", "bits", "M", "K", "at
                "similarity", "temperature", "peak", "eps", "step", "iters", "kappa", "margin_focus", "target_class",
                "temperature_final", "logit_norm", "restarts", "restart_pick", "momentum", "diversity",
                "step_schedule", "epochs", "pqn_epochs", "device", "precision")
-RECIPE_FIELDS = ("epochs", "pqn_epochs", "device", "precision", "queries")
 PAPER_QUERIES = 1000  # the paper's CIFAR-10 protocol: 1,000 test images as queries
 PAPER_ATTACK = {"similarity": "dot", "eps": 8 / 255, "step": 0.01, "iters": 5}
 #: the loop options beyond the paper as a label shows them (a row holds None where an option is off)
