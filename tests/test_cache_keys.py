@@ -52,7 +52,16 @@ FEEDS: dict[str, str] = {
                                                       "quantize_8bit", "similarity", "temperature", "peak",
                                                       "batch_size", "kappa", "margin_focus", "target_class",
                                                       "temperature_final", "logit_norm", "restarts", "restart_pick",
-                                                      "momentum", "diversity", "step_schedule")},
+                                                      "momentum", "diversity", "step_schedule", "eot")},
+    # an oblivious attack's queries are the undefended model's (made without the transform): only the rows differ
+    "attack.oblivious": "results",
+    # a suite replaces the job's own query set by its members' (each keyed as its own job)
+    "eval.suite": "adversarial_queries",
+    **{f"defense.{k}": "checkpoint" for k in ("attack", "eps", "step", "iters", "random_start", "ratio", "beta",
+                                              "epochs", "lr", "num_train")},
+    # a query transform changes no checkpoint or features (the database is indexed as it is): the adaptive
+    # attack's queries, made through it, and the rows
+    **{f"defense.{k}": "adversarial_queries" for k in ("quality", "quality_min", "depth")},
 }
 #: keys that choose an option of their group: the test walks every option instead
 SELECTORS = ("_target_", "kind")
@@ -89,6 +98,10 @@ CHANGES: dict[str, list[list[str]]] = {
     "dataset.num_database": [["dataset.num_database=40"]],
     "dataset.image_size": [["dataset.image_size=16"], ["dataset.image_size=16", "dataset.resize=true"]],
     "dataset.num_train": [["dataset.num_train=20"]],
+    "attack.oblivious": [["attack.oblivious=true", "defense=jpeg"]],
+    "attack.eot": [["attack.eot=2", "defense=jpeg_random"]],
+    "eval.suite": [["eval.suite=[apd]", "attack=none"]],
+    "defense.attack": [["defense.attack=basic"]],
     "dataset.test_fraction": [["dataset.test_fraction=0.3"]],
 }
 
@@ -244,6 +257,7 @@ GROUP_OPTIONS = {
     "quantizer": ["kmeans", "pqn"],
     "index": ["flat", "ivfpq"],
     "attack": ["basic", "apd", "aod", "margin", "center", "center_targeted"],
+    "defense": ["adv", "jpeg", "jpeg_random", "bitdepth"],
 }
 SYNTHETIC = ["dataset=synthetic", "dataset.num_train=300", "dataset.num_test=120", "dataset.num_queries=10",
              "dataset.num_database=80"]

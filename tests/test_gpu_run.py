@@ -19,7 +19,7 @@ from pqattack.gpu_run import (GPU_WHEELS, OUT_LIMITS, PACK_RESERVE_S, Command, R
                               parse_args)
 
 REPO = Path(__file__).resolve().parents[1]
-STAGE_NAMES = ("smoke", "table1", "table2", "table3", "bench", "table4", "beyond", "bench_compile")
+STAGE_NAMES = ("smoke", "table1", "table2", "table3", "bench", "table4", "beyond", "defense", "bench_compile")
 
 
 def without_wandb(folder: Path) -> Path:
@@ -98,7 +98,7 @@ def test_tiny_run_every_stage_render_resume_deadline(tmp_path: Path) -> None:
                           cwd=REPO, capture_output=True, text=True, env={**os.environ, "PYTHON": sys.executable},
                           timeout=600)
     assert proc.returncode == 0, proc.stderr
-    for name in ("table1", "table2", "table3", "table4", "beyond"):
+    for name in ("table1", "table2", "table3", "table4", "beyond", "defense"):
         rendered = json.loads((tmp_path / "results" / f"{name}.json").read_text())
         assert rendered["rows"] and (tmp_path / "results" / f"{name}.md").is_file()
     assert "backbones trained 1 epoch (the recipe's is 40)" in (tmp_path / "results" / "table4.md").read_text()
@@ -121,7 +121,7 @@ def test_tiny_run_every_stage_render_resume_deadline(tmp_path: Path) -> None:
 
     # a short deadline: the unfinished stages are skipped with the estimate and the time left. The deadline is the
     # packing reserve itself, so that no command's estimate fits however fast this machine is
-    for stage in ("table4", "beyond", "bench_compile"):
+    for stage in ("table4", "beyond", "defense", "bench_compile"):
         subprocess.run(["rm", "-rf", str(work / "stages" / stage)], check=True)
     short = gpu_run(["--tiny", "--work", str(work), "--out", str(tmp_path / "out2"), "--deadline",
                      str(PACK_RESERVE_S)], data)

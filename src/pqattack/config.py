@@ -13,6 +13,8 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from .attacks.config import AttackConfig
+from .defense.config import SCHEMAS as DEFENSE_SCHEMAS
+from .defense.config import AdversarialTrainingConfig, DefenseConfig, defense_config
 from .errors import ConfigError
 from .models.augment import PAD_MODES
 from .models.backbones import ARCHITECTURES
@@ -51,6 +53,8 @@ def register() -> None:
     cs.store(group="quantizer", name="_kmeans_schema", node=KMeansConfig)
     cs.store(group="quantizer", name="_pqn_schema", node=PQNConfig)
     cs.store(group="index", name="_schema", node=IndexConfig)
+    for kind, schema in DEFENSE_SCHEMAS.items():
+        cs.store(group="defense", name=f"_{kind}_schema", node=schema)
 
 
 register()
@@ -134,6 +138,8 @@ class JobConfig:
     eval_batch_size: int
     seed: int
     transfer: dict[str, Any]
+    defense: DefenseConfig
+    suite: list[str]  # eval.suite: the attacks of the robust evaluation (``stages.suite``); [] for none
 
     @property
     def pqn(self) -> bool:
@@ -230,10 +236,37 @@ def load_job(cfg: DictConfig) -> JobConfig:
     if t.get("source_bits") is not None and (int(t["source_bits"]) < 1 or int(t["source_bits"]) % q.M):
         raise ConfigError(f"transfer.source_bits={t['source_bits']}: must be a positive multiple of "
                           f"quantizer.M={q.M}")
+    defense = defense_config(container(cfg.defense) if cfg.get("defense") is not None else None)
+    _check_defense(defense, attack, q, t)
+    suite = list(ev.get("suite") or [])
+    if suite:
+        from .stages.suite import check_suite
+
+        if attack.name != "none" or models or t.get("source") or t.get("source_bits") is not None:
+            raise ConfigError("eval.suite is a white-box evaluation of its own attacks: set attack=none and no "
+                              "transfer.*")
+        check_suite(suite)
     resolve_device(cfg.device)
     return JobConfig(config=cfg, model=container(cfg.model), trainer=container(tr), quantizer=q, index=index,
                attack=attack, systems=SYSTEMS[cfg.system], topk=ev.topk, ties=ev.ties, empty=ev.empty,
-               eval_batch_size=int(ev.batch_size), seed=int(cfg.seed), transfer=t)
+               eval_batch_size=int(ev.batch_size), seed=int(cfg.seed), transfer=t, defense=defense, suite=suite)
+
+
+def _check_defense(defense: DefenseConfig, attack: AttackConfig, q: KMeansConfig, t: dict[str, Any]) -> None:
+    """The attack options that only a query transform gives a meaning to; the training attack of a K-means target."""
+    if isinstance(defense, AdversarialTrainingConfig) and q.kind != "pqn" and defense.attack in ("apd", "aod"):
+        raise ConfigError(f"defense.attack={defense.attack}: a K-means target's codebooks are built after its "
+                          f"backbone is trained, so its training images are made with the feature distance "
+                          f"(defense.attack=basic or null); the soft-assignment attacks need quantizer=pqn")
+    if attack.name == "none":
+        return
+    if attack.oblivious and not defense.transform:
+        raise ConfigError(f"attack.oblivious=true: the attack ignores a query transform, and defense={defense.kind} "
+                          f"has none (use defense=jpeg or defense=bitdepth)")
+    if attack.eot and not (defense.random and not attack.oblivious):
+        raise ConfigError(f"attack.eot={attack.eot}: expectation over transformation averages over the draws of a "
+                          f"random query transform that the attack sees (defense=jpeg with defense.quality_min, "
+                          f"attack.oblivious=false); defense={defense.label()} has none")
 
 
 class ValidateSweep(Callback):

@@ -26,6 +26,7 @@ TABLES = {  # stage: (output name, title)
     "table3": ("table3", "Table 3, bits transferability (CIFAR-10), full recipe"),
     "table4": ("table4", "Table 4, model transferability (CIFAR-10)"),
     "beyond": ("beyond", "Beyond PQ-AG, white-box attacks at the paper's budget (CIFAR-10), full recipe"),
+    "defense": ("defense", "Defenses of the PQN target against the robust evaluation suite (CIFAR-10), full recipe"),
 }
 
 

@@ -5,8 +5,8 @@
 
 Stages, in this order, under one deadline: ``smoke`` (the ``gpu`` tests, a small CIFAR-10 job with the three
 attacks, PQN and transfer; a failure stops the run), ``table1``, ``table2``, ``table3``, ``bench``, ``table4``,
-``beyond`` (``python -m pqattack experiment=tableN|beyond``, ``python -m pqattack.bench``) and, with what time is
-left, ``bench_compile``. Every command runs in its own process with the time left as its timeout. Before a stage starts,
+``beyond``, ``defense`` (``python -m pqattack experiment=tableN|beyond|defense``, ``python -m pqattack.bench``) and,
+with what time is left, ``bench_compile``. Every command runs in its own process with the time left as its timeout. Before a stage starts,
 its cost is estimated from the throughputs the smoke stage (and later ``table1``) measured; a stage (or one of its
 commands) that cannot finish before the deadline is skipped, with the reason in the log.
 
@@ -16,7 +16,7 @@ JSON, logs; never images or tensors) are packed into ``<out>/records.tar.gz``; `
 script's log, appended line by line; ``<out>/checkpoints/`` gets Table 1's backbones (fp16, in parts, for
 ``python -m pqattack.cache import``). ``<out>`` keeps within what one device call brings back (``OUT_LIMITS``), so
 a run stopped at any point still returns everything finished. ``tools/gpu-render`` turns the records into
-``results/table{1..4}.md|json``, ``results/beyond.md|json`` and the GPU section of docs/benchmarks.md.
+``results/table{1..4}.md|json``, ``results/beyond.md|json``, ``results/defense.md|json`` and the GPU section of docs/benchmarks.md.
 
 Running it again skips the stages whose records are present and valid (in ``<work>``, or in ``--previous``, a
 records.tar.gz from an earlier run).
@@ -43,11 +43,18 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[2]
 CIFAR_TRAIN = 50_000  # CIFAR-10's training images (the full recipe trains on all of them)
-STAGES = ("smoke", "table1", "table2", "table3", "bench", "table4", "beyond", "bench_compile")
+STAGES = ("smoke", "table1", "table2", "table3", "bench", "table4", "beyond", "defense", "bench_compile")
 #: per (model, bits) cell of the beyond stage: its jobs (experiment=beyond's 8 attacks) and the query sets it makes
 #: besides Table 1's (margin, center and center_targeted one each, margin with 4 restarts four, margin with MI one)
 BEYOND_JOBS_PER_CELL = 8
 BEYOND_SETS_PER_CELL = 8
+#: per (bits, defense) cell of the defense stage: its suite's attack sets in units of one 5-step attack (basic, APD,
+#: AOD, margin and centre one each, 100-step APD twenty, APD with 4 restarts four; EOT=4 four more for the random
+#: JPEG; the oblivious members reuse the undefended sets), and the epochs one adversarial training costs in clean
+#: epochs for its k = 2 PGD steps (k + 1.3)
+DEFENSES = ("none", "adv", "adv_eps2", "jpeg", "jpeg_random", "bitdepth")
+DEFENSE_ATTACK_UNITS = {"none": 29, "adv": 29, "adv_eps2": 29, "jpeg": 29, "jpeg_random": 33, "bitdepth": 29}
+ADV_EPOCH_FACTOR = 3.3
 REQUIRED = ("smoke",)  # a failure here stops the run
 PACK_RESERVE_S = 15.0  # kept back from every command's timeout: packing the records, moving the checkpoints
 EXPORT_PART_MB = 15.5  # checkpoint parts, under the 16 MiB a file may have in <out>
@@ -278,9 +285,12 @@ class Run:
                 *extra]
 
     def sweep(self, stage: str, name: str, experiment: str, extra: list[str], jobs: int, plan: Plan,
-              cache: Path | None = None) -> Command:
-        argv = ["-m", "pqattack", f"experiment={experiment}", *self.overrides(cache or self.cache, stage == "smoke"),
-                *extra,
+              cache: Path | None = None, drop_attack: bool = False) -> Command:
+        """``drop_attack``: leave the mode's ``attack.*`` overrides out (a preset with attack=none, whose suite
+        members take their own settings)."""
+        common = [o for o in self.overrides(cache or self.cache, stage == "smoke")
+                  if not (drop_attack and o.startswith("attack."))]
+        argv = ["-m", "pqattack", f"experiment={experiment}", *common, *extra,
                 f"hydra.sweep.dir={self.stages_dir / stage / name}"]
         return Command(name, argv, jobs, plan)
 
@@ -385,6 +395,17 @@ class Run:
                         codebooks=[k for _ in models for k in ks] if fresh else [])
             return Stage(name, [self.sweep(name, "sweep", "beyond", [f"model={m.base_models}", f"bits={m.bits}"],
                                            plan.jobs, plan)])
+        if name == "defense":
+            e, pe = self.epochs("table1"), self.pqn_epochs()
+            model = "vgg16" if "vgg16" in m.base_models.split(",") else m.base_models.split(",")[0]
+            trained = self.valid("table2")
+            adv = [(model, max(1, round(ADV_EPOCH_FACTOR)), n) for _ in bits for d in DEFENSES if d.startswith("adv")]
+            plan = Plan(train=untrained(model, e), pqn=([] if trained else [(model, pe, n) for _ in bits]) + adv,
+                        jobs=len(bits) * len(DEFENSES),
+                        attacks=[(model, m.queries) for _ in bits for d in DEFENSES
+                                 for _ in range(DEFENSE_ATTACK_UNITS[d])])
+            extra = [f"model={model}", f"bits={m.bits}"]
+            return Stage(name, [self.sweep(name, "sweep", "defense", extra, plan.jobs, plan, drop_attack=True)])
         if name == "bench_compile":
             argv = ["-m", "pqattack.bench", "--device", m.device, "--figures", "train_compile",
                     "--out", str(self.stages_dir / name / "bench.json"), *(["--quick"] if m.tiny else [])]

@@ -1,5 +1,5 @@
 """The orchestrator: one job, as the data flow it is: validate, runtime, resume, data, target, clean rows,
-adversarial set, attacked rows, write, log. The stages (``stages/``) do the work; every stage's output is an
+adversarial set (or the robust evaluation's suite), attacked rows, write, log. The stages (``stages/``) do the work; every stage's output is an
 artifact in the content-addressed cache, keyed by everything that determines it, so a sweep over attacks and bits
 trains each backbone, extracts its features and runs K-means once."""
 
@@ -21,6 +21,7 @@ from .runtime import Runtime, device_name, resolve_device, resolve_precision, ve
 from .stages.attack import adversarial_set, check_attack_data
 from .stages.data import load_data
 from .stages.features import check_finite, embed
+from .stages.suite import evaluate_suite
 from .stages.keys import results_spec
 from .stages.target import build_target, peak_agreement, score, targeted_scores
 
@@ -54,6 +55,8 @@ def run(cfg: DictConfig, output_dir: Path, loggers: list | None = None) -> Path:
     with rt.timed("eval_clean"):
         rows = clean_rows(base, score(target, target.features["query"], data, job.systems, job.topk), job)
 
+    if job.suite:
+        rows += evaluate_suite(job, data, target, base, lambda j: describe(j, data, label), rt, attacked_rows)
     adv = adversarial_set(job, data, target, lambda j: describe(j, data, label), rt)
     if adv is not None:
         rt.keys["adversarial_queries"] = adv.key

@@ -24,8 +24,9 @@ def describe(job: JobConfig, data: RetrievalData, dataset_label: str) -> dict[st
     """What a row is about: the dataset (and how many queries it asks), the model and the quantizer (with the code
     length)."""
     q = job.quantizer
+    defense = job.defense.row_fields() if job.defense.kind != "none" else {}  # undefended rows: as before defenses
     return {"dataset": data.name, "dataset_label": dataset_label, "queries": len(data.query), "model": job.model["name"],
-            "quantizer": q.kind, "bits": q.bits, "M": q.M, "K": q.K}
+            "quantizer": q.kind, "bits": q.bits, "M": q.M, "K": q.K, **defense}
 
 
 def recipe_fields(job: JobConfig, target: Target, rt: Runtime) -> dict[str, Any]:
@@ -102,7 +103,7 @@ def targeted_fields(targeted: dict[str, Any], targets: torch.Tensor, data: Retri
 #: the attack settings a row carries (None where its loss ignores them)
 ROW_SETTINGS = ("similarity", "temperature", "peak", "eps", "step", "iters", "kappa", "margin_focus", "target_class",
                 "temperature_final", "logit_norm", "restarts", "restart_pick", "momentum", "diversity",
-                "step_schedule")
+                "step_schedule", "eot")
 
 
 def attacked_rows(base: dict[str, Any], scored: dict[str, dict[str, Any]], job: JobConfig, adv: AdversarialSet,
@@ -123,8 +124,10 @@ def attacked_rows(base: dict[str, Any], scored: dict[str, dict[str, Any]], job: 
     changed = codes_changed.float()
     flips = {"codes_changed": round(float(changed.mean()), 4),
              "codes_changed_per_subspace": [round(float(v), 4) for v in changed.mean(0)]}
+    adaptive = {"oblivious": job.attack.oblivious} if job.defense.transform else {}
     return [{**base, "attack": made["name"], "system": s, **score_fields(v, job), "topk": job.topk,
              "source_model": src["model"], "source_bits": src["bits"], "transfer": transfer, **setting, **flips,
+             **adaptive,
              **seen, **extra,
              **({} if targeted is None else targeted_fields(targeted[s], adv.targets, data, job))}
             for s, v in scored.items()]

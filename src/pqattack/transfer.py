@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 KIND = "adversarial_queries"
 ATTACK_FIELDS = ("name", "loss", "eps", "step", "iters", "random_start", "similarity", "temperature", "peak",
                  "quantize_8bit", "batch_size", "kappa", "margin_focus", "target_class", "temperature_final",
-                 "logit_norm", "restarts", "restart_pick", "momentum", "diversity", "step_schedule")
+                 "logit_norm", "restarts", "restart_pick", "momentum", "diversity", "step_schedule", "eot")
 
 
 @dataclass
@@ -136,5 +136,7 @@ def source_jobs(job: "JobConfig") -> "list[JobConfig] | None":
             src.bits = int(bits)
             src.quantizer.K = 2 ** (int(bits) // job.quantizer.M)
         src.transfer = {"source": None, "source_model": None, "source_bits": None}
+        src.defense = {"kind": "none"}  # the attacker's surrogate is undefended; the defense is the target's
+        src.attack.oblivious, src.attack.eot = False, 0
         jobs.append(load_job(src))
     return jobs

@@ -46,6 +46,8 @@ class AttackConfig:
     momentum: float = 0.0
     diversity: float = 0.0
     step_schedule: str = "constant"
+    oblivious: bool = False
+    eot: int = 0
     save_prefixes: Optional[List[int]] = None  # noqa: UP006, UP007
 
     def __post_init__(self) -> None:
@@ -92,6 +94,9 @@ class AttackConfig:
         if self.step_schedule not in STEP_SCHEDULES:
             raise ConfigError(f"attack.step_schedule={self.step_schedule!r}: expected one of "
                               f"{', '.join(STEP_SCHEDULES)}")
+        if self.eot < 0 or self.eot == 1:
+            raise ConfigError(f"attack.eot={self.eot}: must be >= 2 (draws of the random transform per step), or 0 "
+                              f"(off)")
         if self.save_prefixes:
             bad = [k for k in self.save_prefixes if int(k) < 1]
             if bad:
@@ -100,7 +105,7 @@ class AttackConfig:
             varying = [k for k, on in (("restarts", self.restarts is not None),
                                        ("step_schedule=cosine", self.step_schedule != "constant"),
                                        ("temperature_final", self.temperature_final is not None),
-                                       ("diversity", bool(self.diversity))) if on]
+                                       ("diversity", bool(self.diversity)), ("eot", bool(self.eot))) if on]
             if varying:
                 raise ConfigError(f"attack.save_prefixes: the shorter runs are prefixes of this one only with a "
                                   f"constant step, temperature and no per-step randomness; {', '.join(varying)} "

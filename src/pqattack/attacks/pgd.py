@@ -1,6 +1,6 @@
 """One L-inf PGD loop for every attack (AdverTorch ``LinfPGDAttack`` semantics); attacks differ only by their loss
 (``losses.LOSSES``). The loop's options, each off by default (the loop is then exactly PQ-AG's): restarts,
-momentum (MI-FGSM), input diversity (DI), a cosine step schedule, an annealed soft-assignment temperature with
+momentum (MI-FGSM), input diversity (DI), a cosine step schedule, expectation over a random query transform (EOT), an annealed soft-assignment temperature with
 per-sub-space logit normalisation, and several source models at once (an ensemble, for transfer)."""
 
 from __future__ import annotations
@@ -146,7 +146,10 @@ def _run(objective: Objective, x: torch.Tensor, cfg: AttackConfig, generator: to
         x_in = x + delta
         if cfg.diversity:
             x_in = diverse_input(x_in, cfg.diversity, generator)
-        loss = objective(x_in, [s[t] for s in schedules]).sum()
+        if cfg.eot:  # expectation over transformation: each call of a random transform is a new draw
+            loss = sum(objective(x_in, [s[t] for s in schedules]).sum() for _ in range(cfg.eot)) / cfg.eot
+        else:
+            loss = objective(x_in, [s[t] for s in schedules]).sum()
         (grad,) = torch.autograd.grad(loss, delta)
         with torch.no_grad():
             if momentum is not None:

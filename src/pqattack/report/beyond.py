@@ -18,15 +18,18 @@ RISE_TOLERANCE = 0.5  # mAP points a budget curve may rise before it is flagged 
 
 def _cell(row: dict[str, Any]) -> tuple:
     return (row.get("dataset_label") or row["dataset"], row["model"], recipe_label(row), row.get("quantizer", "kmeans"),
-            int(row["bits"]), row["system"])
+            int(row["bits"]), row["system"], row.get("defense") or "")
 
 
 def _at_paper_budget(row: dict[str, Any]) -> bool:
     return all(row.get(k) is not None and abs(float(row[k]) - PAPER_ATTACK[k]) < 1e-9 for k in ("eps", "step", "iters"))
 
 
-def _white_box(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [r for r in rows if r["attack"] != "clean" and not r.get("transfer") and r.get("topk") is None]
+def _white_box(rows: list[dict[str, Any]], defended: bool = False) -> list[dict[str, Any]]:
+    """The attacked white-box rows over the full ranking, of undefended targets (of defended ones with ``defended``;
+    the worst case over a suite is no attack of its own)."""
+    return [r for r in rows if r["attack"] not in ("clean", "worst-case") and not r.get("transfer")
+            and r.get("topk") is None and bool(r.get("defense")) == defended]
 
 
 def is_beyond(row: dict[str, Any]) -> bool:
@@ -197,11 +200,11 @@ def _attack_without_budget(row: dict[str, Any]) -> str:
     return attack_label({**row, "eps": PAPER_ATTACK["eps"], "iters": PAPER_ATTACK["iters"]})
 
 
-def budget_curves(rows: list[dict[str, Any]], min_points: int = 3) -> list[Curve]:
-    """Every curve of at least ``min_points`` budgets in the white-box rows: mAP against iterations at each eps,
-    and against eps at each number of iterations."""
+def budget_curves(rows: list[dict[str, Any]], min_points: int = 3, defended: bool = False) -> list[Curve]:
+    """Every curve of at least ``min_points`` budgets in the white-box rows (of undefended targets, or of defended
+    ones with ``defended``): mAP against iterations at each eps, and against eps at each number of iterations."""
     groups: dict[tuple, dict[tuple[float, int], float]] = {}
-    for r in _white_box(rows):
+    for r in _white_box(rows, defended):
         if r.get("eps") is None or r.get("iters") is None:
             continue
         groups.setdefault((_cell(r), _attack_without_budget(r)), {})[(float(r["eps"]), int(r["iters"]))] = r["map"]
@@ -224,7 +227,7 @@ def flags_grid(curves: list[Curve]) -> Grid:
     return Grid(f"**Gradient-masking check**: {len(curves)} budget curves; a rise of more than {RISE_TOLERANCE:g} "
                 f"mAP points with more budget is flagged ({len(rises)} flagged)",
                 ["model", "bits", "system", "attack", "curve", "from", "to", "mAP rise"],
-                [[c.cell[1], str(c.cell[4]), c.cell[5].upper(), c.attack,
+                [[c.cell[1] + (f" [{c.cell[6]}]" if c.cell[6] else ""), str(c.cell[4]), c.cell[5].upper(), c.attack,
                   f"against {c.axis} at {'eps' if c.axis == 'iters' else 'iters'} "
                   f"{_budget('eps' if c.axis == 'iters' else 'iters', c.fixed)}", _budget(c.axis, a),
                   _budget(c.axis, b), f"+{d:.1f}"] for c, (a, b, d) in rises])
@@ -234,11 +237,11 @@ def budget_figure(curves: list[Curve], axis: str, title: str) -> Any:
     """One panel per (model, bits, system), a line per (attack, the fixed budget); log-scale budget axis."""
     from .figures import new_figure
 
-    panels = sorted({(c.cell[1], c.cell[4], c.cell[5]) for c in curves if c.axis == axis})
+    panels = sorted({(c.cell[1], c.cell[4], c.cell[5], c.cell[6]) for c in curves if c.axis == axis})
     fig, axes = new_figure("budget_curves", ncols=max(1, len(panels)), squeeze=False)
     for ax, panel in zip(axes[0], panels):
         for c in curves:
-            if c.axis == axis and (c.cell[1], c.cell[4], c.cell[5]) == panel:
+            if c.axis == axis and (c.cell[1], c.cell[4], c.cell[5], c.cell[6]) == panel:
                 xs = [p[0] * 255 if axis == "eps" else p[0] for p in c.points]
                 other = "eps" if axis == "iters" else "iters"
                 ax.plot(xs, [p[1] for p in c.points], marker="o", ms=3,
@@ -246,7 +249,7 @@ def budget_figure(curves: list[Curve], axis: str, title: str) -> Any:
         ax.set_xscale("log", base=2)
         ax.set_xlabel("PGD iterations" if axis == "iters" else "eps (/255)")
         ax.set_ylabel("mAP (%)")
-        ax.set_title(f"{panel[0]} {panel[1]}b {panel[2].upper()}", fontsize=9)
+        ax.set_title(f"{panel[0]} {panel[1]}b {panel[2].upper()}" + (f"\n{panel[3]}" if panel[3] else ""), fontsize=8)
         ax.legend(fontsize=6)
     fig.suptitle(title)
     return fig

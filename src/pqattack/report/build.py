@@ -3,7 +3,8 @@
 Sections: the paper's Tables 1-4 beside ours and the difference; all our records; mAP against code length
 and attack; and, from the artifacts the jobs cached, the precision-recall curves (Fig. 5), retrieval
 examples (Fig. 4) and soft centroid distributions (Fig. 3); beyond the paper (``beyond``): findings, the
-per-cell winners, t-mAP and the budget curves with their gradient-masking check. A figure whose artifacts are
+per-cell winners, t-mAP and the budget curves with their gradient-masking check; defenses (``defense``): clean
+against worst-case mAP, adaptive against plain attacks, masking checks and the Pareto figure. A figure whose artifacts are
 gone is left out with a note saying why. Every number is computed from the records or the artifacts.
 """
 
@@ -16,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import beyond, figure_data, figures
+from . import beyond, defense, figure_data, figures
 from .artifacts import ArtifactMissing, ArtifactStore, JobArtifacts
 from .paper import MISSING, Grid, comparisons, load_paper
 from .records import Records, gather_records
@@ -146,6 +147,37 @@ def beyond_section(report: Report, rows: list[dict[str, Any]]) -> None:
         grid = beyond.flags_grid(curves)
         report.add(grid.markdown())
         report.grids["budget_flags"] = grid
+
+
+def defense_section(report: Report, rows: list[dict[str, Any]]) -> None:
+    """Defenses (``report.defense``): clean against worst-case mAP, adaptive against plain attacks on query
+    transforms, the gradient-masking checks, the Pareto figure and the defended targets' budget curves; absent when
+    the records hold no robust evaluation."""
+    if not defense.has_defenses(rows):
+        return
+    report.add("## 8. Defenses", "Every defended target against the robust evaluation suite (`eval.suite`); the "
+               "worst case is per query, over the suite's attacks.")
+    grids = {"defense_summary": defense.summary_grid(rows), "defense_adaptive": defense.adaptive_grid(rows),
+             "defense_masking": defense.masking_grid(rows)}
+    for name, grid in grids.items():
+        if grid is not None:
+            report.add(grid.markdown())
+            report.grids[name] = grid
+    if any(len(v) > 1 for v in defense.pareto_points(rows).values()):
+        report.figure(defense.pareto_figure(rows, "Clean against worst-case mAP"), "defense_pareto",
+                      "Clean against worst-case mAP (%), the undefended target (square) and each adversarially "
+                      "trained one (eps, beta, k).")
+    curves = beyond.budget_curves(rows, defended=True)
+    for axis in ("iters", "eps"):
+        if any(c.axis == axis for c in curves):
+            what = "PGD iterations" if axis == "iters" else "eps"
+            report.figure(beyond.budget_figure(curves, axis, f"Defended targets: mAP against {what}"),
+                          f"defense_budget_{axis}", f"Defended targets: mAP (%) against {what}; it must fall "
+                          "monotonically (the gradient-masking check).")
+    if curves:
+        grid = beyond.flags_grid(curves)
+        report.add(grid.markdown())
+        report.grids["defense_budget_flags"] = grid
 
 
 FIGURE_SECTIONS = (("Precision-recall curves", 5), ("Retrieval examples", 4), ("Centroid distributions", 3))
@@ -293,6 +325,7 @@ def build_report(sources: list[str | Path], out: str | Path, cache_dir: str | Pa
     map_section(report, records.rows)
     artifact_sections(report, records, ArtifactStore(cache_dir), model, bits)
     beyond_section(report, records.rows)
+    defense_section(report, records.rows)
     sources_section(report, records)
     if report.notes:
         report.blocks[2:2] = ["**Notes**", "\n".join(f"- {n}" for n in report.notes)]

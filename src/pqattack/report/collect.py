@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from .defense import has_defenses, summary_markdown
 from .tables import TableError, dedupe_rows, render_tables, with_queries
 
 
@@ -61,6 +62,8 @@ def write_table(sources: list[str | Path], out_prefix: str | Path, title: str, c
              + ".",
              "", "Backbone test accuracy (%, query + database images): "
              + ", ".join(f"{k} {v:.1f}" for k, v in sorted(accuracy.items())) + ".", "", render_tables(rows)]
+    if has_defenses(rows):
+        lines += ["", summary_markdown(rows)]
     (out_prefix.with_suffix(".md")).write_text("\n".join(lines))
     return out_prefix.with_suffix(".md")
 

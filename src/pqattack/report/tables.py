@@ -17,7 +17,7 @@ CELL_FIELDS = ("dataset", "queries", "model", "quantizer", "bits", "M", "K", "at
                "source_bits",
                "similarity", "temperature", "peak", "eps", "step", "iters", "kappa", "margin_focus", "target_class",
                "temperature_final", "logit_norm", "restarts", "restart_pick", "momentum", "diversity",
-               "step_schedule", "epochs", "pqn_epochs", "device", "precision")
+               "step_schedule", "eot", "defense", "oblivious", "epochs", "pqn_epochs", "device", "precision")
 PAPER_QUERIES = 1000  # the paper's CIFAR-10 protocol: 1,000 test images as queries
 PAPER_ATTACK = {"similarity": "dot", "eps": 8 / 255, "step": 0.01, "iters": 5}
 #: the loop options beyond the paper as a label shows them (a row holds None where an option is off)
@@ -42,7 +42,7 @@ def is_paper_attack(row: dict[str, Any]) -> bool:
         return False
     if row.get("peak") not in (None, "index"):
         return False
-    if any(row.get(k) is not None for k in LOOP_LABELS):
+    if any(row.get(k) is not None for k in LOOP_LABELS) or row.get("defense") is not None or row.get("eot"):
         return False
     return all(row.get(k) is None or abs(float(row[k]) - v) < 1e-9 if k != "similarity" else row.get(k) in (None, v)
                for k, v in PAPER_ATTACK.items())
@@ -68,6 +68,10 @@ def attack_label(row: dict[str, Any]) -> str:
     if row.get("target_class") is not None:
         diff.append(f"target={row['target_class']}")
     diff += [fmt.format(row[k]) for k, fmt in LOOP_LABELS.items() if row.get(k) is not None]
+    if row.get("eot"):
+        diff.append(f"EOT={row['eot']}")
+    if row.get("oblivious"):
+        diff.append("oblivious")
     return row["attack"] + (f" ({', '.join(diff)})" if diff else "")
 
 
@@ -241,7 +245,8 @@ def markdown_table(rows: list[dict[str, Any]], value: str = "map", digits: int =
         mixed = not recipe_heading(drows)
 
         def column(r: dict[str, Any]) -> tuple:
-            return (r["model"], r.get("quantizer", "kmeans"), int(r["bits"]), recipe_label(r) if mixed else "")
+            return (r["model"], r.get("quantizer", "kmeans"), int(r["bits"]), r.get("defense") or "",
+                    recipe_label(r) if mixed else "")
 
         cols = sorted({column(r) for r in drows})
         cell = {(r["system"], attack_label(r), *column(r)): r[value] for r in drows}
@@ -249,8 +254,8 @@ def markdown_table(rows: list[dict[str, Any]], value: str = "map", digits: int =
         scope = " / ".join(f"mAP@{k} (%)" if k else "mAP (%) over the full ranking" for k in topks)
         heading = f"**{dataset}**, {scope}" if value == "map" else f"**{dataset}**, {value}"
         lines = [heading + recipe_heading(drows), ""]
-        header = ["system", "attack"] + [f"{m}{'' if q == 'kmeans' else '+' + q} {b}b" + (f" ({rc})" if rc else "")
-                                         for m, q, b, rc in cols]
+        header = ["system", "attack"] + [f"{m}{'' if q == 'kmeans' else '+' + q} {b}b" + (f" [{d}]" if d else "")
+                                         + (f" ({rc})" if rc else "") for m, q, b, d, rc in cols]
         lines.append("| " + " | ".join(header) + " |")
         lines.append("|" + "---|" * len(header))
         systems = sorted({r["system"] for r in drows}, key=lambda s: order_key(s, SYSTEM_ORDER))

@@ -12,6 +12,7 @@ from tqdm.auto import tqdm
 from ..attacks import CENTER_LOSSES, center_codes, nearest_centers, pgd, random_other_classes
 from ..config import JobConfig
 from ..data import RetrievalData
+from ..defense import DefendedBackbone
 from ..errors import ConfigError, DatasetError
 from ..models import RetrievalModel
 from ..runtime import Runtime
@@ -21,8 +22,13 @@ from .target import Target, build_target
 
 
 def retrieval_model(job: JobConfig, target: Target, device: torch.device) -> RetrievalModel:
-    """What the attack sees of ``target``: backbone, normalisation and the soft assignment of ``job.attack``."""
-    model = RetrievalModel(target.backbone, target.codebooks.to(device), job.attack.similarity,
+    """What the attack sees of ``target``: backbone (behind the defense's query transform, which it differentiates
+    through by BPDA; the bare backbone with ``attack.oblivious``), normalisation and the soft assignment of
+    ``job.attack``."""
+    backbone = target.backbone
+    if job.attack.oblivious and isinstance(backbone, DefendedBackbone):
+        backbone = backbone.inner
+    model = RetrievalModel(backbone, target.codebooks.to(device), job.attack.similarity,
                            attack_temperature(job), subvector_norm=job.pqn).eval()
     for p in model.parameters():
         p.requires_grad_(False)

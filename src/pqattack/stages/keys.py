@@ -75,6 +75,14 @@ def pqn_spec(job: JobConfig, base_key: str, precision: str, device: torch.device
             "precision": precision, "seed": job.seed, **distributed_spec(job.trainer, device)}
 
 
+def defense_spec(job: JobConfig, undefended_key: str, precision: str, device: torch.device) -> dict[str, Any]:
+    """An adversarially trained checkpoint: the undefended one (``undefended_key``, which holds the data and the
+    recipe it was trained with), every defense setting, the recipe it is fine-tuned with, the precision, the seed."""
+    return {"undefended_checkpoint": undefended_key, "defense": settings(container(job.config.defense), ("kind",)),
+            "batch_size": int(job.trainer["batch_size"]), "trainer": recipe_spec(job.trainer, ("max_epochs", "lr")),
+            "precision": precision, "seed": job.seed, **distributed_spec(job.trainer, device)}
+
+
 def features_spec(ckpt_key: str, data: RetrievalData, precision: str, subvectors: int | None) -> dict[str, Any]:
     """Clean query and database features of checkpoint ``ckpt_key``."""
     spec: dict[str, Any] = {"checkpoint": ckpt_key, "query": data.query_key, "database": data.database_key,
@@ -100,10 +108,11 @@ def attack_temperature(job: JobConfig) -> float:
 
 def attack_settings(job: JobConfig) -> dict[str, Any]:
     """The attack's settings as they make a query set: the resolved temperature, without what the loss ignores,
-    loop options at their off value (``attacks.OFF_VALUES``) and ``save_prefixes`` (it changes no set)."""
+    loop options at their off value (``attacks.OFF_VALUES``), ``save_prefixes`` (it changes no set) and
+    ``oblivious`` (an oblivious set is the undefended model's; an adaptive one holds the defense, ``attack_spec``)."""
     a = {**container(job.config.attack), "temperature": attack_temperature(job)}
-    return {k: v for k, v in a.items() if k not in LOSS_IGNORES.get(job.attack.loss, ()) and k != "save_prefixes"
-            and not (k in OFF_VALUES and v == OFF_VALUES[k])}
+    return {k: v for k, v in a.items() if k not in LOSS_IGNORES.get(job.attack.loss, ())
+            and k not in ("save_prefixes", "oblivious") and not (k in OFF_VALUES and v == OFF_VALUES[k])}
 
 
 def attack_spec(job: JobConfig, data: RetrievalData, checkpoint_key: str | list[str],
@@ -117,6 +126,8 @@ def attack_spec(job: JobConfig, data: RetrievalData, checkpoint_key: str | list[
             "attack": settings(attack_settings(job), ATTACK_CORE), "precision": precision, "seed": job.seed}
     if job.attack.loss in CENTER_LOSSES:
         spec["database"] = data.database_key
+    if job.defense.transform and not job.attack.oblivious:  # made through the query transform (BPDA)
+        spec["defense"] = settings(container(job.config.defense), ("kind",))
     return spec
 
 
@@ -150,6 +161,8 @@ def results_spec(job: JobConfig, precision: str) -> dict[str, Any]:
     for key, off in OFF_VALUES.items():  # loop options whose off value is a word
         if spec.get("attack", {}).get(key) == off:
             _drop(spec, f"attack.{key}")
+    if spec.get("defense", {}).get("kind") == "none":  # as before the defense group existed
+        _drop(spec, "defense")
     return {**_without_off(spec), "precision": precision}
 
 
@@ -163,6 +176,9 @@ def artifact_keys(job: JobConfig, data: RetrievalData, precision: str, device: t
         if j.pqn:
             out["base_checkpoint"] = out["checkpoint"]
             out["checkpoint"] = spec_key("checkpoint", pqn_spec(j, out["base_checkpoint"], precision, device))
+        if j.defense.adversarial:
+            out["undefended_checkpoint"] = out["checkpoint"]
+            out["checkpoint"] = spec_key("checkpoint", defense_spec(j, out["undefended_checkpoint"], precision, device))
         out["features"] = spec_key("features", features_spec(out["checkpoint"], data, precision, j.subvectors))
         out["codebooks"] = out["checkpoint"] if j.pqn else spec_key("codebooks", codebooks_spec(j, out["features"]))
         return out

@@ -16,7 +16,8 @@ from ..metrics import QueryAP, query_average_precisions
 from ..quant import IVFPQIndex, PQIndex, recall_at_k_with_ties, search_past_ties, train_codebooks
 from ..runtime import Runtime
 from .backbone import train_backbone, train_pqn
-from .features import Classifier, check_finite, classifier_of, clean_features
+from .defense import adversarial_training, defended_backbone
+from .features import Classifier, check_finite, classifier_of, clean_features, embed
 from .keys import codebooks_spec
 
 
@@ -63,13 +64,21 @@ def build_target(job: JobConfig, data: RetrievalData, rt: Runtime, loggers: list
     if job.pqn:
         rt.keys["base_checkpoint"] = ckpt_key
         backbone, ckpt_key, codebooks = train_pqn(job, data, backbone, ckpt_key, rt, loggers)
+        if job.defense.adversarial:
+            backbone, ckpt_key, codebooks = adversarial_training(job, data, backbone, ckpt_key, codebooks, rt, loggers)
         classify = classifier_of(job, backbone, codebooks)
         feats, acc = clean_features(job, data, backbone, ckpt_key, rt, classify)
         cb_key = rt.keys["codebooks"] = ckpt_key  # the learned codebooks live in the PQN checkpoint
     else:
+        if job.defense.adversarial:
+            backbone, ckpt_key, _ = adversarial_training(job, data, backbone, ckpt_key, None, rt, loggers)
         classify = classifier_of(job, backbone, None)
         feats, acc = clean_features(job, data, backbone, ckpt_key, rt, classify)
         codebooks, cb_key = pq_codebooks(job, feats["database"], rt.keys["features"], rt)
+    if job.defense.transform:  # the queries pass the transform; the database is indexed as it is
+        backbone = defended_backbone(job, backbone)
+        feats = {**feats, "query": embed(backbone, data.query.images, rt, job.eval_batch_size, "query features",
+                                         job.subvectors)[0]}
     with rt.timed("index"):
         index = PQIndex(codebooks, feats["database"])
         ivf = None

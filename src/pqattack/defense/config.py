@@ -1,0 +1,164 @@
+"""The defense's settings (``conf/defense``), typed and checked in one place: one schema per kind."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Optional
+
+from ..errors import ConfigError
+
+KINDS = ("none", "adv", "jpeg", "bitdepth")
+#: attack losses adversarial training makes its images with (null: APD for PQN, the feature distance for K-means)
+TRAINING_ATTACKS = ("apd", "aod", "basic")
+
+
+@dataclass
+class DefenseConfig:
+    """``defense=none``: the model as trained, queries as given."""
+
+    kind: str = "none"
+
+    @property
+    def adversarial(self) -> bool:
+        """Whether the defense is adversarial training (a defended checkpoint)."""
+        return self.kind == "adv"
+
+    @property
+    def transform(self) -> bool:
+        """Whether the defense transforms the queries before the backbone."""
+        return self.kind in ("jpeg", "bitdepth")
+
+    @property
+    def random(self) -> bool:
+        """Whether the query transform draws anew at each call (an EOT attack averages over draws)."""
+        return False
+
+    def label(self) -> str:
+        """How rows and tables name the defense: ``none``, ``adv (eps=8/255, beta=1, k=2)``, ``jpeg (q=75)``."""
+        return self.kind
+
+    def row_fields(self) -> dict[str, Any]:
+        """The defense's settings as row fields (``defense`` the label, then ``defense_<setting>``)."""
+        return {"defense": self.label()}
+
+
+@dataclass
+class AdversarialTrainingConfig(DefenseConfig):
+    """``defense=adv``: the undefended checkpoint (PQN's, or the cross-entropy backbone of a K-means target)
+    fine-tuned for ``epochs`` at peak learning rate ``lr`` on batches whose first share ``ratio`` is replaced by
+    ``iters``-step L-inf PGD images (radius ``eps``, step ``step``, null: 2.5 eps / iters) made on the fly against
+    the current network with ``attack``. Loss: the target's own on the mixed batch plus ``beta`` times the
+    consistency of the adversarial images with their clean versions. ``num_train``: a seeded subset of the
+    training images (null: all)."""
+
+    kind: str = "adv"
+    attack: Optional[str] = None  # noqa: UP007 (OmegaConf reads the annotation)
+    eps: float = 8 / 255
+    step: Optional[float] = None  # noqa: UP007
+    iters: int = 2
+    random_start: bool = True
+    ratio: float = 1.0
+    beta: float = 1.0
+    epochs: int = 1
+    lr: float = 0.01
+    num_train: Optional[int] = None  # noqa: UP007
+
+    def __post_init__(self) -> None:
+        if self.attack is not None and self.attack not in TRAINING_ATTACKS:
+            raise ConfigError(f"defense.attack={self.attack!r}: expected one of {', '.join(TRAINING_ATTACKS)}, or "
+                              f"null (APD for PQN, the feature distance for K-means)")
+        if not 0 < self.eps <= 1:
+            raise ConfigError(f"defense.eps={self.eps}: must be in (0, 1] (pixel scale, e.g. 8/255)")
+        if self.step is not None and self.step <= 0:
+            raise ConfigError(f"defense.step={self.step}: must be > 0, or null (2.5 * eps / iters)")
+        if self.iters < 1:
+            raise ConfigError(f"defense.iters={self.iters}: must be >= 1")
+        if not 0 < self.ratio <= 1:
+            raise ConfigError(f"defense.ratio={self.ratio}: must be in (0, 1] (the share of each batch made "
+                              f"adversarial)")
+        if self.beta < 0:
+            raise ConfigError(f"defense.beta={self.beta}: must be >= 0")
+        if self.epochs < 1:
+            raise ConfigError(f"defense.epochs={self.epochs}: must be >= 1")
+        if self.lr <= 0:
+            raise ConfigError(f"defense.lr={self.lr}: must be > 0")
+        if self.num_train is not None and self.num_train < 2:
+            raise ConfigError(f"defense.num_train={self.num_train}: must be >= 2, or null (all training images)")
+
+    def training_attack(self, pqn: bool) -> str:
+        """The attack loss the training images are made with."""
+        return self.attack or ("apd" if pqn else "basic")
+
+    def pgd_step(self) -> float:
+        return self.step if self.step is not None else 2.5 * self.eps / self.iters
+
+    def label(self) -> str:
+        return f"adv (eps={self.eps * 255:.0f}/255, beta={self.beta:g}, k={self.iters})"
+
+    def row_fields(self) -> dict[str, Any]:
+        return {"defense": self.label(), "defense_eps": self.eps, "defense_beta": self.beta,
+                "defense_iters": self.iters, "defense_epochs": self.epochs, "defense_ratio": self.ratio}
+
+
+@dataclass
+class JpegConfig(DefenseConfig):
+    """``defense=jpeg``: each query is JPEG-compressed at ``quality`` before the backbone; with ``quality_min``,
+    at a quality drawn uniformly from [quality_min, quality] per query and call (a random transform)."""
+
+    kind: str = "jpeg"
+    quality: int = 75
+    quality_min: Optional[int] = None  # noqa: UP007
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.quality <= 100:
+            raise ConfigError(f"defense.quality={self.quality}: must be in [1, 100]")
+        if self.quality_min is not None and not 1 <= self.quality_min < self.quality:
+            raise ConfigError(f"defense.quality_min={self.quality_min}: must be in [1, defense.quality="
+                              f"{self.quality}), or null (a fixed quality)")
+
+    @property
+    def random(self) -> bool:
+        return self.quality_min is not None
+
+    def label(self) -> str:
+        return f"jpeg (q={self.quality_min}-{self.quality})" if self.random else f"jpeg (q={self.quality})"
+
+    def row_fields(self) -> dict[str, Any]:
+        return {"defense": self.label(), "defense_quality": self.quality, "defense_quality_min": self.quality_min}
+
+
+@dataclass
+class BitDepthConfig(DefenseConfig):
+    """``defense=bitdepth``: each query's colour depth is reduced to ``depth`` bits per channel before the backbone
+    (feature squeezing, Xu et al. 2018)."""
+
+    kind: str = "bitdepth"
+    depth: int = 4
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.depth <= 7:
+            raise ConfigError(f"defense.depth={self.depth}: must be in [1, 7] (bits per channel; 8 is the input)")
+
+    def label(self) -> str:
+        return f"bitdepth ({self.depth} bits)"
+
+    def row_fields(self) -> dict[str, Any]:
+        return {"defense": self.label(), "defense_depth": self.depth}
+
+
+SCHEMAS: dict[str, type[DefenseConfig]] = {"none": DefenseConfig, "adv": AdversarialTrainingConfig,
+                                           "jpeg": JpegConfig, "bitdepth": BitDepthConfig}
+
+
+def defense_config(node: dict[str, Any] | None) -> DefenseConfig:
+    """The typed defense of a ``defense`` config node (None or absent: ``none``); checks it."""
+    node = dict(node or {"kind": "none"})
+    kind = node.get("kind", "none")
+    if kind not in SCHEMAS:
+        raise ConfigError(f"defense.kind={kind!r}: expected one of {', '.join(KINDS)}")
+    schema = SCHEMAS[kind]
+    unknown = sorted(set(node) - set(schema.__dataclass_fields__))
+    if unknown:
+        raise ConfigError(f"defense.{unknown[0]}: not a setting of defense={kind}; its settings are "
+                          f"{', '.join(f for f in schema.__dataclass_fields__ if f != 'kind') or 'none'}")
+    return schema(**node)

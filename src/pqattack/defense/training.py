@@ -1,0 +1,131 @@
+"""Adversarial training of the retrieval model (``defense=adv``).
+
+Each training batch (augmented as usual) has its first ``ratio`` share replaced by adversarial images, made on the
+fly with ``iters``-step L-inf PGD (``attacks.pgd``, the loop every attack uses) against the network as it is at that
+step, in eval mode (batch norm on its running statistics, which the attack leaves unchanged): APD (eq. 8) against
+PQN's current soft assignment, softmax(alpha <x_m, c_mk>) with the codebooks as they are, or the feature distance
+(eq. 3) for a K-means target, whose codebooks are built after training. The network then trains, in train mode, on
+the mixed batch with
+
+    PQN:      L_PQN(mixed batch) + beta * mean_i sum_m KL(p_m(x_i) || p_m(x_i^adv))
+    K-means:  CE(mixed batch)    + beta * mean_i ||z(x_i^adv) - z(x_i)||^2
+
+where the clean image's assignment p(x_i) (its feature z(x_i)) is computed once per step without gradient, in
+eval mode: TRADES's consistency with a fixed target. The adversarial images replace clean ones, so an epoch has as
+many steps as a clean epoch, each costing about iters + 1.3 clean steps (the attack's forward-backward passes, the
+reference and the training step).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..attacks import AttackConfig, Reference, pgd, reference
+from ..errors import NumericsError
+from ..models import Backbone, ClassifierModule, RetrievalModel
+from ..models.pqn import PQNModule, asymmetric_triplet_loss
+from .config import AdversarialTrainingConfig
+
+
+def training_attack(defense: AdversarialTrainingConfig, pqn: bool) -> AttackConfig:
+    """The PGD attack that makes the training images (continuous: no 8-bit rounding)."""
+    loss = defense.training_attack(pqn)
+    return AttackConfig(name=loss, loss=loss, eps=defense.eps, step=defense.pgd_step(), iters=defense.iters,
+                        random_start=defense.random_start, quantize_8bit=False)
+
+
+class AdversarialBatches:
+    """What both adversarial modules share: the mixed batch, made against ``attacked_model()``."""
+
+    backbone: Backbone
+    defense: AdversarialTrainingConfig
+    attack: AttackConfig
+
+    def attacked_model(self) -> RetrievalModel:
+        raise NotImplementedError
+
+    def on_train_start(self) -> None:
+        """Nothing to initialise from the data: the network is already trained (fastnet's whitening stays)."""
+
+    def adversarial_batch(self, x: torch.Tensor) -> tuple[torch.Tensor, int, Reference]:
+        """``(mixed batch, n, reference)``: the first n = round(ratio * B) (at least 1) images of ``x`` replaced by
+        their adversarial versions, and those n clean images' reference (features, log assignment, codes)."""
+        n = max(1, round(self.defense.ratio * x.shape[0]))
+        model = self.attacked_model()
+        training = self.backbone.training
+        self.backbone.eval()
+        try:
+            ref = reference(model, x[:n])
+            with torch.enable_grad():
+                adv = pgd(model, x[:n], self.attack.loss, self.attack)
+        finally:
+            self.backbone.train(training)
+        return torch.cat([adv.to(x.dtype), x[n:]]).contiguous(memory_format=torch.channels_last), n, ref
+
+    def check(self, loss: torch.Tensor, batch_idx: int) -> None:
+        if batch_idx % 50 == 0 and not torch.isfinite(loss):
+            raise NumericsError(f"adversarial training loss is {loss.item()} at step "
+                                f"{self.global_step}: lower defense.lr or defense.beta")  # type: ignore[attr-defined]
+
+
+class AdversarialPQNModule(AdversarialBatches, PQNModule):
+    """PQN's joint training on adversarial batches, with the KL consistency of the soft assignments."""
+
+    def __init__(self, backbone: Backbone, codebooks: torch.Tensor, defense: AdversarialTrainingConfig,
+                 **kw: object) -> None:
+        super().__init__(backbone, codebooks, **kw)
+        self.defense, self.attack = defense, training_attack(defense, pqn=True)
+
+    def attacked_model(self) -> RetrievalModel:
+        """PQN's soft layer as the attack sees it: unit sub-vectors, the current unit codewords, 1 / alpha."""
+        return RetrievalModel(self.backbone, self.soft_pq.unit_codebooks().detach(), "dot", 1.0 / self.soft_pq.alpha,
+                              subvector_norm=True)
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        images, labels = batch
+        mixed, n, ref = self.adversarial_batch(self.augmented(images))
+        self.last_batch = (mixed.detach(), n)  # what this step trained on (tests read it)
+        sub, soft, _ = self.soft_pq(self.backbone.forward_features(mixed))
+        pqn_loss = torch.zeros((), device=images.device)
+        if "triplet" in self.pqn_loss:
+            pqn_loss = pqn_loss + asymmetric_triplet_loss(sub, soft, labels, self.margin)
+        if "ce" in self.pqn_loss:
+            pqn_loss = pqn_loss + self.loss(self.backbone.head(soft.flatten(1)), labels)
+        with torch.autocast(mixed.device.type, enabled=False):
+            logits = self.soft_pq.alpha * torch.einsum("bmd,mkd->bmk", sub[:n].float(), self.soft_pq.unit_codebooks())
+            logp_adv = torch.log_softmax(logits, dim=-1)
+            consistency = (ref.logp.exp() * (ref.logp - logp_adv)).sum((1, 2)).mean()
+        loss = pqn_loss + self.defense.beta * consistency
+        self.check(loss, batch_idx)
+        self.log_dict({"train/pqn_loss": pqn_loss, "train/consistency": consistency}, on_step=True, on_epoch=True,
+                      prog_bar=self.step_value_on_progress_bar)
+        return loss
+
+
+class AdversarialClassifierModule(AdversarialBatches, ClassifierModule):
+    """Cross-entropy training on adversarial batches made with the feature distance, with the squared feature
+    distance as the consistency term (the backbone of a K-means target)."""
+
+    def __init__(self, backbone: Backbone, defense: AdversarialTrainingConfig, **kw: object) -> None:
+        super().__init__(backbone, **kw)
+        self.defense, self.attack = defense, training_attack(defense, pqn=False)
+
+    def attacked_model(self) -> RetrievalModel:
+        """The l2-normalised embedding, with one zero codeword: the feature distance reads no assignment."""
+        zero = torch.zeros(1, 1, self.backbone.embed_dim, device=self.device)
+        return RetrievalModel(self.backbone, zero)
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        images, labels = batch
+        mixed, n, ref = self.adversarial_batch(self.augmented(images))
+        self.last_batch = (mixed.detach(), n)
+        embedding = self.backbone.forward_features(mixed)
+        ce = self.loss(self.backbone.head(embedding), labels)
+        with torch.autocast(mixed.device.type, enabled=False):
+            z_adv = torch.nn.functional.normalize(embedding[:n].float(), dim=1)
+            consistency = (z_adv - ref.z).pow(2).sum(1).mean()
+        loss = ce + self.defense.beta * consistency
+        self.check(loss, batch_idx)
+        self.log_dict({"train/loss": ce, "train/consistency": consistency}, on_step=True, on_epoch=True,
+                      prog_bar=self.step_value_on_progress_bar)
+        return loss

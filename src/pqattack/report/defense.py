@@ -1,0 +1,189 @@
+"""Defenses, from the records: clean against worst-case mAP per defense and code length, the robustness factor over
+the undefended target, what an adaptive attack takes back from a query transform (oblivious against adaptive), the
+gradient-masking checks (100 steps against 5; eps 16/255 against 8/255; budget curves) and the clean-against-robust
+Pareto figure across ``defense.eps`` and ``defense.beta``. Everything is computed from rows."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from .paper import Grid
+from .tables import attack_label, recipe_label
+
+WORST = "worst-case"
+
+
+def _target(row: dict[str, Any]) -> tuple:
+    """The retrieval system a row measures, without its defense: dataset, model, quantizer, bits, system, recipe."""
+    return (row.get("dataset_label") or row["dataset"], row["model"], row.get("quantizer", "kmeans"), int(row["bits"]),
+            row["system"], recipe_label(row))
+
+
+def _rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [r for r in rows if not r.get("transfer") and r.get("topk") is None]
+
+
+def has_defenses(rows: list[dict[str, Any]]) -> bool:
+    """Whether the records hold a robust evaluation (a worst case over a suite) or a defended target."""
+    return any(r["attack"] == WORST or r.get("defense") for r in _rows(rows))
+
+
+@dataclass
+class Summary:
+    target: tuple
+    defense: str
+    clean: float | None
+    worst: float | None
+    paper_best: float | None  # the lowest mAP of PQ-AG's three attacks at the paper's budget (adaptive)
+    suite: list[str]
+
+
+def summaries(rows: list[dict[str, Any]]) -> list[Summary]:
+    """Per target and defense ('none' for undefended): clean, the worst case over the suite and the best of the
+    paper's attacks at its budget."""
+    out: dict[tuple, Summary] = {}
+    for r in _rows(rows):
+        key = (_target(r), r.get("defense") or "none")
+        s = out.setdefault(key, Summary(key[0], key[1], None, None, None, []))
+        if r["attack"] == "clean":
+            s.clean = r["map"]
+        elif r["attack"] == WORST:
+            s.worst, s.suite = r["map"], list(r.get("suite") or [])
+        elif r["attack"] in ("basic", "apd", "aod") and attack_label(r) == r["attack"] and not r.get("oblivious"):
+            s.paper_best = r["map"] if s.paper_best is None else min(s.paper_best, r["map"])
+    return [s for _, s in sorted(out.items(), key=lambda kv: (kv[0][0], kv[0][1] != "none", kv[0][1]))
+            if s.worst is not None or s.defense != "none"]
+
+
+def _fmt(v: float | None, digits: int = 1) -> str:
+    return "-" if v is None else f"{v:.{digits}f}"
+
+
+def summary_grid(rows: list[dict[str, Any]]) -> Grid:
+    """Clean and worst-case mAP per target and defense, the robustness factor (worst case over the undefended
+    target's worst case, on the same suite) and the clean cost (points of clean mAP lost)."""
+    found = summaries(rows)
+    undefended = {s.target: s for s in found if s.defense == "none"}
+    body = []
+    for s in found:
+        base = undefended.get(s.target)
+        factor = cost = None
+        if base is not None and s.defense != "none":
+            if base.worst and s.worst is not None:
+                factor = s.worst / base.worst
+            if base.clean is not None and s.clean is not None:
+                cost = base.clean - s.clean
+        body.append([s.target[1] + ("" if s.target[2] == "kmeans" else f"+{s.target[2]}"), str(s.target[3]),
+                     s.target[4].upper(), s.defense, _fmt(s.clean), _fmt(s.paper_best), _fmt(s.worst),
+                     "-" if factor is None else f"{factor:.2f}x", _fmt(cost), str(len(s.suite))])
+    return Grid("**Defenses**: clean mAP, the best of PQ-AG's attacks at its budget, the per-query worst case over "
+                "the suite, the worst case relative to the undefended target's, and the clean mAP lost (%)",
+                ["model", "bits", "system", "defense", "clean", "best PQ-AG", "worst case", "vs undefended",
+                 "clean cost", "attacks"], body)
+
+
+def adaptive_grid(rows: list[dict[str, Any]]) -> Grid | None:
+    """For query transforms: each attack oblivious of the transform against the same attack through it (BPDA), the
+    undefended target's mAP under that attack, and the share of the transform's apparent robustness that the
+    adaptive attack takes back: (oblivious - adaptive) / (oblivious - undefended)."""
+    rs = _rows(rows)
+    undefended = {(_target(r), r["attack"]): r["map"] for r in rs if not r.get("defense")
+                  and attack_label(r) == r["attack"]}
+    pairs: dict[tuple, dict[bool, float]] = {}
+    for r in rs:
+        if r.get("oblivious") is None or r["attack"] in ("clean", WORST):
+            continue
+        label = attack_label({**r, "oblivious": None})
+        if label != r["attack"]:  # the paper's setting only
+            continue
+        pairs.setdefault((_target(r), r["defense"], r["attack"]), {})[bool(r["oblivious"])] = r["map"]
+    body = []
+    for (target, defense, attack), maps in sorted(pairs.items()):
+        if True not in maps or False not in maps:
+            continue
+        und = undefended.get((target, attack))
+        gone = None
+        if und is not None and maps[True] - und > 1e-9:
+            gone = (maps[True] - maps[False]) / (maps[True] - und) * 100
+        body.append([target[1] + ("" if target[2] == "kmeans" else f"+{target[2]}"), str(target[3]),
+                     target[4].upper(), defense, attack, _fmt(und), _fmt(maps[True]), _fmt(maps[False]),
+                     "-" if gone is None else f"{gone:.0f}%"])
+    if not body:
+        return None
+    return Grid("**Adaptive against plain**: mAP (%) of each attack oblivious of the query transform and through it "
+                "(BPDA; EOT over a random transform), the undefended target's, and the share of the apparent "
+                "robustness that the adaptive attack takes back",
+                ["model", "bits", "system", "defense", "attack", "undefended", "oblivious", "adaptive", "taken back"],
+                body)
+
+
+def masking_grid(rows: list[dict[str, Any]]) -> Grid | None:
+    """The gradient-masking checks per defended target: APD's mAP at 100 steps must not exceed its 5-step mAP, and
+    at eps 16/255 it must be below its 8/255 mAP (rows of those budgets, where the records have them)."""
+    rs = [r for r in _rows(rows) if r.get("defense") and r["attack"] == "apd" and not r.get("oblivious")
+          and r.get("restarts") is None and not r.get("eot")]
+    by: dict[tuple, dict[tuple[float, int], float]] = {}
+    for r in rs:
+        by.setdefault((_target(r), r["defense"]), {})[(round(float(r["eps"]) * 255), int(r["iters"]))] = r["map"]
+    body = []
+    for (target, defense), grid in sorted(by.items()):
+        five = grid.get((8, 5))
+        many = max((k for k in grid if k[0] == 8 and k[1] > 5), default=None, key=lambda k: k[1])
+        wide = max((k for k in grid if k[0] > 8), default=None, key=lambda k: k[0])
+        at8 = grid.get((8, wide[1])) if wide else None
+        if five is None or (many is None and wide is None):
+            continue
+        steps = "-" if many is None else f"{grid[many]:.1f} <= {five:.1f}: {'ok' if grid[many] <= five else 'FLAG'}"
+        eps = ("-" if wide is None or at8 is None else
+               f"{grid[wide]:.1f} < {at8:.1f}: {'ok' if grid[wide] < at8 else 'FLAG'}")
+        body.append([target[1] + ("" if target[2] == "kmeans" else f"+{target[2]}"), str(target[3]), target[4].upper(),
+                     defense, steps, eps])
+    if not body:
+        return None
+    return Grid("**Gradient-masking checks** of the defended targets: APD at the most steps recorded against 5 steps "
+                "(must not be higher), and at the largest eps against 8/255 (must be lower), mAP (%)",
+                ["model", "bits", "system", "defense", "many steps vs 5", "large eps vs 8/255"], body)
+
+
+def pareto_points(rows: list[dict[str, Any]]) -> dict[tuple, list[tuple[str, float, float]]]:
+    """Per target: (label, clean mAP, worst-case mAP) of the undefended model and of each adversarially trained one."""
+    out: dict[tuple, list[tuple[str, float, float]]] = {}
+    for s in summaries(rows):
+        if s.clean is None or s.worst is None or not (s.defense == "none" or s.defense.startswith("adv")):
+            continue
+        out.setdefault(s.target, []).append((s.defense, s.clean, s.worst))
+    return out
+
+
+def pareto_figure(rows: list[dict[str, Any]], title: str) -> Any:
+    """Clean against worst-case mAP, a panel per (model, bits, system), a point per defense."""
+    from .figures import new_figure
+
+    points = pareto_points(rows)
+    panels = sorted(points)
+    fig, axes = new_figure("budget_curves", ncols=max(1, len(panels)), squeeze=False)
+    for ax, target in zip(axes[0], panels):
+        for label, clean, worst in points[target]:
+            ax.scatter([clean], [worst], s=18, marker="s" if label == "none" else "o")
+            ax.annotate(label.replace("adv ", "").replace("(", "").replace(")", ""), (clean, worst), fontsize=5,
+                        xytext=(2, 2), textcoords="offset points")
+        ax.set_xlabel("clean mAP (%)")
+        ax.set_ylabel("worst-case mAP (%)")
+        ax.set_title(f"{target[1]}{'' if target[2] == 'kmeans' else '+' + target[2]} {target[3]}b {target[4].upper()}",
+                     fontsize=8)
+    fig.suptitle(title)
+    return fig
+
+
+def summary_markdown(rows: list[dict[str, Any]]) -> str:
+    """The defense tables of a results file: summary, adaptive against plain, masking checks."""
+    blocks = [summary_grid(rows).markdown()]
+    for grid in (adaptive_grid(rows), masking_grid(rows)):
+        if grid is not None:
+            blocks.append(grid.markdown())
+    return "\n\n".join(blocks) + "\n"
+
+
+__all__ = ["adaptive_grid", "has_defenses", "masking_grid", "pareto_figure", "pareto_points",
+           "summaries", "summary_grid", "summary_markdown"]

@@ -1,0 +1,132 @@
+"""Stage 5: robust evaluation (``eval.suite``): one target against a suite of attacks, a row per attack, and per
+query the worst case over them (the lowest AP any member reaches on that query), a row of its own per system."""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable
+
+import numpy as np
+from omegaconf import OmegaConf
+
+from ..config import CONF_DIR, JobConfig, compose_config, container, load_job
+from ..data import RetrievalData
+from ..defense import DefenseConfig
+from ..errors import ConfigError
+from ..metrics import QueryAP
+from ..runtime import Runtime
+from .attack import adversarial_set
+from .features import check_finite, embed
+from .target import Target, score
+
+WORST = "worst-case"  # the attack name of the per-query worst case's rows
+
+
+def parse_member(member: str) -> tuple[str, list[str]]:
+    """``"apd iters=100 step_schedule=cosine"`` -> ``("apd", ["attack.iters=100", "attack.step_schedule=cosine"])``."""
+    name, *settings = str(member).split()
+    bad = [s for s in settings if "=" not in s]
+    if bad:
+        raise ConfigError(f"eval.suite member {member!r}: {bad[0]!r} is not key=value (an attack option, then its "
+                          f"settings, e.g. 'apd iters=100')")
+    return name, [f"attack.{s}" for s in settings]
+
+
+@functools.lru_cache(maxsize=64)
+def member_attack(member: str) -> dict[str, Any]:
+    """The attack node of a suite member, composed from ``conf/attack/<option>`` and its settings."""
+    name, overrides = parse_member(member)
+    options = sorted(p.stem for p in (CONF_DIR / "attack").glob("*.yaml") if not p.stem.startswith("_"))
+    if name not in options or name == "none":
+        raise ConfigError(f"eval.suite member {member!r}: {name!r} is not an attack; expected one of "
+                          f"{', '.join(o for o in options if o != 'none')}")
+    try:
+        return container(compose_config([f"attack={name}", *overrides]).attack)
+    except ConfigError:
+        raise
+    except Exception as exc:  # an unknown key or a value of the wrong type, as Hydra words it
+        raise ConfigError(f"eval.suite member {member!r}: {str(exc).splitlines()[0]}") from None
+
+
+def applies(attack: dict[str, Any], defense: DefenseConfig) -> bool:
+    """Whether a suite member applies to the defense: ``oblivious`` members to a query transform only, ``eot``
+    members to a random transform they see only. A suite can so serve every defense of a sweep."""
+    if attack.get("oblivious") and not defense.transform:
+        return False
+    return not attack.get("eot") or (defense.random and not attack.get("oblivious"))
+
+
+def check_suite(suite: list[str]) -> None:
+    """Every member composes, its settings pass the attack's checks, and no member is listed twice."""
+    from ..attacks import AttackConfig
+
+    if len(set(map(str, suite))) != len(suite):
+        raise ConfigError(f"eval.suite={list(suite)}: a member is listed twice")
+    for member in suite:
+        node = member_attack(str(member))
+        AttackConfig(**{k: v for k, v in node.items() if k in AttackConfig.__dataclass_fields__})
+
+
+def member_jobs(job: JobConfig) -> list[JobConfig]:
+    """One job per suite member that applies to the job's defense: this job with its attack, and no suite."""
+    jobs = []
+    for member in job.suite:
+        if not applies(member_attack(str(member)), job.defense):
+            continue
+        cfg = OmegaConf.create(OmegaConf.to_container(job.config, resolve=False))
+        cfg.attack = member_attack(str(member))
+        cfg.eval.suite = []
+        jobs.append(load_job(cfg))
+    return jobs
+
+
+def worst_case(scores: list[QueryAP]) -> QueryAP:
+    """Per query, the lowest AP over the members (under each tie convention, with that member's found-weight)."""
+    out = {}
+    for ap, found in (("expected", "expected_found"), ("grouped", "grouped_found")):
+        aps = np.stack([getattr(s, ap) for s in scores])
+        pick = aps.argmin(0)
+        cols = np.arange(aps.shape[1])
+        out[ap], out[found] = aps[pick, cols], np.stack([getattr(s, found) for s in scores])[pick, cols]
+    return QueryAP(**out)
+
+
+def evaluate_suite(job: JobConfig, data: RetrievalData, target: Target, base: dict[str, Any],
+                   describe: Callable[[JobConfig], dict[str, Any]], rt: Runtime,
+                   rows_of: Callable[..., list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """The rows of every member's adversarial set (``rows_of``: ``records.attacked_rows``), then per system the
+    worst case over them. Each member's set is cached under the key its own job has, so a sweep that also runs
+    the members alone makes each set once."""
+    from ..records import score_fields
+
+    rows: list[dict[str, Any]] = []
+    per_system: dict[str, list[QueryAP]] = {s: [] for s in job.systems}
+    labels = []
+    for mjob in member_jobs(job):
+        adv = adversarial_set(mjob, data, target, describe, rt)
+        assert adv is not None
+        with rt.timed(f"eval_{mjob.attack.name}"):
+            z_adv, logits = embed(target.backbone, adv.images, rt, job.eval_batch_size, "adversarial features",
+                                  job.subvectors, target.classify)
+            check_finite("adversarial features", z_adv)
+            scored = score(target, z_adv, data, job.systems, job.topk)
+        changed = target.index.encode(z_adv) != target.index.encode(target.features["query"])
+        member_rows = rows_of(base, scored, mjob, adv, data, changed, logits)
+        rows += member_rows
+        labels.append(member_label(member_rows[0]))
+        for s in job.systems:
+            per_system[s].append(scored[s]["aps"])
+    for s in job.systems:
+        worst = {"aps": worst_case(per_system[s])}
+        rows.append({**base, "attack": WORST, "system": s, **score_fields(worst, job), "topk": job.topk,
+                     "source_model": base["model"], "source_bits": base["bits"], "transfer": False, "suite": labels})
+    return rows
+
+
+def member_label(row: dict[str, Any]) -> str:
+    from ..report.tables import attack_label
+
+    return attack_label(row)
+
+
+__all__ = ["WORST", "applies", "check_suite", "evaluate_suite", "member_attack", "member_jobs", "parse_member", "worst_case"]

@@ -1,0 +1,257 @@
+"""Defenses: adversarial training of the retrieval model, query transforms and the adaptive attacks on them (BPDA,
+EOT), the robust evaluation suite and its per-query worst case, and what they put in keys and rows."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hydra.utils import instantiate
+
+from pqattack.attacks import AttackConfig, pgd, reference
+from pqattack.cache import ArtifactCache
+from pqattack.config import load_job
+from pqattack.defense import (AdversarialTrainingConfig, BitDepthConfig, DefendedBackbone, JpegConfig, QueryTransform,
+                              bit_depth, jpeg)
+from pqattack.defense.training import AdversarialClassifierModule, AdversarialPQNModule
+from pqattack.errors import ConfigError
+from pqattack.metrics import QueryAP
+from pqattack.models import RetrievalModel, build_backbone
+from pqattack.runtime import Runtime
+from pqattack.stages.keys import artifact_keys
+from pqattack.stages.suite import member_jobs, worst_case
+from pqattack.training import fit
+
+from .conftest import TINY, compose_config, run_job
+
+CPU = torch.device("cpu")
+SMALL = ["dataset=synthetic", "dataset.num_train=300", "dataset.num_test=120", "dataset.num_queries=10",
+         "dataset.num_database=80", "model=smallcnn", "attack=apd", "device=cpu", "bits=16", "precision=fp32"]
+PQN = ["quantizer=pqn", "quantizer.init_samples=100"]
+#: the keys of SMALL (and SMALL + PQN) as computed by the code before the defense group existed
+BEFORE_DEFENSES = {
+    "kmeans": {"checkpoint": "089736318390601b5202f653", "features": "112c8fd3d69acf4f8f3a59a7",
+               "codebooks": "bb0deb121f8df2661d6da28a", "adversarial_queries": "23dc3db15587923d60b0460a",
+               "results": "9d09d32abe00baad95a17162"},
+    "pqn": {"checkpoint": "6b312ec45a2bf81ba39bd4b2", "base_checkpoint": "089736318390601b5202f653",
+            "features": "d2a31fcf11b8daf8cb3a4834", "codebooks": "6b312ec45a2bf81ba39bd4b2",
+            "adversarial_queries": "e6a9525af86b9e0ee783bfea", "results": "4376f94780165db0785850ea"},
+}
+
+
+@pytest.fixture(scope="module")
+def small_data(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
+    cfg = compose_config(SMALL)
+    return instantiate(cfg.dataset).load(ArtifactCache(tmp_path_factory.mktemp("data"), enabled=False))
+
+
+def keys(overrides: list[str], data) -> dict[str, str]:  # noqa: ANN001
+    return artifact_keys(load_job(compose_config(SMALL + overrides)), data, "fp32", CPU)
+
+
+class Spy(AdversarialPQNModule):
+    """Keeps each training step's clean (un-augmented) images next to the batch it trained on."""
+
+    seen: list[tuple[torch.Tensor, torch.Tensor, int]]
+
+    def training_step(self, batch, batch_idx):  # noqa: ANN001, ANN201
+        loss = super().training_step(batch, batch_idx)
+        self.seen.append((self.to_float(batch[0]), *self.last_batch))
+        return loss
+
+
+def test_the_defended_training_step_trains_on_adversarial_images(small_data, tmp_path: Path) -> None:  # noqa: ANN001
+    """Through the real Lightning trainer: in every batch, the first ratio * B images are replaced by images inside
+    the eps-ball of the clean ones (and in [0, 1]) that differ from them; the rest are the clean images."""
+    torch.manual_seed(0)
+    eps = 4 / 255
+    codebooks = torch.nn.functional.normalize(torch.randn(4, 16, 32), dim=-1)
+    module = Spy(build_backbone("smallcnn", 10, width=32), codebooks,
+                 AdversarialTrainingConfig(eps=eps, iters=2, ratio=0.5), alpha=10.0, schedule="constant",
+                 augment=False)
+    module.seen = []
+    fit(module, small_data, 32, 1, 0, Runtime(CPU, "fp32", ArtifactCache(tmp_path, enabled=False), False), [])
+    assert len(module.seen) == len(small_data.train) // 32
+    for clean, mixed, n in module.seen:
+        assert n == 16
+        delta = (mixed[:n] - clean[:n]).abs()
+        assert delta.max() <= eps + 1e-6 and (delta.flatten(1).max(1).values > 0).all()
+        assert torch.equal(mixed[n:], clean[n:]) and 0 <= mixed.min() and mixed.max() <= 1
+
+
+def test_the_kmeans_backbone_trains_on_feature_distance_images() -> None:
+    torch.manual_seed(0)
+    net = build_backbone("smallcnn", 10, width=8)
+    module = AdversarialClassifierModule(net, AdversarialTrainingConfig(eps=4 / 255, iters=2), schedule="constant")
+    x = torch.rand(8, 3, 32, 32)
+    mixed, n, ref = module.adversarial_batch(x)
+    assert n == 8 and module.backbone.training
+    assert 0 < (mixed - x).abs().max() <= 4 / 255 + 1e-6
+    net.eval()
+    with torch.no_grad():
+        moved = (torch.nn.functional.normalize(net.forward_features(mixed), dim=1) - ref.z).pow(2).sum(1)
+    assert (moved > 1e-6).all()  # the feature-distance attack moved every feature
+
+
+def test_bpda_passes_the_gradient_through_the_transform_as_the_identity() -> None:
+    torch.manual_seed(0)
+    x = torch.rand(4, 3, 32, 32, requires_grad=True)
+    for cfg, plain in ((JpegConfig(quality=30), lambda v: jpeg(v, [30] * 4)), (BitDepthConfig(depth=3),
+                                                                              lambda v: bit_depth(v, 3))):
+        t = QueryTransform(cfg, seed=0)
+        y = t.bpda(x)
+        assert torch.equal(y, plain(x)) and (y - x).abs().max() > 0.02  # forward: the transformed image
+        w = torch.randn_like(y)
+        (grad,) = torch.autograd.grad((w * y).sum(), x)
+        assert grad.abs().sum() > 0 and torch.equal(grad, w)  # backward: the identity on the transform's input
+        assert not t.transform(x).requires_grad  # the transform passes no gradient of its own (what BPDA replaces)
+
+
+def test_a_random_jpeg_draws_anew_and_eot_averages_over_draws() -> None:
+    torch.manual_seed(0)
+    x = torch.randint(0, 256, (6, 3, 32, 32)) / 255  # 8-bit images: the rounded result stays in the ball
+    t = QueryTransform(JpegConfig(quality=90, quality_min=10), seed=0)
+    assert not torch.equal(t.transform(x), t.transform(x))
+    calls = []
+    inner = build_backbone("smallcnn", 10, width=8).eval()
+    defended = DefendedBackbone(inner, t)
+    original = t.transform
+    t.transform = lambda v: calls.append(1) or original(v)  # type: ignore[method-assign]
+    model = RetrievalModel(defended, torch.randn(4, 16, 8))
+    cfg = AttackConfig(name="apd", loss="apd", iters=2, eot=3)
+    adv = pgd(model, x, "apd", cfg)
+    assert len(calls) == 1 + 2 * 3  # the reference, then 3 draws per step
+    assert 0 < (adv - x).abs().max() <= cfg.eps + 1e-6
+
+
+def test_defense_none_keeps_the_keys_from_before_defenses(small_data) -> None:  # noqa: ANN001
+    assert keys(["defense=none"], small_data) == BEFORE_DEFENSES["kmeans"] == keys(["~defense"], small_data)
+    assert keys(PQN + ["defense=none"], small_data) == BEFORE_DEFENSES["pqn"]
+
+
+def test_defense_none_trains_as_before(tmp_path: Path) -> None:
+    """A job with defense=none and the same job composed without the defense group (the configs before it), each
+    trained in its own cache: the same checkpoint bits, the same numbers."""
+    job = [*TINY, "quantizer=pqn", "quantizer.epochs=1", "quantizer.init_samples=200", "precision=fp32"]
+    a = run_job([*job, "defense=none"], tmp_path / "a", tmp_path / "cache_a")
+    b = run_job([*job, "~defense"], tmp_path / "b", tmp_path / "cache_b")
+    assert [r["map"] for r in a["rows"]] == [r["map"] for r in b["rows"]]
+    key = a["meta"]["cache_keys"]["checkpoint"]
+    assert key == b["meta"]["cache_keys"]["checkpoint"]
+    ta, tb = (ArtifactCache(tmp_path / c).load("checkpoint", key)[0] for c in ("cache_a", "cache_b"))
+    assert ta.keys() == tb.keys() and all(torch.equal(ta[k], tb[k]) for k in ta)
+
+
+def test_defenses_are_in_the_keys_of_what_they_change(small_data) -> None:  # noqa: ANN001
+    """Adversarial training is a new checkpoint on top of the undefended one, keyed by its whole config; a query
+    transform changes no checkpoint, and the query set only when the attack is made through it (adaptive): the
+    oblivious attack's set is the undefended model's."""
+    for q in ([], PQN):
+        none = keys(q + ["defense=none"], small_data)
+        adv = keys(q + ["defense=adv"], small_data)
+        assert adv["undefended_checkpoint"] == none["checkpoint"] and adv.get("base_checkpoint") == none.get(
+            "base_checkpoint")
+        variants = [adv] + [keys(q + ["defense=adv", c], small_data) for c in
+                            ("defense.eps=0.0156", "defense.beta=2", "defense.iters=3", "defense.ratio=0.5",
+                             "defense.epochs=2", "defense.lr=0.02")]
+        assert len({k["checkpoint"] for k in variants} | {none["checkpoint"]}) == len(variants) + 1
+    base = keys([], small_data)
+    oblivious = keys(["defense=jpeg", "attack.oblivious=true"], small_data)
+    adaptive = keys(["defense=jpeg"], small_data)
+    other = keys(["defense=jpeg", "defense.quality=50"], small_data)
+    eot = keys(["defense=jpeg_random", "attack.eot=2"], small_data)
+    assert {k: v for k, v in oblivious.items() if k != "results"} == {k: v for k, v in base.items() if k != "results"}
+    assert adaptive["checkpoint"] == base["checkpoint"] and adaptive["features"] == base["features"]
+    assert len({base["adversarial_queries"], adaptive["adversarial_queries"], other["adversarial_queries"],
+                eot["adversarial_queries"]}) == 4
+
+
+def test_the_worst_case_is_the_per_query_minimum() -> None:
+    rng = np.random.default_rng(0)
+    parts = [QueryAP(rng.random(50), rng.random(50), np.ones(50), np.ones(50)) for _ in range(4)]
+    worst = worst_case(parts)
+    assert np.array_equal(worst.expected, np.min([p.expected for p in parts], 0))
+    assert np.array_equal(worst.grouped, np.min([p.grouped for p in parts], 0))
+    assert worst.mean() < min(p.mean() for p in parts)
+
+
+def test_suite_members_follow_the_defense() -> None:
+    suite = 'eval.suite=[basic,"apd iters=7","apd eot=2","apd oblivious=true"]'
+    plain = member_jobs(load_job(compose_config(SMALL + ["attack=none", suite])))
+    assert [(j.attack.loss, j.attack.iters) for j in plain] == [("basic", 5), ("apd", 7)]
+    jpeg_jobs = member_jobs(load_job(compose_config(SMALL + ["attack=none", suite, "defense=jpeg"])))
+    assert [j.attack.oblivious for j in jpeg_jobs] == [False, False, True]
+    random_jobs = member_jobs(load_job(compose_config(SMALL + ["attack=none", suite, "defense=jpeg_random"])))
+    assert [(j.attack.eot, j.attack.oblivious) for j in random_jobs] == [(0, False), (0, False), (2, False),
+                                                                        (0, True)]
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["defense=adv", "defense.eps=0"], "defense.eps=0"),
+    (["defense=adv", "defense.ratio=1.5"], "defense.ratio"),
+    (["defense=adv", "defense.iters=0"], "defense.iters"),
+    (["defense=adv", "defense.attack=cw"], "defense.attack='cw'"),
+    (["defense=adv", "defense.attack=apd"], "defense.attack=apd"),
+    (["defense=jpeg", "defense.quality=0"], "defense.quality=0"),
+    (["defense=jpeg", "defense.quality_min=90"], "defense.quality_min=90"),
+    (["defense=bitdepth", "defense.depth=8"], "defense.depth=8"),
+    (["attack.oblivious=true"], "attack.oblivious=true"),
+    (["defense=jpeg", "attack.eot=4"], "attack.eot=4"),
+    (["attack.eot=1", "defense=jpeg_random"], "attack.eot=1"),
+    (["attack=none", "eval.suite=[apd,nope]"], "'nope' is not an attack"),
+    (["attack=none", "eval.suite=[\"apd iters=0\"]"], "attack.iters=0"),
+    (["attack=none", "eval.suite=[\"apd colour=1\"]"], "apd colour=1"),
+    (["attack=none", "eval.suite=[apd,apd]"], "listed twice"),
+    (["eval.suite=[apd]"], "attack=none"),
+])
+def test_bad_defense_values_name_the_key(overrides: list[str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message.replace(".", r"\.").replace("[", r"\[")):
+        load_job(compose_config(SMALL + overrides))
+
+
+def test_a_defended_suite_job(tmp_path: Path, shared_cache: Path) -> None:
+    """A real JPEG-defended job with a suite: a row per member that applies, the oblivious member's queries are the
+    undefended model's, and the worst case is at most every member's mAP."""
+    base = [o for o in TINY if not o.startswith("attack.")]
+    plain = run_job([*TINY, "attack=apd"], tmp_path / "plain", shared_cache)
+    res = run_job([*base, "attack=none", "defense=jpeg",
+                   'eval.suite=[basic,apd,"apd oblivious=true","apd eot=2"]'], tmp_path / "jpeg", shared_cache)
+    rows = res["rows"]
+    assert all(r["defense"] == "jpeg (q=75)" and r["defense_quality"] == 75 for r in rows)
+    for s in ("sdc", "adc"):
+        at = {(r["attack"], r.get("oblivious")): r for r in rows if r["system"] == s and r["attack"] != "clean"}
+        assert set(at) == {("basic", False), ("apd", False), ("apd", True), ("worst-case", None)}
+        worst = at.pop(("worst-case", None))
+        assert worst["map"] <= min(r["map"] for r in at.values()) and len(worst["suite"]) == 3
+    obl = [r for r in rows if r.get("oblivious")][0]
+    assert obl["linf"] == next(r for r in plain["rows"] if r["attack"] == "apd")["linf"]  # the same query set
+
+
+def _row(attack: str, value: float, defense: str | None = None, **kw) -> dict:  # noqa: ANN003
+    base = {"dataset": "cifar10", "model": "fastnet", "quantizer": "pqn", "bits": 24, "system": "sdc", "epochs": 10,
+            "pqn_epochs": 1, "alpha": 10.0, "device": "cpu", "precision": "bf16", "queries": 500, "topk": None,
+            "attack": attack, "map": value}
+    if attack != "clean" and attack != "worst-case":
+        base.update(eps=8 / 255, step=0.01, iters=5)
+    return {**base, **({"defense": defense} if defense else {}), **kw}
+
+
+def test_the_defense_tables_are_computed_from_rows() -> None:
+    from pqattack.report.defense import adaptive_grid, masking_grid, summary_grid
+
+    rows = [_row("clean", 80.0), _row("apd", 10.0), _row("basic", 12.0), _row("worst-case", 8.0),
+            _row("clean", 70.0, "adv"), _row("apd", 30.0, "adv"), _row("worst-case", 20.0, "adv"),
+            _row("apd", 26.0, "adv", iters=100), _row("apd", 20.0, "adv", eps=16 / 255),
+            _row("clean", 79.0, "jpeg"), _row("apd", 40.0, "jpeg", oblivious=True),
+            _row("apd", 16.0, "jpeg", oblivious=False), _row("worst-case", 15.0, "jpeg")]
+    summary = {r[3]: r for r in summary_grid(rows).rows}
+    assert summary["adv"][4:10] == ["70.0", "30.0", "20.0", "2.50x", "10.0", "0"]
+    assert summary["none"][6] == "8.0" and summary["jpeg"][7] == "1.88x"
+    adaptive = adaptive_grid(rows).rows
+    assert adaptive == [["fastnet+pqn", "24", "SDC", "jpeg", "apd", "10.0", "40.0", "16.0", "80%"]]
+    masking = masking_grid(rows).rows
+    assert masking == [["fastnet+pqn", "24", "SDC", "adv", "26.0 <= 30.0: ok", "20.0 < 30.0: ok"]]
+    flagged = masking_grid([*rows[:-1], _row("apd", 35.0, "adv", iters=100)]).rows  # a rise: flagged
+    assert any("FLAG" in cell for row in flagged for cell in row)
