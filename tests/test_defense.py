@@ -250,7 +250,11 @@ def test_the_defense_tables_are_computed_from_rows() -> None:
     assert summary["adv"][4:10] == ["70.0", "30.0", "20.0", "2.50x", "10.0", "0"]
     assert summary["none"][6] == "8.0" and summary["jpeg"][7] == "1.88x"
     adaptive = adaptive_grid(rows).rows
-    assert adaptive == [["fastnet+pqn", "24", "SDC", "jpeg", "apd", "10.0", "40.0", "16.0", "80%"]]
+    assert adaptive == [["fastnet+pqn", "24", "SDC", "jpeg", "apd", "10.0", "40.0", "16.0", "80%", "apd 16.0", "80%"]]
+    more = adaptive_grid([*rows, _row("apd", 13.0, "jpeg", oblivious=False, iters=100),
+                          _row("apd", 11.0, "bitdepth", oblivious=True), _row("apd", 10.5, "bitdepth", oblivious=False)])
+    assert more.rows[1][8:] == ["80%", "apd (iters=100) 13.0", "90%"]
+    assert more.rows[0][3] == "bitdepth" and more.rows[0][8] == "none apparent"  # 1 point of apparent robustness
     masking = masking_grid(rows).rows
     assert masking == [["fastnet+pqn", "24", "SDC", "adv", "26.0 <= 30.0: ok", "20.0 < 30.0: ok"]]
     flagged = masking_grid([*rows[:-1], _row("apd", 35.0, "adv", iters=100)]).rows  # a rise: flagged

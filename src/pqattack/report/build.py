@@ -163,7 +163,7 @@ def defense_section(report: Report, rows: list[dict[str, Any]]) -> None:
         if grid is not None:
             report.add(grid.markdown())
             report.grids[name] = grid
-    if any(len(v) > 1 for v in defense.pareto_points(rows).values()):
+    if any(len(v) >= defense.PARETO_MIN_POINTS for v in defense.pareto_points(rows).values()):
         report.figure(defense.pareto_figure(rows, "Clean against worst-case mAP"), "defense_pareto",
                       "Clean against worst-case mAP (%), the undefended target (square) and each adversarially "
                       "trained one (eps, beta, k).")

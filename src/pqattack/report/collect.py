@@ -39,12 +39,18 @@ def write_table(sources: list[str | Path], out_prefix: str | Path, title: str, c
         kind = cfg.get("quantizer", {}).get("kind", "kmeans")
         bits = cfg.get("bits")
         name = m.get("model") or cfg.get("model", {}).get("name", "?")
-        return name if kind == "kmeans" else f"{name}+{kind} {bits}b"
+        name = name if kind == "kmeans" else f"{name}+{kind} {bits}b"
+        defense = (cfg.get("defense") or {}).get("kind", "none")
+        if defense == "adv":  # an adversarially trained checkpoint of its own
+            d = cfg["defense"]
+            name += f" adv (eps={d['eps'] * 255:.0f}/255, beta={d['beta']:g})"
+        return name
 
     train_seconds = {}
     for m in job_metas:
         name = model_of(m)
-        t = (m.get("pqn_training") if "+" in name else m.get("training")) or {}
+        t = (m.get("defense_training") if " adv (" in name else m.get("pqn_training") if "+" in name
+             else m.get("training")) or {}
         if t.get("train_seconds") is not None:
             train_seconds[name] = t["train_seconds"]
     versions = job_metas[0].get("versions", {}) if job_metas else {}
@@ -61,7 +67,8 @@ def write_table(sources: list[str | Path], out_prefix: str | Path, title: str, c
              f"was built (then cached): " + ", ".join(f"{k} {t / 60:.1f} min" for k, t in sorted(train_seconds.items()))
              + ".",
              "", "Backbone test accuracy (%, query + database images): "
-             + ", ".join(f"{k} {v:.1f}" for k, v in sorted(accuracy.items())) + ".", "", render_tables(rows)]
+             + (", ".join(f"{k} {v:.1f}" for k, v in sorted(accuracy.items())) or "not measured (no classifier head "
+                "on the retrieval feature: a triplet-only PQN)") + ".", "", render_tables(rows)]
     if has_defenses(rows):
         lines += ["", summary_markdown(rows)]
     (out_prefix.with_suffix(".md")).write_text("\n".join(lines))
