@@ -1,5 +1,6 @@
 """Every config group composes with hydra.compose; bad values fail at start-up naming the key."""
 
+import re
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,7 @@ from pqattack.config import ConfigError, validate
 
 from .conftest import CONF
 
-GROUPS = ["dataset", "model", "quantizer", "attack", "trainer", "logger"]
+GROUPS = ["dataset", "model", "quantizer", "attack", "defense", "trainer", "logger"]
 
 
 def options(group: str) -> list[str]:
@@ -91,3 +92,17 @@ def test_configs_are_package_data() -> None:
 
     assert CONF_DIR == Path(pqattack.__file__).parent / "conf" == CONF
     assert (CONF_DIR / "config.yaml").is_file()
+
+
+def test_help_lists_every_config_group() -> None:
+    """`pqattack --help` names each group under conf/ (the defense group included) with its options."""
+    from omegaconf import OmegaConf
+
+    from pqattack.config import CONF_DIR
+
+    help_cfg = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "hydra" / "help" / "pqattack.yaml"), resolve=False)
+    template = help_cfg["template"]
+    groups = sorted(p.name for p in CONF_DIR.iterdir() if p.is_dir() and p.name not in ("hydra", "__pycache__"))
+    assert "defense" in groups
+    missing = [g for g in groups if not re.search(rf"^\s+{g}:\s+\$\{{pqattack_options:{g}\}}$", template, re.M)]
+    assert not missing, f"groups missing from conf/hydra/help/pqattack.yaml: {missing}"
