@@ -237,7 +237,7 @@ def load_job(cfg: DictConfig) -> JobConfig:
         raise ConfigError(f"transfer.source_bits={t['source_bits']}: must be a positive multiple of "
                           f"quantizer.M={q.M}")
     defense = defense_config(container(cfg.defense) if cfg.get("defense") is not None else None)
-    _check_defense(defense, attack, q, t)
+    _check_defense(defense, attack, q)
     suite = list(ev.get("suite") or [])
     if suite:
         from .stages.suite import check_suite
@@ -252,21 +252,15 @@ def load_job(cfg: DictConfig) -> JobConfig:
                eval_batch_size=int(ev.batch_size), seed=int(cfg.seed), transfer=t, defense=defense, suite=suite)
 
 
-def _check_defense(defense: DefenseConfig, attack: AttackConfig, q: KMeansConfig, t: dict[str, Any]) -> None:
+def _check_defense(defense: DefenseConfig, attack: AttackConfig, q: KMeansConfig) -> None:
     """The attack options that only a query transform gives a meaning to; the training attack of a K-means target."""
     if isinstance(defense, AdversarialTrainingConfig) and q.kind != "pqn" and defense.attack in ("apd", "aod"):
         raise ConfigError(f"defense.attack={defense.attack}: a K-means target's codebooks are built after its "
                           f"backbone is trained, so its training images are made with the feature distance "
                           f"(defense.attack=basic or null); the soft-assignment attacks need quantizer=pqn")
-    if attack.name == "none":
-        return
-    if attack.oblivious and not defense.transform:
-        raise ConfigError(f"attack.oblivious=true: the attack ignores a query transform, and defense={defense.kind} "
-                          f"has none (use defense=jpeg or defense=bitdepth)")
-    if attack.eot and not (defense.random and not attack.oblivious):
-        raise ConfigError(f"attack.eot={attack.eot}: expectation over transformation averages over the draws of a "
-                          f"random query transform that the attack sees (defense=jpeg with defense.quality_min, "
-                          f"attack.oblivious=false); defense={defense.label()} has none")
+    conflict = None if attack.name == "none" else defense.attack_conflict(attack.oblivious, attack.eot)
+    if conflict:
+        raise ConfigError(conflict)
 
 
 class ValidateSweep(Callback):

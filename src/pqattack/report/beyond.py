@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .paper import Grid
-from .tables import LOOP_LABELS, PAPER_ATTACK, attack_label, is_paper_attack, recipe_label
+from .tables import LOOP_LABELS, PAPER_ATTACK, WORST, attack_label, is_paper_attack, recipe_label
 
 PAPER_ATTACKS = ("basic", "apd", "aod")
 GAIN_TARGET = 2.0  # mAP points: a new attack "beats" PQ-AG's in a cell when it is at least this far below the best
@@ -28,7 +28,7 @@ def _at_paper_budget(row: dict[str, Any]) -> bool:
 def _white_box(rows: list[dict[str, Any]], defended: bool = False) -> list[dict[str, Any]]:
     """The attacked white-box rows over the full ranking, of undefended targets (of defended ones with ``defended``;
     the worst case over a suite is no attack of its own)."""
-    return [r for r in rows if r["attack"] not in ("clean", "worst-case") and not r.get("transfer")
+    return [r for r in rows if r["attack"] not in ("clean", WORST) and not r.get("transfer")
             and r.get("topk") is None and bool(r.get("defense")) == defended]
 
 

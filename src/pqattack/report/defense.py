@@ -9,9 +9,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from .paper import Grid
-from .tables import attack_label, recipe_label
+from .tables import WORST, attack_label, recipe_label
 
-WORST = "worst-case"
 PARETO_MIN_POINTS = 3  # a target's defenses drawn in the Pareto figure: the undefended one and at least two trained
 
 
@@ -19,6 +18,11 @@ def _target(row: dict[str, Any]) -> tuple:
     """The retrieval system a row measures, without its defense: dataset, model, quantizer, bits, system, recipe."""
     return (row.get("dataset_label") or row["dataset"], row["model"], row.get("quantizer", "kmeans"), int(row["bits"]),
             row["system"], recipe_label(row))
+
+
+def _model(target: tuple) -> str:
+    """``fastnet+pqn`` (``fastnet`` for a K-means target)."""
+    return target[1] + ("" if target[2] == "kmeans" else f"+{target[2]}")
 
 
 def _rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -75,7 +79,7 @@ def summary_grid(rows: list[dict[str, Any]]) -> Grid:
                 factor = s.worst / base.worst
             if base.clean is not None and s.clean is not None:
                 cost = base.clean - s.clean
-        body.append([s.target[1] + ("" if s.target[2] == "kmeans" else f"+{s.target[2]}"), str(s.target[3]),
+        body.append([_model(s.target), str(s.target[3]),
                      s.target[4].upper(), s.defense, _fmt(s.clean), _fmt(s.paper_best), _fmt(s.worst),
                      "-" if factor is None else f"{factor:.2f}x", _fmt(cost), str(len(s.suite))])
     return Grid("**Defenses**: clean mAP, the best of PQ-AG's attacks at its budget, the per-query worst case over "
@@ -121,8 +125,7 @@ def adaptive_grid(rows: list[dict[str, Any]]) -> Grid | None:
             continue
         und = undefended.get((target, attack))
         best, label = strongest[(target, defense)]
-        body.append([target[1] + ("" if target[2] == "kmeans" else f"+{target[2]}"), str(target[3]),
-                     target[4].upper(), defense, attack, _fmt(und), _fmt(maps[True]), _fmt(maps[False]),
+        body.append([_model(target), str(target[3]), target[4].upper(), defense, attack, _fmt(und), _fmt(maps[True]), _fmt(maps[False]),
                      share(maps[True], maps[False], und), f"{label} {best:.1f}", share(maps[True], best, und)])
     if not body:
         return None
@@ -153,8 +156,7 @@ def masking_grid(rows: list[dict[str, Any]]) -> Grid | None:
         steps = "-" if many is None else f"{grid[many]:.1f} <= {five:.1f}: {'ok' if grid[many] <= five else 'FLAG'}"
         eps = ("-" if wide is None or at8 is None else
                f"{grid[wide]:.1f} < {at8:.1f}: {'ok' if grid[wide] < at8 else 'FLAG'}")
-        body.append([target[1] + ("" if target[2] == "kmeans" else f"+{target[2]}"), str(target[3]), target[4].upper(),
-                     defense, steps, eps])
+        body.append([_model(target), str(target[3]), target[4].upper(), defense, steps, eps])
     if not body:
         return None
     return Grid("**Gradient-masking checks** of the defended targets: APD at the most steps recorded against 5 steps "
@@ -189,8 +191,7 @@ def pareto_figure(rows: list[dict[str, Any]], title: str) -> Any:
         ax.set_ylim(0, max(w for _, _, w in points[target]) * 1.2)
         ax.set_xlabel("clean mAP (%)")
         ax.set_ylabel("worst-case mAP (%)")
-        ax.set_title(f"{target[1]}{'' if target[2] == 'kmeans' else '+' + target[2]} {target[3]}b {target[4].upper()}",
-                     fontsize=8)
+        ax.set_title(f"{_model(target)} {target[3]}b {target[4].upper()}", fontsize=8)
     fig.suptitle(title)
     return fig
 

@@ -7,6 +7,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any, Iterable
 
+WORST = "worst-case"  # the attack name of a robust evaluation's per-query worst-case rows (``stages.suite``)
 ATTACK_ORDER = ("clean", "basic", "apd", "aod", "margin", "center", "center_targeted")
 SYSTEM_ORDER = ("sdc", "adc")
 

@@ -14,13 +14,11 @@ from ..data import RetrievalData
 from ..defense import DefenseConfig
 from ..errors import ConfigError
 from ..metrics import QueryAP
+from ..report.tables import WORST, attack_label
 from ..runtime import Runtime
 from .attack import adversarial_set
 from .features import check_finite, embed
 from .target import Target, score
-
-WORST = "worst-case"  # the attack name of the per-query worst case's rows
-
 
 def parse_member(member: str) -> tuple[str, list[str]]:
     """``"apd iters=100 step_schedule=cosine"`` -> ``("apd", ["attack.iters=100", "attack.step_schedule=cosine"])``."""
@@ -49,11 +47,10 @@ def member_attack(member: str) -> dict[str, Any]:
 
 
 def applies(attack: dict[str, Any], defense: DefenseConfig) -> bool:
-    """Whether a suite member applies to the defense: ``oblivious`` members to a query transform only, ``eot``
-    members to a random transform they see only. A suite can so serve every defense of a sweep."""
-    if attack.get("oblivious") and not defense.transform:
-        return False
-    return not attack.get("eot") or (defense.random and not attack.get("oblivious"))
+    """Whether a suite member applies to the defense (``DefenseConfig.attack_conflict``): ``oblivious`` members to a
+    query transform only, ``eot`` members to a random transform they see only. A suite can so serve every defense
+    of a sweep."""
+    return defense.attack_conflict(bool(attack.get("oblivious")), int(attack.get("eot") or 0)) is None
 
 
 def check_suite(suite: list[str]) -> None:
@@ -113,7 +110,7 @@ def evaluate_suite(job: JobConfig, data: RetrievalData, target: Target, base: di
         changed = target.index.encode(z_adv) != target.index.encode(target.features["query"])
         member_rows = rows_of(base, scored, mjob, adv, data, changed, logits)
         rows += member_rows
-        labels.append(member_label(member_rows[0]))
+        labels.append(attack_label(member_rows[0]))
         for s in job.systems:
             per_system[s].append(scored[s]["aps"])
     for s in job.systems:
@@ -123,10 +120,4 @@ def evaluate_suite(job: JobConfig, data: RetrievalData, target: Target, base: di
     return rows
 
 
-def member_label(row: dict[str, Any]) -> str:
-    from ..report.tables import attack_label
-
-    return attack_label(row)
-
-
-__all__ = ["WORST", "applies", "check_suite", "evaluate_suite", "member_attack", "member_jobs", "parse_member", "worst_case"]
+__all__ = ["applies", "check_suite", "evaluate_suite", "member_attack", "member_jobs", "parse_member", "worst_case"]
