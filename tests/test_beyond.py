@@ -501,6 +501,21 @@ def test_transfer_boost_preset_crosses_the_boosters_with_table4_fast_cpu() -> No
     assert {s[2] for s in seen} == {s[3] for s in seen} == {"fastnet", "fastnet_narrow", "vgg16", "resnet18"}
 
 
+def test_bits_transfer_boost_preset_crosses_the_boosters_with_table3_cpu() -> None:
+    jobs = sweep_jobs("transfer_boost_bits_cpu")
+    assert len(jobs) == 2 * 2 * 2 * 3 * 3
+    seen = set()
+    for job in jobs[::5]:
+        cfg = make(job)
+        validate(cfg)
+        seen.add((cfg.attack.momentum, cfg.attack.diversity, cfg.model.name, cfg.transfer.source_bits, cfg.bits))
+        assert (cfg.attack.name, cfg.attack.iters, cfg.trainer.max_epochs) == ("aod", 5, 2)
+        assert cfg.transfer.source_model is None
+    assert {s[:2] for s in seen} == {(0.0, 0.0), (0.0, 0.5), (1.0, 0.0), (1.0, 0.5)}
+    assert {s[2] for s in seen} == {"vgg16", "resnet18"}
+    assert {s[3] for s in seen} == {s[4] for s in seen} == {16, 24, 36}
+
+
 @pytest.mark.slow  # trains a second backbone: about 35 s on 2 shared cores
 def test_an_ensemble_transfer_job_averages_its_sources_under_the_key_artifact_keys_computes(
         tiny_cache: Path, tmp_path: Path) -> None:

@@ -1,6 +1,7 @@
 """End to end through ``python -m pqattack`` in real subprocesses: runs, sweeps, wandb, errors, the demo."""
 
 import json
+import re
 import time
 from pathlib import Path
 
@@ -76,9 +77,12 @@ def test_wandb_offline_writes_run_files_with_metrics(tmp_path: Path, shared_cach
                                            (["dataset.num_queries=5000"], "dataset.num_queries")])
 def test_bad_config_fails_fast_and_writes_nothing(tmp_path: Path, overrides: list[str], key: str) -> None:
     cache = tmp_path / "cache"
-    proc = run_cli([*TINY, *overrides], tmp_path, cache, check=False)
+    proc = run_cli([*TINY, *overrides], tmp_path, cache, check=False, env={"PYTHONPROFILEIMPORTTIME": "1"})
     assert proc.returncode == 2
     assert key in proc.stderr and "config error" in proc.stderr
+    # checked before the pipeline's imports: neither Lightning nor torchvision (seconds of start-up) was loaded
+    imported = set(re.findall(r"^import time:.*\|\s*(\S+)$", proc.stderr, re.M))
+    assert "torch" in imported and not imported & {"pytorch_lightning", "torchvision"}
     assert "cache miss" not in proc.stderr + proc.stdout  # nothing was built: it failed before any compute
     assert not (tmp_path / "outputs").exists() or not any((tmp_path / "outputs").rglob("*.json"))
     assert not cache.exists() or not any(p.is_file() for p in cache.rglob("*"))

@@ -168,6 +168,20 @@ def test_defenses_are_in_the_keys_of_what_they_change(small_data) -> None:  # no
                 eot["adversarial_queries"]}) == 4
 
 
+def test_differently_trained_models_never_share_a_label() -> None:
+    """The label names eps, beta and k, then each other setting off its default: rows and tables of two models
+    that differ in any setting (epochs, ratio, ...) stay apart; the defaults' labels are as before."""
+    assert AdversarialTrainingConfig().label() == "adv (eps=8/255, beta=1, k=2)"
+    assert AdversarialTrainingConfig(eps=2 / 255, beta=0.3).label() == "adv (eps=2/255, beta=0.3, k=2)"
+    variants = [AdversarialTrainingConfig(**{k: v}) for k, v in
+                (("epochs", 3), ("ratio", 0.5), ("lr", 0.02), ("attack", "aod"), ("step", 0.01),
+                 ("random_start", False), ("num_train", 1000), ("eps", 2.5 / 255))]
+    labels = [c.label() for c in variants]
+    assert len(set(labels)) == len(labels) and AdversarialTrainingConfig().label() not in labels
+    assert labels[:2] == ["adv (eps=8/255, beta=1, k=2, epochs=3)", "adv (eps=8/255, beta=1, k=2, ratio=0.5)"]
+    assert labels[-1] == "adv (eps=2.5/255, beta=1, k=2)"
+
+
 def test_the_worst_case_is_the_per_query_minimum() -> None:
     rng = np.random.default_rng(0)
     parts = [QueryAP(rng.random(50), rng.random(50), np.ones(50), np.ones(50)) for _ in range(4)]
@@ -259,3 +273,24 @@ def test_the_defense_tables_are_computed_from_rows() -> None:
     assert masking == [["fastnet+pqn", "24", "SDC", "adv", "26.0 <= 30.0: ok", "20.0 < 30.0: ok"]]
     flagged = masking_grid([*rows[:-1], _row("apd", 35.0, "adv", iters=100)]).rows  # a rise: flagged
     assert any("FLAG" in cell for row in flagged for cell in row)
+
+
+def test_the_pareto_figure_draws_a_line_per_radius_through_its_betas() -> None:
+    from pqattack.report.defense import pareto_figure, pareto_points, pareto_series
+
+    rows = [_row("clean", 80.0), _row("worst-case", 8.0)]
+    for label, clean, worst in (("adv (eps=2/255, beta=1, k=2)", 72.0, 15.0),
+                                ("adv (eps=2/255, beta=0.1, k=2)", 81.0, 10.0),
+                                ("adv (eps=2/255, beta=0, k=2)", 82.0, 9.0),
+                                ("adv (eps=4/255, beta=1, k=2)", 52.0, 22.0),
+                                ("adv (eps=2/255, beta=1, k=2, epochs=3)", 74.0, 18.0)):
+        rows += [_row("clean", clean, label), _row("worst-case", worst, label)]
+    [points] = pareto_points(rows).values()
+    series = pareto_series(points)
+    assert series["adv (eps=2/255, k=2)"] == [(0.0, 82.0, 9.0), (0.1, 81.0, 10.0), (1.0, 72.0, 15.0)]
+    assert series["none"] == [(None, 80.0, 8.0)] and series["adv (eps=2/255, k=2, epochs=3)"] == [(1.0, 74.0, 18.0)]
+    [ax] = pareto_figure(rows, "t").axes
+    lines = {line.get_label(): list(zip(line.get_xdata(), line.get_ydata())) for line in ax.get_lines()}
+    assert lines["eps=2/255, k=2"] == [(82.0, 9.0), (81.0, 10.0), (72.0, 15.0)]
+    assert set(lines) == {"undefended", "eps=2/255, k=2", "eps=2/255, k=2, epochs=3", "eps=4/255, k=2"}
+    assert sorted(t.get_text() for t in ax.texts) == ["0", "0.1", "1", "1", "1"]

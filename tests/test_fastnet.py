@@ -15,7 +15,7 @@ from pqattack.cache import ArtifactCache
 from pqattack.config import ConfigError, container, load_job, validate
 from pqattack.data import RetrievalData, SyntheticSource, top1_hit
 from pqattack.models import ClassifierModule, build_backbone
-from pqattack.models.classifier import RECIPE_OPTIONS
+from pqattack.models.recipe import RECIPE_OPTIONS
 from pqattack.models.fastnet import STEM_KERNEL, FastNet
 from pqattack.runtime import Runtime
 from pqattack.stages.keys import checkpoint_spec

@@ -100,6 +100,10 @@ def test_budget_curves_flag_a_rise_with_more_steps_or_a_larger_eps() -> None:
     grid = beyond.flags_grid(curves)
     assert "(1 flagged)" in grid.title and grid.rows == [["fastnet", "16", "SDC", "apd", "against iters at eps 8/255",
                                                           "5", "10", "+1.0"]]
+    pqn = beyond.budget_curves([{**r, "quantizer": "pqn"} for r in rows])
+    assert beyond.flags_grid(pqn).rows[0][0] == "fastnet+pqn"
+    fig = beyond.budget_figure(pqn, "iters", "t")
+    assert [ax.get_title() for ax in fig.axes] == ["fastnet+pqn 16b SDC"]
 
 
 def test_a_built_report_has_the_section_and_its_figures(tmp_path: Path) -> None:

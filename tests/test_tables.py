@@ -210,3 +210,23 @@ def test_records_of_another_query_count_fill_cells_of_their_own(tmp_path) -> Non
     text = render_tables([*rows, transfer, row("clean", "sdc", 59.7, model="vgg16", queries=1000, epochs=2,
                                                 device="cpu", precision="bf16")])
     assert "| system | generated on | vgg16 | fastnet |" in text and "| SDC | vgg16 | - | 30.0 |" in text
+
+
+def test_each_adversarially_trained_checkpoint_keeps_its_own_training_time(tmp_path) -> None:
+    """Two defended checkpoints that differ only in epochs are two entries, named by the defense's own label."""
+    import json
+
+    from pqattack.report.collect import write_table
+
+    for name, epochs, seconds in (("0_a", 1, 120.0), ("1_b", 3, 360.0)):
+        defense = {"kind": "adv", "eps": 2 / 255, "beta": 0.3, "epochs": epochs}
+        meta = {"config": {"model": {"name": "fastnet"}, "quantizer": {"kind": "pqn"}, "bits": 24, "defense": defense},
+                "device": "cpu", "timings_s": {"total": seconds}, "defense_training": {"train_seconds": seconds}}
+        label = "adv (eps=2/255, beta=0.3, k=2" + (", epochs=3)" if epochs == 3 else ")")
+        rows = [row("clean", "sdc", 70.0, model="fastnet", quantizer="pqn", bits=24, defense=label)]
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "results.json").write_text(json.dumps({"meta": meta, "rows": rows}))
+    write_table([tmp_path], tmp_path / "out" / "t", "T", "python -m pqattack experiment=t")
+    seconds = json.loads((tmp_path / "out" / "t.json").read_text())["meta"]["training_seconds_per_checkpoint"]
+    assert seconds == {"fastnet+pqn 24b adv (eps=2/255, beta=0.3, k=2)": 120.0,
+                       "fastnet+pqn 24b adv (eps=2/255, beta=0.3, k=2, epochs=3)": 360.0}

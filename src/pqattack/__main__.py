@@ -13,7 +13,6 @@ from omegaconf import DictConfig
 
 from .config import register
 from .errors import PQAttackError
-from .loggers import finish_loggers, make_loggers
 
 register()
 log = logging.getLogger("pqattack")
@@ -45,30 +44,39 @@ def remove_empty_run_dir(output_dir: Path) -> None:
         shutil.rmtree(output_dir, ignore_errors=True)
 
 
+def close_loggers(loggers: list, status: str) -> None:
+    if loggers:
+        from .loggers import finish_loggers
+
+        finish_loggers(loggers, status)
+
+
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
 
     from .config import load_job
-    from .pipeline import run
 
     set_log_level(cfg)
     output_dir = Path(HydraConfig.get().runtime.output_dir)
     loggers: list = []
     status = "failed"
     try:
-        load_job(cfg)
+        load_job(cfg)  # before the pipeline's imports (Lightning, FAISS): a bad config fails in about two seconds
+        from .loggers import make_loggers
+        from .pipeline import run
+
         loggers = make_loggers(cfg, output_dir)
         path = run(cfg, output_dir, loggers)
         status = "success"
     except PQAttackError as exc:
         print(f"{exc.kind} error: {exc}", file=sys.stderr)
-        finish_loggers(loggers, status)
+        close_loggers(loggers, status)
         loggers = []
         remove_empty_run_dir(output_dir)
         sys.exit(exc.exit_code)
     finally:
-        finish_loggers(loggers, status)
+        close_loggers(loggers, status)
     print((output_dir / "results.md").read_text())
     if HydraConfig.get().mode.name == "RUN":
         print(f"results: {path}")

@@ -18,7 +18,7 @@ from .defense.config import AdversarialTrainingConfig, DefenseConfig, defense_co
 from .errors import ConfigError
 from .models.augment import PAD_MODES
 from .models.backbones import ARCHITECTURES
-from .models.classifier import SCHEDULES
+from .models.recipe import SCHEDULES
 from .quant.config import IndexConfig, KMeansConfig, PQNConfig
 from .runtime import PRECISIONS, resolve_device
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any, Optional
 
 from ..errors import ConfigError
@@ -105,7 +105,14 @@ class AdversarialTrainingConfig(DefenseConfig):
         return self.step if self.step is not None else 2.5 * self.eps / self.iters
 
     def label(self) -> str:
-        return f"adv (eps={self.eps * 255:.0f}/255, beta={self.beta:g}, k={self.iters})"
+        """``adv (eps=8/255, beta=1, k=2)``, then each other setting that differs from its default (``epochs=3``,
+        ``ratio=0.5``, ...): two differently trained models never share a label."""
+        parts = [f"eps={self.eps * 255:.3g}/255", f"beta={self.beta:g}", f"k={self.iters}"]
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name not in ("kind", "eps", "beta", "iters") and value != f.default:
+                parts.append(f"{f.name}={value:g}" if isinstance(value, float) else f"{f.name}={value}")
+        return f"adv ({', '.join(parts)})"
 
     def row_fields(self) -> dict[str, Any]:
         return {"defense": self.label(), "defense_eps": self.eps, "defense_beta": self.beta,

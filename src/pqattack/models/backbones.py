@@ -22,7 +22,6 @@ How each differs from torchvision's ImageNet model:
 from __future__ import annotations
 
 import torch
-import torchvision
 from torch import nn
 
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
@@ -58,6 +57,8 @@ class Backbone(nn.Module):
 
 
 def _resnet(name: str) -> tuple[nn.Module, int]:
+    import torchvision
+
     net = getattr(torchvision.models, name)(weights=None)
     net.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
     net.maxpool = nn.Identity()
@@ -77,6 +78,8 @@ def _vgg(name: str, batch_norm: bool) -> tuple[nn.Module, int]:
 
 
 def _alexnet(hidden: int, dropout: float) -> tuple[nn.Module, int]:
+    import torchvision
+
     net = torchvision.models.AlexNet(num_classes=10, dropout=dropout)
     f = net.features  # conv, relu, pool, conv, relu, pool, conv, relu, conv, relu, conv, relu, pool
     f[0] = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1)

@@ -11,12 +11,6 @@ from ..errors import NumericsError
 from .augment import random_crop_flip
 from .backbones import Backbone
 
-SCHEDULES = ("onecycle", "constant", "triangle")
-# Recipe keys that only some trainer configs have (conf/trainer/fastnet.yaml); absent, the module's defaults
-# apply, which reproduce the training of the recipes that predate them exactly.
-RECIPE_OPTIONS = ("crop_padding", "crop_pad_mode", "warmup", "lr_start", "lr_end", "norm_lr_scale", "lookahead",
-                  "lookahead_every")
-
 
 class ClassifierModule(pl.LightningModule):
     """Cross-entropy training; SGD with Nesterov momentum and a one-cycle learning rate.

@@ -151,6 +151,11 @@ def mean_gap_to_apd(rows: list[dict[str, Any]]) -> dict[str, float]:
     return {k: sum(v) / len(v) for k, v in gaps.items()}
 
 
+def cell_model(cell: tuple) -> str:
+    """The model column of a cell: the backbone, with ``+pqn`` (its quantizer) unless K-means codebooks."""
+    return cell[1] if cell[3] == "kmeans" else f"{cell[1]}+{cell[3]}"
+
+
 def winners_grid(rows: list[dict[str, Any]]) -> Grid | None:
     winners = cell_winners(rows)
     if not winners:
@@ -159,7 +164,7 @@ def winners_grid(rows: list[dict[str, Any]]) -> Grid | None:
                 "the best attack beyond it; mAP (%); gain: how far the new one is below (positive: it wins)",
                 ["dataset", "model", "recipe", "bits", "system", "clean", "floor", "best of PQ-AG", "mAP",
                  "best beyond", "mAP ", "gain"],
-                [[w.cell[0], w.cell[1] if w.cell[3] == "kmeans" else f"{w.cell[1]}+{w.cell[3]}", w.cell[2],
+                [[w.cell[0], cell_model(w.cell), w.cell[2],
                   str(w.cell[4]), w.cell[5].upper(), "—" if w.clean is None else f"{w.clean:.1f}",
                   "—" if w.floor is None else f"{w.floor:.1f}", w.paper[0],
                   f"{w.paper[1]:.1f}", w.beyond[0], f"{w.beyond[1]:.1f}", f"{w.gain:+.1f}"] for w in winners])
@@ -227,7 +232,7 @@ def flags_grid(curves: list[Curve]) -> Grid:
     return Grid(f"**Gradient-masking check**: {len(curves)} budget curves; a rise of more than {RISE_TOLERANCE:g} "
                 f"mAP points with more budget is flagged ({len(rises)} flagged)",
                 ["model", "bits", "system", "attack", "curve", "from", "to", "mAP rise"],
-                [[c.cell[1] + (f" [{c.cell[6]}]" if c.cell[6] else ""), str(c.cell[4]), c.cell[5].upper(), c.attack,
+                [[cell_model(c.cell) + (f" [{c.cell[6]}]" if c.cell[6] else ""), str(c.cell[4]), c.cell[5].upper(), c.attack,
                   f"against {c.axis} at {'eps' if c.axis == 'iters' else 'iters'} "
                   f"{_budget('eps' if c.axis == 'iters' else 'iters', c.fixed)}", _budget(c.axis, a),
                   _budget(c.axis, b), f"+{d:.1f}"] for c, (a, b, d) in rises])
@@ -237,11 +242,11 @@ def budget_figure(curves: list[Curve], axis: str, title: str) -> Any:
     """One panel per (model, bits, system), a line per (attack, the fixed budget); log-scale budget axis."""
     from .figures import new_figure
 
-    panels = sorted({(c.cell[1], c.cell[4], c.cell[5], c.cell[6]) for c in curves if c.axis == axis})
+    panels = sorted({(cell_model(c.cell), c.cell[4], c.cell[5], c.cell[6]) for c in curves if c.axis == axis})
     fig, axes = new_figure("budget_curves", ncols=max(1, len(panels)), squeeze=False)
     for ax, panel in zip(axes[0], panels):
         for c in curves:
-            if c.axis == axis and (c.cell[1], c.cell[4], c.cell[5], c.cell[6]) == panel:
+            if c.axis == axis and (cell_model(c.cell), c.cell[4], c.cell[5], c.cell[6]) == panel:
                 xs = [p[0] * 255 if axis == "eps" else p[0] for p in c.points]
                 other = "eps" if axis == "iters" else "iters"
                 ax.plot(xs, [p[1] for p in c.points], marker="o", ms=3,

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ..defense.config import AdversarialTrainingConfig, defense_config
 from .defense import has_defenses, summary_markdown
 from .tables import TableError, dedupe_rows, render_tables, with_queries
 
@@ -40,10 +41,9 @@ def write_table(sources: list[str | Path], out_prefix: str | Path, title: str, c
         bits = cfg.get("bits")
         name = m.get("model") or cfg.get("model", {}).get("name", "?")
         name = name if kind == "kmeans" else f"{name}+{kind} {bits}b"
-        defense = (cfg.get("defense") or {}).get("kind", "none")
-        if defense == "adv":  # an adversarially trained checkpoint of its own
-            d = cfg["defense"]
-            name += f" adv (eps={d['eps'] * 255:.0f}/255, beta={d['beta']:g})"
+        defense = defense_config(cfg.get("defense"))
+        if isinstance(defense, AdversarialTrainingConfig):  # a checkpoint of its own, named as its rows name it
+            name += f" {defense.label()}"
         return name
 
     train_seconds = {}

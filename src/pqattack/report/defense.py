@@ -5,12 +5,14 @@ Pareto figure across ``defense.eps`` and ``defense.beta``. Everything is compute
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
 from .paper import Grid
 from .tables import WORST, attack_label, recipe_label
 
+BETA = re.compile(r", beta=([0-9.e+-]+)")  # the beta of a defense label (AdversarialTrainingConfig.label)
 PARETO_MIN_POINTS = 3  # a target's defenses drawn in the Pareto figure: the undefended one and at least two trained
 
 
@@ -174,25 +176,44 @@ def pareto_points(rows: list[dict[str, Any]]) -> dict[tuple, list[tuple[str, flo
     return out
 
 
+def pareto_series(points: list[tuple[str, float, float]]) -> dict[str, list[tuple[float | None, float, float]]]:
+    """The points of one target as series: the defenses that differ only in ``beta`` form one series (its label
+    without beta), each point (beta, clean, worst case), beta ascending; the undefended target is a series of one."""
+    series: dict[str, list[tuple[float | None, float, float]]] = {}
+    for label, clean, worst in points:
+        beta = BETA.search(label)
+        key = BETA.sub("", label) if beta else label
+        series.setdefault(key, []).append((float(beta.group(1)) if beta else None, clean, worst))
+    for pts in series.values():
+        pts.sort(key=lambda p: -1.0 if p[0] is None else p[0])
+    return series
+
+
 def pareto_figure(rows: list[dict[str, Any]], title: str) -> Any:
     """Clean against worst-case mAP, a panel per (model, bits, system) with at least ``PARETO_MIN_POINTS`` points
-    (the undefended target and its adversarially trained versions), a point per defense."""
+    (the undefended target and its adversarially trained versions): a line per series of ``pareto_series`` (one
+    training radius, ...) through its beta values, each point marked with its beta."""
     from .figures import new_figure
 
     points = {t: p for t, p in pareto_points(rows).items() if len(p) >= PARETO_MIN_POINTS}
     panels = sorted(points)
     fig, axes = new_figure("budget_curves", ncols=max(1, len(panels)), squeeze=False)
     for ax, target in zip(axes[0], panels):
-        for label, clean, worst in points[target]:
-            ax.scatter([clean], [worst], s=18, marker="s" if label == "none" else "o")
-            short = label.replace("adv ", "").replace("(", "").replace(")", "").replace(", k=2", "")
-            ax.annotate(short, (clean, worst), fontsize=6, xytext=(3, 2), textcoords="offset points")
-        ax.set_xlim(0, 100)
+        for key, pts in sorted(pareto_series(points[target]).items()):
+            name = "undefended" if key == "none" else key.removeprefix("adv (").removesuffix(")")
+            ax.plot([p[1] for p in pts], [p[2] for p in pts], marker="s" if key == "none" else "o", ms=4, lw=0.8,
+                    label=name)
+            for beta, clean, worst in pts:
+                if beta is not None:
+                    ax.annotate(f"{beta:g}", (clean, worst), fontsize=6, xytext=(3, 2), textcoords="offset points")
+        cleans = [c for _, c, _ in points[target]]
+        ax.set_xlim(max(0.0, min(cleans) - 5), min(100.0, max(cleans) + 5))
         ax.set_ylim(0, max(w for _, _, w in points[target]) * 1.2)
         ax.set_xlabel("clean mAP (%)")
         ax.set_ylabel("worst-case mAP (%)")
         ax.set_title(f"{_model(target)} {target[3]}b {target[4].upper()}", fontsize=8)
-    fig.suptitle(title)
+        ax.legend(fontsize=6)
+    fig.suptitle(f"{title} (at each point: beta)")
     return fig
 
 
@@ -205,5 +226,5 @@ def summary_markdown(rows: list[dict[str, Any]]) -> str:
     return "\n\n".join(blocks) + "\n"
 
 
-__all__ = ["adaptive_grid", "has_defenses", "masking_grid", "pareto_figure", "pareto_points",
+__all__ = ["adaptive_grid", "has_defenses", "masking_grid", "pareto_figure", "pareto_points", "pareto_series",
            "summaries", "summary_grid", "summary_markdown"]

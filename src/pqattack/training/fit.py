@@ -11,7 +11,7 @@ import torch
 
 from ..data import RetrievalData
 from ..errors import ConfigError
-from ..models.classifier import RECIPE_OPTIONS
+from ..models.recipe import RECIPE_OPTIONS
 from ..runtime import Runtime
 from .batches import TensorBatches
 from .distributed import SPAWN_DDP, BatchCounter, continue_rank_zero_logs, world_size
