@@ -45,6 +45,7 @@ def remove_empty_run_dir(output_dir: Path) -> None:
 
 
 def close_loggers(loggers: list, status: str) -> None:
+    """Finish the job's loggers, if it got as far as making any (a failed config check makes none)."""
     if loggers:
         from .loggers import finish_loggers
 
