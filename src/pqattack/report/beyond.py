@@ -232,7 +232,8 @@ def flags_grid(curves: list[Curve]) -> Grid:
     return Grid(f"**Gradient-masking check**: {len(curves)} budget curves; a rise of more than {RISE_TOLERANCE:g} "
                 f"mAP points with more budget is flagged ({len(rises)} flagged)",
                 ["model", "bits", "system", "attack", "curve", "from", "to", "mAP rise"],
-                [[cell_model(c.cell) + (f" [{c.cell[6]}]" if c.cell[6] else ""), str(c.cell[4]), c.cell[5].upper(), c.attack,
+                [[cell_model(c.cell) + (f" [{c.cell[6]}]" if c.cell[6] else ""), str(c.cell[4]), c.cell[5].upper(),
+                  c.attack,
                   f"against {c.axis} at {'eps' if c.axis == 'iters' else 'iters'} "
                   f"{_budget('eps' if c.axis == 'iters' else 'iters', c.fixed)}", _budget(c.axis, a),
                   _budget(c.axis, b), f"+{d:.1f}"] for c, (a, b, d) in rises])

@@ -35,26 +35,28 @@ def write_table(sources: list[str | Path], out_prefix: str | Path, title: str, c
     rows = dedupe_rows([r for j in jobs for r in j["rows"]], [str(f) for f, j in zip(files, jobs) for _ in j["rows"]])
     devices = sorted({m.get("device", "?") for m in job_metas})
     job_seconds = sum(float((m.get("timings_s") or {}).get("total", 0.0)) for m in job_metas)
-    def model_of(m: dict[str, Any]) -> str:
+
+    def checkpoint_of(m: dict[str, Any]) -> tuple[str, str]:
+        """The job's last-trained checkpoint: its name, and the meta key of its training record."""
         cfg = m.get("config") or {}
         kind = cfg.get("quantizer", {}).get("kind", "kmeans")
-        bits = cfg.get("bits")
         name = m.get("model") or cfg.get("model", {}).get("name", "?")
-        name = name if kind == "kmeans" else f"{name}+{kind} {bits}b"
+        record = "training"
+        if kind != "kmeans":
+            name, record = f"{name}+{kind} {cfg.get('bits')}b", "pqn_training"
         defense = defense_config(cfg.get("defense"))
         if isinstance(defense, AdversarialTrainingConfig):  # a checkpoint of its own, named as its rows name it
-            name += f" {defense.label()}"
-        return name
+            name, record = f"{name} {defense.label()}", "defense_training"
+        return name, record
 
     train_seconds = {}
     for m in job_metas:
-        name = model_of(m)
-        t = (m.get("defense_training") if " adv (" in name else m.get("pqn_training") if "+" in name
-             else m.get("training")) or {}
+        name, record = checkpoint_of(m)
+        t = m.get(record) or {}
         if t.get("train_seconds") is not None:
             train_seconds[name] = t["train_seconds"]
     versions = job_metas[0].get("versions", {}) if job_metas else {}
-    accuracy = {model_of(m): m.get("test_accuracy") for m in job_metas if m.get("test_accuracy") is not None}
+    accuracy = {checkpoint_of(m)[0]: m.get("test_accuracy") for m in job_metas if m.get("test_accuracy") is not None}
     out_prefix = Path(out_prefix)
     out_prefix.parent.mkdir(parents=True, exist_ok=True)
     record = {"meta": {"title": title, "command": command, "devices": devices, "versions": versions,

@@ -127,8 +127,9 @@ def adaptive_grid(rows: list[dict[str, Any]]) -> Grid | None:
             continue
         und = undefended.get((target, attack))
         best, label = strongest[(target, defense)]
-        body.append([_model(target), str(target[3]), target[4].upper(), defense, attack, _fmt(und), _fmt(maps[True]), _fmt(maps[False]),
-                     share(maps[True], maps[False], und), f"{label} {best:.1f}", share(maps[True], best, und)])
+        body.append([_model(target), str(target[3]), target[4].upper(), defense, attack, _fmt(und),
+                     _fmt(maps[True]), _fmt(maps[False]), share(maps[True], maps[False], und), f"{label} {best:.1f}",
+                     share(maps[True], best, und)])
     if not body:
         return None
     return Grid("**Adaptive against plain**: mAP (%) of each of PQ-AG's attacks oblivious of the query transform "

@@ -20,6 +20,7 @@ from .attack import adversarial_set
 from .features import check_finite, embed
 from .target import Target, score
 
+
 def parse_member(member: str) -> tuple[str, list[str]]:
     """``"apd iters=100 step_schedule=cosine"`` -> ``("apd", ["attack.iters=100", "attack.step_schedule=cosine"])``."""
     name, *settings = str(member).split()
