@@ -530,6 +530,12 @@ def test_an_ensemble_transfer_job_averages_its_sources_under_the_key_artifact_ke
     attacked = [r for r in res["rows"] if r["attack"] != "clean"]
     assert {r["source_model"] for r in attacked} == {"smallcnn+fastnet_narrow"} and all(r["transfer"] for r in attacked)
     assert all((r["momentum"], r["diversity"]) == (1.0, 0.5) for r in attacked)
+    from pqattack.report.tables import source_epochs_of  # what the report derives for records made before the field
+    from pqattack.transfer import source_jobs
+
+    sources = source_jobs(load_job(compose_config(TINY + [f"cache.dir={tiny_cache}"] + extra)))
+    epochs = "+".join(str(s.trainer["max_epochs"]) for s in sources)
+    assert {r["source_epochs"] for r in attacked} == {epochs} == {source_epochs_of(res["meta"]["config"])}
     cfg = compose_config(TINY + [f"cache.dir={tiny_cache}"] + extra)
     data = instantiate(cfg.dataset).load(ArtifactCache(tiny_cache))
     keys = artifact_keys(load_job(cfg), data, res["meta"]["precision"], torch.device("cpu"))

@@ -192,7 +192,25 @@ def test_recipe_follows_the_model_in_table4_fast_cpu(tmp_path) -> None:  # noqa:
     # a recipe override reaches only its model
     tuned = make(["experiment=table4_fast_cpu", "model=fastnet", "recipes.vgg16.max_epochs=3",
                   "transfer.source_model=vgg16"])
-    assert tuned.trainer.max_epochs == 10 and source_jobs(load_job(tuned))[0].trainer["max_epochs"] == 3
+    assert tuned.trainer.max_epochs == 20 and source_jobs(load_job(tuned))[0].trainer["max_epochs"] == 3
+
+
+def test_tables_train_fastnet_with_its_recipe_and_the_sweeps_with_its_10_epoch_version() -> None:
+    """trainer=fastnet_10ep is fastnet's recipe with 10 of its 20 epochs and nothing else changed; the paper-regime
+    tables use the full recipe, the sweeps that attack or fine-tune one checkpoint many times the 10-epoch one, for
+    the target and for a transfer source alike."""
+    full, short = container(make(["trainer=fastnet"]).trainer), container(make(["trainer=fastnet_10ep"]).trainer)
+    assert (full["max_epochs"], short["max_epochs"]) == (20, 10) and {**short, "max_epochs": 20} == full
+    for preset in ("table1_fast_cpu", "soft_assignment_fast_cpu", "table4_fast_cpu"):
+        assert container(make([f"experiment={preset}", "model=fastnet"]).trainer) == full, preset
+    for preset in ("beyond_cpu", "budget_cpu", "defense_cpu", "defense_kmeans_cpu", "defense_budget_cpu",
+                   "defense_pareto_cpu", "transfer_boost_cpu"):
+        assert container(make([f"experiment={preset}", "model=fastnet"]).trainer) == short, preset
+    for model in ("fastnet", "fastnet_narrow"):
+        boost = make(["experiment=transfer_boost_cpu", "model=vgg16", f"transfer.source_model={model}"])
+        assert source_jobs(load_job(boost))[0].trainer == short, model
+        table4 = make(["experiment=table4_fast_cpu", "model=vgg16", f"transfer.source_model={model}"])
+        assert source_jobs(load_job(table4))[0].trainer == full, model
 
 
 def test_an_ensemble_source_trains_each_member_with_its_own_recipe(tmp_path) -> None:  # noqa: ANN001
@@ -203,7 +221,7 @@ def test_an_ensemble_source_trains_each_member_with_its_own_recipe(tmp_path) -> 
     preset = make(["experiment=table4_fast_cpu", "model=fastnet", "transfer.source_model=[fastnet_narrow,vgg16]"])
     validate(preset)
     narrow, vgg = source_jobs(load_job(preset))
-    assert (narrow.model["name"], narrow.trainer["max_epochs"], vgg.model["name"]) == ("fastnet_narrow", 10, "vgg16")
+    assert (narrow.model["name"], narrow.trainer["max_epochs"], vgg.model["name"]) == ("fastnet_narrow", 20, "vgg16")
     assert checkpoint_spec(vgg, data, "bf16", cpu) == checkpoint_spec(
         load_job(make(["experiment=table1_cpu", "model=vgg16"])), data, "bf16", cpu)
     with pytest.raises(ConfigError, match=r"transfer\.source_model=\[fastnet_narrow, alexnet\].*'alexnet'"):

@@ -39,6 +39,11 @@ def test_ceilings_match_brute_force(trained_demo, tmp_path: Path) -> None:  # no
     exact = np.mean([average_precision_score(rel[i], -np.linalg.norm(zd - zq[i], axis=1)) if rel[i].any() else 0.0
                      for i in range(len(zq))]) * 100
     assert abs(out["float"] - exact) < 0.02
+    cq, cd = zq - zd.mean(0), zd - zd.mean(0)
+    cq, cd = cq / np.linalg.norm(cq, axis=1, keepdims=True), cd / np.linalg.norm(cd, axis=1, keepdims=True)
+    centred = np.mean([average_precision_score(rel[i], -np.linalg.norm(cd - cq[i], axis=1)) if rel[i].any() else 0.0
+                       for i in range(len(cq))]) * 100
+    assert abs(out["float_centred"] - centred) < 0.02 and abs(centred - exact) > 0.05  # the centring changes it
     with torch.no_grad():  # a cross-entropy backbone: its forward is the head of the raw embedding
         pq = target.backbone(data.query.images.float() / 255).argmax(-1).numpy()
         pd = target.backbone(data.database.images.float() / 255).argmax(-1).numpy()

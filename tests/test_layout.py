@@ -27,3 +27,12 @@ def test_no_module_imports_the_orchestrator() -> None:
     importers = [str(p.relative_to(PACKAGE)) for p in sorted(PACKAGE.rglob("*.py"))
                  if "pqattack.pipeline" in imported_modules(p)]
     assert importers == ["__main__.py"]
+
+
+def test_the_stages_and_the_layers_before_the_report_do_not_import_it() -> None:
+    """Data flows from data, models, quant, attacks and metrics through the stages into the report; the naming of
+    rows they share lives in ``pqattack.labels``, so nothing upstream imports ``pqattack.report``."""
+    upstream = ("data", "models", "quant", "attacks", "metrics", "stages", "training", "defense")
+    importers = [str(p.relative_to(PACKAGE)) for sub in upstream for p in sorted((PACKAGE / sub).rglob("*.py"))
+                 if any(m == "pqattack.report" or m.startswith("pqattack.report.") for m in imported_modules(p))]
+    assert importers == []

@@ -2,8 +2,8 @@
 
 import pytest
 
-from pqattack.report.tables import (TableError, attack_label, dedupe_rows, is_paper_attack, markdown_table,
-                                    render_tables)
+from pqattack.labels import attack_label, is_paper_attack
+from pqattack.report.tables import TableError, dedupe_rows, markdown_table, render_tables
 
 
 def row(attack: str, system: str, value: float, **kw) -> dict:
@@ -230,3 +230,51 @@ def test_each_adversarially_trained_checkpoint_keeps_its_own_training_time(tmp_p
     seconds = json.loads((tmp_path / "out" / "t.json").read_text())["meta"]["training_seconds_per_checkpoint"]
     assert seconds == {"fastnet+pqn 24b adv (eps=2/255, beta=0.3, k=2)": 120.0,
                        "fastnet+pqn 24b adv (eps=2/255, beta=0.3, k=2, epochs=3)": 360.0}
+
+
+def test_a_model_trained_with_two_recipes_is_two_rows_and_columns_of_the_transfer_matrix(tmp_path) -> None:
+    """fastnet at 20 epochs (Table 4's) and at 10 (a booster sweep's) both make queries for VGG16: once the two
+    rows filled one cell (the row did not record its source's recipe) and the report stopped; then the matrix
+    stopped on a model with two recipes. The source's epochs, recorded or taken from the job's config for older
+    records, now keep them apart, each recipe a row and a column of its own."""
+    import json
+
+    from pqattack.report.records import gather_records
+    from pqattack.report.tables import transfer_tables
+
+    vgg, fast = dict(epochs=2, device="cpu", precision="bf16"), dict(device="cpu", precision="bf16")
+    for name, epochs, value in (("table4", 20, 54.7), ("boost", 10, 56.0)):
+        recipes = {"fastnet": {"max_epochs": epochs}, "vgg16": {"max_epochs": 2}}
+        meta = {"config": {"model": {"name": "vgg16"}, "dataset": {"num_queries": 1000}, "trainer": recipes["vgg16"],
+                           "recipes": recipes, "transfer": {"source_model": "fastnet"}}}
+        rows = [row("clean", "sdc", 59.7, **vgg),  # older records: no source_epochs in the rows
+                row("aod", "sdc", value, source_model="fastnet", source_bits=16, transfer=True, **vgg)]
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "results.json").write_text(json.dumps({"meta": meta, "rows": rows}))
+    rows = gather_records([tmp_path]).rows
+    assert sorted((r.get("source_epochs"), r["map"]) for r in rows if r["attack"] == "aod") == [(10, 56.0), (20, 54.7)]
+    rows += [row("clean", "sdc", 83.7, model="fastnet", queries=1000, epochs=20, **fast),
+             row("clean", "sdc", 81.7, model="fastnet", queries=1000, epochs=10, **fast)]
+    text = transfer_tables(rows)
+    assert "| system | generated on | vgg16 | fastnet (10 epochs, cpu, bf16) | fastnet (20 epochs, cpu, bf16) |" in text
+    assert "| SDC | clean | 59.7 | 81.7 | 83.7 |" in text
+    assert "| SDC | fastnet (20 epochs, cpu, bf16) | 54.7 | - | - |" in text
+    assert "| SDC | fastnet (10 epochs, cpu, bf16) | 56.0 | - | - |" in text
+    unknown = [{k: v for k, v in r.items() if k != "source_epochs"} for r in rows]
+    with pytest.raises(TableError, match=r"do not record the recipe of their source .* fastnet has rows of several"):
+        transfer_tables(unknown[:1] + unknown[1:2] + unknown[-2:])
+
+
+def test_source_epochs_from_a_jobs_config() -> None:
+    from pqattack.report.tables import source_epochs_of
+
+    trainer = {"max_epochs": 2}
+    recipes = {"fastnet": {"max_epochs": 20}, "fastnet_narrow": {"max_epochs": 10}, "vgg16": trainer}
+    assert source_epochs_of({"model": {"name": "vgg16"}, "trainer": trainer}) == 2  # white-box
+    assert source_epochs_of({"model": {"name": "vgg16"}, "trainer": trainer, "recipes": recipes,
+                             "transfer": {"source_model": "fastnet"}}) == 20
+    assert source_epochs_of({"model": {"name": "vgg16"}, "trainer": trainer, "recipes": recipes,
+                             "transfer": {"source_model": ["fastnet", "fastnet_narrow"]}}) == "20+10"
+    assert source_epochs_of({"model": {"name": "vgg16"}, "trainer": trainer,
+                             "transfer": {"source_model": "resnet18"}}) == 2  # no per-model recipes: the job's
+    assert source_epochs_of({"model": {"name": "vgg16"}, "trainer": trainer, "transfer": {"source": "/sets/x"}}) is None

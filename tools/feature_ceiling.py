@@ -3,6 +3,8 @@
 
 - ``pq_sdc`` / ``pq_adc``: the index's (the job's own rows);
 - ``float``: the unquantised l2-normalised embedding (Euclidean), the ceiling of any PQ of it;
+- ``float_centred``: the same after subtracting the database's mean embedding and normalising again: what the
+  embedding's common component (the direction all its items share) costs the ranking;
 - ``posterior``: the Euclidean distance between the classifier's softmax outputs;
 - ``predicted_class``: one tie group per predicted class (the items the classifier puts in the query's predicted
   class first, in random order): what a feature that collapses each class to a point would reach with the
@@ -24,6 +26,7 @@ from typing import Any
 import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
+from torch.nn.functional import normalize
 
 from pqattack.cache import ArtifactCache
 from pqattack.config import load_job
@@ -49,6 +52,8 @@ def ceilings(target: Target, data: RetrievalData, rt: Runtime, batch_size: int =
         out[f"pq_{system}"] = round(target.index.average_precisions(zq, system, data.query.labels,
                                                                     data.database.labels).mean("expected", "zero"), 2)
     out["float"] = _map(torch.cdist(zq, zd), data)
+    mean = zd.mean(0)
+    out["float_centred"] = _map(torch.cdist(normalize(zq - mean, dim=1), normalize(zd - mean, dim=1)), data)
     _, lq = embed(target.backbone, data.query.images, rt, batch_size, "query logits", None, target.classify)
     _, ld = embed(target.backbone, data.database.images, rt, batch_size, "database logits", None, target.classify)
     assert lq is not None and ld is not None

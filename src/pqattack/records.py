@@ -17,7 +17,7 @@ from .report import render_tables
 from .runtime import Runtime
 from .stages.keys import is_off
 from .stages.target import Target
-from .transfer import AdversarialSet
+from .transfer import AdversarialSet, source_jobs
 
 
 def describe(job: JobConfig, data: RetrievalData, dataset_label: str) -> dict[str, Any]:
@@ -106,6 +106,15 @@ ROW_SETTINGS = ("similarity", "temperature", "peak", "eps", "step", "iters", "ka
                 "step_schedule", "eot")
 
 
+def source_epochs(job: JobConfig, adv: AdversarialSet) -> int | str | None:
+    """The epochs of the backbone(s) that made ``adv``: the transfer sources' (an ensemble's '+'-joined), the
+    target's for a white-box set, or what a saved set (``transfer.source``) records (None when it does not)."""
+    if job.transfer.get("source"):
+        return adv.meta["source"].get("epochs")
+    epochs = [int(s.trainer["max_epochs"]) for s in source_jobs(job) or [job]]
+    return epochs[0] if len(epochs) == 1 else "+".join(str(e) for e in epochs)
+
+
 def attacked_rows(base: dict[str, Any], scored: dict[str, dict[str, Any]], job: JobConfig, adv: AdversarialSet,
                   data: RetrievalData, codes_changed: torch.Tensor, logits: torch.Tensor | None,
                   targeted: dict[str, dict[str, Any]] | None = None) -> list[dict[str, Any]]:
@@ -126,7 +135,8 @@ def attacked_rows(base: dict[str, Any], scored: dict[str, dict[str, Any]], job: 
              "codes_changed_per_subspace": [round(float(v), 4) for v in changed.mean(0)]}
     adaptive = {"oblivious": job.attack.oblivious} if job.defense.transform else {}
     return [{**base, "attack": made["name"], "system": s, **score_fields(v, job), "topk": job.topk,
-             "source_model": src["model"], "source_bits": src["bits"], "transfer": transfer, **setting, **flips,
+             "source_model": src["model"], "source_bits": src["bits"], "source_epochs": source_epochs(job, adv),
+             "transfer": transfer, **setting, **flips,
              **adaptive,
              **seen, **extra,
              **({} if targeted is None else targeted_fields(targeted[s], adv.targets, data, job))}

@@ -7,8 +7,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from ..labels import LOOP_LABELS, PAPER_ATTACK, WORST, attack_label, is_paper_attack
 from .paper import Grid
-from .tables import LOOP_LABELS, PAPER_ATTACK, WORST, attack_label, is_paper_attack, recipe_label
+from .tables import recipe_label
 
 PAPER_ATTACKS = ("basic", "apd", "aod")
 GAIN_TARGET = 2.0  # mAP points: a new attack "beats" PQ-AG's in a cell when it is at least this far below the best

@@ -17,11 +17,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..labels import is_paper_attack
 from . import beyond, defense, figure_data, figures
 from .artifacts import ArtifactMissing, ArtifactStore, JobArtifacts
 from .paper import MISSING, Grid, comparisons, load_paper
 from .records import Records, gather_records
-from .tables import is_paper_attack, recipe_label, render_tables
+from .tables import recipe_label, render_tables
 
 RELOAD_TOLERANCE = 0.05  # mAP points between the records and the reloaded system before a note is written
 

@@ -10,7 +10,7 @@ from typing import Any
 
 from ..defense.config import AdversarialTrainingConfig, defense_config
 from .defense import has_defenses, summary_markdown
-from .tables import TableError, dedupe_rows, render_tables, with_queries
+from .tables import TableError, dedupe_rows, render_tables, with_record_fields
 
 
 def write_table(sources: list[str | Path], out_prefix: str | Path, title: str, command: str) -> Path:
@@ -28,7 +28,7 @@ def write_table(sources: list[str | Path], out_prefix: str | Path, title: str, c
         files += per_job or found  # a sweep folder: its jobs' own records, not the collected copy too
     jobs = [json.loads(f.read_text()) for f in files]
     for j in jobs:
-        j["rows"] = with_queries(j["rows"], j["meta"])
+        j["rows"] = with_record_fields(j["rows"], j["meta"])
     for f, j in zip(files, jobs):
         j["meta"].setdefault("job_dir", str(f.parent))  # lets the report reload the job's artifacts
     job_metas = [m for j in jobs for m in (j["meta"].get("jobs") or [j["meta"]])]

@@ -9,8 +9,9 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from ..labels import WORST, attack_label
 from .paper import Grid
-from .tables import WORST, attack_label, recipe_label
+from .tables import recipe_label
 
 BETA = re.compile(r", beta=([0-9.e+-]+)")  # the beta of a defense label (AdversarialTrainingConfig.label)
 PARETO_MIN_POINTS = 3  # a target's defenses drawn in the Pareto figure: the undefended one and at least two trained

@@ -10,11 +10,12 @@ import numpy as np
 import torch
 
 from ..data import RetrievalData
+from ..labels import is_paper_attack
 from ..metrics import mean_average_precision, precision_recall_at_ranks, relevance
 from .artifacts import JobArtifacts
 from .figures import ExampleRow
 from .records import JobRecord, Records, SystemKey
-from .tables import MODEL_ORDER, is_paper_attack, order_key
+from .tables import MODEL_ORDER, order_key
 
 ATTACKS = ("basic", "apd", "aod")
 PAPER_MODELS = ("alexnet", "vgg16")

@@ -10,7 +10,8 @@ from functools import cache
 from pathlib import Path
 from typing import Any, Callable
 
-from .tables import is_paper_attack, recipe_label
+from ..labels import is_paper_attack
+from .tables import recipe_label
 
 PAPER_TABLES = Path(__file__).with_name("paper_tables.json")
 MISSING = "—"

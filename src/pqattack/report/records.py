@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, NamedTuple
 
-from .tables import dedupe_rows, with_queries
+from .tables import dedupe_rows, with_record_fields
 
 #: folders of a run that hold no records (not searched, nor are hidden folders such as .hydra or .cache)
 NOT_RECORDS = {"wandb", "csv", "adversarial_queries"}
@@ -116,7 +116,7 @@ def gather_records(sources: Iterable[str | Path], exclude: Path | None = None) -
             continue
         used.append(path)
         if "config" in doc["meta"]:
-            jobs.append(JobRecord(path, doc["meta"], with_queries(doc["rows"], doc["meta"])))
+            jobs.append(JobRecord(path, doc["meta"], with_record_fields(doc["rows"], doc["meta"])))
             continue
         collected.append((path, doc["rows"]))
         for j in doc["meta"].get("jobs", []):

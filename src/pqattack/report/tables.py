@@ -7,7 +7,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any, Iterable
 
-WORST = "worst-case"  # the attack name of a robust evaluation's per-query worst-case rows (``stages.suite``)
+from ..labels import attack_label
+
 ATTACK_ORDER = ("clean", "basic", "apd", "aod", "margin", "center", "center_targeted")
 SYSTEM_ORDER = ("sdc", "adc")
 
@@ -15,65 +16,15 @@ SYSTEM_ORDER = ("sdc", "adc")
 #: What a table cell is: the system under attack, the attack and its settings, and the recipe that made the
 #: numbers (backbone epochs, PQN epochs, device, precision). Rows of one cell must agree on everything else.
 CELL_FIELDS = ("dataset", "queries", "model", "quantizer", "bits", "M", "K", "attack", "system", "source_model",
-               "source_bits",
+               "source_bits", "source_epochs",
                "similarity", "temperature", "peak", "eps", "step", "iters", "kappa", "margin_focus", "target_class",
                "temperature_final", "logit_norm", "restarts", "restart_pick", "momentum", "diversity",
                "step_schedule", "eot", "defense", "oblivious", "epochs", "pqn_epochs", "device", "precision")
 PAPER_QUERIES = 1000  # the paper's CIFAR-10 protocol: 1,000 test images as queries
-PAPER_ATTACK = {"similarity": "dot", "eps": 8 / 255, "step": 0.01, "iters": 5}
-#: the loop options beyond the paper as a label shows them (a row holds None where an option is off)
-LOOP_LABELS = {"temperature_final": "T->{:g}", "logit_norm": "logit-norm", "restarts": "restarts={}",
-               "restart_pick": "pick={}", "momentum": "MI={:g}", "diversity": "DI={:g}", "step_schedule": "{}"}
-MARGIN_KAPPA = 0.1  # conf/attack/margin.yaml's kappa: a label names another
 
 
 class TableError(ValueError):
     """Rows that cannot be put in one table; the message names their source files."""
-
-
-def default_temperature(row: dict[str, Any]) -> float:
-    """The target's own soft-assignment temperature: 1 (eq. 7 as printed) for K-means, 1 / alpha for PQN."""
-    return 1.0 / float(row["alpha"]) if row.get("quantizer") == "pqn" and row.get("alpha") else 1.0
-
-
-def is_paper_attack(row: dict[str, Any]) -> bool:
-    """Clean rows, and attacked rows made with the paper's soft assignment (the target's own temperature, the
-    index's peak code) and budget."""
-    if row.get("temperature") is not None and abs(float(row["temperature"]) - default_temperature(row)) > 1e-9:
-        return False
-    if row.get("peak") not in (None, "index"):
-        return False
-    if any(row.get(k) is not None for k in LOOP_LABELS) or row.get("defense") is not None or row.get("eot"):
-        return False
-    return all(row.get(k) is None or abs(float(row[k]) - v) < 1e-9 if k != "similarity" else row.get(k) in (None, v)
-               for k, v in PAPER_ATTACK.items())
-
-
-def attack_label(row: dict[str, Any]) -> str:
-    """The attack's name, with the settings that differ from the defaults: ``aod (cos, T=0.1)``,
-    ``margin (kappa=0.5, MI=1, restarts=4)``."""
-    diff = []
-    if row.get("similarity") not in (None, "dot"):
-        diff.append(row["similarity"])
-    if row.get("peak") not in (None, "index"):
-        diff.append(f"peak={row['peak']}")
-    if row.get("temperature") is not None and abs(float(row["temperature"]) - default_temperature(row)) > 1e-9:
-        diff.append(f"T={row['temperature']:g}")
-    for k, short in (("eps", "eps"), ("step", "step"), ("iters", "iters")):
-        if row.get(k) is not None and abs(float(row[k]) - PAPER_ATTACK[k]) > 1e-9:
-            diff.append(f"{short}={row[k] * 255:.0f}/255" if k == "eps" else f"{short}={row[k]:g}")
-    if row.get("kappa") is not None and abs(float(row["kappa"]) - MARGIN_KAPPA) > 1e-9:
-        diff.append(f"kappa={row['kappa']:g}")
-    if row.get("margin_focus"):
-        diff.append("focus")
-    if row.get("target_class") is not None:
-        diff.append(f"target={row['target_class']}")
-    diff += [fmt.format(row[k]) for k, fmt in LOOP_LABELS.items() if row.get(k) is not None]
-    if row.get("eot"):
-        diff.append(f"EOT={row['eot']}")
-    if row.get("oblivious"):
-        diff.append("oblivious")
-    return row["attack"] + (f" ({', '.join(diff)})" if diff else "")
 
 
 def recipe_label(row: dict[str, Any]) -> str:
@@ -89,11 +40,34 @@ def recipe_label(row: dict[str, Any]) -> str:
     return f"{epochs(row['epochs'])}{pqn}, {row.get('device', '?')}, {row.get('precision', '?')}{queries}"
 
 
-def with_queries(rows: list[dict[str, Any]], meta: dict[str, Any]) -> list[dict[str, Any]]:
-    """A job's rows with ``queries`` (how many queries each averages over), taken from the job's config where a
-    record made before rows carried it lacks it."""
-    n = ((meta.get("config") or {}).get("dataset") or {}).get("num_queries")
-    return [r if "queries" in r or n is None else {**r, "queries": int(n)} for r in rows]
+def source_epochs_of(config: dict[str, Any]) -> int | str | None:
+    """The epochs of the backbone(s) that made a job's adversarial queries, from the job's config: each transfer
+    source's recipe (``recipes.<model>`` in a preset with per-model recipes, else the job's ``trainer``), '+'-joined
+    for an ensemble; the job's own for a white-box job; None for a saved set (``transfer.source``)."""
+    transfer = config.get("transfer") or {}
+    if transfer.get("source") or not config.get("trainer"):
+        return None
+    named = transfer.get("source_model")
+    names = named if isinstance(named, list) else [named] if named else [config["model"]["name"]]
+    recipes = config.get("recipes") or {}
+    epochs = [int((recipes.get(n) or config["trainer"])["max_epochs"]) for n in names]
+    return epochs[0] if len(epochs) == 1 else "+".join(str(e) for e in epochs)
+
+
+def with_record_fields(rows: list[dict[str, Any]], meta: dict[str, Any]) -> list[dict[str, Any]]:
+    """A job's rows with the fields that records made before rows carried them lack, taken from the job's config:
+    ``queries`` (how many queries each averages over) and, on attacked rows, ``source_epochs``."""
+    config = meta.get("config") or {}
+    n = (config.get("dataset") or {}).get("num_queries")
+    source_epochs = source_epochs_of(config) if config else None
+    out = []
+    for r in rows:
+        if "queries" not in r and n is not None:
+            r = {**r, "queries": int(n)}
+        if "source_model" in r and "source_epochs" not in r and source_epochs is not None:
+            r = {**r, "source_epochs": source_epochs}
+        out.append(r)
+    return out
 
 
 def cell_key(row: dict[str, Any]) -> tuple:
@@ -154,15 +128,42 @@ def _fmt(v: float | None, digits: int = 1) -> str:
     return "-" if v is None else f"{v:.{digits}f}"
 
 
-def model_recipes(rows: list[dict[str, Any]]) -> dict[str, str]:
-    """Each model's recipe label; a model with rows of two recipes cannot share a transfer matrix (TableError)."""
-    found: dict[str, str] = {}
+def source_recipe(row: dict[str, Any]) -> str | None:
+    """The recipe label of the backbone(s) that made an attacked row's queries (its ``source_epochs``, with the
+    row's device and precision), or None where the row does not record it."""
+    return None if row.get("source_epochs") is None else recipe_label({**row, "epochs": row["source_epochs"]})
+
+
+def recipe_names(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[str, str]]:
+    """Rows for the transfer matrices, with each model named once per recipe, and each name's recipe label. A
+    model whose rows (as a target, or as a source) all come from one recipe keeps its name; one with several
+    becomes ``model (recipe)``, as target and as source, so that its recipes are rows and columns of their own. A
+    source whose rows do not record their recipe takes its model's only one (``TableError`` when it has several)."""
+    labels: dict[str, set[str]] = defaultdict(set)
     for r in rows:
-        label = recipe_label(r)
-        if found.setdefault(r["model"], label) != label:
-            raise TableError(f"model {r['model']} has rows of two recipes ({found[r['model']]}; {label}); collect "
-                             f"them into separate tables")
-    return found
+        labels[r["model"]].add(recipe_label(r))
+        if r.get("source_model") and "+" not in r["source_model"] and source_recipe(r):
+            labels[r["source_model"]].add(source_recipe(r))  # type: ignore[arg-type]
+    several = {m for m, found in labels.items() if len(found) > 1}
+
+    def name(model: str, label: str) -> str:
+        return f"{model} ({label})" if model in several else model
+
+    out, recipes = [], {}
+    for r in rows:
+        renamed = {**r, "model": name(r["model"], recipe_label(r))}
+        recipes[renamed["model"]] = recipe_label(r)
+        if r.get("source_model"):
+            src, label = r["source_model"], source_recipe(r)
+            mixed = [m for m in src.split("+") if m in several]
+            if label is None and mixed:
+                raise TableError(f"rows made on {src} do not record the recipe of their source (source_epochs), "
+                                 f"and {', '.join(mixed)} has rows of several recipes ("
+                                 f"{'; '.join(sorted(labels[mixed[0]]))}); collect them into separate tables")
+            if label is not None and mixed:
+                renamed["source_model"] = name(src, label) if "+" not in src else f"{src} ({label})"
+        out.append(renamed)
+    return out, recipes
 
 
 def transfer_tables(rows: list[dict[str, Any]]) -> str:
@@ -175,7 +176,7 @@ def transfer_tables(rows: list[dict[str, Any]]) -> str:
     queries = {r.get("queries") for r in rows if r.get("transfer")}
     rows = [{**r, "dataset": r.get("dataset_label") or r["dataset"]} for r in dedupe_rows(rows)
             if r["quantizer"] in quantizers and r.get("queries") in queries]
-    recipes = model_recipes(rows)
+    rows, recipes = recipe_names(rows)
     adv = [r for r in rows if r["attack"] != "clean" and "source_model" in r]
     clean = {(r["dataset"], r["model"], r["bits"], r["system"]): r["map"] for r in rows if r["attack"] == "clean"}
     adv = [{**r, "attack": attack_label(r)} for r in adv]  # MI, DI, restarts: rows of their own

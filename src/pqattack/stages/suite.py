@@ -14,7 +14,7 @@ from ..data import RetrievalData
 from ..defense import DefenseConfig
 from ..errors import ConfigError
 from ..metrics import QueryAP
-from ..report.tables import WORST, attack_label
+from ..labels import WORST, attack_label
 from ..runtime import Runtime
 from .attack import adversarial_set
 from .features import check_finite, embed
