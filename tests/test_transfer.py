@@ -44,6 +44,11 @@ def test_saved_set_on_its_own_source_reproduces_white_box(white_box: tuple[Path,
     again = run_job([*TINY, f"transfer.source={source}"], tmp_path / "again", shared_cache)
     assert maps(again, "aod") == maps(res, "aod") and maps(again, "clean") == maps(res, "clean")
     assert not any(r.get("transfer") for r in again["rows"])
+    # the set records its source's epochs, so the rows of a job that loads it say which recipe made its queries
+    epochs = AdversarialSet.load_entry(run_dir / "adversarial_queries" / res["meta"]["cache_keys"][
+        "adversarial_queries"]).meta["source"]["epochs"]
+    assert epochs == res["meta"]["config"]["trainer"]["max_epochs"]
+    assert {r["source_epochs"] for r in again["rows"] if r["attack"] != "clean"} == {epochs}
 
 
 def test_two_by_two_bits_matrix_has_the_white_box_diagonal(white_box: tuple[Path, dict], shared_cache: Path,

@@ -128,6 +128,8 @@ def attack_queries(job: JobConfig, data: RetrievalData, sources: list[Source], d
                                                  [s.target.codebooks_key for s in sources]), rt.precision)
     checkpoints = spec["checkpoint"]
     targets = query_targets(job, data)
+    epochs = [int(s.job.trainer["max_epochs"]) for s in sources]  # the sources' recipe, for a saved set's rows
+    description = {**description, "epochs": epochs[0] if len(epochs) == 1 else "+".join(str(e) for e in epochs)}
 
     def make(images: torch.Tensor, key: str, attack: dict[str, Any]) -> AdversarialSet:
         return AdversarialSet.make(images, data, key, checkpoints, description, attack, job.seed, targets)
