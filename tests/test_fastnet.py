@@ -249,3 +249,22 @@ def test_recipes_resolve_in_the_composed_job() -> None:
     cfg = make(["experiment=table4_fast_cpu", "model=resnet18"])
     assert OmegaConf.is_interpolation(cfg, "trainer")
     assert container(cfg)["trainer"]["max_epochs"] == 2
+
+
+@pytest.mark.parametrize(("epochs_key", "advice"), [
+    ("trainer.max_epochs", "Use a GPU, a CPU preset (experiment=table1_fast_cpu, experiment=table1_cpu) or fewer "
+                           "trainer.max_epochs;"),
+    ("defense.epochs", "Use a GPU or fewer defense.epochs;")])
+def test_a_long_training_names_the_key_that_shortens_it(tmp_path, monkeypatch, caplog, epochs_key: str,
+                                                       advice: str) -> None:  # noqa: ANN001
+    """The estimate of a long training says how to shorten it: an adversarial fine-tuning (or PQN's) by its own
+    epochs key (it once pointed every training at trainer.max_epochs and a CPU preset, also inside one)."""
+    data = synthetic(640, tmp_path)
+    monkeypatch.setattr(training.TimeEstimate, "threshold_s", 0.0)  # every training is "long"
+    tcfg = container(make([]).trainer)
+    module = ClassifierModule(build_backbone("smallcnn", data.num_classes), **training.optimiser_kwargs(tcfg))
+    rt = Runtime(torch.device("cpu"), "fp32", ArtifactCache(tmp_path, enabled=False), progress=True)
+    with caplog.at_level("WARNING", logger="pqattack.training.fit"):
+        training.fit(module, data, 64, 1, 0, rt, [], tcfg, "a fine-tuning, 1 epoch", epochs_key)
+    (message,) = [r.getMessage() for r in caplog.records if "progress=false hides this" in r.getMessage()]
+    assert message.startswith("a fine-tuning, 1 epoch on this CPU: about ") and advice in message

@@ -79,7 +79,7 @@ def train_pqn(job: JobConfig, data: RetrievalData, base: Backbone, base_key: str
         module = PQNModule(net, init, alpha=q.alpha, loss=q.loss, margin=q.margin, multilabel=data.multilabel,
                            **optimiser_kwargs(job.trainer, q.lr))
         stats = fit(module, data, job.trainer["batch_size"], q.epochs, job.seed, rt, loggers, job.trainer,
-                    f"PQN on {job.model['name']}, {q.epochs} epochs")
+                    f"PQN on {job.model['name']}, {q.epochs} epochs", "quantizer.epochs")
         codebooks = module.soft_pq.unit_codebooks().detach().float().cpu()
         return {**{f"backbone.{k}": v for k, v in net.state_dict().items()}, "codebooks": codebooks}, stats
 

@@ -51,7 +51,7 @@ def adversarial_training(job: JobConfig, data: RetrievalData, undefended: Backbo
             module = AdversarialClassifierModule(net, d, **kw)
         what = f"adversarial training of {job.model['name']}, {d.epochs} epoch{'s' if d.epochs != 1 else ''}"
         stats = fit(module, training_subset(data, d.num_train, job.seed), job.trainer["batch_size"], d.epochs,
-                    job.seed, rt, loggers, job.trainer, what)
+                    job.seed, rt, loggers, job.trainer, what, "defense.epochs")
         tensors = {f"backbone.{k}": v for k, v in net.state_dict().items()}
         if codebooks is not None:
             tensors["codebooks"] = module.soft_pq.unit_codebooks().detach().float().cpu()

@@ -20,7 +20,8 @@ log = logging.getLogger(__name__)
 
 
 def fit(module: Any, data: RetrievalData, batch_size: int, epochs: int, seed: int, rt: Runtime,
-        loggers: list, tcfg: dict[str, Any] | None = None, what: str = "training") -> dict[str, Any]:
+        loggers: list, tcfg: dict[str, Any] | None = None, what: str = "training",
+        epochs_key: str = "trainer.max_epochs") -> dict[str, Any]:
     """Run Lightning's trainer on the in-memory training images; returns seconds, final metrics, the
     world size, each rank's batches per epoch and (in one process) each epoch's seconds. ``tcfg`` (the trainer config) gives strategy, devices
     and num_nodes; without it, or with one process, training runs in this process on ``rt.device``.
@@ -32,7 +33,8 @@ def fit(module: Any, data: RetrievalData, batch_size: int, epochs: int, seed: in
     lookup would wait forever on the lock held by this process; it is refused with an explanation.
 
     With progress bars on, a training that will take more than ``TimeEstimate.threshold_s`` says so, with the
-    way out, after its first batches (``what`` names it: "VGG16, 40 epochs")."""
+    way out, after its first batches (``what`` names it: "VGG16, 40 epochs"; ``epochs_key`` is the config key that
+    sets ``epochs``)."""
     from lightning_fabric.plugins.environments import LightningEnvironment
     from pytorch_lightning.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
 
@@ -61,7 +63,7 @@ def fit(module: Any, data: RetrievalData, batch_size: int, epochs: int, seed: in
         enable_checkpointing=False, enable_model_summary=False, enable_progress_bar=rt.progress,
         num_sanity_val_steps=0, log_every_n_steps=max(1, min(50, len(data.train) // world // batches.batch_size)),
         deterministic=False, benchmark=True if rt.device.type == "cuda" else None,  # cuDNN picks its fastest kernels
-        callbacks=[BatchCounter(), timer, *([TimeEstimate(epochs, what)] if rt.progress else [])])
+        callbacks=[BatchCounter(), timer, *([TimeEstimate(epochs, what, epochs_key)] if rt.progress else [])])
     if isinstance(trainer.strategy.launcher, _SubprocessScriptLauncher):
         raise ConfigError(f"trainer.strategy={tcfg.get('strategy')!r} with {world} devices: Lightning would start "
                           f"the other ranks by re-running this command line, i.e. the whole job, whose cache lookup "
@@ -107,8 +109,8 @@ class TimeEstimate(pl.Callback):
     threshold_s = 600.0
     warmup, timed = 2, 5
 
-    def __init__(self, epochs: int, what: str) -> None:
-        self.epochs, self.what = epochs, what
+    def __init__(self, epochs: int, what: str, epochs_key: str = "trainer.max_epochs") -> None:
+        self.epochs, self.what, self.epochs_key = epochs, what, epochs_key
         self.t0: float | None = None
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
@@ -122,9 +124,16 @@ class TimeEstimate(pl.Callback):
             total = per_batch * trainer.num_training_batches * self.epochs
             if total > self.threshold_s:
                 where = "this GPU" if pl_module.device.type == "cuda" else "this CPU"
-                log.warning("%s on %s: about %s. Use a GPU, a CPU preset (experiment=table1_fast_cpu, "
-                            "experiment=table1_cpu) or fewer trainer.max_epochs; progress=false hides this.",
-                            self.what, where, _duration(total))
+                log.warning("%s on %s: about %s. %s; progress=false hides this.", self.what, where, _duration(total),
+                            self.advice())
+
+    def advice(self) -> str:
+        """How to shorten it: a backbone's training also by a CPU preset; a fine-tuning (PQN, adversarial) by its
+        own epochs key."""
+        if self.epochs_key == "trainer.max_epochs":
+            return ("Use a GPU, a CPU preset (experiment=table1_fast_cpu, experiment=table1_cpu) or fewer "
+                    "trainer.max_epochs")
+        return f"Use a GPU or fewer {self.epochs_key}"
 
 
 def _duration(seconds: float) -> str:
