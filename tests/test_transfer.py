@@ -97,3 +97,22 @@ def test_unknown_source_is_refused(tmp_path: Path, shared_cache: Path) -> None:
     with pytest.raises(PQAttackError, match="deadbeef") as err:
         run_job([*TINY, "transfer.source=deadbeef"], tmp_path / "r", shared_cache)
     assert err.value.exit_code == 2
+
+
+def test_a_set_made_before_sets_recorded_epochs_takes_them_from_the_job(white_box: tuple[Path, dict]) -> None:
+    """Rows of a set cached before sets recorded their sources' epochs: this job's sources' (an ensemble's joined);
+    a saved set from elsewhere that lacks them leaves the field empty."""
+    from pqattack.config import load_job
+    from pqattack.records import source_epochs
+
+    from .conftest import compose_config
+
+    run_dir, res = white_box
+    entry = run_dir / "adversarial_queries" / res["meta"]["cache_keys"]["adversarial_queries"]
+    recorded, old = AdversarialSet.load_entry(entry), AdversarialSet.load_entry(entry)
+    old.meta["source"].pop("epochs")
+    white = load_job(compose_config([*TINY, "trainer.max_epochs=3"]))
+    ensemble = load_job(compose_config([*TINY, "trainer.max_epochs=3", "transfer.source_model=[smallcnn,fastnet]"]))
+    saved = load_job(compose_config([*TINY, "transfer.source=/elsewhere"]))
+    assert (source_epochs(white, old), source_epochs(ensemble, old), source_epochs(saved, old)) == (3, "3+3", None)
+    assert source_epochs(white, recorded) == res["meta"]["config"]["trainer"]["max_epochs"]  # what the set records

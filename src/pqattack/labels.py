@@ -4,7 +4,7 @@ with them)."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 WORST = "worst-case"  # the attack name of a robust evaluation's per-query worst-case rows (``stages.suite``)
 PAPER_ATTACK = {"similarity": "dot", "eps": 8 / 255, "step": 0.01, "iters": 5}
@@ -57,3 +57,9 @@ def attack_label(row: dict[str, Any]) -> str:
     if row.get("oblivious"):
         diff.append("oblivious")
     return row["attack"] + (f" ({', '.join(diff)})" if diff else "")
+
+
+def joined_epochs(epochs: Sequence[int]) -> int | str:
+    """A row's ``source_epochs``: the epochs of the backbone that made its queries, or an ensemble's joined by '+'
+    (``"20+2"``)."""
+    return int(epochs[0]) if len(epochs) == 1 else "+".join(str(int(e)) for e in epochs)

@@ -12,6 +12,7 @@ import torch
 from .attacks import LOSS_IGNORES, OFF_VALUES
 from .config import JobConfig
 from .data import RetrievalData, top1_hit
+from .labels import joined_epochs
 from .metrics import QueryAP
 from .report import render_tables
 from .runtime import Runtime
@@ -107,12 +108,12 @@ ROW_SETTINGS = ("similarity", "temperature", "peak", "eps", "step", "iters", "ka
 
 
 def source_epochs(job: JobConfig, adv: AdversarialSet) -> int | str | None:
-    """The epochs of the backbone(s) that made ``adv``: the transfer sources' (an ensemble's '+'-joined), the
-    target's for a white-box set, or what a saved set (``transfer.source``) records (None when it does not)."""
-    if job.transfer.get("source"):
-        return adv.meta["source"].get("epochs")
-    epochs = [int(s.trainer["max_epochs"]) for s in source_jobs(job) or [job]]
-    return epochs[0] if len(epochs) == 1 else "+".join(str(e) for e in epochs)
+    """The epochs of the backbone(s) that made ``adv``, as the set records them; for a set made before sets
+    recorded them, this job's sources' (None for such a set saved elsewhere, ``transfer.source``)."""
+    recorded = adv.meta["source"].get("epochs")
+    if recorded is not None or job.transfer.get("source"):
+        return recorded
+    return joined_epochs([s.trainer["max_epochs"] for s in source_jobs(job) or [job]])
 
 
 def attacked_rows(base: dict[str, Any], scored: dict[str, dict[str, Any]], job: JobConfig, adv: AdversarialSet,

@@ -7,7 +7,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any, Iterable
 
-from ..labels import attack_label
+from ..labels import attack_label, joined_epochs
 
 ATTACK_ORDER = ("clean", "basic", "apd", "aod", "margin", "center", "center_targeted")
 SYSTEM_ORDER = ("sdc", "adc")
@@ -50,8 +50,7 @@ def source_epochs_of(config: dict[str, Any]) -> int | str | None:
     named = transfer.get("source_model")
     names = named if isinstance(named, list) else [named] if named else [config["model"]["name"]]
     recipes = config.get("recipes") or {}
-    epochs = [int((recipes.get(n) or config["trainer"])["max_epochs"]) for n in names]
-    return epochs[0] if len(epochs) == 1 else "+".join(str(e) for e in epochs)
+    return joined_epochs([(recipes.get(n) or config["trainer"])["max_epochs"] for n in names])
 
 
 def with_record_fields(rows: list[dict[str, Any]], meta: dict[str, Any]) -> list[dict[str, Any]]:

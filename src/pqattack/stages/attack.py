@@ -14,6 +14,7 @@ from ..config import JobConfig
 from ..data import RetrievalData
 from ..defense import DefendedBackbone
 from ..errors import ConfigError, DatasetError
+from ..labels import joined_epochs
 from ..models import RetrievalModel
 from ..runtime import Runtime
 from ..transfer import AdversarialSet, load_adversarial_set, source_jobs
@@ -128,8 +129,7 @@ def attack_queries(job: JobConfig, data: RetrievalData, sources: list[Source], d
                                                  [s.target.codebooks_key for s in sources]), rt.precision)
     checkpoints = spec["checkpoint"]
     targets = query_targets(job, data)
-    epochs = [int(s.job.trainer["max_epochs"]) for s in sources]  # the sources' recipe, for a saved set's rows
-    description = {**description, "epochs": epochs[0] if len(epochs) == 1 else "+".join(str(e) for e in epochs)}
+    description = {**description, "epochs": joined_epochs([s.job.trainer["max_epochs"] for s in sources])}
 
     def make(images: torch.Tensor, key: str, attack: dict[str, Any]) -> AdversarialSet:
         return AdversarialSet.make(images, data, key, checkpoints, description, attack, job.seed, targets)

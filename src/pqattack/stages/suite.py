@@ -13,8 +13,8 @@ from ..config import CONF_DIR, JobConfig, compose_config, container, load_job
 from ..data import RetrievalData
 from ..defense import DefenseConfig
 from ..errors import ConfigError
-from ..metrics import QueryAP
 from ..labels import WORST, attack_label
+from ..metrics import QueryAP
 from ..runtime import Runtime
 from .attack import adversarial_set
 from .features import check_finite, embed
