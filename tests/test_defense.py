@@ -16,6 +16,7 @@ from pqattack.config import load_job
 from pqattack.defense import (AdversarialTrainingConfig, BitDepthConfig, DefendedBackbone, JpegConfig, QueryTransform,
                               bit_depth, jpeg)
 from pqattack.defense.training import AdversarialClassifierModule, AdversarialPQNModule
+from pqattack.models.pqn import asymmetric_triplet_loss
 from pqattack.errors import ConfigError
 from pqattack.metrics import QueryAP
 from pqattack.models import RetrievalModel, build_backbone
@@ -79,6 +80,89 @@ def test_the_defended_training_step_trains_on_adversarial_images(small_data, tmp
         delta = (mixed[:n] - clean[:n]).abs()
         assert delta.max() <= eps + 1e-6 and (delta.flatten(1).max(1).values > 0).all()
         assert torch.equal(mixed[n:], clean[n:]) and 0 <= mixed.min() and mixed.max() <= 1
+
+
+def test_trades_trains_on_the_clean_batch_and_its_adversarial_images(small_data, tmp_path: Path) -> None:  # noqa: ANN001
+    """defense.trades: through the real Lightning trainer, every step passes the whole clean batch, then the
+    adversarial versions of its first ratio * B images (inside the eps-ball, moved)."""
+    torch.manual_seed(0)
+    eps = 4 / 255
+    codebooks = torch.nn.functional.normalize(torch.randn(4, 16, 32), dim=-1)
+    module = Spy(build_backbone("smallcnn", 10, width=32), codebooks,
+                 AdversarialTrainingConfig(eps=eps, iters=2, ratio=0.5, trades=True), alpha=10.0,
+                 schedule="constant", augment=False)
+    module.seen = []
+    fit(module, small_data, 32, 1, 0, Runtime(CPU, "fp32", ArtifactCache(tmp_path, enabled=False), False), [])
+    assert module.seen
+    for clean, batch, n in module.seen:
+        assert n == 16 and batch.shape[0] == 32 + 16 and torch.equal(batch[:32], clean)
+        delta = (batch[32:] - clean[:n]).abs()
+        assert delta.max() <= eps + 1e-6 and (delta.flatten(1).max(1).values > 0).all()
+
+
+def fixed_triplet(x, s, labels, margin):  # noqa: ANN001, ANN201
+    """PQN's triplet loss with its positives and negatives drawn from a fixed generator (repeatable by hand)."""
+    return asymmetric_triplet_loss(x, s, labels, margin, generator=torch.Generator().manual_seed(0))
+
+
+def one_step(monkeypatch, **defense: object):  # noqa: ANN001, ANN201
+    """A PQN module with ``defense`` (beta 3, eps 8/255) and 12 images of 3 classes: (module, images, labels)."""
+    import pqattack.defense.training as training
+
+    monkeypatch.setattr(training, "asymmetric_triplet_loss", fixed_triplet)
+    torch.manual_seed(0)
+    codebooks = torch.nn.functional.normalize(torch.randn(4, 16, 32), dim=-1)
+    module = AdversarialPQNModule(build_backbone("smallcnn", 10, width=32), codebooks,
+                                  AdversarialTrainingConfig(eps=8 / 255, iters=2, beta=3.0, **defense),
+                                  alpha=10.0, schedule="constant", augment=False)
+    module.log_dict = lambda *a, **k: None  # type: ignore[method-assign]  (no trainer to log to)
+    return module, torch.randint(0, 256, (12, 3, 32, 32), dtype=torch.uint8), torch.arange(12) % 3
+
+
+def test_the_trades_objective_has_the_clean_task_loss_and_a_two_sided_consistency(monkeypatch) -> None:  # noqa: ANN001
+    """The step's loss and its gradient are L_PQN(clean batch) + beta * KL(p(x) || p(x')), recomputed by hand from
+    the batch it trained on, with the gradient through the clean assignment (which the default objective holds
+    fixed: there the gradient differs)."""
+    module, images, labels = one_step(monkeypatch, trades=True)
+    module.train()
+    params = [p for p in module.parameters() if p.requires_grad]
+    loss = module.training_step((images, labels), 1)
+    grads = torch.autograd.grad(loss, params, allow_unused=True)
+    batch, n = module.last_batch
+    assert n == 12 and batch.shape[0] == 24
+
+    def by_hand(detach_clean: bool) -> tuple[torch.Tensor, tuple]:
+        sub, soft, _ = module.soft_pq(module.backbone.forward_features(batch))
+        logp_clean, logp_adv = module.log_assignment(sub[:12]), module.log_assignment(sub[12:])
+        if detach_clean:
+            logp_clean = logp_clean.detach()
+        kl = (logp_clean.exp() * (logp_clean - logp_adv)).sum((1, 2)).mean()
+        value = fixed_triplet(sub[:12], soft[:12], labels, module.margin) + 3.0 * kl
+        return value, torch.autograd.grad(value, params, allow_unused=True)
+
+    value, expected = by_hand(detach_clean=False)
+    assert torch.allclose(loss, value, rtol=1e-5)
+    close = [torch.allclose(g, e, rtol=1e-4, atol=1e-7) for g, e in zip(grads, expected) if g is not None]
+    assert close and all(close)
+    _, one_sided = by_hand(detach_clean=True)
+    assert not all(torch.allclose(g, e, rtol=1e-4, atol=1e-7) for g, e in zip(grads, one_sided) if g is not None)
+
+
+def test_the_code_target_consistency_is_apds_loss_minimised(monkeypatch) -> None:  # noqa: ANN001
+    """defense.code_target: the step's loss is L_PQN(mixed batch) + beta * sum_m -log p_m(x')[b_m(x)], with b(x)
+    the clean images' index codes under the network in eval mode, recomputed by hand from the batch it trained on."""
+    module, images, labels = one_step(monkeypatch, code_target=True)
+    module.eval()
+    with torch.no_grad():
+        codes = reference(module.attacked_model(), module.to_float(images)).codes
+        sub_clean, _, _ = module.soft_pq(module.backbone.forward_features(module.to_float(images)))
+    assert torch.equal(codes, module.log_assignment(sub_clean).argmax(-1))  # the index's codes
+    module.train()
+    loss = module.training_step((images, labels), 1)
+    batch, n = module.last_batch
+    sub, soft, _ = module.soft_pq(module.backbone.forward_features(batch))
+    ce = -module.log_assignment(sub).gather(-1, codes.unsqueeze(-1)).sum((1, 2)).mean()
+    assert torch.allclose(loss, fixed_triplet(sub, soft, labels, module.margin) + 3.0 * ce, rtol=1e-5)
 
 
 def test_the_kmeans_backbone_trains_on_feature_distance_images() -> None:
@@ -208,6 +292,7 @@ def test_suite_members_follow_the_defense() -> None:
     (["defense=adv", "defense.iters=0"], "defense.iters"),
     (["defense=adv", "defense.attack=cw"], "defense.attack='cw'"),
     (["defense=adv", "defense.attack=apd"], "defense.attack=apd"),
+    (["defense=adv", "defense.code_target=true"], "defense.code_target=true"),
     (["defense=jpeg", "defense.quality=0"], "defense.quality=0"),
     (["defense=jpeg", "defense.quality_min=90"], "defense.quality_min=90"),
     (["defense=bitdepth", "defense.depth=8"], "defense.depth=8"),
@@ -294,3 +379,28 @@ def test_the_pareto_figure_draws_a_line_per_radius_through_its_betas() -> None:
     assert lines["eps=2/255, k=2"] == [(82.0, 9.0), (81.0, 10.0), (72.0, 15.0)]
     assert set(lines) == {"undefended", "eps=2/255, k=2", "eps=2/255, k=2, epochs=3", "eps=4/255, k=2"}
     assert sorted(t.get_text() for t in ax.texts) == ["0", "0.1", "1", "1", "1"]
+
+
+def test_the_pareto_legend_hides_no_point() -> None:
+    """With many series in six narrow panels, the legend inside a panel covered points wherever it went (the
+    undefended target among them); it goes below the panel, and no point is under it."""
+    from pqattack.report.defense import pareto_figure
+
+    rows = []
+    for bits in (16, 24, 36):  # six panels, as defense_pareto_cpu's with defense_cpu's targets
+        for system in ("sdc", "adc"):
+            at = {"bits": bits, "system": system}
+            rows += [_row("clean", 82.6, None, **at), _row("worst-case", 8.1, None, **at)]
+            for i in range(12 if bits == 24 else 2):  # points all over the panel
+                for j, beta in enumerate((0.03, 0.3, 1.0)):
+                    label = f"adv (eps={i + 1}/255, beta={beta}, k=2)"
+                    rows += [_row("clean", 25.0 + 5 * i, label, **at),
+                             _row("worst-case", 2.0 + 8 * j + (i % 4) * 2, label, **at)]
+    fig = pareto_figure(rows, "t")
+    fig.canvas.draw()
+    assert len(fig.axes) == 6
+    for ax in fig.axes:
+        box = ax.get_legend().get_window_extent()
+        for line in ax.get_lines():
+            for x, y in ax.transData.transform(line.get_xydata()):
+                assert not box.contains(x, y), line.get_label()

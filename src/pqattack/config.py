@@ -258,6 +258,10 @@ def _check_defense(defense: DefenseConfig, attack: AttackConfig, q: KMeansConfig
         raise ConfigError(f"defense.attack={defense.attack}: a K-means target's codebooks are built after its "
                           f"backbone is trained, so its training images are made with the feature distance "
                           f"(defense.attack=basic or null); the soft-assignment attacks need quantizer=pqn")
+    if isinstance(defense, AdversarialTrainingConfig) and q.kind != "pqn" and defense.code_target:
+        raise ConfigError("defense.code_target=true: the consistency with the clean image's codes needs PQN's "
+                          "codebooks while training (quantizer=pqn); a K-means target's consistency is the "
+                          "squared feature distance")
     conflict = None if attack.name == "none" else defense.attack_conflict(attack.oblivious, attack.eot)
     if conflict:
         raise ConfigError(conflict)

@@ -60,7 +60,10 @@ class AdversarialTrainingConfig(DefenseConfig):
     fine-tuned for ``epochs`` at peak learning rate ``lr`` on batches whose first share ``ratio`` is replaced by
     ``iters``-step L-inf PGD images (radius ``eps``, step ``step``, null: 2.5 eps / iters) made on the fly against
     the current network with ``attack``. Loss: the target's own on the mixed batch plus ``beta`` times the
-    consistency of the adversarial images with their clean versions. ``num_train``: a seeded subset of the
+    consistency of the adversarial images with their clean versions (``trades``: the target's loss on the clean
+    batch, and the consistency's gradient through the clean side too, TRADES's objective; ``code_target``: for PQN,
+    the consistency is the adversarial image's cross-entropy with its clean image's codes, APD's loss, in place of
+    the KL of the soft assignments). ``num_train``: a seeded subset of the
     training images (null: all)."""
 
     kind: str = "adv"
@@ -71,6 +74,8 @@ class AdversarialTrainingConfig(DefenseConfig):
     random_start: bool = True
     ratio: float = 1.0
     beta: float = 1.0
+    trades: bool = False
+    code_target: bool = False
     epochs: int = 1
     lr: float = 0.01
     num_train: Optional[int] = None  # noqa: UP007
@@ -116,7 +121,8 @@ class AdversarialTrainingConfig(DefenseConfig):
 
     def row_fields(self) -> dict[str, Any]:
         return {"defense": self.label(), "defense_eps": self.eps, "defense_beta": self.beta,
-                "defense_iters": self.iters, "defense_epochs": self.epochs, "defense_ratio": self.ratio}
+                "defense_iters": self.iters, "defense_epochs": self.epochs, "defense_ratio": self.ratio,
+                "defense_trades": self.trades, "defense_code_target": self.code_target}
 
 
 @dataclass

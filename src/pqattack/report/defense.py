@@ -199,7 +199,7 @@ def pareto_figure(rows: list[dict[str, Any]], title: str) -> Any:
 
     points = {t: p for t, p in pareto_points(rows).items() if len(p) >= PARETO_MIN_POINTS}
     panels = sorted(points)
-    fig, axes = new_figure("budget_curves", ncols=max(1, len(panels)), squeeze=False)
+    fig, axes = new_figure("pareto", ncols=max(1, len(panels)), squeeze=False)
     for ax, target in zip(axes[0], panels):
         for key, pts in sorted(pareto_series(points[target]).items()):
             name = "undefended" if key == "none" else key.removeprefix("adv (").removesuffix(")")
@@ -214,7 +214,7 @@ def pareto_figure(rows: list[dict[str, Any]], title: str) -> Any:
         ax.set_xlabel("clean mAP (%)")
         ax.set_ylabel("worst-case mAP (%)")
         ax.set_title(f"{_model(target)} {target[3]}b {target[4].upper()}", fontsize=8)
-        ax.legend(fontsize=6)
+        ax.legend(fontsize=6, loc="upper center", bbox_to_anchor=(0.5, -0.14))  # below: it hides no point
     fig.suptitle(f"{title} (at each point: beta)")
     return fig
 

@@ -25,7 +25,8 @@ from .tables import ATTACK_ORDER, MODEL_ORDER, SYSTEM_ORDER, order_key  # noqa: 
 
 DPI = 100
 FIGSIZE = {"map_vs_bits": (11, 4.5), "map_vs_attack": (11, 4.5), "pr_curves": (11, 4.5),
-           "retrieval_examples": (13, 6), "centroid_distributions": (11, 4.5), "budget_curves": (13, 4.5)}
+           "retrieval_examples": (13, 6), "centroid_distributions": (11, 4.5), "budget_curves": (13, 4.5),
+           "pareto": (13, 6.5)}
 ATTACK_COLOURS = {"clean": "tab:green", "basic": "tab:blue", "apd": "tab:orange", "aod": "tab:red"}
 RELEVANT, IRRELEVANT = "tab:green", "tab:red"
 MARKERS = "osD^vP*X"
