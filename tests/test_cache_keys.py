@@ -40,7 +40,7 @@ FEEDS: dict[str, str] = {
     "transfer.source": "adversarial_queries", "transfer.source_model": "adversarial_queries",
     "transfer.source_bits": "adversarial_queries",
     **{f"model.{k}": "checkpoint" for k in ("name", "arch", "batch_norm", "hidden", "dropout", "width",
-                                                         "widths")},
+                                                         "widths", "neck")},
     **{f"trainer.{k}": "checkpoint" for k in ("max_epochs", "batch_size", "lr", "momentum", "weight_decay", "nesterov",
                                               "label_smoothing", "schedule", "augment", "devices", "compile",
                                               "crop_padding", "crop_pad_mode", "warmup", "lr_start", "lr_end",
@@ -58,7 +58,7 @@ FEEDS: dict[str, str] = {
     # a suite replaces the job's own query set by its members' (each keyed as its own job)
     "eval.suite": "adversarial_queries",
     **{f"defense.{k}": "checkpoint" for k in ("attack", "eps", "step", "iters", "random_start", "ratio", "beta",
-                                              "epochs", "lr", "num_train")},
+                                              "epochs", "lr", "num_train", "trades", "code_target")},
     # a query transform changes no checkpoint or features (the database is indexed as it is): the adaptive
     # attack's queries, made through it, and the rows
     **{f"defense.{k}": "adversarial_queries" for k in ("quality", "quality_min", "depth")},
@@ -74,10 +74,11 @@ CHANGES: dict[str, list[list[str]]] = {
     "quantizer.M": [["quantizer.M=8"]],
     "quantizer.K": [["quantizer.K=32", "bits=null"]],
     "quantizer.loss": [["quantizer.loss=ce"], ["quantizer.loss=triplet"]],
-    "model.arch": [["model.arch=alexnet"], ["model.arch=vgg11"]],
+    "model.arch": [["model.arch=alexnet"], ["model.arch=vgg11"], ["model.arch=alexnet", "model.neck=null"]],
     "trainer.schedule": [["trainer.schedule=constant"]],
     "trainer.crop_pad_mode": [["trainer.crop_pad_mode=zeros"]],
     "model.widths": [["model.widths=[32,128,128]"]],
+    "model.neck": [["model.neck=bn"], ["model.neck=centre"]],
     "trainer.devices": [["trainer.devices=2"], ["trainer.devices=3"]],
     "attack.loss": [["attack.loss=aod"], ["attack.loss=apd"]],
     "attack.similarity": [["attack.similarity=cos"]],
@@ -102,6 +103,7 @@ CHANGES: dict[str, list[list[str]]] = {
     "attack.eot": [["attack.eot=2", "defense=jpeg_random"]],
     "eval.suite": [["eval.suite=[apd]", "attack=none"]],
     "defense.attack": [["defense.attack=basic"]],
+    "defense.code_target": [["defense.code_target=true"], ["defense.code_target=true", "quantizer=pqn"]],
     "dataset.test_fraction": [["dataset.test_fraction=0.3"]],
 }
 

@@ -268,3 +268,41 @@ def test_a_long_training_names_the_key_that_shortens_it(tmp_path, monkeypatch, c
         training.fit(module, data, 64, 1, 0, rt, [], tcfg, "a fine-tuning, 1 epoch", epochs_key)
     (message,) = [r.getMessage() for r in caplog.records if "progress=false hides this" in r.getMessage()]
     assert message.startswith("a fine-tuning, 1 epoch on this CPU: about ") and advice in message
+
+
+def test_the_bn_neck_standardises_the_embedding_and_changes_only_its_own_key(tmp_path) -> None:  # noqa: ANN001
+    """model=fastnet_bn: a batch norm without affine after the pool, whose output is the embedding (per dimension
+    zero mean and unit variance over a training batch); plain fastnet's key is as before the option existed."""
+    torch.manual_seed(0)
+    net = build_backbone("fastnet", 10, neck="bn").train()
+    assert isinstance(net.body[-1], nn.BatchNorm1d) and not net.body[-1].affine
+    z = net.forward_features(torch.rand(64, 3, 32, 32))
+    assert torch.allclose(z.mean(0), torch.zeros(256), atol=1e-4)
+    assert torch.allclose(z.var(0, unbiased=False), torch.ones(256), atol=1e-2)
+    assert not any(isinstance(m, nn.BatchNorm1d) for m in build_backbone("fastnet", 10).modules())
+    data, cpu = synthetic(100, tmp_path), torch.device("cpu")
+    spec = {name: checkpoint_spec(load_job(make(["experiment=table1_fast_cpu", f"model={name}"])), data, "bf16", cpu)
+            for name in ("fastnet", "fastnet_bn")}
+    assert "neck" not in spec["fastnet"]["model"] and spec["fastnet_bn"]["model"]["neck"] == "bn"
+
+
+def test_the_centre_neck_subtracts_the_batch_mean_in_training_and_the_running_mean_in_eval() -> None:
+    torch.manual_seed(0)
+    net = build_backbone("fastnet", 10, neck="centre").train()
+    x = torch.rand(32, 3, 32, 32)
+    seen = []
+    net.body[-2].register_forward_hook(lambda m, i, out: seen.append(out))  # the pooled output, the neck's input
+    with torch.no_grad():
+        z = net.forward_features(x)
+        pooled = seen[0]
+        assert torch.allclose(z, pooled - pooled.mean(0), atol=1e-6)
+        assert torch.allclose(net.body[-1].running_mean, 0.1 * pooled.mean(0), atol=1e-6)
+        net.eval()
+        z_eval = net.forward_features(x)
+        assert torch.allclose(z_eval, seen[1] - 0.1 * pooled.mean(0), atol=1e-6)  # eval: the blocks' BN changes too
+
+
+@pytest.mark.parametrize("overrides", [["model=vgg16", "+model.neck=bn"], ["model=fastnet", "model.neck=ln"]])
+def test_a_bad_neck_names_the_key(overrides: list[str]) -> None:
+    with pytest.raises(ConfigError, match=r"model\.neck="):
+        validate(make(overrides))

@@ -18,6 +18,7 @@ from .defense.config import AdversarialTrainingConfig, DefenseConfig, defense_co
 from .errors import ConfigError
 from .models.augment import PAD_MODES
 from .models.backbones import ARCHITECTURES
+from .models.fastnet import NECKS
 from .models.recipe import SCHEDULES
 from .quant.config import IndexConfig, KMeansConfig, PQNConfig
 from .runtime import PRECISIONS, resolve_device
@@ -176,6 +177,10 @@ def load_job(cfg: DictConfig) -> JobConfig:
                           f"needs at least K database vectors")
     if cfg.model.arch not in ARCHITECTURES:
         raise ConfigError(f"model.arch={cfg.model.arch!r}: expected one of {', '.join(ARCHITECTURES)}")
+    neck = cfg.model.get("neck")
+    if neck is not None and (cfg.model.arch != "fastnet" or neck not in NECKS):
+        raise ConfigError(f"model.neck={neck!r}: expected one of {', '.join(NECKS)} or null, and only "
+                          f"model.arch=fastnet has a neck (model.arch={cfg.model.arch})")
     if cfg.system not in SYSTEMS:
         raise ConfigError(f"system={cfg.system!r}: expected sdc, adc or both")
     if index.kind == "ivfpq":

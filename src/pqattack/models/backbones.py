@@ -109,12 +109,16 @@ ARCHITECTURES = ("alexnet", "vgg11", "vgg13", "vgg16", "resnet18", "resnet34", "
 
 
 def build_backbone(arch: str, num_classes: int, batch_norm: bool = True, hidden: int = 1024,
-                   dropout: float = 0.5, width: int = 32, widths: tuple[int, ...] = (64, 256, 256)) -> Backbone:
-    """Instantiate a CIFAR-size backbone by name (one of ``ARCHITECTURES``)."""
+                   dropout: float = 0.5, width: int = 32, widths: tuple[int, ...] = (64, 256, 256),
+                   neck: str | None = None) -> Backbone:
+    """Instantiate a CIFAR-size backbone by name (one of ``ARCHITECTURES``); ``neck`` (fastnet only): ``bn``, a
+    batch norm between the pooled output and the head, whose output is the embedding, or ``centre``, its centring."""
+    if neck is not None and arch != "fastnet":
+        raise ValueError(f"model.neck={neck!r}: only model.arch=fastnet has a neck option")
     if arch == "fastnet":
         from .fastnet import FastNet
 
-        return FastNet(num_classes, tuple(widths))
+        return FastNet(num_classes, tuple(widths), neck=neck)
     if arch.startswith("resnet"):
         body, dim = _resnet(arch)
     elif arch in VGG_CFGS:

@@ -10,7 +10,8 @@ Shape, for 32x32 inputs:
   GELU (31 -> 15 -> 7 -> 3 pixels); a 3x3 max-pool to 1x1.
 - BatchNorm without a trained scale (fixed at 1; only the shift trains); every 3x3 conv starts as a
   partial identity (Dirac on its first ``in_channels`` filters).
-- embedding: the ``widths[-1]``-d pooled output; head: a bias-free linear layer whose logits are scaled by
+- embedding: the ``widths[-1]``-d pooled output (``neck``: then a batch norm without affine, ``bn``, or its
+  centring alone, ``centre``); head: a bias-free linear layer whose logits are scaled by
   ``logit_scale`` (1/9).
 """
 
@@ -36,6 +37,36 @@ class ScaledLinear(nn.Linear):
         return super().forward(x) * self.scale
 
 
+class Centre(nn.Module):
+    """``x - mean``: the batch's mean in training (which also updates a running mean), the running mean in eval;
+    batch norm's centring without its scaling."""
+
+    def __init__(self, features: int, momentum: float = 0.1) -> None:
+        super().__init__()
+        self.momentum = momentum
+        self.register_buffer("running_mean", torch.zeros(features))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training:
+            return x - self.running_mean.to(x.dtype)
+        mean = x.mean(0)
+        with torch.no_grad():
+            self.running_mean.lerp_(mean.detach().float(), self.momentum)
+        return x - mean
+
+
+NECKS = ("bn", "centre")
+
+
+def _neck(kind: str | None, features: int) -> list[nn.Module]:
+    """The modules between the pooled output and the head (their output is the embedding)."""
+    if kind is None:
+        return []
+    if kind not in NECKS:
+        raise ValueError(f"model.neck={kind!r}: expected one of {', '.join(NECKS)}, or null")
+    return [nn.BatchNorm1d(features, affine=False) if kind == "bn" else Centre(features)]
+
+
 def _conv3x3(cin: int, cout: int) -> nn.Conv2d:
     conv = nn.Conv2d(cin, cout, 3, padding=1, bias=False)
     with torch.no_grad():
@@ -59,7 +90,8 @@ class FastNet(Backbone):
     """See the module docstring. ``init_from_images`` must run once before training from scratch."""
 
     def __init__(self, num_classes: int, widths: tuple[int, ...] = (64, 256, 256), bn_momentum: float = 0.4,
-                 logit_scale: float = 1 / 9, whiten_eps: float = 5e-4, whiten_images: int = 5000) -> None:
+                 logit_scale: float = 1 / 9, whiten_eps: float = 5e-4, whiten_images: int = 5000,
+                 neck: str | None = None) -> None:
         stem = nn.Conv2d(3, STEM_WIDTH, STEM_KERNEL, bias=True)
         stem.weight.requires_grad_(False)
         nn.init.zeros_(stem.bias)
@@ -67,7 +99,7 @@ class FastNet(Backbone):
         for w in widths:
             blocks.append(ConvBlock(cin, w, bn_momentum))
             cin = w
-        body = nn.Sequential(stem, nn.GELU(), *blocks, nn.MaxPool2d(3), nn.Flatten())
+        body = nn.Sequential(stem, nn.GELU(), *blocks, nn.MaxPool2d(3), nn.Flatten(), *_neck(neck, widths[-1]))
         super().__init__(body, widths[-1], num_classes)
         self.head = ScaledLinear(widths[-1], num_classes, logit_scale)
         self.whiten_eps, self.whiten_images = whiten_eps, whiten_images
