@@ -385,6 +385,7 @@ def test_the_pareto_legend_hides_no_point() -> None:
     """With many series in six narrow panels, the legend inside a panel covered points wherever it went (the
     undefended target among them); it goes below the panel, and no point is under it."""
     from pqattack.report.defense import pareto_figure
+    from pqattack.report.figures import FIGSIZE
 
     rows = []
     for bits in (16, 24, 36):  # six panels, as defense_pareto_cpu's with defense_cpu's targets
@@ -398,7 +399,7 @@ def test_the_pareto_legend_hides_no_point() -> None:
                              _row("worst-case", 2.0 + 8 * j + (i % 4) * 2, label, **at)]
     fig = pareto_figure(rows, "t")
     fig.canvas.draw()
-    assert len(fig.axes) == 6
+    assert len(fig.axes) == 6 and tuple(fig.get_size_inches()) == FIGSIZE["pareto"]
     for ax in fig.axes:
         box = ax.get_legend().get_window_extent()
         for line in ax.get_lines():

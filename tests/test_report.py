@@ -98,7 +98,8 @@ def test_every_figure_is_a_png_of_its_size_and_none_is_skipped(report: Path) -> 
         with Image.open(report / name) as im:
             assert im.format == "PNG"
             assert im.size == figures.pixel_size(kind), name
-    assert set(kinds) == set(figures.FIGSIZE) - {"budget_curves"}  # no budget sweep here: test_report_beyond.py
+    # no budget sweep (test_report_beyond.py) and no defenses (test_defense.py) here
+    assert set(kinds) == set(figures.FIGSIZE) - {"budget_curves", "pareto"}
     assert sorted(kinds["retrieval_examples"]) == ["retrieval_examples_adc.png", "retrieval_examples_sdc.png"]
     assert sorted(p.name for p in report.glob("*.png")) == sorted(linked)
 
