@@ -165,6 +165,23 @@ def test_the_code_target_consistency_is_apds_loss_minimised(monkeypatch) -> None
     assert torch.allclose(loss, fixed_triplet(sub, soft, labels, module.margin) + 3.0 * ce, rtol=1e-5)
 
 
+def test_trades_for_a_kmeans_target_is_clean_cross_entropy_and_a_two_sided_feature_distance() -> None:
+    torch.manual_seed(0)
+    module = AdversarialClassifierModule(build_backbone("smallcnn", 10, width=8),
+                                         AdversarialTrainingConfig(eps=8 / 255, iters=2, beta=3.0, trades=True),
+                                         schedule="constant", augment=False)
+    module.log_dict = lambda *a, **k: None  # type: ignore[method-assign]  (no trainer to log to)
+    module.train()
+    images, labels = torch.randint(0, 256, (12, 3, 32, 32), dtype=torch.uint8), torch.arange(12) % 3
+    loss = module.training_step((images, labels), 1)
+    batch, n = module.last_batch
+    assert n == 12 and batch.shape[0] == 24 and torch.equal(batch[:12], module.to_float(images))
+    embedding = module.backbone.forward_features(batch)
+    z = torch.nn.functional.normalize(embedding, dim=1)
+    expected = module.loss(module.backbone.head(embedding[:12]), labels) + 3.0 * (z[12:] - z[:12]).pow(2).sum(1).mean()
+    assert torch.allclose(loss, expected, rtol=1e-5)
+
+
 def test_the_kmeans_backbone_trains_on_feature_distance_images() -> None:
     torch.manual_seed(0)
     net = build_backbone("smallcnn", 10, width=8)
