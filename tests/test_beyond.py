@@ -16,8 +16,8 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from pqattack.attacks import (AttackConfig, Reference, center_codes, center_loss, margin_loss, nearest_centers, pgd,
-                              random_other_classes, reference, targeted_center_loss)
+from pqattack.attacks import (AttackConfig, Reference, center_codes, center_loss, codeword_spread, far_code_loss,
+                              margin_loss, nearest_centers, pgd, random_other_classes, reference, targeted_center_loss)
 from pqattack.attacks.losses import LOSSES
 from pqattack.attacks.pgd import diverse_input, step_sizes, temperatures
 from pqattack.config import ConfigError, load_job, validate
@@ -85,6 +85,45 @@ def test_centre_losses_by_hand_and_at_their_target() -> None:
     assert float(center_loss(None, at_anchor, ref)) == pytest.approx(0.0, abs=1e-12)
     assert float(targeted_center_loss(None, at_anchor, ref)) == pytest.approx(0.0, abs=1e-12)
     assert float(center_loss(None, la, ref)) > 0 > float(targeted_center_loss(None, la, ref))
+
+
+def test_far_code_loss_by_hand_and_at_its_target() -> None:
+    """Codebooks M=2, K=3 of 1-d codewords: m=0 at 0, 1, 3; m=1 at 0, 2, -1. Clean codes b = (0, 2)."""
+    codebooks = torch.tensor([[[0.0], [1.0], [3.0]], [[0.0], [2.0], [-1.0]]])
+    codes = torch.tensor([[0, 2]])
+    spread = codeword_spread(codebooks, codes)
+    assert torch.equal(spread, torch.tensor([[[0.0, 1.0, 9.0], [1.0, 9.0, 0.0]]]))  # (c_mk - c_{m,b_m})^2
+    logits = torch.tensor([[[0.0, 1.0, -1.0], [0.5, 0.0, 0.0]]])
+    la = torch.log_softmax(logits, -1)
+    p = la.exp()
+    ref = Reference(torch.zeros(1, 2), la, codes, None, spread)
+    want = math.log(p[0, 0, 1] * 1 + p[0, 0, 2] * 9) + math.log(p[0, 1, 0] * 1 + p[0, 1, 1] * 9)
+    assert float(far_code_loss(None, la, ref)) == pytest.approx(want, rel=1e-6)
+    # its maximum: every sub-space on its farthest codeword with certainty, log 9 + log 9; no distribution beats it
+    at_target = torch.log_softmax(torch.tensor([[[-50.0, -50.0, 50.0], [-50.0, 50.0, -50.0]]]), -1)
+    top = float(far_code_loss(None, at_target, ref))
+    assert top == pytest.approx(2 * math.log(9), rel=1e-6)
+    others = torch.log_softmax(torch.randn(200, 2, 3, generator=torch.Generator().manual_seed(0)) * 3, -1)
+    assert float(far_code_loss(None, others, Reference(torch.zeros(200, 2), others, codes.expand(200, 2), None,
+                                                       spread.expand(200, 2, 3))).max()) < top
+    # the push away from b_m keeps a gradient of order one when p^ is saturated on b_m (APD's vanishes)
+    saturated = torch.tensor([[[30.0, 0.0, 0.0], [0.0, 0.0, 30.0]]], requires_grad=True)
+    (g_far,) = torch.autograd.grad(far_code_loss(None, torch.log_softmax(saturated, -1), ref).sum(), saturated)
+    (g_apd,) = torch.autograd.grad(LOSSES["apd"](None, torch.log_softmax(saturated, -1), ref).sum(), saturated)
+    assert float(g_far[0, 0, 0]) == pytest.approx(-1.0, abs=1e-6)
+    assert float(g_far[0, 1, 2]) == pytest.approx(-1.0, abs=1e-6)
+    assert g_apd.abs().max() < 1e-10
+    with pytest.raises(ValueError, match="spread"):
+        far_code_loss(None, la, Reference(torch.zeros(1, 2), la, codes))
+
+
+def test_codeword_spread_is_the_index_sdc_table_row_of_the_clean_code() -> None:
+    g = torch.Generator().manual_seed(3)
+    codebooks = torch.randn(4, 16, 8, generator=g)
+    index = PQIndex(codebooks, torch.randn(300, 32, generator=g))
+    codes = torch.randint(0, 16, (10, 4), generator=g)
+    want = index.sdc_table[torch.arange(4)[None, :], codes]
+    assert torch.allclose(codeword_spread(codebooks, codes), want, rtol=1e-5, atol=1e-5)
 
 
 # ---------------------------------------------------------------------------------------------- centre codes
@@ -411,7 +450,7 @@ def run_results(extra: list[str], cache: Path, out: Path) -> dict:
 ROW_FIELDS = ("psnr", "ssim", "l2", "linf", "codes_changed", "precision_at_10", "first_relevant_rank")
 
 
-@pytest.mark.parametrize("extra", [["attack=margin"], ["attack=center"], ["attack=center_targeted"],
+@pytest.mark.parametrize("extra", [["attack=margin"], ["attack=center"], ["attack=center_targeted"], ["attack=far"],
                                    ["attack=margin", "attack.restarts=2", "attack.momentum=1.0",
                                     "attack.diversity=0.5", "attack.step_schedule=cosine"]])
 def test_a_job_per_new_attack_carries_the_new_fields(extra: list[str], tiny_cache: Path, tmp_path: Path) -> None:
@@ -461,16 +500,17 @@ def sweep_jobs(experiment: str) -> list[list[str]]:
 
 def test_beyond_preset_jobs_validate() -> None:
     jobs = sweep_jobs("beyond_cpu")
-    assert len(jobs) == 3 * 3 * 8
+    assert len(jobs) == 3 * 3 * 9
     attacks, epochs = set(), {}
-    for job in jobs[:8] + jobs[-8:]:  # every attack, on the first and the last cell
+    for job in jobs[:9] + jobs[-9:]:  # every attack, on the first and the last cell
         cfg = make(job)
         validate(cfg)
         attacks.add((cfg.attack.name, cfg.attack.restarts, cfg.attack.momentum))
         epochs[cfg.model.name] = cfg.trainer.max_epochs  # each victim keeps its own recipe
         assert (cfg.attack.eps, cfg.attack.iters) == (8 / 255, 5)
     assert epochs == {"fastnet": 10, "resnet18": 2}
-    assert ("margin", 4, 0.0) in attacks and ("margin", None, 1.0) in attacks and len(attacks) == 8
+    assert ("margin", 4, 0.0) in attacks and ("margin", None, 1.0) in attacks and ("far", None, 0.0) in attacks
+    assert len(attacks) == 9
 
 
 def test_budget_preset_makes_each_iteration_curve_in_one_run() -> None:

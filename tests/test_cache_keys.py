@@ -258,7 +258,7 @@ GROUP_OPTIONS = {
     "trainer": ["default", "ddp", "fastnet", "cpu_2epoch"],
     "quantizer": ["kmeans", "pqn"],
     "index": ["flat", "ivfpq"],
-    "attack": ["basic", "apd", "aod", "margin", "center", "center_targeted"],
+    "attack": ["basic", "apd", "aod", "margin", "center", "center_targeted", "far"],
     "defense": ["adv", "jpeg", "jpeg_random", "bitdepth"],
 }
 SYNTHETIC = ["dataset=synthetic", "dataset.num_train=300", "dataset.num_test=120", "dataset.num_queries=10",

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pqattack.attacks import LOSSES, Reference
+from pqattack.attacks import LOSSES, Reference, codeword_spread
 from pqattack.runtime import cpu_has_native_bf16, resolve_precision
 from pqattack.stages.attack import retrieval_model
 
@@ -41,7 +41,7 @@ def test_losses_and_gradients_under_bf16_autocast_match_a_float64_head(trained_d
             z, logp = model(x)
             codes = model.index_codes(z)
             anchor = (codes + 1) % logp.shape[-1]  # the centre-code losses' anchor: any fixed code per sub-space
-            ref = Reference(z, logp, codes, anchor)
+            ref = Reference(z, logp, codes, anchor, codeword_spread(model.codebooks, codes))
             xa = x_adv.clone().requires_grad_(True)
             z_adv, logp_adv = model(xa)
             assert z_adv.dtype == logp_adv.dtype == torch.float32
@@ -49,7 +49,9 @@ def test_losses_and_gradients_under_bf16_autocast_match_a_float64_head(trained_d
         zc64, lc64 = head_in_float64(model, f_clean)
         sub = zc64.view(len(zc64), model.M, -1)
         dist = (sub[:, :, None, :] - model.codebooks.double()[None]).pow(2).sum(-1)  # eq. (1) in float64
-        ref64 = Reference(zc64, lc64, dist.argmin(-1), anchor)
+        # far's weights follow the clean code; at a near-tie the two precisions may pick different codewords,
+        # whose distances to the others differ: both sides take the float32 code's, so that only the head differs
+        ref64 = Reference(zc64, lc64, dist.argmin(-1), anchor, ref.spread.double())
         gap = dist.sort(-1).values
         clear = gap[..., 1] - gap[..., 0] > 1e-5  # sub-spaces whose nearest codeword is not a float32 near-tie
         assert clear.float().mean() > 0.95 and torch.equal(ref.codes[clear], ref64.codes[clear])

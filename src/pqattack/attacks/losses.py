@@ -5,7 +5,8 @@ A loss sees the adversarial query's features and log soft assignment, and the cl
 :class:`Reference`: its features, its log soft assignment, its peak codes and, for the centre-code losses, its
 anchor codes. PQ-AG's three (basic, APD, AOD) and three beyond the paper: a margin on the index's assignment
 (CW-style), and the untargeted and targeted centre-code losses (the PQ analogue of the anchor / centre /
-mainstay codes of the hashing attacks).
+mainstay codes of the hashing attacks), and a distance-weighted APD that pushes the soft assignment toward the
+codewords far from the clean code (the PQ analogue of the hashing attacks' push toward the code's complement).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Any, Callable
 import torch
 
 PEAKS = ("index", "argmax")
-PEAK_LOSSES = ("apd", "margin")  # the losses that use the clean query's peak codes (``attack.peak``)
+PEAK_LOSSES = ("apd", "margin", "far")  # the losses that use the clean query's peak codes (``attack.peak``)
 CENTER_LOSSES = ("center", "center_targeted")  # the losses that use centre codes (``Reference.anchor``)
 #: the attack settings that only some losses read
 LOSS_SETTINGS = ("similarity", "temperature", "peak", "kappa", "margin_focus", "target_class", "temperature_final",
@@ -30,6 +31,7 @@ LOSS_READS = {
     "margin": (*_SOFT, "peak", "kappa", "margin_focus"),
     "center": _SOFT,
     "center_targeted": (*_SOFT, "target_class"),
+    "far": (*_SOFT, "peak"),
 }
 #: attack settings a loss does not read: they are left out of its query set's key and its rows
 LOSS_IGNORES = {loss: tuple(s for s in LOSS_SETTINGS if s not in reads) for loss, reads in LOSS_READS.items()}
@@ -42,12 +44,23 @@ class Reference:
     """What an attack compares the adversarial query with: the clean query's ``z [B, D]``, its log soft
     assignment ``logp [B, M, K]`` (eq. 7), its peak codes ``codes [B, M]`` (``attack.peak``: ``index``, the code
     the index assigns, eq. 1; ``argmax``, eq. 6 as printed) and, for the centre-code losses, ``anchor [B, M]``:
-    the centre code of the query's class (``center``) or of its target class (``center_targeted``)."""
+    the centre code of the query's class (``center``) or of its target class (``center_targeted``); for ``far``,
+    ``spread [B, M, K]``: the squared distance of each codeword to the peak code's (the SDC table's row of b_m)."""
 
     z: torch.Tensor
     logp: torch.Tensor
     codes: torch.Tensor
     anchor: torch.Tensor | None = None
+    spread: torch.Tensor | None = None
+
+
+def codeword_spread(codebooks: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+    """``[B, M, K]`` float32: ||c_mk - c_{m, b_m}||^2 for codebooks ``[M, K, d]`` and codes ``[B, M]``, the SDC
+    distance (eq. 2's table) from each codeword to the query's own."""
+    c = codebooks.float()
+    sq = c.pow(2).sum(-1)
+    table = (sq[:, :, None] + sq[:, None, :] - 2 * c @ c.transpose(1, 2)).clamp_min(0)  # [M, K, K]
+    return table[torch.arange(c.shape[0], device=codes.device)[None, :], codes]
 
 
 def feature_distance_loss(z_adv: torch.Tensor, logp_adv: torch.Tensor, ref: Reference) -> torch.Tensor:
@@ -101,6 +114,18 @@ def targeted_center_loss(z_adv: torch.Tensor, logp_adv: torch.Tensor, ref: Refer
     return logp_adv.gather(-1, ref.anchor.unsqueeze(-1)).squeeze(-1).sum(1)
 
 
+def far_code_loss(z_adv: torch.Tensor, logp_adv: torch.Tensor, ref: Reference) -> torch.Tensor:
+    """Distance-weighted APD: sum_m log sum_k p^_mk ||c_mk - c_{m, b_m}||^2, the log of the expected SDC distance
+    from the soft assignment to the clean query's peak code b_m, per sub-space. APD's gradient moves the mass to
+    the codes that are already likely, the nearest ones, whose cells hold much the same items; this one weights
+    each code by its distance from b_m, so the query moves toward the far side of each codebook. In the log, each
+    sub-space counts alike whatever its codebook's scale, and the push away from b_m keeps a gradient of order
+    one when p^ is saturated on b_m (APD's is 1 - p^_{m, b_m})."""
+    if ref.spread is None:
+        raise ValueError("far_code_loss: the reference has no codeword spread (reference(..., spread=True))")
+    return torch.logsumexp(logp_adv + ref.spread.log(), dim=-1).sum(1)
+
+
 LOSSES: dict[str, Loss] = {
     "basic": feature_distance_loss,
     "apd": peak_distribution_loss,
@@ -108,6 +133,7 @@ LOSSES: dict[str, Loss] = {
     "margin": margin_loss,
     "center": center_loss,
     "center_targeted": targeted_center_loss,
+    "far": far_code_loss,
 }
 
 

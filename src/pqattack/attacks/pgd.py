@@ -6,6 +6,7 @@ per-sub-space logit normalisation, and several source models at once (an ensembl
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from typing import Callable, Sequence
 
 import torch
@@ -13,7 +14,7 @@ from torch import nn
 
 from ..models.retrieval import RetrievalModel
 from .config import AttackConfig
-from .losses import CENTER_LOSSES, Loss, Reference, loss_for
+from .losses import CENTER_LOSSES, Loss, Reference, codeword_spread, loss_for
 
 #: picks, per query, one of several restarts: ``(candidates [R] of [B, ...] images) -> [B]`` int64 indices
 Pick = Callable[[list[torch.Tensor]], torch.Tensor]
@@ -24,11 +25,12 @@ StepHook = Callable[[int, torch.Tensor], None]
 @torch.no_grad()
 def reference(model: RetrievalModel, x: torch.Tensor, peak: str = "index", anchor: torch.Tensor | None = None
               ) -> Reference:
-    """The clean query's features, log soft assignment and peak codes (float32 whatever the autocast), and the
-    anchor codes of the centre-code losses when given."""
+    """The clean query's features, log soft assignment and peak codes (float32 whatever the autocast), the
+    codewords' distances to the peak codes (``far``'s weights), and the anchor codes of the centre-code losses when
+    given."""
     z, logp = model(x)
     codes = model.index_codes(z) if peak == "index" else model.argmax_codes(z)
-    return Reference(z, logp, codes, anchor)
+    return Reference(z, logp, codes, anchor, codeword_spread(model.codebooks, codes))
 
 
 def step_sizes(cfg: AttackConfig) -> list[float]:
@@ -90,7 +92,7 @@ class Objective:
             else:
                 z = model.features(x)
                 logp = self.log_assignment(model, z, t)
-                ref = Reference(ref.z, self.log_assignment(model, ref.z, t), ref.codes, ref.anchor)
+                ref = replace(ref, logp=self.log_assignment(model, ref.z, t))
             losses.append(self.loss_fn(z, logp, ref))
         return losses[0] if len(losses) == 1 else torch.stack(losses).mean(0)
 

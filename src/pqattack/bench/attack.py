@@ -87,7 +87,7 @@ def figure_attack(arch: str, device: torch.device, sz: dict[str, Any]) -> list[d
     return [record(f"attack_{arch}", rates[best], base.value, "queries/s", peaks[best], base, notes)]
 
 
-COST_LOSSES = ("apd", "aod", "basic", "margin", "center", "center_targeted")  # apd first: the reference
+COST_LOSSES = ("apd", "aod", "basic", "margin", "center", "center_targeted", "far")  # apd first: the reference
 
 
 def figure_attack_losses(device: torch.device, sz: dict[str, Any]) -> list[dict[str, Any]]:

@@ -9,7 +9,7 @@ from typing import Any, Iterable
 
 from ..labels import attack_label, joined_epochs
 
-ATTACK_ORDER = ("clean", "basic", "apd", "aod", "margin", "center", "center_targeted")
+ATTACK_ORDER = ("clean", "basic", "apd", "aod", "margin", "center", "center_targeted", "far")
 SYSTEM_ORDER = ("sdc", "adc")
 
 
