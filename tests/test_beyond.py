@@ -516,7 +516,7 @@ def test_beyond_preset_jobs_validate() -> None:
 def test_budget_preset_makes_each_iteration_curve_in_one_run() -> None:
     """The iterations vary fastest and start at the longest run, whose saved prefixes are the shorter jobs' sets."""
     jobs = sweep_jobs("budget_cpu")
-    assert len(jobs) == 2 * 2 * 5 * 7
+    assert len(jobs) == 2 * 3 * 5 * 7  # bits x attacks (apd, far, margin) x eps x iterations
     for group in (jobs[:7], jobs[-7:]):
         cfgs = [make(job) for job in group]
         for cfg in cfgs:
