@@ -50,11 +50,11 @@ STAGES = ("smoke", "table1", "table2", "table3", "bench", "table4", "beyond", "d
 BEYOND_JOBS_PER_CELL = 9
 BEYOND_SETS_PER_CELL = 9
 #: per (bits, defense) cell of the defense stage: its suite's attack sets in units of one 5-step attack (basic, APD,
-#: AOD, margin and centre one each, 100-step APD twenty, APD with 4 restarts four; EOT=4 four more for the random
+#: AOD, margin, centre and far one each, 100-step APD twenty, APD with 4 restarts four; EOT=4 four more for the random
 #: JPEG; the oblivious members reuse the undefended sets), and the epochs one adversarial training costs in clean
 #: epochs for its k = 2 PGD steps (k + 1.3)
 DEFENSES = ("none", "adv", "adv_eps2", "jpeg", "jpeg_random", "bitdepth")
-DEFENSE_ATTACK_UNITS = {"none": 29, "adv": 29, "adv_eps2": 29, "jpeg": 29, "jpeg_random": 33, "bitdepth": 29}
+DEFENSE_ATTACK_UNITS = {"none": 30, "adv": 30, "adv_eps2": 30, "jpeg": 30, "jpeg_random": 34, "bitdepth": 30}
 ADV_EPOCH_FACTOR = 3.3
 REQUIRED = ("smoke",)  # a failure here stops the run
 PACK_RESERVE_S = 15.0  # kept back from every command's timeout: packing the records, moving the checkpoints
