@@ -345,6 +345,34 @@ def test_a_defended_suite_job(tmp_path: Path, shared_cache: Path) -> None:
     assert obl["linf"] == next(r for r in plain["rows"] if r["attack"] == "apd")["linf"]  # the same query set
 
 
+def test_a_random_transform_evaluates_alike_whether_its_sets_were_built_or_cached(tmp_path: Path,
+                                                                                   shared_cache: Path) -> None:
+    """A random JPEG defense draws its qualities per pass from a seed of the pass's own: a suite job whose attack
+    sets are built in the process (the attacks draw too) and the same job with every set from the cache give the
+    same rows, and the set keys and results key say how the draws are seeded (sets made before came from one
+    stream per process and are not reused)."""
+    base = [o for o in TINY if not o.startswith("attack.")]
+    job = [*base, "attack=none", "defense=jpeg_random", 'eval.suite=[basic,apd,"apd eot=2"]']
+    cache = tmp_path / "cache"
+    import shutil
+
+    shutil.copytree(shared_cache, cache)  # the tiny backbone from the shared cache; the JPEG sets are new here
+    built = run_job(job, tmp_path / "built", cache)["rows"]
+    assert built and any(r["attack"] == "apd" for r in built)
+    cached = run_job(job, tmp_path / "cached", cache)
+    assert not [b for b in cached["meta"]["cache_builds"] if b.startswith("adversarial_queries/")]  # all cached
+    assert [(r["attack"], r["system"], r["map"]) for r in cached["rows"]] == \
+        [(r["attack"], r["system"], r["map"]) for r in built]
+    from pqattack.stages.keys import RANDOM_DRAWS, attack_spec, results_spec
+
+    job_cfg = load_job(compose_config(SMALL + ["defense=jpeg_random"]))
+    data_stub = type("D", (), {"query_key": "q", "database_key": "d"})()
+    assert attack_spec(job_cfg, data_stub, "c", "b", "fp32")["defense"]["draws"] == RANDOM_DRAWS
+    assert results_spec(job_cfg, "fp32")["defense"]["draws"] == RANDOM_DRAWS
+    fixed = load_job(compose_config(SMALL + ["defense=jpeg"]))
+    assert "draws" not in attack_spec(fixed, data_stub, "c", "b", "fp32")["defense"]
+
+
 def _row(attack: str, value: float, defense: str | None = None, **kw) -> dict:  # noqa: ANN003
     base = {"dataset": "cifar10", "model": "fastnet", "quantizer": "pqn", "bits": 24, "system": "sdc", "epochs": 10,
             "pqn_epochs": 1, "alpha": 10.0, "device": "cpu", "precision": "bf16", "queries": 500, "topk": None,

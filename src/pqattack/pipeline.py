@@ -20,6 +20,7 @@ from .records import attacked_rows, clean_rows, describe, recipe_fields, write_r
 from .runtime import Runtime, device_name, resolve_device, resolve_precision, versions
 from .stages.attack import adversarial_set, check_attack_data
 from .stages.data import load_data
+from .stages.defense import fresh_draws
 from .stages.features import check_finite, embed
 from .stages.suite import evaluate_suite
 from .stages.keys import results_spec
@@ -61,6 +62,7 @@ def run(cfg: DictConfig, output_dir: Path, loggers: list | None = None) -> Path:
     if adv is not None:
         rt.keys["adversarial_queries"] = adv.key
         with rt.timed("eval_adversarial"):
+            fresh_draws(target.backbone, f"evaluate {adv.key}")
             z_adv, logits = embed(target.backbone, adv.images, rt, job.eval_batch_size, "adversarial features",
                                   job.subvectors, target.classify)
             check_finite("adversarial features", z_adv)

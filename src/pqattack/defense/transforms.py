@@ -3,6 +3,8 @@ their BPDA form for adaptive attacks (Athalye et al. 2018): the transform forwar
 
 from __future__ import annotations
 
+import hashlib
+
 import torch
 from torch import nn
 
@@ -41,13 +43,19 @@ class StraightThrough(torch.autograd.Function):
 class QueryTransform:
     """A defense's query transform. ``transform(x)`` applies it; ``bpda(x)`` is T(x) forward and the identity
     backward, through which an adaptive attack differentiates. A random transform (JPEG with ``quality_min``) draws
-    from its own seeded generator, per image and call, so each call (each EOT sample) is a new draw."""
+    from its own seeded generator, per image and call, so each call (each EOT sample) is a new draw; ``reseed(tag)``
+    restarts the draws from a seed fixed by the job's seed and ``tag``, so that what one pass (an attack, an
+    evaluation) draws does not depend on the passes before it."""
 
     def __init__(self, cfg: DefenseConfig, seed: int) -> None:
         if not cfg.transform:
             raise ValueError(f"defense={cfg.kind} transforms no query")
-        self.cfg = cfg
+        self.cfg, self.seed = cfg, seed
         self.generator = torch.Generator().manual_seed(seed)
+
+    def reseed(self, tag: str) -> None:
+        digest = hashlib.sha256(f"{self.seed}:{tag}".encode()).digest()
+        self.generator.manual_seed(int.from_bytes(digest[:8], "little") & (2**63 - 1))
 
     def transform(self, x: torch.Tensor) -> torch.Tensor:
         if isinstance(self.cfg, BitDepthConfig):

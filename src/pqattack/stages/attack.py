@@ -10,6 +10,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..attacks import CENTER_LOSSES, center_codes, nearest_centers, pgd, random_other_classes
+from ..cache import spec_key
 from ..config import JobConfig
 from ..data import RetrievalData
 from ..defense import DefendedBackbone
@@ -18,6 +19,7 @@ from ..labels import joined_epochs
 from ..models import RetrievalModel
 from ..runtime import Runtime
 from ..transfer import AdversarialSet, load_adversarial_set, source_jobs
+from .defense import fresh_draws
 from .keys import attack_spec, attack_temperature, ensemble_keys
 from .target import Target, build_target
 
@@ -139,6 +141,8 @@ def attack_queries(job: JobConfig, data: RetrievalData, sources: list[Source], d
 
     def build() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         gen = torch.Generator(device=rt.device).manual_seed(job.seed)
+        for source in sources:  # a random query transform draws from a seed of this set's own
+            fresh_draws(source.model.backbone, f"attack {spec_key('adversarial_queries', spec)}")
         out: list[torch.Tensor] = []
         prefixes: dict[int, list[torch.Tensor]] = {int(k): [] for k in a.save_prefixes or [] if int(k) < a.iters}
         images = data.query.images
@@ -164,8 +168,6 @@ def attack_queries(job: JobConfig, data: RetrievalData, sources: list[Source], d
         return made.tensors(), {k: v for k, v in made.meta.items() if k != "key"}
 
     def save_prefix(k: int, images: torch.Tensor) -> None:
-        from ..cache import spec_key
-
         prefix_spec = {**spec, "attack": {**spec["attack"], "iters": k}}
         key = spec_key("adversarial_queries", prefix_spec)
         if rt.cache.enabled and rt.cache.load("adversarial_queries", key) is None:

@@ -66,6 +66,14 @@ def adversarial_training(job: JobConfig, data: RetrievalData, undefended: Backbo
     return load_backbone(job.model, state, key, data.num_classes, rt), key, tensors.get("codebooks")
 
 
+def fresh_draws(backbone: Backbone, tag: str) -> None:
+    """Restart a random query transform's draws from a seed fixed by the job's seed and ``tag`` (a no-op for any
+    other backbone): an attack or an evaluation then draws the same qualities whatever ran before it in the
+    process (which query sets came from the cache, the order of a suite's members)."""
+    if isinstance(backbone, DefendedBackbone):
+        backbone.query_transform.reseed(tag)
+
+
 def defended_backbone(job: JobConfig, backbone: Backbone) -> Backbone:
     """The backbone behind the defense's query transform (seeded with the job's seed); as it is without one."""
     if not job.defense.transform:

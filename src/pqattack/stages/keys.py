@@ -98,6 +98,12 @@ def codebooks_spec(job: JobConfig, feat_key: str) -> dict[str, Any]:
     return {"features": feat_key, "M": q.M, "K": q.K, "niter": q.niter, "seed": q.seed, "kind": q.kind}
 
 
+#: how a random query transform's draws are seeded, in the keys of what it draws for (an adaptive query set, the
+#: results): each attack and each evaluation restarts them from a seed of its own (``stages.defense.fresh_draws``);
+#: sets and results made before that drew from one stream per process, and are not reused
+RANDOM_DRAWS = "restarted per pass"
+
+
 def attack_temperature(job: JobConfig) -> float:
     """``attack.temperature``, or the target's own when null: 1 for K-means (eq. 7 as printed), 1 / alpha for
     PQN (its soft layer, softmax(alpha <x_m, c_mk>))."""
@@ -128,6 +134,8 @@ def attack_spec(job: JobConfig, data: RetrievalData, checkpoint_key: str | list[
         spec["database"] = data.database_key
     if job.defense.transform and not job.attack.oblivious:  # made through the query transform (BPDA)
         spec["defense"] = settings(container(job.config.defense), ("kind",))
+        if job.defense.random:
+            spec["defense"]["draws"] = RANDOM_DRAWS
     return spec
 
 
@@ -163,6 +171,8 @@ def results_spec(job: JobConfig, precision: str) -> dict[str, Any]:
             _drop(spec, f"attack.{key}")
     if spec.get("defense", {}).get("kind") == "none":  # as before the defense group existed
         _drop(spec, "defense")
+    if job.defense.random:
+        spec["defense"]["draws"] = RANDOM_DRAWS
     return {**_without_off(spec), "precision": precision}
 
 

@@ -17,6 +17,7 @@ from ..labels import WORST, attack_label
 from ..metrics import QueryAP
 from ..runtime import Runtime
 from .attack import adversarial_set
+from .defense import fresh_draws
 from .features import check_finite, embed
 from .target import Target, score
 
@@ -104,6 +105,7 @@ def evaluate_suite(job: JobConfig, data: RetrievalData, target: Target, base: di
         adv = adversarial_set(mjob, data, target, describe, rt)
         assert adv is not None
         with rt.timed(f"eval_{mjob.attack.name}"):
+            fresh_draws(target.backbone, f"evaluate {adv.key}")
             z_adv, logits = embed(target.backbone, adv.images, rt, job.eval_batch_size, "adversarial features",
                                   job.subvectors, target.classify)
             check_finite("adversarial features", z_adv)

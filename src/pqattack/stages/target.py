@@ -16,7 +16,7 @@ from ..metrics import QueryAP, query_average_precisions
 from ..quant import IVFPQIndex, PQIndex, recall_at_k_with_ties, search_past_ties, train_codebooks
 from ..runtime import Runtime
 from .backbone import train_backbone, train_pqn
-from .defense import adversarial_training, defended_backbone
+from .defense import adversarial_training, defended_backbone, fresh_draws
 from .features import Classifier, check_finite, classifier_of, clean_features, embed
 from .keys import codebooks_spec
 
@@ -77,6 +77,7 @@ def build_target(job: JobConfig, data: RetrievalData, rt: Runtime, loggers: list
         codebooks, cb_key = pq_codebooks(job, feats["database"], rt.keys["features"], rt)
     if job.defense.transform:  # the queries pass the transform; the database is indexed as it is
         backbone = defended_backbone(job, backbone)
+        fresh_draws(backbone, "evaluate clean queries")
         feats = {**feats, "query": embed(backbone, data.query.images, rt, job.eval_batch_size, "query features",
                                          job.subvectors)[0]}
     with rt.timed("index"):
