@@ -3,6 +3,7 @@ EOT), the robust evaluation suite and its per-query worst case, and what they pu
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -354,8 +355,6 @@ def test_a_random_transform_evaluates_alike_whether_its_sets_were_built_or_cache
     base = [o for o in TINY if not o.startswith("attack.")]
     job = [*base, "attack=none", "defense=jpeg_random", 'eval.suite=[basic,apd,"apd eot=2"]']
     cache = tmp_path / "cache"
-    import shutil
-
     shutil.copytree(shared_cache, cache)  # the tiny backbone from the shared cache; the JPEG sets are new here
     built = run_job(job, tmp_path / "built", cache)["rows"]
     assert built and any(r["attack"] == "apd" for r in built)

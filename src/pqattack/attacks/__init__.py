@@ -4,13 +4,11 @@
 from .centers import center_codes, nearest_centers, random_other_classes
 from .config import OFF_VALUES, AttackConfig
 from .losses import (CENTER_LOSSES, LOSS_IGNORES, LOSS_READS, LOSSES, PEAK_LOSSES, PEAKS, Reference, center_loss,
-                     codeword_spread, far_code_loss,
-                     feature_distance_loss, loss_for, margin_loss, overall_distribution_loss, peak_distribution_loss,
-                     targeted_center_loss)
+                     codeword_spread, far_code_loss, feature_distance_loss, loss_for, margin_loss,
+                     overall_distribution_loss, peak_distribution_loss, targeted_center_loss)
 from .pgd import pgd, reference
 
 __all__ = ["CENTER_LOSSES", "LOSSES", "LOSS_IGNORES", "LOSS_READS", "OFF_VALUES", "PEAKS", "PEAK_LOSSES",
-           "AttackConfig", "Reference", "center_codes", "center_loss", "codeword_spread",
-           "far_code_loss", "feature_distance_loss", "loss_for",
-           "margin_loss", "nearest_centers", "overall_distribution_loss", "peak_distribution_loss", "pgd",
-           "random_other_classes", "reference", "targeted_center_loss"]
+           "AttackConfig", "Reference", "center_codes", "center_loss", "codeword_spread", "far_code_loss",
+           "feature_distance_loss", "loss_for", "margin_loss", "nearest_centers", "overall_distribution_loss",
+           "peak_distribution_loss", "pgd", "random_other_classes", "reference", "targeted_center_loss"]

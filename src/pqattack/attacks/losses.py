@@ -122,7 +122,8 @@ def far_code_loss(z_adv: torch.Tensor, logp_adv: torch.Tensor, ref: Reference) -
     sub-space counts alike whatever its codebook's scale, and the push away from b_m keeps a gradient of order
     one when p^ is saturated on b_m (APD's is 1 - p^_{m, b_m})."""
     if ref.spread is None:
-        raise ValueError("far_code_loss: the reference has no codeword spread (reference(..., spread=True))")
+        raise ValueError("far_code_loss: the reference has no codeword spread (attacks.reference computes it; "
+                         "or pass Reference(..., spread=codeword_spread(codebooks, codes)))")
     return torch.logsumexp(logp_adv + ref.spread.log(), dim=-1).sum(1)
 
 
