@@ -11,7 +11,7 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
-from pqattack.attacks import AttackConfig, pgd, reference
+from pqattack.attacks import AttackConfig, batch_anchors, pgd, reference
 from pqattack.cache import ArtifactCache
 from pqattack.config import load_job
 from pqattack.defense import (AdversarialTrainingConfig, BitDepthConfig, DefendedBackbone, JpegConfig, QueryTransform,
@@ -188,13 +188,66 @@ def test_the_kmeans_backbone_trains_on_feature_distance_images() -> None:
     net = build_backbone("smallcnn", 10, width=8)
     module = AdversarialClassifierModule(net, AdversarialTrainingConfig(eps=4 / 255, iters=2), schedule="constant")
     x = torch.rand(8, 3, 32, 32)
-    mixed, n, ref = module.adversarial_batch(x)
+    mixed, n, ref = module.adversarial_batch(x, torch.arange(8) % 2)
     assert n == 8 and module.backbone.training
     assert 0 < (mixed - x).abs().max() <= 4 / 255 + 1e-6
     net.eval()
     with torch.no_grad():
         moved = (torch.nn.functional.normalize(net.forward_features(mixed), dim=1) - ref.z).pow(2).sum(1)
     assert (moved > 1e-6).all()  # the feature-distance attack moved every feature
+
+
+def test_the_centre_attacks_anchors_in_a_training_batch_are_the_nearest_batch_centres() -> None:
+    """defense.attack=center: per class the majority code of the batch's images (ties to the smaller code), and per
+    image the class whose centre is nearest to its code in SDC distance, by brute force."""
+    torch.manual_seed(0)
+    codebooks = torch.randn(3, 5, 4)
+    codes = torch.randint(0, 5, (40, 3))
+    labels = torch.randint(0, 4, (40,))
+    anchors = batch_anchors(codes, labels, codebooks)
+    centers = torch.full((4, 3), -1)
+    for c in range(4):
+        for m in range(3):
+            counts = torch.bincount(codes[labels == c, m], minlength=5)
+            centers[c, m] = int(torch.nonzero(counts == counts.max())[0])
+    for i in range(40):
+        dist = [sum(float((codebooks[m, codes[i, m]] - codebooks[m, centers[c, m]]).pow(2).sum()) for m in range(3))
+                for c in range(4)]
+        assert torch.equal(anchors[i], centers[int(np.argmin(dist))])
+    multi = torch.nn.functional.one_hot(labels, 4)  # multi-hot labels of one concept each: the same anchors
+    assert torch.equal(batch_anchors(codes, multi, codebooks), anchors)
+
+
+@pytest.mark.parametrize("attack", ["far", "center"])
+def test_the_stronger_attacks_make_the_training_images(monkeypatch, attack: str) -> None:  # noqa: ANN001
+    """defense.attack=far|center: the training step's adversarial images are the PGD loop's images for that loss
+    (its anchors for center: the batch's own nearest centres), inside the eps-ball, and not APD's."""
+    import pqattack.defense.training as training
+
+    made: list[tuple[str, object]] = []
+    real_pgd = training.pgd
+
+    def spy(model, x, loss, cfg, **kw):  # noqa: ANN001, ANN003, ANN202
+        made.append((loss, kw.get("anchors")))
+        return real_pgd(model, x, loss, cfg, **kw)
+
+    monkeypatch.setattr(training, "pgd", spy)
+    module, images, labels = one_step(monkeypatch, attack=attack)
+    x = module.to_float(images)
+    module.train()
+    torch.manual_seed(1)
+    batch, n, ref = module.adversarial_batch(x, labels)
+    loss, anchors = made[-1]
+    assert loss == attack and 0 < (batch[:n] - x).abs().max() <= 8 / 255 + 1e-6
+    if attack == "center":
+        assert torch.equal(anchors, batch_anchors(ref.codes, labels, module.attacked_model().codebooks))
+    else:
+        assert anchors is None
+    apd_module, _, _ = one_step(monkeypatch)  # the same network, the default training attack (APD)
+    apd_module.train()
+    torch.manual_seed(1)
+    apd_batch, _, _ = apd_module.adversarial_batch(x, labels)
+    assert made[-1][0] == "apd" and not torch.equal(apd_batch[:n], batch[:n])
 
 
 def test_bpda_passes_the_gradient_through_the_transform_as_the_identity() -> None:
@@ -310,6 +363,8 @@ def test_suite_members_follow_the_defense() -> None:
     (["defense=adv", "defense.iters=0"], "defense.iters"),
     (["defense=adv", "defense.attack=cw"], "defense.attack='cw'"),
     (["defense=adv", "defense.attack=apd"], "defense.attack=apd"),
+    (["defense=adv", "defense.attack=far"], "defense.attack=far"),
+    (["defense=adv", "defense.attack=center"], "defense.attack=center"),
     (["defense=adv", "defense.code_target=true"], "defense.code_target=true"),
     (["defense=jpeg", "defense.quality=0"], "defense.quality=0"),
     (["defense=jpeg", "defense.quality_min=90"], "defense.quality_min=90"),

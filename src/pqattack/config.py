@@ -14,7 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from .attacks.config import AttackConfig
 from .defense.config import SCHEMAS as DEFENSE_SCHEMAS
-from .defense.config import AdversarialTrainingConfig, DefenseConfig, defense_config
+from .defense.config import SOFT_TRAINING_ATTACKS, AdversarialTrainingConfig, DefenseConfig, defense_config
 from .errors import ConfigError
 from .models.augment import PAD_MODES
 from .models.backbones import ARCHITECTURES
@@ -259,7 +259,8 @@ def load_job(cfg: DictConfig) -> JobConfig:
 
 def _check_defense(defense: DefenseConfig, attack: AttackConfig, q: KMeansConfig) -> None:
     """The attack options that only a query transform gives a meaning to; the training attack of a K-means target."""
-    if isinstance(defense, AdversarialTrainingConfig) and q.kind != "pqn" and defense.attack in ("apd", "aod"):
+    if (isinstance(defense, AdversarialTrainingConfig) and q.kind != "pqn"
+            and defense.attack in SOFT_TRAINING_ATTACKS):
         raise ConfigError(f"defense.attack={defense.attack}: a K-means target's codebooks are built after its "
                           f"backbone is trained, so its training images are made with the feature distance "
                           f"(defense.attack=basic or null); the soft-assignment attacks need quantizer=pqn")

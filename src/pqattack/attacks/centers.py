@@ -7,6 +7,8 @@ from __future__ import annotations
 import torch
 from torch.nn.functional import one_hot
 
+from .losses import sdc_table
+
 
 def center_codes(db_codes: torch.Tensor, db_labels: torch.Tensor, num_classes: int, K: int) -> torch.Tensor:  # noqa: N803
     """``[C, M]`` int64: per class c and sub-space m, the code most frequent among the database items of class c
@@ -42,3 +44,14 @@ def random_other_classes(labels: torch.Tensor, num_classes: int, generator: torc
     lacks[~lacks.any(1)] = True
     weights = lacks.to(torch.float64)
     return torch.multinomial(weights, 1, generator=generator).squeeze(1)
+
+
+def batch_anchors(codes: torch.Tensor, labels: torch.Tensor, codebooks: torch.Tensor) -> torch.Tensor:
+    """``[B, M]`` anchors of the untargeted centre-code attack for a training batch (``defense.attack=center``):
+    centre codes taken from the batch itself (per class, the majority of the ``codes [B, M]`` of its images; int
+    ``[B]`` or multi-hot ``[B, C]`` ``labels``), and for each image the centre nearest to its code in SDC distance
+    under ``codebooks [M, K, d]``, the class the attack picks against a model without a classifier."""
+    num_classes = labels.shape[1] if labels.ndim == 2 else int(labels.max()) + 1
+    cpu_codes = codes.cpu()
+    centers = center_codes(cpu_codes, labels.cpu(), num_classes, codebooks.shape[1])
+    return centers[nearest_centers(cpu_codes, centers, sdc_table(codebooks).cpu())].to(codes.device)

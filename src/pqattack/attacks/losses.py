@@ -54,13 +54,17 @@ class Reference:
     spread: torch.Tensor | None = None
 
 
+def sdc_table(codebooks: torch.Tensor) -> torch.Tensor:
+    """``[M, K, K]`` float32: ||c_mk - c_mk'||^2 for codebooks ``[M, K, d]``, SDC's table (eq. 2)."""
+    c = codebooks.float()
+    sq = c.pow(2).sum(-1)
+    return (sq[:, :, None] + sq[:, None, :] - 2 * c @ c.transpose(1, 2)).clamp_min(0)
+
+
 def codeword_spread(codebooks: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
     """``[B, M, K]`` float32: ||c_mk - c_{m, b_m}||^2 for codebooks ``[M, K, d]`` and codes ``[B, M]``, the SDC
     distance (eq. 2's table) from each codeword to the query's own."""
-    c = codebooks.float()
-    sq = c.pow(2).sum(-1)
-    table = (sq[:, :, None] + sq[:, None, :] - 2 * c @ c.transpose(1, 2)).clamp_min(0)  # [M, K, K]
-    return table[torch.arange(c.shape[0], device=codes.device)[None, :], codes]
+    return sdc_table(codebooks)[torch.arange(codebooks.shape[0], device=codes.device)[None, :], codes]
 
 
 def feature_distance_loss(z_adv: torch.Tensor, logp_adv: torch.Tensor, ref: Reference) -> torch.Tensor:

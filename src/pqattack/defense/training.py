@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import torch
 
-from ..attacks import AttackConfig, Reference, pgd, reference
+from ..attacks import AttackConfig, Reference, batch_anchors, pgd, reference
 from ..errors import NumericsError
 from ..models import Backbone, ClassifierModule, RetrievalModel
 from ..models.pqn import PQNModule, asymmetric_triplet_loss
@@ -60,18 +60,21 @@ class AdversarialBatches:
     def on_train_start(self) -> None:
         """Nothing to initialise from the data: the network is already trained (fastnet's whitening stays)."""
 
-    def adversarial_batch(self, x: torch.Tensor) -> tuple[torch.Tensor, int, Reference]:
+    def adversarial_batch(self, x: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, int, Reference]:
         """``(batch, n, reference)``: the first n = round(ratio * B) (at least 1) images of ``x`` replaced by their
         adversarial versions (with ``trades``: the whole clean ``x``, then the n adversarial images), and those n
-        clean images' reference (features, log assignment, codes)."""
+        clean images' reference (features, log assignment, codes). ``defense.attack=center`` pushes each image
+        away from the centre code nearest to its code among the n images' own per-class centres
+        (``attacks.batch_anchors``; the database's are not at hand while training)."""
         n = max(1, round(self.defense.ratio * x.shape[0]))
         model = self.attacked_model()
         training = self.backbone.training
         self.backbone.eval()
         try:
             ref = reference(model, x[:n])
+            anchors = batch_anchors(ref.codes, labels[:n], model.codebooks) if self.attack.loss == "center" else None
             with torch.enable_grad():
-                adv = pgd(model, x[:n], self.attack.loss, self.attack)
+                adv = pgd(model, x[:n], self.attack.loss, self.attack, anchors=anchors)
         finally:
             self.backbone.train(training)
         parts = [x, adv.to(x.dtype)] if self.defense.trades else [adv.to(x.dtype), x[n:]]
@@ -111,7 +114,7 @@ class AdversarialPQNModule(AdversarialBatches, PQNModule):
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         images, labels = batch
-        mixed, n, ref = self.adversarial_batch(self.augmented(images))
+        mixed, n, ref = self.adversarial_batch(self.augmented(images), labels)
         self.last_batch = (mixed.detach(), n)  # what this step trained on (tests read it)
         task, adv, clean = self.split(mixed, n)
         sub, soft, _ = self.soft_pq(self.backbone.forward_features(mixed))
@@ -149,7 +152,7 @@ class AdversarialClassifierModule(AdversarialBatches, ClassifierModule):
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         images, labels = batch
-        mixed, n, ref = self.adversarial_batch(self.augmented(images))
+        mixed, n, ref = self.adversarial_batch(self.augmented(images), labels)
         self.last_batch = (mixed.detach(), n)
         task, adv, clean = self.split(mixed, n)
         embedding = self.backbone.forward_features(mixed)
