@@ -3,6 +3,7 @@ EOT), the robust evaluation suite and its per-query worst case, and what they pu
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 from pathlib import Path
 
@@ -335,6 +336,19 @@ def test_differently_trained_models_never_share_a_label() -> None:
     assert len(set(labels)) == len(labels) and AdversarialTrainingConfig().label() not in labels
     assert labels[:2] == ["adv (eps=8/255, beta=1, k=2, epochs=3)", "adv (eps=8/255, beta=1, k=2, ratio=0.5)"]
     assert labels[-1] == "adv (eps=2.5/255, beta=1, k=2)"
+
+
+@pytest.mark.parametrize("defense", [AdversarialTrainingConfig(attack="far", lr=0.02, step=0.004, num_train=500),
+                                     JpegConfig(quality=60, quality_min=30), BitDepthConfig(depth=3)])
+def test_rows_carry_every_defense_setting(defense) -> None:  # noqa: ANN001
+    """A defended row names its defense and carries each setting of its schema, so rows of models trained with a
+    different attack or learning rate never read alike."""
+    row = defense.row_fields()
+    assert row.pop("defense") == defense.label()
+    assert row == {f"defense_{f.name}": getattr(defense, f.name) for f in dataclasses.fields(defense)
+                   if f.name != "kind"}
+    if isinstance(defense, AdversarialTrainingConfig):
+        assert (row["defense_attack"], row["defense_lr"], row["defense_num_train"]) == ("far", 0.02, 500)
 
 
 def test_the_worst_case_is_the_per_query_minimum() -> None:

@@ -52,8 +52,10 @@ class DefenseConfig:
         return None
 
     def row_fields(self) -> dict[str, Any]:
-        """The defense's settings as row fields (``defense`` the label, then ``defense_<setting>``)."""
-        return {"defense": self.label()}
+        """The defense's settings as row fields: ``defense`` the label, then ``defense_<setting>`` for every setting
+        of its schema."""
+        return {"defense": self.label(), **{f"defense_{f.name}": getattr(self, f.name) for f in fields(self)
+                                           if f.name != "kind"}}
 
 
 @dataclass
@@ -121,11 +123,6 @@ class AdversarialTrainingConfig(DefenseConfig):
                 parts.append(f"{f.name}={value:g}" if isinstance(value, float) else f"{f.name}={value}")
         return f"adv ({', '.join(parts)})"
 
-    def row_fields(self) -> dict[str, Any]:
-        return {"defense": self.label(), "defense_eps": self.eps, "defense_beta": self.beta,
-                "defense_iters": self.iters, "defense_epochs": self.epochs, "defense_ratio": self.ratio,
-                "defense_trades": self.trades, "defense_code_target": self.code_target}
-
 
 @dataclass
 class JpegConfig(DefenseConfig):
@@ -150,9 +147,6 @@ class JpegConfig(DefenseConfig):
     def label(self) -> str:
         return f"jpeg (q={self.quality_min}-{self.quality})" if self.random else f"jpeg (q={self.quality})"
 
-    def row_fields(self) -> dict[str, Any]:
-        return {"defense": self.label(), "defense_quality": self.quality, "defense_quality_min": self.quality_min}
-
 
 @dataclass
 class BitDepthConfig(DefenseConfig):
@@ -168,9 +162,6 @@ class BitDepthConfig(DefenseConfig):
 
     def label(self) -> str:
         return f"bitdepth ({self.depth} bits)"
-
-    def row_fields(self) -> dict[str, Any]:
-        return {"defense": self.label(), "defense_depth": self.depth}
 
 
 SCHEMAS: dict[str, type[DefenseConfig]] = {"none": DefenseConfig, "adv": AdversarialTrainingConfig,
