@@ -43,7 +43,7 @@ gpu-prep: ## fill .gpu/ (git-ignored) with the wheels and the CIFAR-10 archive t
 	$(MAKE) gpu-check
 
 gpu-check: ## check .gpu/: every wheel's requirements met on the GPU machine, the data archive there, the size that travels
-	$(BIN)/python -m pqattack.gpu_run --check-prep .gpu
+	$(BIN)/python -m pqattack.gpu.prep .gpu
 
 gpu: ## on the GPU machine: the staged run (tools/gpu-run: smoke, Tables 1-3, bench, Table 4; records into $$OUT)
 	tools/gpu-run

@@ -15,8 +15,9 @@ from pathlib import Path
 import pytest
 
 from pqattack.cache import read_export
-from pqattack.gpu_run import (GPU_WHEELS, OUT_LIMITS, PACK_RESERVE_S, Command, Run, Stage, check_prep, out_fits,
-                              parse_args)
+from pqattack.gpu.outbox import OUT_LIMITS, out_fits
+from pqattack.gpu.prep import GPU_WHEELS, check_prep
+from pqattack.gpu.run import PACK_RESERVE_S, Command, Run, Stage, parse_args
 
 REPO = Path(__file__).resolve().parents[1]
 STAGE_NAMES = ("smoke", "table1", "table2", "table3", "bench", "table4", "beyond", "defense", "bench_compile")
@@ -207,6 +208,18 @@ def test_check_prep_finds_what_the_gpu_machine_would_lack(tmp_path: Path, capsys
     assert "rich-click: neither a wheel here nor on the GPU machine" in report
     assert "does not install on CPython 3.12" in report and "hydra-core needs omegaconf<2.4" in report
     assert "pywin32" not in report  # a requirement for another platform
+
+
+def test_make_gpu_check_runs_the_check_in_its_own_process(tmp_path: Path) -> None:
+    """``python -m pqattack.gpu.prep <folder>`` (make gpu-check): exit 2 naming what an empty folder lacks; a usage
+    line without the folder."""
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    done = subprocess.run([sys.executable, "-m", "pqattack.gpu.prep", str(tmp_path)], capture_output=True, text=True,
+                          env=env, cwd=REPO, timeout=120)
+    assert done.returncode == 2 and f"no wheel of faiss-cpu in {tmp_path / 'wheels'}" in done.stdout
+    usage = subprocess.run([sys.executable, "-m", "pqattack.gpu.prep"], capture_output=True, text=True, env=env,
+                           cwd=REPO, timeout=120)
+    assert usage.returncode == 1 and "usage: python -m pqattack.gpu.prep" in usage.stderr
 
 
 def expand_sweep(overrides: list[str]) -> list[list[str]]:

@@ -29,10 +29,8 @@ import datetime as dt
 import io
 import json
 import os
-import re
 import shutil
 import signal
-import statistics
 import subprocess
 import sys
 import tarfile
@@ -41,8 +39,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[2]
-CIFAR_TRAIN = 50_000  # CIFAR-10's training images (the full recipe trains on all of them)
+from .outbox import NOT_RECORDS, RECORD_SUFFIXES, out_fits
+from .plan import Costs, Mode, Plan, job_records, measure_costs, refine_costs
+
+REPO = Path(__file__).resolve().parents[3]
 STAGES = ("smoke", "table1", "table2", "table3", "bench", "table4", "beyond", "defense", "bench_compile")
 #: per (model, bits) cell of the beyond stage: its jobs (experiment=beyond's 9 attacks) and the query sets it makes
 #: besides Table 1's (margin, center, center_targeted and far one each, margin with 4 restarts four, margin with MI
@@ -59,176 +59,6 @@ ADV_EPOCH_FACTOR = 3.3
 REQUIRED = ("smoke",)  # a failure here stops the run
 PACK_RESERVE_S = 15.0  # kept back from every command's timeout: packing the records, moving the checkpoints
 EXPORT_PART_MB = 15.5  # checkpoint parts, under the 16 MiB a file may have in <out>
-RESUMED_JOB_S = 0.5  # not measured (no smoke job is resumed): a resumed job reads one small record from the cache
-
-# What one device call brings back from <out>: files, bytes per file, bytes in all, folder depth, names.
-OUT_LIMITS = {"files": 8, "file_bytes": 16 * 2**20, "total_bytes": 64 * 2**20, "depth": 2}
-OUT_NAME = re.compile(r"^[A-Za-z0-9._-]+$")
-# Files of a stage folder that go into records.tar.gz (everything the tables, the bench section and a reader need).
-RECORD_SUFFIXES = (".json", ".md", ".yaml", ".log", ".csv", ".xml", ".txt")
-NOT_RECORDS = ("adversarial_queries", "wandb", ".cache", "cache")
-
-
-# --------------------------------------------------------------------------------------------- the run's modes
-@dataclass
-class Mode:
-    """Full scale on a GPU, or the same stages at toy size on a CPU (``--tiny``)."""
-
-    tiny: bool
-    device: str
-    data: list[str]          # dataset overrides
-    train_images: int        # training images of the tables' backbones
-    queries: int
-    bits: str                # the tables' code lengths
-    base_models: str         # Tables 1 and 2
-    transfer_models: str     # Table 3
-    table4_first: str        # Table 4, first the matrix without its most expensive backbone ...
-    table4_all: str          # ... then all of them
-    extra: list[str] = field(default_factory=list)  # overrides for every job
-
-    @classmethod
-    def make(cls, tiny: bool) -> "Mode":
-        if not tiny:
-            return cls(False, "cuda", ["dataset=cifar10"], CIFAR_TRAIN, 1000, "16,24,36",
-                       "alexnet,vgg16,resnet18", "alexnet,vgg16", "vgg11,vgg13,vgg16,resnet18,resnet34",
-                       "vgg11,vgg13,vgg16,resnet18,resnet34,resnet50")
-        root = Path(os.environ.get("PQATTACK_DATA", "data"))
-        if any((c / "train").is_dir() and (c / "test").is_dir() for c in (root / "cifar10-jpeg", root)):
-            data = ["dataset=cifar10", "dataset.num_train=256", "dataset.num_queries=50", "dataset.num_database=300"]
-        else:
-            data = ["dataset=synthetic", "dataset.num_train=256", "dataset.num_test=400", "dataset.num_queries=50",
-                    "dataset.num_database=300"]
-        return cls(True, "cpu", data, 256, 50, "16,24", "smallcnn", "smallcnn", "smallcnn", "smallcnn,alexnet",
-                   ["trainer.max_epochs=1", "trainer.batch_size=64", "attack.batch_size=50"])
-
-
-# --------------------------------------------------------------------------------------------- cost estimates
-def training_flops(arch: str) -> float:
-    """Work of one training step per image (forward + backward; FLOPs / 2, as ``bench.training.flops_per_item``
-    counts), counted on the meta device, without computing anything. The estimates use its ratios between backbones."""
-    import torch
-    from torch.utils.flop_counter import FlopCounterMode
-
-    from .models import build_backbone
-
-    with torch.device("meta"):
-        net = build_backbone(arch, 10).train()
-        x = torch.empty(2, 3, 32, 32)
-    with FlopCounterMode(display=False) as counter:
-        net(x).sum().backward()
-    return counter.get_total_flops() / 2
-
-
-@dataclass
-class Plan:
-    """What a command will compute, for its cost estimate."""
-
-    train: list[tuple[str, int, int]] = field(default_factory=list)  # (arch, epochs, images), unless cached
-    pqn: list[tuple[str, int, int]] = field(default_factory=list)    # PQN joint trainings (arch, epochs, images)
-    jobs: int = 0            # jobs that compute (not resumed from the cache)
-    resumed: int = 0         # jobs whose results are in the cache already
-    attacks: list[tuple[str, int]] = field(default_factory=list)     # (arch, queries) adversarial sets to make
-    codebooks: list[int] = field(default_factory=list)               # K of each K-means to run
-    decode: bool = False     # the images are decoded from the JPEG files (a fresh cache)
-    fixed_s: float = 0.0     # anything else, in seconds (the bench's figures)
-
-
-@dataclass
-class Costs:
-    """Throughputs measured by the smoke stage (and refined by Table 1's trainings), and what they predict."""
-
-    train_s_per_image: dict[str, float]   # one epoch's seconds per training image, by arch (measured ones)
-    reference: str                        # the arch the smoke stage measured
-    pqn_factor: float                     # PQN epoch time over the cross-entropy epoch's, same arch
-    fit_s: float                          # a training's fixed cost (trainer set-up, first-epoch warm-up)
-    job_s: float                          # a job's work besides training and attacks (data, features, mAP)
-    resumed_s: float                      # a job resumed from the cache
-    process_s: float                      # starting a process (interpreter, torch, CUDA, Hydra)
-    attack_s_per_query: float             # the reference arch's three attacks, per query and attack
-    kmeans_s_per_k: float                 # K-means seconds per centroid
-    decode_s: float                       # decoding the image files once
-    flops: dict[str, float] = field(default_factory=dict)
-
-    def per_image(self, arch: str) -> float:
-        """Seconds per training image and epoch: measured, else scaled by FLOPs from the closest measured arch of
-        the same family (or the reference)."""
-        if arch in self.train_s_per_image:
-            return self.train_s_per_image[arch]
-        family = [a for a in self.train_s_per_image if a.rstrip("0123456789") == arch.rstrip("0123456789")]
-        base = max(family, key=lambda a: self.flop(a)) if family else self.reference
-        return self.train_s_per_image[base] * self.flop(arch) / self.flop(base)
-
-    def flop(self, arch: str) -> float:
-        if arch not in self.flops:
-            self.flops[arch] = training_flops(arch)
-        return self.flops[arch]
-
-    def estimate(self, plan: Plan) -> float:
-        s = plan.fixed_s + self.process_s + plan.jobs * self.job_s + plan.resumed * self.resumed_s
-        s += sum(self.fit_s + e * n * self.per_image(a) for a, e, n in plan.train)
-        s += sum(self.fit_s + e * n * self.per_image(a) * self.pqn_factor for a, e, n in plan.pqn)
-        s += sum(q * self.attack_s_per_query * self.flop(a) / self.flop(self.reference) for a, q in plan.attacks)
-        s += sum(k * self.kmeans_s_per_k for k in plan.codebooks)
-        return s + (self.decode_s if plan.decode else 0.0)
-
-    def to_json(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items()}
-
-
-def job_records(folder: Path) -> list[dict[str, Any]]:
-    """Each job's results.json under ``folder`` (a sweep's own collected file left out)."""
-    out = []
-    for path in sorted(folder.rglob("results.json")):
-        if any(part in NOT_RECORDS for part in path.relative_to(folder).parts):
-            continue
-        doc = json.loads(path.read_text())
-        if "config" in doc.get("meta", {}):
-            out.append(doc)
-    return out
-
-
-def measure_costs(smoke: Path) -> Costs:
-    """Costs from the smoke stage's records: its reference training (2 epochs; the second is the steady rate), its
-    PQN training, its jobs' stage timings and its commands' wall times. KeyError or StopIteration where they lack
-    any of these."""
-    status = json.loads((smoke / "status.json").read_text())
-    attacks = job_records(smoke / "attacks")
-    pqn = job_records(smoke / "pqn-transfer")
-    built = next(j for j in attacks if (j["meta"].get("training") or {}).get("epoch_seconds"))
-    train = built["meta"]["training"]
-    images = int(built["meta"]["config"]["dataset"]["num_train"])
-    epochs = train["epoch_seconds"]
-    steady = epochs[-1] / images
-    fit_s = max(0.0, train["train_seconds"] - steady * images * len(epochs))
-    pqn_train = pqn[0]["meta"]["pqn_training"]
-    pqn_factor = max(1.0, pqn_train["epoch_seconds"][-1] / epochs[-1])
-    timings = [j["meta"]["timings_s"] for j in attacks]
-
-    def besides(t: dict[str, float]) -> float:
-        return t["total"] - sum(v for k, v in t.items() if k in ("train", "train_pqn", "codebooks", "data")
-                                or k.startswith("attack_"))
-
-    queries = int(built["meta"]["config"]["dataset"]["num_queries"])
-    attack_s = [v / queries for t in timings for k, v in t.items() if k.startswith("attack_") and v > 0]
-    kmeans = [t.get("codebooks", 0.0) / int(j["meta"]["config"]["quantizer"]["K"]) for t, j in zip(timings, attacks)]
-    walls = {c["name"]: c for c in status["commands"]}
-    process_s = max(1.0, walls["attacks"]["wall_s"] - sum(t["total"] for t in timings))
-    return Costs(train_s_per_image={built["meta"]["config"]["model"]["arch"]: steady},
-                 reference=built["meta"]["config"]["model"]["arch"], pqn_factor=pqn_factor, fit_s=fit_s,
-                 job_s=statistics.median(besides(t) for t in timings), resumed_s=RESUMED_JOB_S, process_s=process_s,
-                 attack_s_per_query=max(attack_s) if attack_s else 0.0, kmeans_s_per_k=max(kmeans),
-                 decode_s=max(t.get("data", 0.0) for t in timings))
-
-
-def refine_costs(costs: Costs, stage: Path) -> None:
-    """Per-arch training rates from a stage's records (the whole fit over its epochs: warm-up included)."""
-    for job in job_records(stage):
-        m = job["meta"]
-        t = m.get("training") or {}  # the cross-entropy backbone's, whether this job built it or found it cached
-        if t.get("train_seconds"):
-            images = m["config"]["dataset"].get("num_train") or CIFAR_TRAIN
-            costs.train_s_per_image[m["config"]["model"]["arch"]] = t["train_seconds"] / (
-                m["config"]["trainer"]["max_epochs"] * images)
 
 
 # --------------------------------------------------------------------------------------------- stages
@@ -311,7 +141,7 @@ class Run:
             return 1
         from omegaconf import OmegaConf
 
-        from .config import CONF_DIR
+        from ..config import CONF_DIR
 
         cfg = OmegaConf.load(CONF_DIR / "experiment" / f"{preset}.yaml")
         return int(OmegaConf.select(cfg, "trainer.max_epochs", default=None) or OmegaConf.load(
@@ -416,14 +246,14 @@ class Run:
     def pqn_epochs(self) -> int:
         from omegaconf import OmegaConf
 
-        from .config import CONF_DIR
+        from ..config import CONF_DIR
 
         return int(OmegaConf.load(CONF_DIR / "quantizer" / "pqn.yaml").epochs)
 
     def bench_seconds(self, figures: list[str]) -> float:
         """The bench figures: each a process that decodes its images and runs the fast path twice (fp32, bf16) and
         the baseline, a few dozen batches each (bench.workloads.SIZES); estimated from the smoke stage's rates."""
-        from .bench.workloads import SIZES
+        from ..bench.workloads import SIZES
 
         c, sz = self.costs, SIZES["quick" if self.mode.tiny else self.mode.device]
         if c is None:
@@ -723,108 +553,8 @@ class Run:
         return code
 
 
-def out_fits(out: Path, new: dict[str, int], spare_files: int = 0, reserve_bytes: int = 0) -> str | None:
-    """Why writing ``new`` ({relative name: bytes}, replacing files of those names) into ``out`` would exceed
-    ``OUT_LIMITS`` (keeping ``spare_files`` files and ``reserve_bytes`` free), or None when it fits."""
-    have = {str(p.relative_to(out)): p.stat().st_size for p in out.rglob("*") if p.is_file()}
-    after = {**have, **new}
-    for name, size in new.items():
-        parts = Path(name).parts
-        if len(parts) - 1 > OUT_LIMITS["depth"] or not all(OUT_NAME.match(p) for p in parts):
-            return f"{name}: more than {OUT_LIMITS['depth']} folders deep, or a name outside [A-Za-z0-9._-]"
-        if size > OUT_LIMITS["file_bytes"]:
-            return f"{name} is {size / 2**20:.1f} MiB, over {OUT_LIMITS['file_bytes'] / 2**20:.0f} MiB per file"
-    if len(after) + spare_files > OUT_LIMITS["files"]:
-        return f"{len(after)} files (+{spare_files} kept free) over the {OUT_LIMITS['files']} that come back"
-    total = sum(after.values()) + reserve_bytes
-    if total > OUT_LIMITS["total_bytes"]:
-        return f"{total / 2**20:.1f} MiB in all over {OUT_LIMITS['total_bytes'] / 2**20:.0f} MiB"
-    return None
-
-
-# --------------------------------------------------------------------------------------------- preparing .gpu/
-# What the GPU machine's Python 3.12 has (the image's packages this project relies on, and their own requirements),
-# and what .gpu/wheels must bring for pqattack's imports, its Hydra launchers and the tests.
-GPU_IMAGE = {"torch", "torchvision", "pytorch-lightning", "torchmetrics", "matplotlib", "numpy", "pillow", "pyyaml",
-             "tqdm", "rich", "pytest", "packaging", "typing-extensions", "lightning-utilities", "fsspec", "filelock",
-             "jinja2", "sympy", "networkx", "setuptools", "scikit-learn"}
-GPU_WHEELS = ("faiss-cpu", "hydra-core", "omegaconf", "antlr4-python3-runtime", "hydra-submitit-launcher",
-              "hydra-joblib-launcher", "submitit", "cloudpickle", "joblib")
-GPU_PYTHON = {"python_version": "3.12", "python_full_version": "3.12.3", "sys_platform": "linux",
-              "platform_system": "Linux", "platform_machine": "x86_64", "implementation_name": "cpython",
-              "platform_python_implementation": "CPython", "os_name": "posix", "extra": ""}
-TRAVEL_BYTES = 64 * 2**20  # the working tree and .gpu/ together, per device call
-
-
-def installable(wheel: Path) -> bool:
-    """Whether a wheel installs on CPython 3.12, Linux x86-64."""
-    from packaging.utils import parse_wheel_filename
-
-    for tag in parse_wheel_filename(wheel.name)[3]:
-        py = tag.interpreter in ("py3", "cp312", "py312") or (tag.abi == "abi3" and tag.interpreter.startswith("cp3")
-                                                             and int(tag.interpreter[3:]) <= 12)
-        abi = tag.abi in ("none", "abi3", "cp312")
-        plat = tag.platform == "any" or (tag.platform.endswith("x86_64") and "linux" in tag.platform)
-        if py and abi and plat:
-            return True
-    return False
-
-
-def check_prep(folder: Path) -> int:
-    """Check ``folder`` (.gpu/) before it travels: the wheels pqattack needs, each installable on the GPU machine's
-    Python and with every requirement met there (by another wheel or by the image), one version of each, the data
-    archive, and the size of the tree plus .gpu/ under what one device call carries."""
-    import zipfile
-    from email.parser import Parser
-
-    from packaging.requirements import Requirement
-    from packaging.utils import canonicalize_name, parse_wheel_filename
-
-    problems, have = [], {}
-    wheels = sorted((folder / "wheels").glob("*.whl"))
-    for w in wheels:
-        name, version = canonicalize_name(parse_wheel_filename(w.name)[0]), parse_wheel_filename(w.name)[1]
-        if name in have:
-            problems.append(f"two versions of {name}: {have[name][0]} and {version} (pip --target refuses both)")
-        with zipfile.ZipFile(w) as z:
-            meta = next(n for n in z.namelist() if n.endswith(".dist-info/METADATA"))
-            requires = Parser().parsestr(z.read(meta).decode()).get_all("Requires-Dist") or []
-        have[name] = (version, requires)
-        if not installable(w):
-            problems.append(f"{w.name} does not install on CPython 3.12, Linux x86-64")
-    for name in GPU_WHEELS:
-        if name not in have:
-            problems.append(f"no wheel of {name} in {folder / 'wheels'}")
-    for name, (_, requires) in have.items():
-        for text in requires:
-            req = Requirement(text)
-            if req.marker is not None and not req.marker.evaluate(GPU_PYTHON):
-                continue
-            dep = canonicalize_name(req.name)
-            if dep in have:
-                if req.specifier and not req.specifier.contains(have[dep][0], prereleases=True):
-                    problems.append(f"{name} needs {text}, the wheel is {dep} {have[dep][0]}")
-            elif dep not in GPU_IMAGE:
-                problems.append(f"{name} needs {text}: neither a wheel here nor on the GPU machine")
-    archive = folder / "cifar10-jpeg.tar.xz"
-    if not archive.is_file():
-        problems.append(f"no {archive} (the CIFAR-10 JPEG copy)")
-    size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
-    tracked = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, capture_output=True, text=True)
-    tree = sum((REPO / f).stat().st_size for f in tracked.stdout.split("\0") if f and (REPO / f).is_file()) \
-        if tracked.returncode == 0 else 0
-    print(f"{folder}: {len(wheels)} wheels, {size / 2**20:.1f} MiB; with the tracked tree "
-          f"({tree / 2**20:.1f} MiB): {(size + tree) / 2**20:.1f} MiB of the {TRAVEL_BYTES / 2**20:.0f} MiB a call carries")
-    if size + tree > TRAVEL_BYTES:
-        problems.append(f"{(size + tree) / 2**20:.1f} MiB would travel, over {TRAVEL_BYTES / 2**20:.0f} MiB")
-    for line in problems:
-        print(f"  problem: {line}")
-    print("ok" if not problems else f"{len(problems)} problem(s)")
-    return 0 if not problems else 2
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m pqattack.gpu_run", description=__doc__.split("\n\n")[0],
+    p = argparse.ArgumentParser(prog="python -m pqattack.gpu.run", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     p.add_argument("--out", help="where the records come back (default: $OUT, else <work>/out)")
     p.add_argument("--work", default="outputs/gpu-run", help="stage folders, caches and logs (default %(default)s)")
@@ -833,15 +563,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--stages", help=f"a subset of {','.join(STAGES)} (default: all, in that order)")
     p.add_argument("--previous", help="records.tar.gz (or its folder) of an earlier run: its valid stages are kept")
     p.add_argument("--started", help=argparse.SUPPRESS)  # the wrapper's start time (epoch s): the deadline counts from it
-    p.add_argument("--check-prep", metavar="DIR", help="check a prepared .gpu/ folder (make gpu-check) and exit")
     return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    if args.check_prep:
-        return check_prep(Path(args.check_prep))
-    return Run(args).main()
+    return Run(parse_args(argv)).main()
 
 
 if __name__ == "__main__":
