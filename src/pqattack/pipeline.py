@@ -20,11 +20,9 @@ from .records import attacked_rows, clean_rows, describe, recipe_fields, write_r
 from .runtime import Runtime, device_name, resolve_device, resolve_precision, versions
 from .stages.attack import adversarial_set, check_attack_data
 from .stages.data import load_data
-from .stages.defense import fresh_draws
-from .stages.features import check_finite, embed
-from .stages.suite import evaluate_suite
 from .stages.keys import results_spec
-from .stages.target import build_target, peak_agreement, score, targeted_scores
+from .stages.suite import evaluate_suite
+from .stages.target import build_target, peak_agreement, score, score_set, targeted_scores
 
 log = logging.getLogger(__name__)
 
@@ -62,15 +60,10 @@ def run(cfg: DictConfig, output_dir: Path, loggers: list | None = None) -> Path:
     if adv is not None:
         rt.keys["adversarial_queries"] = adv.key
         with rt.timed("eval_adversarial"):
-            fresh_draws(target.backbone, f"evaluate {adv.key}")
-            z_adv, logits = embed(target.backbone, adv.images, rt, job.eval_batch_size, "adversarial features",
-                                  job.subvectors, target.classify)
-            check_finite("adversarial features", z_adv)
-            scored = score(target, z_adv, data, job.systems, job.topk)
-            targeted = None if adv.targets is None else targeted_scores(target, z_adv, data, adv.targets, job.systems,
-                                                                        job.topk)
-        changed = target.index.encode(z_adv) != target.index.encode(target.features["query"])
-        rows += attacked_rows(base, scored, job, adv, data, changed, logits, targeted)
+            scored = score_set(target, adv.images, adv.key, data, job, rt)
+            targeted = None if adv.targets is None else targeted_scores(target, scored.z, data, adv.targets,
+                                                                        job.systems, job.topk)
+        rows += attacked_rows(base, scored.scores, job, adv, data, scored.changed, scored.logits, targeted)
         adv.save(output_dir / "adversarial_queries")
 
     rt.timings["total"] = round(time.perf_counter() - t_start, 3)
@@ -82,6 +75,6 @@ def run(cfg: DictConfig, output_dir: Path, loggers: list | None = None) -> Path:
     if rt.cache.enabled:
         rt.cache.save("results", results_key, {}, {"results": {"meta": meta, "rows": rows}})
     log_results(loggers or [], rows, job, data, target.index, target.features["query"],
-                None if adv is None else (adv.images, z_adv))
+                None if adv is None else (adv.images, scored.z))
     return path
 

@@ -17,9 +17,7 @@ from ..labels import WORST, attack_label
 from ..metrics import QueryAP
 from ..runtime import Runtime
 from .attack import adversarial_set
-from .defense import fresh_draws
-from .features import check_finite, embed
-from .target import Target, score
+from .target import Target, score_set
 
 
 def parse_member(member: str) -> tuple[str, list[str]]:
@@ -105,17 +103,12 @@ def evaluate_suite(job: JobConfig, data: RetrievalData, target: Target, base: di
         adv = adversarial_set(mjob, data, target, describe, rt)
         assert adv is not None
         with rt.timed(f"eval_{mjob.attack.name}"):
-            fresh_draws(target.backbone, f"evaluate {adv.key}")
-            z_adv, logits = embed(target.backbone, adv.images, rt, job.eval_batch_size, "adversarial features",
-                                  job.subvectors, target.classify)
-            check_finite("adversarial features", z_adv)
-            scored = score(target, z_adv, data, job.systems, job.topk)
-        changed = target.index.encode(z_adv) != target.index.encode(target.features["query"])
-        member_rows = rows_of(base, scored, mjob, adv, data, changed, logits)
+            scored = score_set(target, adv.images, adv.key, data, job, rt)
+        member_rows = rows_of(base, scored.scores, mjob, adv, data, scored.changed, scored.logits)
         rows += member_rows
         labels.append(attack_label(member_rows[0]))
         for s in job.systems:
-            per_system[s].append(scored[s]["aps"])
+            per_system[s].append(scored.scores[s]["aps"])
     for s in job.systems:
         worst = {"aps": worst_case(per_system[s])}
         rows.append({**base, "attack": WORST, "system": s, **score_fields(worst, job), "topk": job.topk,

@@ -12,7 +12,7 @@ from ..config import JobConfig
 from ..data import RetrievalData
 from ..errors import CacheError, ConfigError
 from ..models import Backbone
-from ..metrics import QueryAP, query_average_precisions
+from ..metrics import query_average_precisions
 from ..quant import IVFPQIndex, PQIndex, recall_at_k_with_ties, search_past_ties, train_codebooks
 from ..runtime import Runtime
 from .backbone import train_backbone, train_pqn
@@ -127,6 +127,30 @@ def target_labels(targets: torch.Tensor, data: RetrievalData) -> torch.Tensor:
     if data.database.labels.ndim == 1:
         return targets
     return torch.nn.functional.one_hot(targets, data.database.labels.shape[1]).bool()
+
+
+@dataclass
+class ScoredSet:
+    """An adversarial query set on the target: its features ``z`` and classifier ``logits`` (None without a
+    classifier), its per-system ``scores`` (``score``) and which sub-space codes it ``changed`` [Q, M]."""
+
+    z: torch.Tensor
+    logits: torch.Tensor | None
+    scores: dict[str, dict[str, Any]]
+    changed: torch.Tensor
+
+
+def score_set(target: Target, images: torch.Tensor, key: str, data: RetrievalData, job: JobConfig,
+              rt: Runtime) -> ScoredSet:
+    """Evaluate the adversarial ``images`` (the set of cache key ``key``) on the target: a random query transform's
+    draws restarted for this pass, the features checked finite, scored per system, their codes against the clean
+    queries'."""
+    fresh_draws(target.backbone, f"evaluate {key}")
+    z, logits = embed(target.backbone, images, rt, job.eval_batch_size, "adversarial features", job.subvectors,
+                      target.classify)
+    check_finite("adversarial features", z)
+    scores = score(target, z, data, job.systems, job.topk)
+    return ScoredSet(z, logits, scores, target.index.encode(z) != target.index.encode(target.features["query"]))
 
 
 def targeted_scores(target: Target, adversarial_z: torch.Tensor, data: RetrievalData, targets: torch.Tensor,
