@@ -494,6 +494,22 @@ def test_the_pareto_figure_draws_a_line_per_radius_through_its_betas() -> None:
     assert sorted(t.get_text() for t in ax.texts) == ["0", "0.1", "1", "1", "1"]
 
 
+def test_no_two_pareto_series_look_alike() -> None:
+    """Fourteen series in one panel (defense_pareto_cpu's 24-bit panels have as many): past the ten default colours
+    the marker changes, so no two series share colour and marker, and the undefended target stands apart."""
+    from matplotlib.colors import to_hex
+
+    from pqattack.report.defense import pareto_figure
+
+    rows = [_row("clean", 80.0), _row("worst-case", 8.0)]
+    for i in range(14):
+        label = f"adv (eps=2/255, beta=1, k=2, epochs={i + 2})"
+        rows += [_row("clean", 70.0 - i, label), _row("worst-case", 10.0 + i, label)]
+    [ax] = pareto_figure(rows, "t").axes
+    styles = [(to_hex(line.get_color()), line.get_marker()) for line in ax.get_lines()]
+    assert len(styles) == 15 and len(set(styles)) == 15
+
+
 def test_the_pareto_legend_hides_no_point() -> None:
     """With many series in six narrow panels, the legend inside a panel covered points wherever it went (the
     undefended target among them); it goes below the panel, and no point is under it."""

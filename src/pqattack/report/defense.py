@@ -15,6 +15,7 @@ from .tables import recipe_label
 
 BETA = re.compile(r", beta=([0-9.e+-]+)")  # the beta of a defense label (AdversarialTrainingConfig.label)
 PARETO_MIN_POINTS = 3  # a target's defenses drawn in the Pareto figure: the undefended one and at least two trained
+SERIES_MARKERS = "o^vD<>ph*"  # with the ten default colours: 90 series of a panel drawn alike by neither
 
 
 def _target(row: dict[str, Any]) -> tuple:
@@ -201,10 +202,13 @@ def pareto_figure(rows: list[dict[str, Any]], title: str) -> Any:
     panels = sorted(points)
     fig, axes = new_figure("pareto", ncols=max(1, len(panels)), squeeze=False)
     for ax, target in zip(axes[0], panels):
+        trained = [k for k in sorted(pareto_series(points[target])) if k != "none"]
         for key, pts in sorted(pareto_series(points[target]).items()):
             name = "undefended" if key == "none" else key.removeprefix("adv (").removesuffix(")")
-            ax.plot([p[1] for p in pts], [p[2] for p in pts], marker="s" if key == "none" else "o", ms=4, lw=0.8,
-                    label=name)
+            i = trained.index(key) if key != "none" else -1  # past ten series the colours repeat: the marker changes
+            ax.plot([p[1] for p in pts], [p[2] for p in pts], lw=0.8, ms=4, label=name,
+                    **({"marker": "s", "color": "black"} if key == "none" else
+                       {"marker": SERIES_MARKERS[i // 10 % len(SERIES_MARKERS)], "color": f"C{i % 10}"}))
             for beta, clean, worst in pts:
                 if beta is not None:
                     ax.annotate(f"{beta:g}", (clean, worst), fontsize=6, xytext=(3, 2), textcoords="offset points")
