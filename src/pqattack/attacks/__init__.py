@@ -9,6 +9,7 @@ from .losses import (CENTER_LOSSES, LOSS_IGNORES, LOSS_READS, LOSSES, PEAK_LOSSE
 from .pgd import pgd, reference
 
 __all__ = ["CENTER_LOSSES", "LOSSES", "LOSS_IGNORES", "LOSS_READS", "OFF_VALUES", "PEAKS", "PEAK_LOSSES",
-           "AttackConfig", "Reference", "batch_anchors", "center_codes", "center_loss", "codeword_spread", "far_code_loss",
-           "feature_distance_loss", "loss_for", "margin_loss", "nearest_centers", "overall_distribution_loss",
-           "peak_distribution_loss", "pgd", "random_other_classes", "reference", "sdc_table", "targeted_center_loss"]
+           "AttackConfig", "Reference", "batch_anchors", "center_codes", "center_loss", "codeword_spread",
+           "far_code_loss", "feature_distance_loss", "loss_for", "margin_loss", "nearest_centers",
+           "overall_distribution_loss", "peak_distribution_loss", "pgd", "random_other_classes", "reference",
+           "sdc_table", "targeted_center_loss"]

@@ -9,9 +9,9 @@ from ..errors import ConfigError
 
 KINDS = ("none", "adv", "jpeg", "bitdepth")
 #: attack losses adversarial training makes its images with (null: APD for PQN, the feature distance for K-means)
-TRAINING_ATTACKS = ("apd", "aod", "basic", "far", "center")
 #: the training attacks that read PQN's soft assignment while training (a K-means target has no codebooks then)
 SOFT_TRAINING_ATTACKS = ("apd", "aod", "far", "center")
+TRAINING_ATTACKS = (*SOFT_TRAINING_ATTACKS, "basic")
 
 
 @dataclass

@@ -5,8 +5,7 @@ fly with ``iters``-step L-inf PGD (``attacks.pgd``, the loop every attack uses) 
 step, in eval mode (batch norm on its running statistics, which the attack leaves unchanged): APD (eq. 8) against
 PQN's current soft assignment, softmax(alpha <x_m, c_mk>) with the codebooks as they are (or ``defense.attack``:
 AOD, far codes, centre codes), or the feature distance (eq. 3) for a K-means target, whose codebooks are built after
-training. The network then trains, in train mode, on
-the mixed batch with
+training. The network then trains, in train mode, on the mixed batch with
 
     PQN:      L_PQN(mixed batch) + beta * mean_i sum_m KL(p_m(x_i) || p_m(x_i^adv))
     K-means:  CE(mixed batch)    + beta * mean_i ||z(x_i^adv) - z(x_i)||^2

@@ -1,5 +1,6 @@
-"""Checking ``.gpu/`` before it travels (``make gpu-check``: ``python -m pqattack.gpu.prep .gpu``): the wheels the GPU machine lacks, each installable
-there with its requirements met, the data archive, and the size one device call carries."""
+"""Checking ``.gpu/`` before it travels (``make gpu-check``: ``python -m pqattack.gpu.prep .gpu``): the wheels the
+GPU machine lacks, each installable there with its requirements met, the data archive, and the size one device call
+carries."""
 
 from __future__ import annotations
 

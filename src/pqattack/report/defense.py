@@ -202,13 +202,16 @@ def pareto_figure(rows: list[dict[str, Any]], title: str) -> Any:
     panels = sorted(points)
     fig, axes = new_figure("pareto", ncols=max(1, len(panels)), squeeze=False)
     for ax, target in zip(axes[0], panels):
-        trained = [k for k in sorted(pareto_series(points[target])) if k != "none"]
-        for key, pts in sorted(pareto_series(points[target]).items()):
+        series = pareto_series(points[target])
+        trained = sorted(k for k in series if k != "none")
+        for key, pts in sorted(series.items()):
             name = "undefended" if key == "none" else key.removeprefix("adv (").removesuffix(")")
-            i = trained.index(key) if key != "none" else -1  # past ten series the colours repeat: the marker changes
-            ax.plot([p[1] for p in pts], [p[2] for p in pts], lw=0.8, ms=4, label=name,
-                    **({"marker": "s", "color": "black"} if key == "none" else
-                       {"marker": SERIES_MARKERS[i // 10 % len(SERIES_MARKERS)], "color": f"C{i % 10}"}))
+            if key == "none":
+                style = {"marker": "s", "color": "black"}
+            else:  # past ten series the colours repeat: the marker changes
+                i = trained.index(key)
+                style = {"marker": SERIES_MARKERS[i // 10 % len(SERIES_MARKERS)], "color": f"C{i % 10}"}
+            ax.plot([p[1] for p in pts], [p[2] for p in pts], lw=0.8, ms=4, label=name, **style)
             for beta, clean, worst in pts:
                 if beta is not None:
                     ax.annotate(f"{beta:g}", (clean, worst), fontsize=6, xytext=(3, 2), textcoords="offset points")
