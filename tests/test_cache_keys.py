@@ -69,7 +69,9 @@ SELECTORS = ("_target_", "kind")
 #: values to try for keys whose generic change (flip, +1, x0.5, ...) is not allowed; several override sets are
 #: tried in order, the first one the config and the loader accept is used
 CHANGES: dict[str, list[list[str]]] = {
-    "precision": [["precision=fp32"], ["precision=bf16"]],
+    # the base config's precision is auto: the change is to the precision auto does not resolve to on this machine
+    # (bf16 where the CPU computes it natively, fp32 elsewhere), or the keys rightly stay as they are
+    "precision": [[f"precision={p}"] for p in ("fp32", "bf16") if p != resolve_precision("auto", CPU)],
     "bits": [["bits=24"]],
     "quantizer.M": [["quantizer.M=8"]],
     "quantizer.K": [["quantizer.K=32", "bits=null"]],
