@@ -52,7 +52,7 @@ FEEDS: dict[str, str] = {
                                                       "quantize_8bit", "similarity", "temperature", "peak",
                                                       "batch_size", "kappa", "margin_focus", "target_class",
                                                       "temperature_final", "logit_norm", "restarts", "restart_pick",
-                                                      "momentum", "diversity", "step_schedule", "eot")},
+                                                      "momentum", "diversity", "step_schedule", "eot", "dither")},
     # an oblivious attack's queries are the undefended model's (made without the transform): only the rows differ
     "attack.oblivious": "results",
     # a suite replaces the job's own query set by its members' (each keyed as its own job)

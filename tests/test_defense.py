@@ -282,6 +282,47 @@ def test_a_random_jpeg_draws_anew_and_eot_averages_over_draws() -> None:
     assert 0 < (adv - x).abs().max() <= cfg.eps + 1e-6
 
 
+def test_dither_makes_bpda_exact_in_expectation_through_bit_depth() -> None:
+    """Uniform noise of one level's width before a d-bit quantiser: the mean quantised image is the image itself
+    (what makes BPDA's identity backward the gradient of E[T(x + r)]), where the plain quantiser is off by up to
+    half a level."""
+    from pqattack.attacks.pgd import dithered
+    from pqattack.defense.transforms import bit_depth
+
+    depth, level = 3, 1 / 7
+    x = 0.1 + 0.8 * torch.rand(1, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    gen = torch.Generator().manual_seed(1)
+    mean = torch.stack([bit_depth(dithered(x, level, gen), depth) for _ in range(4000)]).mean(0)
+    assert (mean - x).abs().max() < 0.01
+    assert (bit_depth(x, depth) - x).abs().max() > 0.05
+
+
+def test_dither_draws_a_fresh_input_per_evaluation_and_off_is_the_plain_loop() -> None:
+    """With attack.dither and attack.eot, every loss evaluation sees x + delta plus its own noise of at most half
+    the width (eot draws per step, whatever the defense); the result stays in the ball. With dither 0 the loop is
+    the plain one, bit for bit, and consumes no extra random numbers."""
+    x = torch.randint(0, 256, (4, 3, 32, 32), generator=torch.Generator().manual_seed(0)) / 255
+    inner = build_backbone("smallcnn", 10, width=8).eval()
+    seen: list[torch.Tensor] = []
+    features = inner.forward_features
+    inner.forward_features = lambda v: seen.append(v.detach().clone()) or features(v)  # type: ignore[method-assign]
+    model = RetrievalModel(inner, torch.randn(4, 16, 8, generator=torch.Generator().manual_seed(1)))
+    cfg = AttackConfig(name="apd", loss="apd", iters=2, eot=3, dither=0.1)
+    adv = pgd(model, x, "apd", cfg, generator=torch.Generator().manual_seed(2))
+    assert len(seen) == 1 + 2 * 3  # the clean reference, then 3 draws per step
+    assert torch.equal(seen[0], x)  # the reference is the clean query, undithered
+    step1 = seen[1:4]
+    assert not torch.equal(step1[0], step1[1]) and not torch.equal(step1[1], step1[2])
+    centre = torch.stack(step1).mean(0)  # the three draws share x + delta
+    assert all((s - centre).abs().max() <= 0.1 + 1e-6 for s in step1)
+    assert 0 < (adv - x).abs().max() <= cfg.eps + 1e-6 and adv.min() >= 0 and adv.max() <= 1
+    plain = AttackConfig(name="apd", loss="apd", iters=2)
+    a = pgd(model, x, "apd", plain, generator=torch.Generator().manual_seed(2))
+    b = pgd(model, x, "apd", AttackConfig(name="apd", loss="apd", iters=2, dither=0.0),
+            generator=torch.Generator().manual_seed(2))
+    assert torch.equal(a, b)
+
+
 def test_defense_none_keeps_the_keys_from_before_defenses(small_data) -> None:  # noqa: ANN001
     assert keys(["defense=none"], small_data) == BEFORE_DEFENSES["kmeans"] == keys(["~defense"], small_data)
     assert keys(PQN + ["defense=none"], small_data) == BEFORE_DEFENSES["pqn"]
@@ -386,6 +427,8 @@ def test_suite_members_follow_the_defense() -> None:
     (["attack.oblivious=true"], "attack.oblivious=true"),
     (["defense=jpeg", "attack.eot=4"], "attack.eot=4"),
     (["attack.eot=1", "defense=jpeg_random"], "attack.eot=1"),
+    (["defense=bitdepth", "attack.dither=-0.1"], "attack.dither=-0.1"),
+    (["defense=bitdepth", "attack.dither=2"], "attack.dither=2"),
     (["attack=none", "eval.suite=[apd,nope]"], "'nope' is not an attack"),
     (["attack=none", "eval.suite=[\"apd iters=0\"]"], "attack.iters=0"),
     (["attack=none", "eval.suite=[\"apd colour=1\"]"], "apd colour=1"),

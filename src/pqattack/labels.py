@@ -26,7 +26,8 @@ def is_paper_attack(row: dict[str, Any]) -> bool:
         return False
     if row.get("peak") not in (None, "index"):
         return False
-    if any(row.get(k) is not None for k in LOOP_LABELS) or row.get("defense") is not None or row.get("eot"):
+    if (any(row.get(k) is not None for k in LOOP_LABELS) or row.get("defense") is not None or row.get("eot")
+            or row.get("dither")):
         return False
     return all(row.get(k) is None or abs(float(row[k]) - v) < 1e-9 if k != "similarity" else row.get(k) in (None, v)
                for k, v in PAPER_ATTACK.items())
@@ -54,6 +55,8 @@ def attack_label(row: dict[str, Any]) -> str:
     diff += [fmt.format(row[k]) for k, fmt in LOOP_LABELS.items() if row.get(k) is not None]
     if row.get("eot"):
         diff.append(f"EOT={row['eot']}")
+    if row.get("dither"):
+        diff.append(f"dither={row['dither'] * 255:.3g}/255")
     if row.get("oblivious"):
         diff.append("oblivious")
     return row["attack"] + (f" ({', '.join(diff)})" if diff else "")

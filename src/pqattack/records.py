@@ -104,7 +104,7 @@ def targeted_fields(targeted: dict[str, Any], targets: torch.Tensor, data: Retri
 #: the attack settings a row carries (None where its loss ignores them)
 ROW_SETTINGS = ("similarity", "temperature", "peak", "eps", "step", "iters", "kappa", "margin_focus", "target_class",
                 "temperature_final", "logit_norm", "restarts", "restart_pick", "momentum", "diversity",
-                "step_schedule", "eot")
+                "step_schedule", "eot", "dither")
 
 
 def source_epochs(job: JobConfig, adv: AdversarialSet) -> int | str | None:

@@ -25,7 +25,8 @@ if TYPE_CHECKING:
 KIND = "adversarial_queries"
 ATTACK_FIELDS = ("name", "loss", "eps", "step", "iters", "random_start", "similarity", "temperature", "peak",
                  "quantize_8bit", "batch_size", "kappa", "margin_focus", "target_class", "temperature_final",
-                 "logit_norm", "restarts", "restart_pick", "momentum", "diversity", "step_schedule", "eot")
+                 "logit_norm", "restarts", "restart_pick", "momentum", "diversity", "step_schedule", "eot",
+                 "dither")
 
 
 @dataclass
@@ -137,6 +138,8 @@ def source_jobs(job: "JobConfig") -> "list[JobConfig] | None":
             src.quantizer.K = 2 ** (int(bits) // job.quantizer.M)
         src.transfer = {"source": None, "source_model": None, "source_bits": None}
         src.defense = {"kind": "none"}  # the attacker's surrogate is undefended; the defense is the target's
-        src.attack.oblivious, src.attack.eot = False, 0
+        src.attack.oblivious = False
+        if not src.attack.dither:  # EOT over the draws of a transform the surrogate does not have
+            src.attack.eot = 0
         jobs.append(load_job(src))
     return jobs

@@ -48,6 +48,7 @@ class AttackConfig:
     step_schedule: str = "constant"
     oblivious: bool = False
     eot: int = 0
+    dither: float = 0.0
     save_prefixes: Optional[List[int]] = None  # noqa: UP006, UP007
 
     def __post_init__(self) -> None:
@@ -95,8 +96,12 @@ class AttackConfig:
             raise ConfigError(f"attack.step_schedule={self.step_schedule!r}: expected one of "
                               f"{', '.join(STEP_SCHEDULES)}")
         if self.eot < 0 or self.eot == 1:
-            raise ConfigError(f"attack.eot={self.eot}: must be >= 2 (draws of the random transform per step), or 0 "
-                              f"(off)")
+            raise ConfigError(f"attack.eot={self.eot}: must be >= 2 (draws of the random transform or of the dither "
+                              f"per step), or 0 (off)")
+        if not 0 <= self.dither <= 1:
+            raise ConfigError(f"attack.dither={self.dither}: must be in [0, 1] (the width of the uniform noise added to "
+                              f"each gradient evaluation's input, pixel scale; 1/(2^d - 1) is one level of a d-bit "
+                              f"query transform; 0: off)")
         if self.save_prefixes:
             bad = [k for k in self.save_prefixes if int(k) < 1]
             if bad:
@@ -105,7 +110,8 @@ class AttackConfig:
             varying = [k for k, on in (("restarts", self.restarts is not None),
                                        ("step_schedule=cosine", self.step_schedule != "constant"),
                                        ("temperature_final", self.temperature_final is not None),
-                                       ("diversity", bool(self.diversity)), ("eot", bool(self.eot))) if on]
+                                       ("diversity", bool(self.diversity)), ("eot", bool(self.eot)),
+                                       ("dither", bool(self.dither))) if on]
             if varying:
                 raise ConfigError(f"attack.save_prefixes: the shorter runs are prefixes of this one only with a "
                                   f"constant step, temperature and no per-step randomness; {', '.join(varying)} "

@@ -1,7 +1,8 @@
 """One L-inf PGD loop for every attack (AdverTorch ``LinfPGDAttack`` semantics); attacks differ only by their loss
 (``losses.LOSSES``). The loop's options, each off by default (the loop is then exactly PQ-AG's): restarts,
-momentum (MI-FGSM), input diversity (DI), a cosine step schedule, expectation over a random query transform (EOT), an annealed soft-assignment temperature with
-per-sub-space logit normalisation, and several source models at once (an ensemble, for transfer)."""
+momentum (MI-FGSM), input diversity (DI), a cosine step schedule, expectation over a random query transform (EOT),
+a uniform dither of each gradient evaluation's input, an annealed soft-assignment temperature with per-sub-space
+logit normalisation, and several source models at once (an ensemble, for transfer)."""
 
 from __future__ import annotations
 
@@ -48,6 +49,14 @@ def temperatures(base: float, cfg: AttackConfig) -> list[float]:
         return [base] * cfg.iters
     span = max(cfg.iters - 1, 1)
     return [base * (cfg.temperature_final / base) ** (t / span) for t in range(cfg.iters)]
+
+
+def dithered(x: torch.Tensor, width: float, generator: torch.Generator | None) -> torch.Tensor:
+    """``x`` plus uniform noise in [-width / 2, width / 2) per pixel, clipped to [0, 1]. Before a uniform quantiser
+    of step ``width`` (a bit-depth query transform), the expected quantised image is ``x`` itself (away from the
+    clipping), so BPDA's identity backward is the exact gradient of E[T(x + r)]."""
+    noise = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype) - 0.5
+    return (x + noise * width).clamp(0, 1)
 
 
 def diverse_input(x: torch.Tensor, p: float, generator: torch.Generator | None) -> torch.Tensor:
@@ -106,7 +115,8 @@ def pgd(model: RetrievalModel | Sequence[RetrievalModel], images: torch.Tensor, 
     ``model(x)`` returns ``(z, log p^)`` (``RetrievalModel``); a sequence of models is an ensemble whose losses are
     averaged (``anchors`` then one per model). Uniform random start in [-eps, eps], then ``iters`` steps of
     ``delta += step_t * sign(g)``, each projected to the eps-ball and to [0, 1]; g is the gradient, or with
-    ``momentum`` mu the MI-FGSM accumulator g <- mu g + grad / mean|grad|. With ``quantize_8bit`` the result is
+    ``momentum`` mu the MI-FGSM accumulator g <- mu g + grad / mean|grad|. With ``dither`` w, each evaluation of the
+    loss sees x + delta + U[-w/2, w/2) (``eot`` n: the mean over n such draws). With ``quantize_8bit`` the result is
     rounded to the 8-bit grid (stays in the ball for 8-bit inputs). With ``restarts`` R, R runs from independent
     starts; per query the one with the largest final loss is kept, or the one ``pick`` chooses.
     """
@@ -148,10 +158,13 @@ def _run(objective: Objective, x: torch.Tensor, cfg: AttackConfig, generator: to
         x_in = x + delta
         if cfg.diversity:
             x_in = diverse_input(x_in, cfg.diversity, generator)
-        if cfg.eot:  # expectation over transformation: each call of a random transform is a new draw
-            loss = sum(objective(x_in, [s[t] for s in schedules]).sum() for _ in range(cfg.eot)) / cfg.eot
-        else:
-            loss = objective(x_in, [s[t] for s in schedules]).sum()
+        temps = [s[t] for s in schedules]
+
+        def draw(x_in: torch.Tensor = x_in, temps: list[float] = temps) -> torch.Tensor:  # a random transform draws anew
+            return objective(dithered(x_in, cfg.dither, generator) if cfg.dither else x_in, temps).sum()
+
+        # expectation over transformation: the mean over eot draws of the transform and/or the dither
+        loss = sum(draw() for _ in range(cfg.eot)) / cfg.eot if cfg.eot else draw()
         (grad,) = torch.autograd.grad(loss, delta)
         with torch.no_grad():
             if momentum is not None:

@@ -39,16 +39,17 @@ class DefenseConfig:
         """How rows and tables name the defense: ``none``, ``adv (eps=8/255, beta=1, k=2)``, ``jpeg (q=75)``."""
         return self.kind
 
-    def attack_conflict(self, oblivious: bool, eot: int) -> str | None:
+    def attack_conflict(self, oblivious: bool, eot: int, dither: float = 0.0) -> str | None:
         """Why an attack with ``attack.oblivious`` / ``attack.eot`` has no meaning against this defense (None: it
-        has): oblivious ignores a query transform, EOT averages over the draws of a random one that the attack sees."""
+        has): oblivious ignores a query transform, EOT averages over the draws of a random one that the attack sees
+        (or, with ``attack.dither``, over the draws of the dither, whatever the defense)."""
         if oblivious and not self.transform:
             return (f"attack.oblivious=true: the attack ignores a query transform, and defense={self.kind} has none "
                     f"(use defense=jpeg or defense=bitdepth)")
-        if eot and not (self.random and not oblivious):
+        if eot and not dither and not (self.random and not oblivious):
             return (f"attack.eot={eot}: expectation over transformation averages over the draws of a random query "
-                    f"transform that the attack sees (defense=jpeg with defense.quality_min, attack.oblivious=false); "
-                    f"defense={self.label()} has none")
+                    f"transform that the attack sees (defense=jpeg with defense.quality_min, attack.oblivious=false) "
+                    f"or of the dither (attack.dither > 0); defense={self.label()} has none")
         return None
 
     def row_fields(self) -> dict[str, Any]:

@@ -19,7 +19,7 @@ CELL_FIELDS = ("dataset", "queries", "model", "quantizer", "bits", "M", "K", "at
                "source_bits", "source_epochs",
                "similarity", "temperature", "peak", "eps", "step", "iters", "kappa", "margin_focus", "target_class",
                "temperature_final", "logit_norm", "restarts", "restart_pick", "momentum", "diversity",
-               "step_schedule", "eot", "defense", "oblivious", "epochs", "pqn_epochs", "device", "precision")
+               "step_schedule", "eot", "dither", "defense", "oblivious", "epochs", "pqn_epochs", "device", "precision")
 PAPER_QUERIES = 1000  # the paper's CIFAR-10 protocol: 1,000 test images as queries
 
 

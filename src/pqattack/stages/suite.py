@@ -50,7 +50,8 @@ def applies(attack: dict[str, Any], defense: DefenseConfig) -> bool:
     """Whether a suite member applies to the defense (``DefenseConfig.attack_conflict``): ``oblivious`` members to a
     query transform only, ``eot`` members to a random transform they see only. A suite can so serve every defense
     of a sweep."""
-    return defense.attack_conflict(bool(attack.get("oblivious")), int(attack.get("eot") or 0)) is None
+    return defense.attack_conflict(bool(attack.get("oblivious")), int(attack.get("eot") or 0),
+                                   float(attack.get("dither") or 0.0)) is None
 
 
 def check_suite(suite: list[str]) -> None:
