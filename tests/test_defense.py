@@ -514,6 +514,10 @@ def test_the_defense_tables_are_computed_from_rows() -> None:
     assert masking == [["fastnet+pqn", "24", "SDC", "adv", "26.0 <= 30.0: ok", "20.0 < 30.0: ok"]]
     flagged = masking_grid([*rows[:-1], _row("apd", 35.0, "adv", iters=100)]).rows  # a rise: flagged
     assert any("FLAG" in cell for row in flagged for cell in row)
+    # a dithered APD is another attack: neither the 5-step point nor a row of the plain table
+    assert masking_grid([*rows, _row("apd", 50.0, "adv", dither=0.1)]).rows == masking
+    assert adaptive_grid([*rows, _row("apd", 5.0, "jpeg", oblivious=False, dither=0.1)]).rows[0][5:9] == \
+        ["10.0", "40.0", "16.0", "80%"]
 
 
 def test_the_pareto_figure_draws_a_line_per_radius_through_its_betas() -> None:

@@ -10,7 +10,8 @@ WORST = "worst-case"  # the attack name of a robust evaluation's per-query worst
 PAPER_ATTACK = {"similarity": "dot", "eps": 8 / 255, "step": 0.01, "iters": 5}
 #: the loop options beyond the paper as a label shows them (a row holds None where an option is off)
 LOOP_LABELS = {"temperature_final": "T->{:g}", "logit_norm": "logit-norm", "restarts": "restarts={}",
-               "restart_pick": "pick={}", "momentum": "MI={:g}", "diversity": "DI={:g}", "step_schedule": "{}"}
+               "restart_pick": "pick={}", "momentum": "MI={:g}", "diversity": "DI={:g}", "step_schedule": "{}",
+               "dither": "dither={:.3g}"}
 MARGIN_KAPPA = 0.1  # conf/attack/margin.yaml's kappa: a label names another
 
 
@@ -26,8 +27,7 @@ def is_paper_attack(row: dict[str, Any]) -> bool:
         return False
     if row.get("peak") not in (None, "index"):
         return False
-    if (any(row.get(k) is not None for k in LOOP_LABELS) or row.get("defense") is not None or row.get("eot")
-            or row.get("dither")):
+    if any(row.get(k) is not None for k in LOOP_LABELS) or row.get("defense") is not None or row.get("eot"):
         return False
     return all(row.get(k) is None or abs(float(row[k]) - v) < 1e-9 if k != "similarity" else row.get(k) in (None, v)
                for k, v in PAPER_ATTACK.items())
@@ -55,8 +55,6 @@ def attack_label(row: dict[str, Any]) -> str:
     diff += [fmt.format(row[k]) for k, fmt in LOOP_LABELS.items() if row.get(k) is not None]
     if row.get("eot"):
         diff.append(f"EOT={row['eot']}")
-    if row.get("dither"):
-        diff.append(f"dither={row['dither'] * 255:.3g}/255")
     if row.get("oblivious"):
         diff.append("oblivious")
     return row["attack"] + (f" ({', '.join(diff)})" if diff else "")

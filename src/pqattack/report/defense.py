@@ -146,7 +146,7 @@ def masking_grid(rows: list[dict[str, Any]]) -> Grid | None:
     its 5-step mAP, and at the largest eps recorded (with the most steps that 8/255 has too) it must be below its
     8/255 mAP at those steps (rows of those budgets, where the records have them)."""
     rs = [r for r in _rows(rows) if r.get("defense") and r["attack"] == "apd" and not r.get("oblivious")
-          and r.get("restarts") is None and not r.get("eot")]
+          and r.get("restarts") is None and not r.get("eot") and not r.get("dither")]
     by: dict[tuple, dict[tuple[float, int], float]] = {}
     for r in rs:
         by.setdefault((_target(r), r["defense"]), {})[(round(float(r["eps"]) * 255), int(r["iters"]))] = r["map"]
