@@ -230,12 +230,13 @@ class Run:
             e, pe = self.epochs("table1"), self.pqn_epochs()
             model = "vgg16" if "vgg16" in m.base_models.split(",") else m.base_models.split(",")[0]
             trained = self.valid("table2")
-            adv = [(model, max(1, round(ADV_EPOCH_FACTOR)), n) for _ in bits for d in DEFENSES if d.startswith("adv")]
-            plan = Plan(train=untrained(model, e), pqn=([] if trained else [(model, pe, n) for _ in bits]) + adv,
-                        jobs=len(bits) * len(DEFENSES),
-                        attacks=[(model, m.queries) for _ in bits for d in DEFENSES
+            dbits = bits[:1] if m.tiny else bits  # at toy size one code length exercises the stage
+            adv = [(model, max(1, round(ADV_EPOCH_FACTOR)), n) for _ in dbits for d in DEFENSES if d.startswith("adv")]
+            plan = Plan(train=untrained(model, e), pqn=([] if trained else [(model, pe, n) for _ in dbits]) + adv,
+                        jobs=len(dbits) * len(DEFENSES),
+                        attacks=[(model, m.queries) for _ in dbits for d in DEFENSES
                                  for _ in range(DEFENSE_ATTACK_UNITS[d])])
-            extra = [f"model={model}", f"bits={m.bits}"]
+            extra = [f"model={model}", f"bits={','.join(map(str, dbits))}"]
             return Stage(name, [self.sweep(name, "sweep", "defense", extra, plan.jobs, plan, drop_attack=True)])
         if name == "bench_compile":
             argv = ["-m", "pqattack.bench", "--device", m.device, "--figures", "train_compile",
