@@ -138,3 +138,20 @@ def test_pgd_model_is_not_trained_by_the_attack() -> None:
     pgd(model, torch.rand(4, 3, 32, 32), "aod", AttackConfig())
     assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
     assert isinstance(model.backbone.head, nn.Linear)
+
+
+def test_every_attack_setting_is_recorded_with_its_query_set() -> None:
+    """A query set's metadata lists every setting of the attack but two: ``oblivious`` (its set is the undefended
+    model's, the rows say it) and ``save_prefixes`` (which other sets to cache); the loop options are one list,
+    ``labels.LOOP_OPTIONS``, shared by the sets, the rows and the table cells, so a new option cannot be left out of
+    one of them."""
+    from dataclasses import fields
+
+    from pqattack.labels import LOOP_OPTIONS
+    from pqattack.records import ROW_SETTINGS
+    from pqattack.report.tables import CELL_FIELDS
+    from pqattack.transfer import ATTACK_FIELDS
+
+    assert {f.name for f in fields(AttackConfig)} - set(ATTACK_FIELDS) == {"oblivious", "save_prefixes"}
+    for listing in (ATTACK_FIELDS, ROW_SETTINGS, CELL_FIELDS):
+        assert set(LOOP_OPTIONS) <= set(listing)

@@ -12,7 +12,7 @@ import torch
 from .attacks import LOSS_IGNORES, OFF_VALUES
 from .config import JobConfig
 from .data import RetrievalData, top1_hit
-from .labels import joined_epochs
+from .labels import LOOP_OPTIONS, joined_epochs
 from .metrics import QueryAP
 from .report import render_tables
 from .runtime import Runtime
@@ -103,8 +103,7 @@ def targeted_fields(targeted: dict[str, Any], targets: torch.Tensor, data: Retri
 
 #: the attack settings a row carries (None where its loss ignores them)
 ROW_SETTINGS = ("similarity", "temperature", "peak", "eps", "step", "iters", "kappa", "margin_focus", "target_class",
-                "temperature_final", "logit_norm", "restarts", "restart_pick", "momentum", "diversity",
-                "step_schedule", "eot", "dither")
+                *LOOP_OPTIONS)
 
 
 def source_epochs(job: JobConfig, adv: AdversarialSet) -> int | str | None:

@@ -18,15 +18,14 @@ from omegaconf import OmegaConf
 from .cache import ArtifactCache
 from .data import RetrievalData
 from .errors import QuerySetError
+from .labels import LOOP_OPTIONS
 
 if TYPE_CHECKING:
     from .config import JobConfig
 
 KIND = "adversarial_queries"
 ATTACK_FIELDS = ("name", "loss", "eps", "step", "iters", "random_start", "similarity", "temperature", "peak",
-                 "quantize_8bit", "batch_size", "kappa", "margin_focus", "target_class", "temperature_final",
-                 "logit_norm", "restarts", "restart_pick", "momentum", "diversity", "step_schedule", "eot",
-                 "dither")
+                 "quantize_8bit", "batch_size", "kappa", "margin_focus", "target_class", *LOOP_OPTIONS)
 
 
 @dataclass

@@ -7,7 +7,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any, Iterable
 
-from ..labels import attack_label, joined_epochs
+from ..labels import LOOP_OPTIONS, attack_label, joined_epochs
 
 ATTACK_ORDER = ("clean", "basic", "apd", "aod", "margin", "center", "center_targeted", "far")
 SYSTEM_ORDER = ("sdc", "adc")
@@ -18,8 +18,7 @@ SYSTEM_ORDER = ("sdc", "adc")
 CELL_FIELDS = ("dataset", "queries", "model", "quantizer", "bits", "M", "K", "attack", "system", "source_model",
                "source_bits", "source_epochs",
                "similarity", "temperature", "peak", "eps", "step", "iters", "kappa", "margin_focus", "target_class",
-               "temperature_final", "logit_norm", "restarts", "restart_pick", "momentum", "diversity",
-               "step_schedule", "eot", "dither", "defense", "oblivious", "epochs", "pqn_epochs", "device", "precision")
+               *LOOP_OPTIONS, "defense", "oblivious", "epochs", "pqn_epochs", "device", "precision")
 PAPER_QUERIES = 1000  # the paper's CIFAR-10 protocol: 1,000 test images as queries
 
 
