@@ -52,7 +52,8 @@ FEEDS: dict[str, str] = {
                                                       "quantize_8bit", "similarity", "temperature", "peak",
                                                       "batch_size", "kappa", "margin_focus", "target_class",
                                                       "temperature_final", "logit_norm", "restarts", "restart_pick",
-                                                      "momentum", "diversity", "step_schedule", "eot", "dither")},
+                                                      "momentum", "diversity", "step_schedule", "eot", "dither",
+                                                      "reference")},
     # an oblivious attack's queries are the undefended model's (made without the transform): only the rows differ
     "attack.oblivious": "results",
     # a suite replaces the job's own query set by its members' (each keyed as its own job)
@@ -103,6 +104,7 @@ CHANGES: dict[str, list[list[str]]] = {
     "dataset.num_train": [["dataset.num_train=20"]],
     "attack.oblivious": [["attack.oblivious=true", "defense=jpeg"]],
     "attack.eot": [["attack.eot=2", "defense=jpeg_random"]],
+    "attack.reference": [["attack.reference=bare", "defense=bitdepth"]],
     "eval.suite": [["eval.suite=[apd]", "attack=none"]],
     "defense.attack": [["defense.attack=basic"]],
     "defense.code_target": [["defense.code_target=true"], ["defense.code_target=true", "quantizer=pqn"]],

@@ -323,6 +323,51 @@ def test_dither_draws_a_fresh_input_per_evaluation_and_off_is_the_plain_loop() -
     assert torch.equal(a, b)
 
 
+def test_a_bare_reference_is_the_clean_query_through_the_bare_backbone() -> None:
+    """attack.reference=bare: the clean reference is computed by the bare backbone on the untransformed query, and
+    every step still goes through the transform (BPDA); by default the reference is the transformed clean query."""
+    x = torch.randint(0, 256, (4, 3, 32, 32), generator=torch.Generator().manual_seed(0)) / 255
+    inner = build_backbone("smallcnn", 10, width=8).eval()
+    seen: list[torch.Tensor] = []
+    features = inner.forward_features
+    inner.forward_features = lambda v: seen.append(v.detach().clone()) or features(v)  # type: ignore[method-assign]
+    codebooks = torch.randn(4, 16, 8, generator=torch.Generator().manual_seed(1))
+    defended = RetrievalModel(DefendedBackbone(inner, QueryTransform(BitDepthConfig(depth=3), seed=0)), codebooks)
+    bare = RetrievalModel(inner, codebooks)
+    cfg = AttackConfig(name="apd", loss="apd", iters=2, reference="bare")
+    pgd(defended, x, "apd", cfg, generator=torch.Generator().manual_seed(2), reference_models=[bare])
+    assert len(seen) == 3 and torch.equal(seen[0], x)  # the reference: the query itself
+    assert all(torch.equal(s, bit_depth(s, 3)) for s in seen[1:])  # the steps: through the 3-bit transform
+    seen.clear()
+    pgd(defended, x, "apd", AttackConfig(name="apd", loss="apd", iters=2), generator=torch.Generator().manual_seed(2))
+    assert torch.equal(seen[0], bit_depth(x, 3))
+    with pytest.raises(ValueError, match="2 reference models for 1 models"):
+        pgd(defended, x, "apd", cfg, reference_models=[bare, bare])
+
+
+def test_a_bare_reference_job_attacks_through_the_transform_against_the_bare_backbone(
+        tmp_path: Path, shared_cache: Path, monkeypatch) -> None:  # noqa: ANN001
+    """The stage gives pgd the defended model to differentiate and the bare backbone for the reference; the row
+    says so, and the set is not the default adaptive one."""
+    import pqattack.stages.attack as stage
+
+    calls = []
+    real = stage.pgd
+    monkeypatch.setattr(stage, "pgd", lambda models, *a, **k: calls.append((models, k["reference_models"])) or
+                        real(models, *a, **k))
+    base = [o for o in TINY if not o.startswith("attack.")]
+    res = run_job([*base, "attack=apd", "defense=bitdepth", "attack.reference=bare"], tmp_path / "bare", shared_cache)
+    models, refs = calls[0]
+    assert isinstance(models[0].backbone, DefendedBackbone) and refs[0].backbone is models[0].backbone.inner
+    row = next(r for r in res["rows"] if r["attack"] == "apd")
+    assert row["reference"] == "bare" and not row["oblivious"]
+    calls.clear()
+    default = run_job([*base, "attack=apd", "defense=bitdepth"], tmp_path / "default", shared_cache)
+    assert calls[0][1][0] is calls[0][0][0] and next(r for r in default["rows"] if r["attack"] == "apd")[
+        "reference"] is None
+    assert res["meta"]["cache_keys"]["adversarial_queries"] != default["meta"]["cache_keys"]["adversarial_queries"]
+
+
 def test_defense_none_keeps_the_keys_from_before_defenses(small_data) -> None:  # noqa: ANN001
     assert keys(["defense=none"], small_data) == BEFORE_DEFENSES["kmeans"] == keys(["~defense"], small_data)
     assert keys(PQN + ["defense=none"], small_data) == BEFORE_DEFENSES["pqn"]
@@ -407,6 +452,10 @@ def test_suite_members_follow_the_defense() -> None:
     assert [(j.attack.loss, j.attack.iters) for j in plain] == [("basic", 5), ("apd", 7)]
     jpeg_jobs = member_jobs(load_job(compose_config(SMALL + ["attack=none", suite, "defense=jpeg"])))
     assert [j.attack.oblivious for j in jpeg_jobs] == [False, False, True]
+    bare = 'eval.suite=[apd,"apd reference=bare"]'
+    assert len(member_jobs(load_job(compose_config(SMALL + ["attack=none", bare])))) == 1
+    assert [j.attack.reference for j in member_jobs(load_job(compose_config(
+        SMALL + ["attack=none", bare, "defense=bitdepth"])))] == ["attacked", "bare"]
     random_jobs = member_jobs(load_job(compose_config(SMALL + ["attack=none", suite, "defense=jpeg_random"])))
     assert [(j.attack.eot, j.attack.oblivious) for j in random_jobs] == [(0, False), (0, False), (2, False),
                                                                         (0, True)]
@@ -429,6 +478,9 @@ def test_suite_members_follow_the_defense() -> None:
     (["attack.eot=1", "defense=jpeg_random"], "attack.eot=1"),
     (["defense=bitdepth", "attack.dither=-0.1"], "attack.dither=-0.1"),
     (["defense=bitdepth", "attack.dither=2"], "attack.dither=2"),
+    (["defense=bitdepth", "attack.reference=clean"], "attack.reference='clean'"),
+    (["attack.reference=bare"], "defense=none has no query transform"),
+    (["defense=bitdepth", "attack.reference=bare", "attack.oblivious=true"], "attack.oblivious=true already"),
     (["attack=none", "eval.suite=[apd,nope]"], "'nope' is not an attack"),
     (["attack=none", "eval.suite=[\"apd iters=0\"]"], "attack.iters=0"),
     (["attack=none", "eval.suite=[\"apd colour=1\"]"], "apd colour=1"),

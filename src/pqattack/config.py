@@ -268,7 +268,8 @@ def _check_defense(defense: DefenseConfig, attack: AttackConfig, q: KMeansConfig
         raise ConfigError("defense.code_target=true: the consistency with the clean image's codes needs PQN's "
                           "codebooks while training (quantizer=pqn); a K-means target's consistency is the "
                           "squared feature distance")
-    conflict = None if attack.name == "none" else defense.attack_conflict(attack.oblivious, attack.eot, attack.dither)
+    conflict = None if attack.name == "none" else defense.attack_conflict(
+        attack.oblivious, attack.eot, attack.dither, attack.reference)
     if conflict:
         raise ConfigError(conflict)
 

@@ -10,11 +10,11 @@ WORST = "worst-case"  # the attack name of a robust evaluation's per-query worst
 PAPER_ATTACK = {"similarity": "dot", "eps": 8 / 255, "step": 0.01, "iters": 5}
 #: the PGD loop's options beyond the paper, in the order rows, query sets and table cells carry them
 LOOP_OPTIONS = ("temperature_final", "logit_norm", "restarts", "restart_pick", "momentum", "diversity", "step_schedule",
-                "eot", "dither")
+                "eot", "dither", "reference")
 #: the loop options beyond the paper as a label shows them (a row holds None where an option is off)
 LOOP_LABELS = {"temperature_final": "T->{:g}", "logit_norm": "logit-norm", "restarts": "restarts={}",
                "restart_pick": "pick={}", "momentum": "MI={:g}", "diversity": "DI={:g}", "step_schedule": "{}",
-               "dither": "dither={:.3g}"}
+               "dither": "dither={:.3g}", "reference": "ref={}"}
 MARGIN_KAPPA = 0.1  # conf/attack/margin.yaml's kappa: a label names another
 
 

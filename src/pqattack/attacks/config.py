@@ -11,9 +11,13 @@ from .losses import LOSSES, PEAKS
 
 STEP_SCHEDULES = ("constant", "cosine")
 RESTART_PICKS = ("loss", "oracle")
+#: the clean query's reference (features, soft assignment, codes) that the losses push away from: through what the
+#: attack differentiates (a defended target: behind its query transform), or through the bare backbone (the features
+#: the database was encoded with)
+REFERENCES = ("attacked", "bare")
 #: loop options whose default is a word rather than null / false / 0: at that value they are off, and are left out of
 #: a query set's key like any option that is off
-OFF_VALUES = {"step_schedule": "constant", "restart_pick": "loss"}
+OFF_VALUES = {"step_schedule": "constant", "restart_pick": "loss", "reference": "attacked"}
 
 
 @dataclass
@@ -49,6 +53,7 @@ class AttackConfig:
     oblivious: bool = False
     eot: int = 0
     dither: float = 0.0
+    reference: str = "attacked"
     save_prefixes: Optional[List[int]] = None  # noqa: UP006, UP007
 
     def __post_init__(self) -> None:
@@ -102,6 +107,9 @@ class AttackConfig:
             raise ConfigError(f"attack.dither={self.dither}: must be in [0, 1] (the width of the uniform noise added to "
                               f"each gradient evaluation's input, pixel scale; 1/(2^d - 1) is one level of a d-bit "
                               f"query transform; 0: off)")
+        if self.reference not in REFERENCES:
+            raise ConfigError(f"attack.reference={self.reference!r}: expected one of {', '.join(REFERENCES)} (the clean "
+                              f"query through what the attack differentiates, or through the bare backbone)")
         if self.save_prefixes:
             bad = [k for k in self.save_prefixes if int(k) < 1]
             if bad:

@@ -39,13 +39,19 @@ class DefenseConfig:
         """How rows and tables name the defense: ``none``, ``adv (eps=8/255, beta=1, k=2)``, ``jpeg (q=75)``."""
         return self.kind
 
-    def attack_conflict(self, oblivious: bool, eot: int, dither: float = 0.0) -> str | None:
-        """Why an attack with ``attack.oblivious`` / ``attack.eot`` has no meaning against this defense (None: it
-        has): oblivious ignores a query transform, EOT averages over the draws of a random one that the attack sees
-        (or, with ``attack.dither``, over the draws of the dither, whatever the defense)."""
+    def attack_conflict(self, oblivious: bool, eot: int, dither: float = 0.0, reference: str = "attacked"
+                        ) -> str | None:
+        """Why an attack with ``attack.oblivious`` / ``attack.eot`` / ``attack.reference`` has no meaning against this
+        defense (None: it has): oblivious ignores a query transform, EOT averages over the draws of a random one that
+        the attack sees (or, with ``attack.dither``, over the draws of the dither, whatever the defense), and a bare
+        reference differs from the attacked one only behind a query transform that the attack sees."""
         if oblivious and not self.transform:
             return (f"attack.oblivious=true: the attack ignores a query transform, and defense={self.kind} has none "
                     f"(use defense=jpeg or defense=bitdepth)")
+        if reference == "bare" and (oblivious or not self.transform):
+            why = "attack.oblivious=true already attacks the bare backbone" if oblivious else \
+                f"defense={self.kind} has no query transform, so the bare backbone is the attacked one"
+            return f"attack.reference=bare: the clean reference through the bare backbone, and {why}"
         if eot and not dither and not (self.random and not oblivious):
             return (f"attack.eot={eot}: expectation over transformation averages over the draws of a random query "
                     f"transform that the attack sees (defense=jpeg with defense.quality_min, attack.oblivious=false) "

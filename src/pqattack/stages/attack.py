@@ -24,12 +24,12 @@ from .keys import attack_spec, attack_temperature, ensemble_keys
 from .target import Target, build_target
 
 
-def retrieval_model(job: JobConfig, target: Target, device: torch.device) -> RetrievalModel:
+def retrieval_model(job: JobConfig, target: Target, device: torch.device, bare: bool = False) -> RetrievalModel:
     """What the attack sees of ``target``: backbone (behind the defense's query transform, which it differentiates
-    through by BPDA; the bare backbone with ``attack.oblivious``), normalisation and the soft assignment of
-    ``job.attack``."""
+    through by BPDA; the bare backbone with ``attack.oblivious``, or with ``bare``), normalisation and the soft
+    assignment of ``job.attack``."""
     backbone = target.backbone
-    if job.attack.oblivious and isinstance(backbone, DefendedBackbone):
+    if (job.attack.oblivious or bare) and isinstance(backbone, DefendedBackbone):
         backbone = backbone.inner
     model = RetrievalModel(backbone, target.codebooks.to(device), job.attack.similarity,
                            attack_temperature(job), subvector_norm=job.pqn).eval()
@@ -66,13 +66,15 @@ def query_targets(job: JobConfig, data: RetrievalData) -> torch.Tensor | None:
 
 @dataclass
 class Source:
-    """A model the queries are made against: its job, its retrieval system and, for the centre-code losses, its
-    centre codes ``[C, M]``."""
+    """A model the queries are made against: its job, its retrieval system, the model that gives the clean queries'
+    reference (``attack.reference``: the same one, or the bare backbone behind a query transform) and, for the
+    centre-code losses, its centre codes ``[C, M]``."""
 
     job: JobConfig
     target: Target
     model: RetrievalModel
     centers: torch.Tensor | None
+    reference_model: RetrievalModel
 
     @classmethod
     def of(cls, job: JobConfig, target: Target, data: RetrievalData, device: torch.device) -> "Source":
@@ -80,21 +82,24 @@ class Source:
         if job.attack.loss in CENTER_LOSSES:
             assert target.index.db_codes is not None
             centers = center_codes(target.index.db_codes, data.database.labels, num_classes(data), target.index.K)
-        return cls(job, target, retrieval_model(job, target, device), centers)
+        model = retrieval_model(job, target, device)
+        bare = job.attack.reference == "bare"
+        return cls(job, target, model, centers, retrieval_model(job, target, device, bare=True) if bare else model)
 
     @torch.no_grad()
     def anchors(self, x: torch.Tensor, targets: torch.Tensor | None) -> torch.Tensor | None:
         """``[B, M]`` anchor codes of the queries ``x`` (on the device): the target class's centre code, or for the
-        untargeted attack the centre code of the class the model predicts (its classifier; without one, the class
-        whose centre code is nearest to the query's code in SDC distance)."""
+        untargeted attack the centre code of the class the reference model predicts (its classifier; without one,
+        the class whose centre code is nearest to the query's code in SDC distance)."""
         if self.centers is None:
             return None
+        model = self.reference_model
         if targets is not None:
             classes = targets
         elif self.target.classify is not None:
-            classes = self.target.classify(self.model.backbone.forward_features(x)).float().argmax(1).cpu()
+            classes = self.target.classify(model.backbone.forward_features(x)).float().argmax(1).cpu()
         else:
-            codes = self.model.index_codes(self.model.features(x)).cpu()
+            codes = model.index_codes(model.features(x)).cpu()
             classes = nearest_centers(codes, self.centers, self.target.index.sdc_table)
         anchors = self.centers[classes]
         if (anchors < 0).any():
@@ -160,7 +165,8 @@ def attack_queries(job: JobConfig, data: RetrievalData, sources: list[Source], d
             with rt.autocast():
                 anchors = [s.anchors(x, batch_targets) for s in sources]
                 adv = pgd([s.model for s in sources], x, a.loss, a, generator=gen, anchors=anchors, pick=pick,
-                          on_step=keep_prefix if prefixes else None)
+                          on_step=keep_prefix if prefixes else None,
+                          reference_models=[s.reference_model for s in sources])
             out.append(to_stored(adv))
         for k, parts in prefixes.items():
             save_prefix(k, torch.cat(parts))

@@ -48,10 +48,11 @@ def member_attack(member: str) -> dict[str, Any]:
 
 def applies(attack: dict[str, Any], defense: DefenseConfig) -> bool:
     """Whether a suite member applies to the defense (``DefenseConfig.attack_conflict``): ``oblivious`` members to a
-    query transform only, ``eot`` members to a random transform they see only. A suite can so serve every defense
-    of a sweep."""
+    query transform only, ``eot`` members to a random transform they see only, ``reference=bare`` members to a
+    transform they see. A suite can so serve every defense of a sweep."""
     return defense.attack_conflict(bool(attack.get("oblivious")), int(attack.get("eot") or 0),
-                                   float(attack.get("dither") or 0.0)) is None
+                                   float(attack.get("dither") or 0.0),
+                                   str(attack.get("reference") or "attacked")) is None
 
 
 def check_suite(suite: list[str]) -> None:
