@@ -208,6 +208,58 @@ def test_paper_comparison_cells_come_from_the_records(sweep: Path, transfer_swee
                                                                  "map_vs_attack_cifar_10_jpeg_copy.png"}
 
 
+def test_a_build_without_the_artifacts_draws_the_figure_data_its_records_still_hold(sweep: Path,
+                                                                                      tmp_path: Path) -> None:
+    """A fresh clone: the sweep collected into one records file whose job folders and cache are gone. The build
+    draws Figs. 5, 4 and 3 from the figure data an earlier build with the artifacts saved beside them, the same
+    images; once a row they were computed for changes, they are not drawn, and the earlier PNGs are removed."""
+    from pqattack.report.build import build_report
+    from pqattack.report.collect import write_table
+    from pqattack.report.figure_data import FIGURE_DATA
+
+    out = tmp_path / "report"
+    build_report([sweep], out)
+    artifact_figures = ["centroid_distributions.png", "pr_curves.png", "retrieval_examples_adc.png",
+                        "retrieval_examples_sdc.png"]
+    first = {name: (out / name).read_bytes() for name in artifact_figures}
+    data = json.loads((out / FIGURE_DATA).read_text())
+    assert data["setting"] and len(data["cells"]) == 3 * 2 * 2  # clean and attack rows of three jobs, two systems
+    table = write_table([sweep], tmp_path / "collected" / "table", "the sweep", "pytest")
+    clone = json.loads(table.with_suffix(".json").read_text())
+    for job in clone["meta"]["jobs"]:
+        job["job_dir"] = str(tmp_path / "gone" / Path(job["job_dir"]).name)
+    (tmp_path / "clone").mkdir()
+    (tmp_path / "clone" / "table.json").write_text(json.dumps(clone))
+    index = build_report([tmp_path / "clone"], out).read_text()
+    assert "not drawn" not in index and f"drawn from `{FIGURE_DATA}`" in index
+    assert {name: (out / name).read_bytes() for name in artifact_figures} == first
+
+    cell = next(r for r in clone["rows"] if r["model"] == data["cells"][0][0][2] and r["bits"] == data["bits"]
+                and r["attack"] == "apd" and r["system"] == "sdc")
+    cell["map"] += 0.5
+    (tmp_path / "clone" / "table.json").write_text(json.dumps(clone))
+    index = build_report([tmp_path / "clone"], out).read_text()
+    assert index.count("not drawn") >= 3 and "no longer hold unchanged" in index and "apd sdc" in index
+    assert not any((out / name).exists() for name in artifact_figures)
+
+
+def test_a_suite_job_is_not_taken_for_the_figures_white_box_attack_job() -> None:
+    """A robust-evaluation job's rows name attacks, but it has no adversarial query set of its own to reload."""
+    from pqattack.report.figure_data import pick_setting
+    from pqattack.report.records import JobRecord, Records
+
+    def job(name: str, attack: str, suite: list[str] | None) -> JobRecord:
+        rows = [{"dataset": "synthetic", "model": "smallcnn", "bits": 16, "system": "sdc", "attack": a, "map": 50.0}
+                for a in ("clean", attack)]
+        meta = {"config": {"eval": {"suite": suite}}, "cache_keys": {"checkpoint": "c", "codebooks": "k"}}
+        return JobRecord(Path(name) / "results.json", meta, rows)
+
+    suite = job("suite", "basic", ["basic", "apd"])
+    assert pick_setting(Records([], [suite], [])) is None
+    plain = job("plain", "apd", None)
+    assert list(pick_setting(Records([], [suite, plain], [])).jobs.values()) == [plain]
+
+
 # --------------------------------------------------------------------------------------------- artifacts
 def test_reloaded_artifacts_reproduce_the_recorded_map(sweep: Path) -> None:
     records = gather_records([sweep])

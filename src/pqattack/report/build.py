@@ -4,8 +4,10 @@ Sections: the paper's Tables 1-4 beside ours and the difference; all our records
 and attack; and, from the artifacts the jobs cached, the precision-recall curves (Fig. 5), retrieval
 examples (Fig. 4) and soft centroid distributions (Fig. 3); beyond the paper (``beyond``): findings, the
 per-cell winners, t-mAP and the budget curves with their gradient-masking check; defenses (``defense``): clean
-against worst-case mAP, adaptive against plain attacks, masking checks and the Pareto figure. A figure whose artifacts are
-gone is left out with a note saying why. Every number is computed from the records or the artifacts.
+against worst-case mAP, adaptive against plain attacks, masking checks and the Pareto figure. What the artifact
+figures draw is saved beside them (``figure_data.json``), so that a build without the artifacts draws them again
+while the records still hold the rows they were computed for; otherwise they are left out with a note saying why.
+Every number is computed from the records or the artifacts.
 """
 
 from __future__ import annotations
@@ -17,9 +19,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from ..labels import is_paper_attack
 from . import beyond, defense, figure_data, figures
-from .artifacts import ArtifactMissing, ArtifactStore, JobArtifacts
+from .artifacts import ArtifactMissing, ArtifactStore
 from .paper import MISSING, Grid, comparisons, load_paper
 from .records import Records, gather_records
 from .tables import recipe_label, render_tables
@@ -189,68 +193,61 @@ def _title(i: int) -> str:
     return f"## {4 + i}. {name} (paper Fig. {paper_figure})"
 
 
-def pr_section(report: Report, setting: figure_data.Setting, arts: dict[str, JobArtifacts],
-               ranked: figure_data.Ranked) -> None:
-    """Fig. 5, and a check that the reloaded system gives the recorded mAP."""
-    record_maps = {(s, a): setting.record_map(s, a) for s, a in ranked}
+def pr_section(report: Report, data: dict[str, Any]) -> None:
+    """Fig. 5, and a check that the reloaded system gave the recorded mAP."""
+    record_maps = {(s, a): v for s, a, v in data["record_maps"]}
     off = [f"{s.upper()} {a}: {record_maps[(s, a)]:.2f} recorded, {v:.2f} reloaded"
-           for (s, a), v in figure_data.recomputed_maps(ranked, arts).items()
-           if abs(v - record_maps[(s, a)]) > RELOAD_TOLERANCE]
-    report.add(_title(0), f"System: {setting.describe} (the one with the most attacks, 16 bits first; `--model` "
-               f"and `--bits` pick another); {len(arts)} white-box attack jobs: "
-               + ", ".join(_display(j.path) for j in setting.jobs.values()) + ".")
+           for s, a, v in data["reloaded_maps"] if abs(v - record_maps[(s, a)]) > RELOAD_TOLERANCE]
+    report.add(_title(0), f"System: {data['setting']} (the one with the most attacks, 16 bits first; `--model` "
+               f"and `--bits` pick another); {len(data['jobs'])} white-box attack jobs: {', '.join(data['jobs'])}.")
     if off:
-        report.notes.append(f"The reloaded artifacts of {setting.describe} do not give the recorded mAP ("
+        report.notes.append(f"The reloaded artifacts of {data['setting']} do not give the recorded mAP ("
                             + "; ".join(off) + "): they may not be the ones the records were computed with.")
         report.add(report.notes[-1])
-    queries = len(next(iter(arts.values())).data.query)
-    report.figure(figures.pr_curves(figure_data.pr_curves(ranked), record_maps,
-                                    f"Precision-recall, {setting.describe}"), "pr_curves",
-                  f"Precision and recall at every rank, averaged over the {queries} queries; legend: mAP (%) of "
-                  "the records.")
+    curves = {s: {a: (np.asarray(r), np.asarray(p)) for a, (r, p) in by.items()} for s, by in data["pr"].items()}
+    report.figure(figures.pr_curves(curves, record_maps, f"Precision-recall, {data['setting']}"), "pr_curves",
+                  f"Precision and recall at every rank, averaged over the {data['queries']} queries (drawn through "
+                  f"{figure_data.PR_POINTS} ranks or fewer); legend: mAP (%) of the records.")
 
 
-def examples_section(report: Report, setting: figure_data.Setting, arts: dict[str, JobArtifacts],
-                     ranked: figure_data.Ranked, query: int) -> None:
+def examples_section(report: Report, data: dict[str, Any]) -> None:
     """Fig. 4, one figure per system."""
-    q = figure_data.query_description(arts, query)
-    amplify = figure_data.perturbation_amplification(arts)
-    k = figure_data.TOP_K
+    q, k = data["example"], figure_data.TOP_K
     report.add(_title(1), f"Query {q['query']} (class {q['class']}): the query whose precision@{k} falls most "
                "under the attacks, summed over attacks and systems. The perturbation is shown amplified "
-               f"x{amplify:.1f} around grey; frames: green relevant, red irrelevant.")
-    for system in dict.fromkeys(s for s, _ in ranked):
-        rows = figure_data.example_rows(arts, ranked, system, query)
-        title = f"Top-{k} retrieval, {system.upper()}, {setting.describe}, query {q['query']} ({q['class']})"
-        report.figure(figures.retrieval_examples(rows, amplify, title), f"retrieval_examples_{system}",
+               f"x{q['amplify']:.1f} around grey; frames: green relevant, red irrelevant.")
+    for system in q["rows"]:
+        title = f"Top-{k} retrieval, {system.upper()}, {data['setting']}, query {q['query']} ({q['class']})"
+        report.figure(figures.retrieval_examples(figure_data.example_rows_of(data, system), q["amplify"], title),
+                      f"retrieval_examples_{system}",
                       f"{system.upper()}: clean and adversarial queries with their top {k} database images.")
 
 
-def centroid_section(report: Report, setting: figure_data.Setting, arts: dict[str, JobArtifacts],
-                     query: int) -> None:
+def centroid_section(report: Report, data: dict[str, Any]) -> None:
     """Fig. 3: the eq. (7) distribution of one query in one subspace, before and after APD and AOD."""
     report.add(_title(2))
-    dist = figure_data.centroid_distributions(arts, query)
-    if dist is None:
-        report.skip(FIGURE_SECTIONS[2][0], f"No APD or AOD job for {setting.describe}.")
+    c = data["centroids"]
+    if c is None:
+        report.skip(FIGURE_SECTIONS[2][0], f"No APD or AOD job for {data['setting']}.")
         return
-    subspace, clean, attacked = dist
-    first = arts[next(iter(attacked))]
-    m, k = first.codebooks.shape[:2]
-    a = first.job.config["attack"]
-    q = figure_data.query_description(arts, query)
-    title = f"Soft assignment (eq. 7), query {q['query']} ({q['class']}), subspace {subspace} of {m}"
+    q = data["example"]
+    title = f"Soft assignment (eq. 7), query {q['query']} ({q['class']}), subspace {c['subspace']} of {c['M']}"
+    clean = {a: np.asarray(p) for a, p in c["clean"].items()}
+    attacked = {a: np.asarray(p) for a, p in c["attacked"].items()}
     report.figure(figures.centroid_distributions(clean, attacked, title), "centroid_distributions",
-                  f"The distribution over the {k} centroids of subspace {subspace} (the clean query's most peaked "
-                  "one), before (green) and after (red) each attack; eq. (7) with attack.similarity="
-                  f"{a.get('similarity')}, attack.temperature={a.get('temperature')}.")
+                  f"The distribution over the {c['K']} centroids of subspace {c['subspace']} (the clean query's most "
+                  "peaked one), before (green) and after (red) each attack; eq. (7) with attack.similarity="
+                  f"{c['similarity']}, attack.temperature={c['temperature']}.")
 
 
 def artifact_sections(report: Report, records: Records, store: ArtifactStore, model: str | None,
                       bits: int | None) -> None:
-    """Figs. 5, 4 and 3 of the paper, for one system picked by ``figure_data.pick_setting``; skipped with a
-    note when no job has its artifacts."""
+    """Figs. 5, 4 and 3 of the paper, for one system picked by ``figure_data.pick_setting``, computed from the
+    reloaded artifacts and saved as ``figure_data.FIGURE_DATA`` in the report's folder. Without the artifacts, the
+    saved figure data is drawn while the records still hold its cells unchanged; else the figures are skipped with
+    a note."""
     setting = figure_data.pick_setting(records, model, bits)
+    saved = report.out / figure_data.FIGURE_DATA
     try:
         if setting is None:
             raise ArtifactMissing("no white-box attack job with its config and cache keys (a job's own "
@@ -260,7 +257,15 @@ def artifact_sections(report: Report, records: Records, store: ArtifactStore, mo
     except ArtifactMissing as exc:
         why = f"The artifacts of {setting.describe} could not be reloaded: {exc}." if setting else f"{exc}."
         why = why[0].upper() + why[1:]
+        data, why_not = figure_data.saved_figure_record(saved, records.rows, model, bits)
+        if data is not None:
+            report.notes.append(f"Figs. 5, 4 and 3 are drawn from `{saved.name}`, saved by the build that reloaded "
+                                f"the artifacts of {data['setting']}; the records hold each of its "
+                                f"{len(data['cells'])} rows unchanged. {why}")
+            draw_artifact_sections(report, data)
+            return
         names = [name.lower() for name, _ in FIGURE_SECTIONS]
+        why = f"{why} Nor could the saved figure data serve: {why_not}."
         report.notes.append(f"**{', '.join(names[:-1]).capitalize()} and {names[-1]}: not drawn.** {why}")
         for i, (name, _) in enumerate(FIGURE_SECTIONS):
             report.add(_title(i))
@@ -269,10 +274,15 @@ def artifact_sections(report: Report, records: Records, store: ArtifactStore, mo
     systems = sorted({r["system"] for j in setting.jobs.values() for r in j.rows},
                      key=lambda s: figures.SYSTEM_ORDER.index(s))
     ranked = figure_data.rankings(arts, systems)
-    pr_section(report, setting, arts, ranked)
-    query = figure_data.pick_example_query(ranked)
-    examples_section(report, setting, arts, ranked, query)
-    centroid_section(report, setting, arts, query)
+    data = figure_data.figure_record(setting, arts, ranked, [_display(j.path) for j in setting.jobs.values()])
+    saved.write_text(json.dumps(data, separators=(",", ":")) + "\n")
+    draw_artifact_sections(report, data)
+
+
+def draw_artifact_sections(report: Report, data: dict[str, Any]) -> None:
+    pr_section(report, data)
+    examples_section(report, data)
+    centroid_section(report, data)
 
 
 def sources_section(report: Report, records: Records) -> None:
@@ -332,6 +342,10 @@ def build_report(sources: list[str | Path], out: str | Path, cache_dir: str | Pa
         report.blocks[2:2] = ["**Notes**", "\n".join(f"- {n}" for n in report.notes)]
     index = out / "index.md"
     index.write_text("\n\n".join(report.blocks) + "\n")
+    drawn = {p.name for p in report.figures}
+    for stale in out.glob("*.png"):  # an earlier build's figure that this one did not draw
+        if stale.name not in drawn and stale.name.startswith((*figures.FIGSIZE, "defense_")):
+            stale.unlink()
     (out / "report.json").write_text(json.dumps(
         {"sources": [str(f) for f in records.files], "figures": [p.name for p in report.figures],
          "notes": report.notes, "rows": records.rows}, indent=1, default=str))

@@ -1,9 +1,16 @@
 """What the artifact figures show, computed from a job's reloaded artifacts: precision-recall curves
-(Fig. 5), retrieval examples (Fig. 4) and soft centroid distributions (eq. 7, Fig. 3)."""
+(Fig. 5), retrieval examples (Fig. 4) and soft centroid distributions (eq. 7, Fig. 3). ``figure_record`` keeps
+all of it as JSON (``FIGURE_DATA`` in the report's folder), with the table cells it was computed for, so that a
+later build without the artifacts (a fresh clone) draws the same figures while the records still hold those
+cells unchanged (``saved_figure_record``)."""
 
 from __future__ import annotations
 
+import base64
+import io
+import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -15,12 +22,16 @@ from ..metrics import mean_average_precision, precision_recall_at_ranks, relevan
 from .artifacts import JobArtifacts
 from .figures import ExampleRow
 from .records import JobRecord, Records, SystemKey
-from .tables import MODEL_ORDER, order_key
+from .tables import CELL_FIELDS, MODEL_ORDER, cell_key, order_key
 
 ATTACKS = ("basic", "apd", "aod")
 PAPER_MODELS = ("alexnet", "vgg16")
 PAPER_FIGURE_BITS = 16  # the paper's Fig. 5 uses 16-bit codes
 TOP_K = 10
+FIGURE_DATA = "figure_data.json"  # the figure record, in the report's folder
+FIGURE_DATA_FORMAT = 1
+CELL_ATTACK, CELL_SYSTEM = CELL_FIELDS.index("attack"), CELL_FIELDS.index("system")
+PR_POINTS = 300  # ranks kept per precision-recall curve: half spaced evenly, half geometrically (the first ranks)
 
 #: the database ranked for each (system, 'clean' or attack): distances, ids and relevance, each [Q, N]
 Ranked = dict[tuple[str, str], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
@@ -51,8 +62,9 @@ def pick_setting(records: Records, model: str | None = None, bits: int | None = 
     groups: dict[SystemKey, dict[str, JobRecord]] = {}
     for job in records.jobs:
         paper_setting = all(is_paper_attack(r) for r in job.rows)  # not the soft-assignment variants
-        if job.attack in ATTACKS and job.white_box and paper_setting and model in (None, job.target.model) and bits in (
-                None, job.target.bits):
+        suite = bool((job.config.get("eval") or {}).get("suite"))  # several query sets, none of them the job's own
+        if job.attack in ATTACKS and job.white_box and paper_setting and not suite and model in (
+                None, job.target.model) and bits in (None, job.target.bits):
             groups.setdefault(job.target, {}).setdefault(job.attack, job)
     if not groups:
         return None
@@ -202,3 +214,95 @@ def query_description(arts: dict[str, JobArtifacts], query: int) -> dict[str, An
     data = next(iter(arts.values())).data
     return {"query": query, "class": class_name(data, query), "test_index": int(data.query.index[query])
             if data.query.index is not None else query}
+
+
+# --------------------------------------------------------------------------------------------- the figure record
+def decimated(recall: np.ndarray, precision: np.ndarray, points: int = PR_POINTS) -> tuple[list[float], list[float]]:
+    """A precision-recall curve at ``points`` ranks or fewer (the first and last included), for the record."""
+    n = len(recall)
+    ranks = np.unique(np.concatenate([np.linspace(0, n - 1, points // 2), np.geomspace(1, n, points // 2) - 1])
+                      .round().astype(int))
+    return [round(float(v), 6) for v in recall[ranks]], [round(float(v), 6) for v in precision[ranks]]
+
+
+def png(image: np.ndarray | None) -> str | None:
+    """An HxWx3 image (uint8, or float in [0, 1], stored at 8 bits) as base64 PNG."""
+    from PIL import Image
+
+    if image is None:
+        return None
+    if image.dtype != np.uint8:
+        image = (np.clip(image, 0, 1) * 255).round().astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="PNG")
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def unpng(text: str | None) -> np.ndarray | None:
+    from PIL import Image
+
+    return None if text is None else np.asarray(Image.open(io.BytesIO(base64.b64decode(text))).convert("RGB"))
+
+
+def figure_record(setting: Setting, arts: dict[str, JobArtifacts], ranked: Ranked, paths: list[str]) -> dict[str, Any]:
+    """Everything Figs. 5, 4 and 3 draw for ``setting``, as JSON: the curves, the example query's images, the
+    centroid distributions, the recorded and reloaded mAPs, and the table cells (with their mAP) of the jobs'
+    rows, by which a later build checks that the records still hold them."""
+    query = pick_example_query(ranked)
+    systems = list(dict.fromkeys(s for s, _ in ranked))
+    examples = {s: [{"label": r.label, "query": png(r.query), "perturbation": png(r.perturbation),
+                     "results": [png(i) for i in r.results], "relevant": [bool(v) for v in r.relevant]}
+                    for r in example_rows(arts, ranked, s, query)] for s in systems}
+    dist = centroid_distributions(arts, query)
+    centroids = None
+    if dist is not None:
+        subspace, clean, attacked = dist
+        first = arts[next(iter(attacked))]
+        a = first.job.config["attack"]
+        centroids = {"subspace": subspace, "M": int(first.codebooks.shape[0]), "K": int(first.codebooks.shape[1]),
+                     "similarity": a.get("similarity"), "temperature": a.get("temperature"),
+                     "clean": {k: [float(v) for v in p] for k, p in clean.items()},
+                     "attacked": {k: [float(v) for v in p] for k, p in attacked.items()}}
+    cells = [[list(cell_key(r)), r["map"]] for job in setting.jobs.values() for r in job.rows
+             if (r["system"], r["attack"]) in ranked]
+    return {"format": FIGURE_DATA_FORMAT, "setting": setting.describe, "model": setting.target.model,
+            "bits": setting.target.bits, "jobs": paths, "cells": cells,
+            "queries": len(next(iter(arts.values())).data.query),
+            "record_maps": [[s, a, setting.record_map(s, a)] for s, a in ranked],
+            "reloaded_maps": [[s, a, v] for (s, a), v in recomputed_maps(ranked, arts).items()],
+            "pr": {s: {a: decimated(*curves) for a, curves in by_attack.items()}
+                   for s, by_attack in pr_curves(ranked).items()},
+            "example": {**query_description(arts, query), "amplify": perturbation_amplification(arts),
+                        "rows": examples},
+            "centroids": centroids}
+
+
+def example_rows_of(record: dict[str, Any], system: str) -> list[ExampleRow]:
+    return [ExampleRow(r["label"], unpng(r["query"]), unpng(r["perturbation"]), [unpng(i) for i in r["results"]],
+                       r["relevant"]) for r in record["example"]["rows"][system]]
+
+
+def saved_figure_record(path: Path, rows: list[dict[str, Any]], model: str | None = None, bits: int | None = None
+                        ) -> tuple[dict[str, Any] | None, str]:
+    """The figure record at ``path`` if ``rows`` still hold each of its cells with the same mAP (and it is of
+    ``model`` / ``bits`` when given): ``(record, "")``, else ``(None, why not)``."""
+    if not path.is_file():
+        return None, f"no saved figure data ({path.name}) in {path.parent}"
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        return None, f"{path} is not readable JSON ({exc})"
+    if not isinstance(record, dict) or record.get("format") != FIGURE_DATA_FORMAT:
+        return None, f"{path} is not a figure record of format {FIGURE_DATA_FORMAT}"
+    if model not in (None, record.get("model")) or bits not in (None, record.get("bits")):
+        return None, f"{path} holds {record.get('setting')}, not the asked model={model} bits={bits}"
+    held = {}
+    for r in rows:
+        held.setdefault(json.dumps(list(cell_key(r)), default=str), []).append(r["map"])
+    for cell, value in record["cells"]:
+        maps = held.get(json.dumps(cell, default=str), [])
+        if not any(abs(m - value) < 1e-9 for m in maps):
+            return None, (f"{path} was computed for rows that the records no longer hold unchanged "
+                          f"({record['setting']}: {cell[CELL_ATTACK]} {cell[CELL_SYSTEM]} mAP {value:.2f}, the "
+                          f"records: {', '.join(f'{m:.2f}' for m in maps) or 'no such row'})")
+    return record, ""
