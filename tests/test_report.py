@@ -232,6 +232,9 @@ def test_a_build_without_the_artifacts_draws_the_figure_data_its_records_still_h
     (tmp_path / "clone" / "table.json").write_text(json.dumps(clone))
     index = build_report([tmp_path / "clone"], out).read_text()
     assert "not drawn" not in index and f"drawn from `{FIGURE_DATA}`" in index
+    assert "6 jobs (6 of them known from the records files only, their own folders absent)" in index
+    _, jobs = table_starting(markdown_tables(index), "**Jobs**")
+    assert len(jobs) == 6 and {(j[3], j[4]) for j in jobs} == {(b, a) for b in ("16", "24") for a in ATTACKS}
     assert {name: (out / name).read_bytes() for name in artifact_figures} == first
 
     cell = next(r for r in clone["rows"] if r["model"] == data["cells"][0][0][2] and r["bits"] == data["bits"]

@@ -287,16 +287,31 @@ def draw_artifact_sections(report: Report, data: dict[str, Any]) -> None:
 
 def sources_section(report: Report, records: Records) -> None:
     """The jobs the rows came from (training epochs, accuracy, device), and cells the inputs disagree on."""
-    report.add("## Sources", f"{len(records.files)} records files, {len(records.jobs)} jobs, "
-               f"{len(records.rows)} rows after removing repeats.")
+    gone = records.collected_jobs
+    report.add("## Sources", f"{len(records.files)} records files, {len(records.jobs) + len(gone)} jobs"
+               + (f" ({len(gone)} of them known from the records files only, their own folders absent)" if gone
+                  else "") + f", {len(records.rows)} rows after removing repeats.")
     grid = Grid("**Jobs**", ["results", "dataset", "model", "bits", "attack", "epochs", "test accuracy (%)",
                              "device", "precision"], [])
+
+    def add(results: str, dataset: str, model: str, bits: Any, attack: str, meta: dict[str, Any]) -> None:
+        grid.rows.append([results, dataset, model, str(bits), attack,
+                          str((meta.get("config") or {}).get("trainer", {}).get("max_epochs", "?")),
+                          "-" if meta.get("test_accuracy") is None else f"{meta['test_accuracy']:.1f}",
+                          meta.get("device", "?"), meta.get("precision", "?")])
+
     for j in records.jobs:
-        r, cfg = j.rows[0], j.config
-        grid.rows.append([_display(j.path), r.get("dataset_label") or r["dataset"], r["model"], str(r["bits"]),
-                          j.attack or "none", str(cfg.get("trainer", {}).get("max_epochs", "?")),
-                          "-" if j.meta.get("test_accuracy") is None else f"{j.meta['test_accuracy']:.1f}", j.meta.get("device", "?"),
-                          j.meta.get("precision", "?")])
+        r = j.rows[0]
+        add(_display(j.path), r.get("dataset_label") or r["dataset"], r["model"], r["bits"], j.attack or "none",
+            j.meta)
+    for path, meta in gone:
+        cfg = meta.get("config") or {}
+        attack = (cfg.get("attack") or {}).get("name", "?")
+        suite = (cfg.get("eval") or {}).get("suite")
+        add(f"{Path(meta.get('job_dir', '?')) / 'results.json'} (in {_display(path)})",
+            meta.get("dataset_label") or (cfg.get("dataset") or {}).get("name", "?"),
+            (cfg.get("model") or {}).get("name", "?"), cfg.get("bits", "?"),
+            f"suite of {len(suite)}" if suite else attack, meta)
     if grid.rows:
         report.add(grid.markdown())
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, NamedTuple
 
@@ -65,11 +65,14 @@ class SystemKey(NamedTuple):
 
 @dataclass
 class Records:
-    """Everything found in the inputs: the jobs (for figures that reload artifacts) and the rows (for tables)."""
+    """Everything found in the inputs: the jobs (for figures that reload artifacts), the rows (for tables), and the
+    metas of jobs that collected files name but whose own folders are gone (``(records file, job meta)``; a fresh
+    clone's ``results/``), for the list of sources."""
 
     files: list[Path]
     jobs: list[JobRecord]
     rows: list[dict[str, Any]]
+    collected_jobs: list[tuple[Path, dict[str, Any]]] = field(default_factory=list)
 
 
 def _read(path: Path) -> dict[str, Any] | None:
@@ -107,6 +110,7 @@ def gather_records(sources: Iterable[str | Path], exclude: Path | None = None) -
     collected: list[tuple[Path, list[dict[str, Any]]]] = []
     used: list[Path] = []
     seen: set[Path] = set()
+    gone: dict[str, tuple[Path, dict[str, Any]]] = {}
     pending = list(files)
     while pending:
         path = pending.pop(0)
@@ -119,10 +123,13 @@ def gather_records(sources: Iterable[str | Path], exclude: Path | None = None) -
             jobs.append(JobRecord(path, doc["meta"], with_record_fields(doc["rows"], doc["meta"])))
             continue
         collected.append((path, doc["rows"]))
-        for j in doc["meta"].get("jobs", []):
+        for i, j in enumerate(doc["meta"].get("jobs", [])):
             job_file = Path(j.get("job_dir", "")) / "results.json"
             if j.get("job_dir") and job_file.is_file():
                 pending.append(job_file)
+            else:  # a job of several collected files is listed once
+                gone.setdefault(j.get("job_dir") or f"{path}#{i}", (path, j))
     job_list = sorted(jobs, key=lambda j: str(j.path))
     sourced = [(str(j.path), r) for j in job_list for r in j.rows] + [(str(p), r) for p, rows in collected for r in rows]
-    return Records(used, job_list, dedupe_rows([r for _, r in sourced], [p for p, _ in sourced]))
+    return Records(used, job_list, dedupe_rows([r for _, r in sourced], [p for p, _ in sourced]),
+                   list(gone.values()))
