@@ -242,6 +242,23 @@ def test_attack_figure_names_the_precision_the_framework_runs_by_default() -> No
     assert rec["notes"]["framework_precision_auto"] == auto
     if "recommendation" in rec["notes"]:
         assert rec["notes"]["fast_precision"] != auto and f"default ({auto})" in rec["notes"]["recommendation"]
+    if auto == "fp32":  # no native bf16: the emulated one is not measured, and the record says so
+        assert rec["notes"]["fast_queries_per_s_bf16"] is None and "not measured" in rec["notes"]["bf16"]
+    else:
+        assert rec["notes"]["fast_queries_per_s_bf16"] > 0 and "bf16" not in rec["notes"]
+
+
+def test_bf16_is_measured_only_where_the_device_computes_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a CPU without AVX512-BF16 or AMX, bf16 autocast is emulated, slower than fp32 and never the framework's
+    default: the figures measured it anyway."""
+    from pqattack import runtime
+    from pqattack.bench.measure import bf16_note, candidate_precisions
+
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: True)
+    assert candidate_precisions(cpu) == ("fp32", "bf16") and bf16_note(cpu) == {}
+    monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: False)
+    assert candidate_precisions(cpu) == ("fp32",) and "no native bf16" in bf16_note(cpu)["bf16"]
 
 
 def test_bench_finds_the_checkout_and_its_data_folder(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from ..runtime import resolve_precision
-from .measure import Measured, measure, step_seconds, sync
+from .measure import Measured, bf16_note, candidate_precisions, measure, step_seconds, sync
 from .records import record
 from .training import add_speed_notes
 from .workloads import training_images
@@ -61,7 +61,7 @@ def figure_attack(arch: str, device: torch.device, sz: dict[str, Any]) -> list[d
     images, _, source = training_images(max(bf, bb) * nb)
     rates: dict[str, float] = {}
     peaks: dict[str, Measured] = {}
-    for precision in ("fp32", "bf16"):
+    for precision in candidate_precisions(device):
         def fast(p: str = precision) -> tuple[float, dict[str, Any]]:
             model = attack_model(arch, device, True)
             run_attack(model, images[:bf], bf, device, p, True)  # warm-up (kernels, allocator)
@@ -79,9 +79,10 @@ def figure_attack(arch: str, device: torch.device, sz: dict[str, Any]) -> list[d
     auto = resolve_precision("auto", device)  # what precision=auto (the default) runs
     notes = {"data": source, "attack": "PGD, AOD loss, eps 8/255, step 0.01, 5 iterations, random start, 8-bit output",
              "fast_batch": bf, "baseline_batch": bb, "timed_batches": nb,
-             "fast_queries_per_s_fp32": round(rates["fp32"], 2), "fast_queries_per_s_bf16": round(rates["bf16"], 2),
+             "fast_queries_per_s_fp32": round(rates["fp32"], 2),
+             "fast_queries_per_s_bf16": round(rates["bf16"], 2) if "bf16" in rates else None, **bf16_note(device),
              "fast_precision": best, "framework_precision_auto": auto,
-             "fast": "the loop of stages.attack.attack_queries: channels_last, the faster of fp32 and bf16 autocast",
+             "fast": "the loop of stages.attack.attack_queries: channels_last, the faster of fp32 and bf16 autocast (bf16 where native)",
              "baseline": "the same PGD, float32 eager NCHW", "torch_compile": "not used"}
     add_speed_notes(notes, rates, best, auto, arch, True, device)
     return [record(f"attack_{arch}", rates[best], base.value, "queries/s", peaks[best], base, notes)]

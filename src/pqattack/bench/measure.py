@@ -17,6 +17,24 @@ from typing import Any, Callable
 import torch
 
 
+def candidate_precisions(device: torch.device) -> tuple[str, ...]:
+    """The precisions a figure's fast path is measured in: fp32, and bf16 autocast where the device computes bf16
+    (a GPU that supports it, a CPU with AVX512-BF16 or AMX). Elsewhere bf16 is emulated, slower than fp32 and
+    never what ``precision=auto`` picks, so it is not measured (``bf16_note``)."""
+    from ..runtime import resolve_precision
+
+    native = resolve_precision("auto", device) == "bf16"
+    return ("fp32", "bf16") if native else ("fp32",)
+
+
+def bf16_note(device: torch.device) -> dict[str, str]:
+    """The note of a figure whose bf16 was not measured (``candidate_precisions``)."""
+    if "bf16" in candidate_precisions(device):
+        return {}
+    return {"bf16": f"not measured: this {device.type.upper()} has no native bf16 (autocast would emulate it, "
+                    f"slower than fp32), and precision=auto runs fp32 here"}
+
+
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)

@@ -125,7 +125,7 @@ def markdown(doc: dict[str, Any]) -> str:
                                   "effective_tflops_fast", "flops_per_item",
                                   "rss_mb_after_each_job", "stage_seconds_fresh", "stage_seconds", "data",
                                   "recommendation", "reason", "fast_others_cpu_share", "baseline_others_cpu_share",
-                                  "seconds_per_batch")
+                                  "seconds_per_batch", "bf16")
                 if n.get(k) is not None}
         for k, val in n.items():
             if k.startswith("at_") and isinstance(val, dict):

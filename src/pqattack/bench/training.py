@@ -10,7 +10,7 @@ import torch
 
 from ..runtime import resolve_precision
 from .baselines import baseline_train_throughput
-from .measure import Measured, batch_seconds, measure, sync
+from .measure import Measured, batch_seconds, bf16_note, candidate_precisions, measure, sync
 from .records import record
 from .workloads import CIFAR_TRAIN_IMAGES, RECIPE_EPOCHS, bench_data, training_images
 
@@ -106,7 +106,7 @@ def figure_train(arch: str, device: torch.device, sz: dict[str, Any]) -> list[di
     images, labels, source = training_images(max(bf, bb) * (w + s))
     rates: dict[str, float] = {}
     peaks: dict[str, Measured] = {}
-    for precision in ("fp32", "bf16"):
+    for precision in candidate_precisions(device):
         m = measure(device, lambda p=precision: (framework_fit(arch, images[:bf * (w + s)], labels[:bf * (w + s)],
                                                                device, p, bf, 1, w, s)[0], {}))
         rates[precision], peaks[precision] = m.value, m
@@ -115,10 +115,11 @@ def figure_train(arch: str, device: torch.device, sz: dict[str, Any]) -> list[di
                                                               device, bb, w, s, sz["loader_workers"]), {}))
     auto = resolve_precision("auto", device)  # what precision=auto (the default) runs
     notes = {"data": source, "fast_batch": bf, "baseline_batch": bb, "warmup_batches": w, "timed_batches": s,
-             "fast_images_per_s_fp32": round(rates["fp32"], 2), "fast_images_per_s_bf16": round(rates["bf16"], 2),
+             "fast_images_per_s_fp32": round(rates["fp32"], 2),
+             "fast_images_per_s_bf16": round(rates["bf16"], 2) if "bf16" in rates else None, **bf16_note(device),
              "fast_precision": best, "framework_precision_auto": auto,
              "fast": "training.fit: Lightning, uint8 batches in memory, crop+flip on the device, channels_last, "
-                     "the recipe's SGD + one-cycle; the faster of fp32 and bf16 autocast",
+                     "the recipe's SGD + one-cycle; the faster of fp32 and bf16 autocast (bf16 where native)",
              "baseline": f"DataLoader(num_workers={sz['loader_workers']}) of decoded images, per-item RandomCrop + "
                          f"flip + ToTensor, float32 eager NCHW, SGD"}
     add_speed_notes(notes, rates, best, auto, arch, False, device)
