@@ -278,3 +278,33 @@ def test_source_epochs_from_a_jobs_config() -> None:
     assert source_epochs_of({"model": {"name": "vgg16"}, "trainer": trainer,
                              "transfer": {"source_model": "resnet18"}}) == 2  # no per-model recipes: the job's
     assert source_epochs_of({"model": {"name": "vgg16"}, "trainer": trainer, "transfer": {"source": "/sets/x"}}) is None
+
+
+def test_the_map_charts_draw_each_recipe_of_a_model_as_its_own_series_whatever_the_row_order() -> None:
+    """fastnet at 2 and at 20 epochs: two series in both charts, each bar and point its own recipe's, the same
+    figure for rows in either order (one series, overwritten by whichever row came last, before)."""
+    from pqattack.report import figures
+
+    def row(epochs: int, bits: int, attack: str, value: float) -> dict:
+        return {"dataset": "cifar10", "model": "fastnet", "bits": bits, "attack": attack, "system": "sdc",
+                "map": value, "epochs": epochs, "device": "cpu", "precision": "fp32", "seed": 0}
+
+    rows = [row(e, b, a, float(e + b + len(a))) for e in (2, 20) for b in (16, 24) for a in ("clean", "apd")]
+
+    def bars(rs: list[dict]) -> dict[str, list[float]]:
+        fig = figures.map_vs_attack(rs, "t")
+        return {c.get_label(): [p.get_height() for p in c.patches] for c in fig.axes[0].containers}
+
+    def lines(rs: list[dict]) -> dict[str, list[tuple]]:
+        fig = figures.map_vs_bits(rs, "t")
+        return {ln.get_label(): list(zip(*ln.get_data())) for ln in fig.axes[0].get_lines()}
+
+    drawn = bars(rows)
+    assert drawn == bars(rows[::-1])
+    assert drawn["fastnet (2 epochs, cpu, fp32), 16 bits"] == [18.0 + 5, 18.0 + 3]  # clean, apd
+    assert drawn["fastnet (20 epochs, cpu, fp32), 24 bits"] == [44.0 + 5, 44.0 + 3]
+    curves = lines(rows)
+    assert curves == lines(rows[::-1])
+    assert curves["fastnet (2 epochs, cpu, fp32), apd"] == [(16, 21.0), (24, 29.0)]
+    single = [r for r in rows if r["epochs"] == 20]
+    assert set(bars(single)) == {"fastnet, 16 bits", "fastnet, 24 bits"}  # one recipe: the model's name alone

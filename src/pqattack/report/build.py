@@ -111,20 +111,23 @@ def peak_section(report: Report, rows: list[dict[str, Any]]) -> None:
 
 
 def map_section(report: Report, rows: list[dict[str, Any]]) -> None:
-    """mAP against code length and against attack, per dataset copy, from the white-box rows made with the
+    """mAP against code length and against attack, per dataset copy and recipe, from the white-box rows made with the
     paper's attack setting."""
     report.add("## 3. mAP against code length and attack (white-box)")
     white = [r for r in rows if not r.get("transfer") and r.get("topk") is None and is_paper_attack(r)]
     if not white:
         report.skip("mAP charts", "No white-box rows with mAP over the full ranking in the records.")
-    by_label: dict[str, list[dict[str, Any]]] = {}
+    by_label: dict[str, dict[str, list[dict[str, Any]]]] = {}
     for r in white:
-        by_label.setdefault(r.get("dataset_label") or r["dataset"], []).append(r)
-    for label, group in by_label.items():
-        report.figure(figures.map_vs_bits(group, f"{label}: white-box mAP against code length"),
-                      f"map_vs_bits_{_slug(label)}", f"{label}: mAP (%) against code length, per model and attack.")
-        report.figure(figures.map_vs_attack(group, f"{label}: white-box mAP per attack"),
-                      f"map_vs_attack_{_slug(label)}", f"{label}: mAP (%) per attack, per model and code length.")
+        by_label.setdefault(r.get("dataset_label") or r["dataset"], {}).setdefault(recipe_label(r), []).append(r)
+    for label, recipes in by_label.items():
+        for recipe, group in sorted(recipes.items()):
+            # one pair of charts per recipe: models of one recipe side by side (several recipes: named in the file)
+            name, title = (label, label) if len(recipes) == 1 else (f"{label} {recipe}", f"{label}, {recipe}")
+            report.figure(figures.map_vs_bits(group, f"{title}: white-box mAP against code length"),
+                          f"map_vs_bits_{_slug(name)}", f"{title}: mAP (%) against code length, per model and attack.")
+            report.figure(figures.map_vs_attack(group, f"{title}: white-box mAP per attack"),
+                          f"map_vs_attack_{_slug(name)}", f"{title}: mAP (%) per attack, per model and code length.")
 
 
 def beyond_section(report: Report, rows: list[dict[str, Any]]) -> None:
@@ -300,18 +303,20 @@ def sources_section(report: Report, records: Records) -> None:
                           "-" if meta.get("test_accuracy") is None else f"{meta['test_accuracy']:.1f}",
                           meta.get("device", "?"), meta.get("precision", "?")])
 
+    def suite(meta: dict[str, Any]) -> str | None:
+        members = ((meta.get("config") or {}).get("eval") or {}).get("suite")
+        return f"suite of {len(members)}" if members else None
+
     for j in records.jobs:
         r = j.rows[0]
-        add(_display(j.path), r.get("dataset_label") or r["dataset"], r["model"], r["bits"], j.attack or "none",
-            j.meta)
+        add(_display(j.path), r.get("dataset_label") or r["dataset"], r["model"], r["bits"],
+            suite(j.meta) or j.attack or "none", j.meta)
     for path, meta in gone:
         cfg = meta.get("config") or {}
-        attack = (cfg.get("attack") or {}).get("name", "?")
-        suite = (cfg.get("eval") or {}).get("suite")
         add(f"{Path(meta.get('job_dir', '?')) / 'results.json'} (in {_display(path)})",
             meta.get("dataset_label") or (cfg.get("dataset") or {}).get("name", "?"),
             (cfg.get("model") or {}).get("name", "?"), cfg.get("bits", "?"),
-            f"suite of {len(suite)}" if suite else attack, meta)
+            suite(meta) or (cfg.get("attack") or {}).get("name", "?"), meta)
     if grid.rows:
         report.add(grid.markdown())
 

@@ -21,13 +21,15 @@ import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 
-from .tables import ATTACK_ORDER, MODEL_ORDER, SYSTEM_ORDER, order_key  # noqa: E402
+from .tables import ATTACK_ORDER, MODEL_ORDER, SYSTEM_ORDER, order_key, recipe_label  # noqa: E402
 
 DPI = 100
 FIGSIZE = {"map_vs_bits": (11, 4.5), "map_vs_attack": (11, 4.5), "pr_curves": (11, 4.5),
            "retrieval_examples": (13, 6), "centroid_distributions": (11, 4.5), "budget_curves": (13, 4.5),
            "pareto": (13, 6.5)}
-ATTACK_COLOURS = {"clean": "tab:green", "basic": "tab:blue", "apd": "tab:orange", "aod": "tab:red"}
+ATTACK_COLOURS = {"clean": "tab:green", "basic": "tab:blue", "apd": "tab:orange", "aod": "tab:red",
+                  "margin": "tab:purple", "center": "tab:brown", "center_targeted": "tab:pink", "far": "tab:olive",
+                  "worst-case": "black"}
 RELEVANT, IRRELEVANT = "tab:green", "tab:red"
 MARKERS = "osD^vP*X"
 
@@ -59,8 +61,25 @@ def _target_name(row: dict[str, Any]) -> str:
     return row["model"] + ("" if q == "kmeans" else f"+{q}")
 
 
-def _models(rows: list[dict[str, Any]]) -> list[str]:
-    return sorted({_target_name(r) for r in rows}, key=lambda m: order_key(m.split("+")[0], MODEL_ORDER) + (m,))
+def _series_namer(rows: list[dict[str, Any]]) -> Any:
+    """A row's series in the mAP charts: its model (``_target_name``), with its recipe and seed where the rows hold
+    that model under several of them, so that two recipes of one model are two series, not one drawn over the
+    other in whatever order the rows came."""
+    variants: dict[str, set[tuple[str, Any]]] = {}
+    for r in rows:
+        variants.setdefault(_target_name(r), set()).add((recipe_label(r), r.get("seed")))
+
+    def name(r: dict[str, Any]) -> str:
+        model, found = _target_name(r), variants[_target_name(r)]
+        parts = [recipe_label(r)] if len({v[0] for v in found}) > 1 else []
+        parts += [f"seed {r.get('seed')}"] if len({v[1] for v in found}) > 1 else []
+        return model + (f" ({', '.join(parts)})" if parts else "")
+
+    return name
+
+
+def _models(rows: list[dict[str, Any]], name: Any = _target_name) -> list[str]:
+    return sorted({name(r) for r in rows}, key=lambda m: order_key(m.split("+")[0].split(" ")[0], MODEL_ORDER) + (m,))
 
 
 def _attacks(rows: list[dict[str, Any]]) -> list[str]:
@@ -72,11 +91,12 @@ def map_vs_bits(rows: list[dict[str, Any]], title: str) -> Figure:
     systems = _systems(rows)
     fig, axes = new_figure("map_vs_bits", len(systems), sharey=True, squeeze=False)
     bits = sorted({int(r["bits"]) for r in rows})
+    name = _series_namer(rows)
     for ax, system in zip(axes[0], systems):
-        for mi, model in enumerate(_models(rows)):
+        for mi, model in enumerate(_models(rows, name)):
             for attack in _attacks(rows):
                 pts = sorted((int(r["bits"]), r["map"]) for r in rows
-                             if (r["system"], _target_name(r), r["attack"]) == (system, model, attack))
+                             if (r["system"], name(r), r["attack"]) == (system, model, attack))
                 if pts:
                     ax.plot(*zip(*pts), marker=MARKERS[mi % len(MARKERS)], color=ATTACK_COLOURS.get(attack),
                             linestyle="-" if mi % 2 == 0 else "--", label=f"{model}, {attack}")
@@ -92,11 +112,12 @@ def map_vs_attack(rows: list[dict[str, Any]], title: str) -> Figure:
     systems = _systems(rows)
     fig, axes = new_figure("map_vs_attack", len(systems), sharey=True, squeeze=False)
     attacks = _attacks(rows)
-    models = _models(rows)
-    series = sorted({(_target_name(r), int(r["bits"])) for r in rows}, key=lambda s: (models.index(s[0]), s[1]))
+    name = _series_namer(rows)
+    models = _models(rows, name)
+    series = sorted({(name(r), int(r["bits"])) for r in rows}, key=lambda s: (models.index(s[0]), s[1]))
     width = 0.8 / max(1, len(series))
     for ax, system in zip(axes[0], systems):
-        value = {(_target_name(r), int(r["bits"]), r["attack"]): r["map"] for r in rows if r["system"] == system}
+        value = {(name(r), int(r["bits"]), r["attack"]): r["map"] for r in rows if r["system"] == system}
         for si, (model, b) in enumerate(series):
             xs = [i + (si - (len(series) - 1) / 2) * width for i in range(len(attacks))]
             ax.bar(xs, [value.get((model, b, a), np.nan) for a in attacks], width, label=f"{model}, {b} bits")
