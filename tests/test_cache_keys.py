@@ -24,7 +24,6 @@ from omegaconf import DictConfig, OmegaConf
 from pqattack.attacks import LOSS_IGNORES
 from pqattack.cache import ArtifactCache
 from pqattack.config import CONF_DIR, load_job
-from pqattack.data import DatasetError
 from pqattack.runtime import resolve_precision
 from pqattack.stages.keys import RUN_ONLY_KEYS, artifact_keys
 

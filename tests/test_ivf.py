@@ -1,6 +1,5 @@
 """IVF-PQ against the exact PQ index (same codebooks): codes, exhaustive search, recall on a million vectors."""
 
-import time
 from pathlib import Path
 
 import numpy as np

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
-from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from ..labels import LOOP_OPTIONS, attack_label, joined_epochs
 
