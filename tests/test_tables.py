@@ -115,15 +115,15 @@ def test_a_source_without_records_is_refused_and_nothing_written(tmp_path, make:
 
 
 def test_rows_of_one_cell_that_differ_are_refused_with_both_files(tmp_path) -> None:
-    """Two records fill the same cell with rows that differ outside the cell (here the seed and the tie
+    """Two records fill the same cell with rows that differ outside the cell (here the top k and the tie
     protocol): collecting them stops with an error naming both files, and writes nothing."""
     import json
     import subprocess
     import sys
 
     recipe = dict(epochs=2, device="cpu", precision="bf16")
-    a = row("clean", "sdc", 60.0, seed=0, ties="expected", **recipe)
-    b = row("clean", "sdc", 60.0, seed=1, ties="grouped", **recipe)
+    a = row("clean", "sdc", 60.0, topk=None, ties="expected", **recipe)
+    b = row("clean", "sdc", 60.0, topk=100, ties="grouped", **recipe)
     for name, r in (("a", a), ("b", b)):
         (tmp_path / name).mkdir()
         (tmp_path / name / "results.json").write_text(json.dumps({"meta": {"config": {"model": {"name": "vgg16"}}},
@@ -134,7 +134,7 @@ def test_rows_of_one_cell_that_differ_are_refused_with_both_files(tmp_path) -> N
     err = proc.stderr.strip()
     assert err.startswith("table error:") and len(err.splitlines()) == 1
     assert str(tmp_path / "a" / "results.json") in err and str(tmp_path / "b" / "results.json") in err
-    assert "seed" in err and "ties" in err
+    assert "topk" in err and "ties" in err
     assert not (tmp_path / "out").exists()
     # identical rows (the clean row every job of one target repeats) are merged
     assert len(dedupe_rows([a, dict(a)])) == 1
@@ -164,6 +164,17 @@ def test_the_recipe_is_in_the_heading_or_a_column_when_mixed() -> None:
     assert "recipe:" not in both.splitlines()[0]
     assert "| vgg16 16b (2 epochs, cpu, bf16) | vgg16 16b (40 epochs, cuda, bf16) |" in both
     assert "| SDC | clean | 60.0 | 85.0 |" in both
+
+
+def test_a_second_seed_fills_cells_of_its_own_under_a_recipe_that_names_it() -> None:
+    """Two seeds of one job (another backbone, other numbers) are two cells, not a disagreement that stops the
+    collection and the report; seed 0, every record's so far, keeps its labels."""
+    cpu = dict(epochs=2, device="cpu", precision="fp32")
+    rows = [row("clean", "sdc", 60.0, seed=0, **cpu), row("clean", "sdc", 58.0, seed=1, **cpu)]
+    assert dedupe_rows(rows) == rows
+    both = markdown_table(rows)
+    assert "| vgg16 16b (2 epochs, cpu, fp32) | vgg16 16b (2 epochs, cpu, fp32, seed 1) |" in both
+    assert "| SDC | clean | 60.0 | 58.0 |" in both
 
 
 def test_transfer_matrices_leave_out_the_rows_of_another_quantizer() -> None:

@@ -16,7 +16,7 @@ SYSTEM_ORDER = ("sdc", "adc")
 CELL_FIELDS = ("dataset", "queries", "model", "quantizer", "bits", "M", "K", "attack", "system", "source_model",
                "source_bits", "source_epochs",
                "similarity", "temperature", "peak", "eps", "step", "iters", "kappa", "margin_focus", "target_class",
-               *LOOP_OPTIONS, "defense", "oblivious", "epochs", "pqn_epochs", "device", "precision")
+               *LOOP_OPTIONS, "defense", "oblivious", "epochs", "pqn_epochs", "device", "precision", "seed")
 PAPER_QUERIES = 1000  # the paper's CIFAR-10 protocol: 1,000 test images as queries
 
 
@@ -26,7 +26,8 @@ class TableError(ValueError):
 
 def recipe_label(row: dict[str, Any]) -> str:
     """How a row's numbers were made: ``2 epochs, cpu, bf16`` (``+ PQN 1 epoch`` for PQN targets; ``, 100 queries``
-    when the row averages over another number of queries than the paper's protocol, ``PAPER_QUERIES``)."""
+    when the row averages over another number of queries than the paper's protocol, ``PAPER_QUERIES``; ``, seed 1``
+    for a seed other than 0, which trains another backbone)."""
     if row.get("epochs") is None:
         return "recipe not recorded"
     def epochs(n: int) -> str:
@@ -34,7 +35,8 @@ def recipe_label(row: dict[str, Any]) -> str:
 
     pqn = f" + PQN {epochs(row['pqn_epochs'])}" if row.get("pqn_epochs") is not None else ""
     queries = f", {row['queries']} queries" if row.get("queries") not in (None, PAPER_QUERIES) else ""
-    return f"{epochs(row['epochs'])}{pqn}, {row.get('device', '?')}, {row.get('precision', '?')}{queries}"
+    seed = f", seed {row['seed']}" if row.get("seed") not in (None, 0) else ""
+    return f"{epochs(row['epochs'])}{pqn}, {row.get('device', '?')}, {row.get('precision', '?')}{queries}{seed}"
 
 
 def source_epochs_of(config: dict[str, Any]) -> int | str | None:
@@ -85,7 +87,7 @@ LATER_DIAGNOSTICS = frozenset({"first_relevant_rank", "precision_at_10", "map_ch
 
 def dedupe_rows(rows: list[dict[str, Any]], sources: list[str] | None = None) -> list[dict[str, Any]]:
     """One row per cell: clean rows repeat across the jobs of one target. Rows of one cell must be identical;
-    two that differ in anything (top k, seed, tie protocol, checkpoint, the mAP itself, ...) are not merged:
+    two that differ in anything (top k, tie protocol, checkpoint, the mAP itself, ...) are not merged:
     ``TableError`` names their ``sources`` (a file per row) and the fields that differ. A diagnostic of
     ``LATER_DIAGNOSTICS`` that one of the two lacks is not compared; the row that has it is kept."""
     seen: dict[tuple, int] = {}
