@@ -62,18 +62,16 @@ def _target_name(row: dict[str, Any]) -> str:
 
 
 def _series_namer(rows: list[dict[str, Any]]) -> Any:
-    """A row's series in the mAP charts: its model (``_target_name``), with its recipe and seed where the rows hold
-    that model under several of them, so that two recipes of one model are two series, not one drawn over the
-    other in whatever order the rows came."""
-    variants: dict[str, set[tuple[str, Any]]] = {}
+    """A row's series in the mAP charts: its model (``_target_name``), with its recipe (``tables.recipe_label``,
+    the seed included) where the rows hold that model under several, so that two recipes of one model are two
+    series, not one drawn over the other in whatever order the rows came."""
+    recipes: dict[str, set[str]] = {}
     for r in rows:
-        variants.setdefault(_target_name(r), set()).add((recipe_label(r), r.get("seed")))
+        recipes.setdefault(_target_name(r), set()).add(recipe_label(r))
 
     def name(r: dict[str, Any]) -> str:
-        model, found = _target_name(r), variants[_target_name(r)]
-        parts = [recipe_label(r)] if len({v[0] for v in found}) > 1 else []
-        parts += [f"seed {r.get('seed')}"] if len({v[1] for v in found}) > 1 else []
-        return model + (f" ({', '.join(parts)})" if parts else "")
+        model = _target_name(r)
+        return model + (f" ({recipe_label(r)})" if len(recipes[model]) > 1 else "")
 
     return name
 
