@@ -319,3 +319,23 @@ def test_the_map_charts_draw_each_recipe_of_a_model_as_its_own_series_whatever_t
     assert curves["fastnet (2 epochs, cpu, fp32), apd"] == [(16, 21.0), (24, 29.0)]
     single = [r for r in rows if r["epochs"] == 20]
     assert set(bars(single)) == {"fastnet, 16 bits", "fastnet, 24 bits"}  # one recipe: the model's name alone
+
+
+def test_an_attack_with_only_white_box_rows_gets_no_transfer_matrix() -> None:
+    """Beside AOD queries transferred between models and between code lengths, a suite member evaluated only on
+    its own model and code length (APD here) was drawn as matrices that held nothing but their diagonal."""
+    from pqattack.report.tables import transfer_tables
+
+    km = dict(epochs=2, device="cpu", precision="bf16")
+    rows = [row("clean", "sdc", 60.0, **km), {**row("clean", "sdc", 55.0, **km), "model": "resnet18"},
+            row("clean", "sdc", 61.0, bits=24, **km),
+            row("aod", "sdc", 18.0, source_model="vgg16", source_bits=16, transfer=False, **km),
+            row("aod", "sdc", 19.0, source_model="vgg16", source_bits=24, transfer=True, **km),
+            row("aod", "sdc", 38.0, source_model="resnet18", source_bits=16, transfer=True, **km),
+            row("apd", "sdc", 12.0, source_model="vgg16", source_bits=16, transfer=False, **km),
+            row("apd", "sdc", 11.0, source_model="vgg16", source_bits=24, transfer=False, bits=24, **km),
+            {**row("apd", "sdc", 13.0, source_model="resnet18", source_bits=16, transfer=False, **km),
+             "model": "resnet18"}]
+    text = transfer_tables(rows)
+    assert "AOD queries made at the row's code length" in text and "AOD queries made on the row's model" in text
+    assert "APD" not in text

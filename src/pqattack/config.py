@@ -269,7 +269,7 @@ def _check_defense(defense: DefenseConfig, attack: AttackConfig, q: KMeansConfig
                           "codebooks while training (quantizer=pqn); a K-means target's consistency is the "
                           "squared feature distance")
     conflict = None if attack.name == "none" else defense.attack_conflict(
-        attack.oblivious, attack.eot, attack.dither, attack.reference)
+        oblivious=attack.oblivious, eot=attack.eot, dither=attack.dither, reference=attack.reference)
     if conflict:
         raise ConfigError(conflict)
 

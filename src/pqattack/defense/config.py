@@ -39,8 +39,8 @@ class DefenseConfig:
         """How rows and tables name the defense: ``none``, ``adv (eps=8/255, beta=1, k=2)``, ``jpeg (q=75)``."""
         return self.kind
 
-    def attack_conflict(self, oblivious: bool, eot: int, dither: float = 0.0, reference: str = "attacked"
-                        ) -> str | None:
+    def attack_conflict(self, *, oblivious: bool = False, eot: int = 0, dither: float = 0.0,
+                        reference: str = "attacked") -> str | None:
         """Why an attack with ``attack.oblivious`` / ``attack.eot`` / ``attack.reference`` has no meaning against this
         defense (None: it has): oblivious ignores a query transform, EOT averages over the draws of a random one that
         the attack sees (or, with ``attack.dither``, over the draws of the dither, whatever the defense), and a bare

@@ -182,42 +182,44 @@ def transfer_tables(rows: list[dict[str, Any]]) -> str:
             r["map"] for r in adv}
     out: list[str] = []
     same_model = [r for r in adv if r["source_model"] == r["model"]]
-    if any(r["source_bits"] != r["bits"] for r in same_model):
-        for ds, model, attack in sorted({(r["dataset"], r["model"], r["attack"]) for r in same_model}):
-            bits = sorted({r["bits"] for r in same_model if (r["dataset"], r["model"]) == (ds, model)}
-                          | {r["source_bits"] for r in same_model if (r["dataset"], r["model"]) == (ds, model)})
-            lines = [f"**{ds}**, {model}, {attack.upper()} queries made at the row's code length, evaluated at the "
-                     f"column's; mAP (%) SDC / ADC; recipe: {recipes[model]}", "", "| generated at | " + " | ".join(f"{b} bits" for b in bits)
-                     + " |", "|" + "---|" * (len(bits) + 1)]
-            lines.append("| clean | " + " | ".join(f"{_fmt(clean.get((ds, model, b, 'sdc')))} / "
-                                                   f"{_fmt(clean.get((ds, model, b, 'adc')))}" for b in bits) + " |")
-            for sb in bits:
-                lines.append(f"| {sb} bits | " + " | ".join(
-                    f"{_fmt(cell.get((ds, attack, model, sb, model, b, 'sdc')))} / "
-                    f"{_fmt(cell.get((ds, attack, model, sb, model, b, 'adc')))}" for b in bits) + " |")
-            out.append("\n".join(lines))
+    # a matrix per group that holds a black-box cell: an attack whose rows are all white-box (a suite member
+    # beside transferred queries) would be a diagonal-only matrix
+    for ds, model, attack in sorted({(r["dataset"], r["model"], r["attack"]) for r in same_model
+                                     if r["source_bits"] != r["bits"]}):
+        bits = sorted({r["bits"] for r in same_model if (r["dataset"], r["model"]) == (ds, model)}
+                      | {r["source_bits"] for r in same_model if (r["dataset"], r["model"]) == (ds, model)})
+        lines = [f"**{ds}**, {model}, {attack.upper()} queries made at the row's code length, evaluated at the "
+                 f"column's; mAP (%) SDC / ADC; recipe: {recipes[model]}", "", "| generated at | " + " | ".join(f"{b} bits" for b in bits)
+                 + " |", "|" + "---|" * (len(bits) + 1)]
+        lines.append("| clean | " + " | ".join(f"{_fmt(clean.get((ds, model, b, 'sdc')))} / "
+                                               f"{_fmt(clean.get((ds, model, b, 'adc')))}" for b in bits) + " |")
+        for sb in bits:
+            lines.append(f"| {sb} bits | " + " | ".join(
+                f"{_fmt(cell.get((ds, attack, model, sb, model, b, 'sdc')))} / "
+                f"{_fmt(cell.get((ds, attack, model, sb, model, b, 'adc')))}" for b in bits) + " |")
+        out.append("\n".join(lines))
     same_bits = [r for r in adv if r["source_bits"] == r["bits"]]
-    if any(r["source_model"] != r["model"] for r in same_bits):
-        key = lambda m: order_key(m, MODEL_ORDER)  # noqa: E731
-        for ds, b, attack in sorted({(r["dataset"], r["bits"], r["attack"]) for r in same_bits}):
-            group = [r for r in same_bits if (r["dataset"], r["bits"], r["attack"]) == (ds, b, attack)]
-            # columns: the models (targets, and single sources for the white-box diagonal); rows: every source, an
-            # ensemble ("a+b") after the single models
-            models = sorted({r["model"] for r in group} | {r["source_model"] for r in group
-                                                           if "+" not in r["source_model"]}, key=key)
-            sources = models + sorted({r["source_model"] for r in group} - set(models))
-            ensemble = " (a+b: an ensemble)" if len(sources) > len(models) else ""
-            lines = [f"**{ds}**, {b} bits, {attack.upper()} queries made on the row's model{ensemble}, "
-                     f"evaluated on the column's; mAP (%); recipes: " + "; ".join(
-                         f"{m} {recipes.get(m, '?')}" for m in models), "",
-                     "| system | generated on | " + " | ".join(models) + " |", "|" + "---|" * (len(models) + 2)]
-            for system in SYSTEM_ORDER:
-                lines.append(f"| {system.upper()} | clean | " + " | ".join(_fmt(clean.get((ds, m, b, system)))
-                                                                          for m in models) + " |")
-                for sm in sources:
-                    lines.append(f"| {system.upper()} | {sm} | " + " | ".join(
-                        _fmt(cell.get((ds, attack, sm, b, m, b, system))) for m in models) + " |")
-            out.append("\n".join(lines))
+    key = lambda m: order_key(m, MODEL_ORDER)  # noqa: E731
+    for ds, b, attack in sorted({(r["dataset"], r["bits"], r["attack"]) for r in same_bits
+                                 if r["source_model"] != r["model"]}):
+        group = [r for r in same_bits if (r["dataset"], r["bits"], r["attack"]) == (ds, b, attack)]
+        # columns: the models (targets, and single sources for the white-box diagonal); rows: every source, an
+        # ensemble ("a+b") after the single models
+        models = sorted({r["model"] for r in group} | {r["source_model"] for r in group
+                                                       if "+" not in r["source_model"]}, key=key)
+        sources = models + sorted({r["source_model"] for r in group} - set(models))
+        ensemble = " (a+b: an ensemble)" if len(sources) > len(models) else ""
+        lines = [f"**{ds}**, {b} bits, {attack.upper()} queries made on the row's model{ensemble}, "
+                 f"evaluated on the column's; mAP (%); recipes: " + "; ".join(
+                     f"{m} {recipes.get(m, '?')}" for m in models), "",
+                 "| system | generated on | " + " | ".join(models) + " |", "|" + "---|" * (len(models) + 2)]
+        for system in SYSTEM_ORDER:
+            lines.append(f"| {system.upper()} | clean | " + " | ".join(_fmt(clean.get((ds, m, b, system)))
+                                                                      for m in models) + " |")
+            for sm in sources:
+                lines.append(f"| {system.upper()} | {sm} | " + " | ".join(
+                    _fmt(cell.get((ds, attack, sm, b, m, b, system))) for m in models) + " |")
+        out.append("\n".join(lines))
     return "\n\n".join(out) + ("\n" if out else "")
 
 

@@ -50,9 +50,9 @@ def applies(attack: dict[str, Any], defense: DefenseConfig) -> bool:
     """Whether a suite member applies to the defense (``DefenseConfig.attack_conflict``): ``oblivious`` members to a
     query transform only, ``eot`` members to a random transform they see only, ``reference=bare`` members to a
     transform they see. A suite can so serve every defense of a sweep."""
-    return defense.attack_conflict(bool(attack.get("oblivious")), int(attack.get("eot") or 0),
-                                   float(attack.get("dither") or 0.0),
-                                   str(attack.get("reference") or "attacked")) is None
+    return defense.attack_conflict(oblivious=bool(attack.get("oblivious")), eot=int(attack.get("eot") or 0),
+                                   dither=float(attack.get("dither") or 0.0),
+                                   reference=str(attack.get("reference") or "attacked")) is None
 
 
 def check_suite(suite: list[str]) -> None:

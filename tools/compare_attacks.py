@@ -1,0 +1,159 @@
+"""Is one attack really below another on the same target, or is the gap noise? Prints, for the attacks of one or
+more jobs on one target (a suite job's members, or each job's own attack; query sets and target from the cache),
+each attack's mAP and its paired difference from a reference attack over the same queries: the difference in
+points, a 95 % bootstrap interval (queries resampled, each query's pair of APs kept together), and the shares of
+queries whose AP the attack lowers and raises against the reference.
+
+    python tools/compare_attacks.py outputs/sweeps/<date>/0 --reference "apd oblivious=true"
+    python tools/compare_attacks.py <apd job> <far job> --reference apd
+
+``--reference`` names an attack as the tables label it (``apd (oblivious)``) or as a suite member is written
+(``apd oblivious=true``); without it, the first attack. An interval that holds 0 says the two attacks' mAPs are
+not told apart by these queries.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from pqattack.cache import ArtifactCache
+from pqattack.config import JobConfig, load_job
+from pqattack.data import RetrievalData
+from pqattack.labels import attack_label
+from pqattack.metrics import QueryAP, paired_difference
+from pqattack.records import attacked_rows, describe, recipe_fields
+from pqattack.runtime import Runtime, resolve_device, resolve_precision
+from pqattack.stages.attack import adversarial_set
+from pqattack.stages.suite import applies, member_attack, member_jobs
+from pqattack.stages.target import Target, build_target, score_set
+
+
+def job_of(job_dir: Path) -> tuple[JobConfig, Any]:
+    results = job_dir / "results.json"
+    if not results.is_file():
+        raise SystemExit(f"error: {results}: no such file (a job's output folder holds its results.json)")
+    cfg = OmegaConf.create(json.loads(results.read_text())["meta"]["config"])
+    return load_job(cfg), cfg
+
+
+def attacks_of(job: JobConfig, data: RetrievalData, target: Target, rt: Runtime, label: str
+               ) -> tuple[dict[str, dict[str, QueryAP]], dict[str, str]]:
+    """Per attack label (as the job's rows name it), per system, the per-query APs of its query set; and each suite
+    member's text with its label."""
+    out: dict[str, dict[str, QueryAP]] = {}
+    aliases: dict[str, str] = {}
+    base = {**describe(job, data, label), **recipe_fields(job, target, rt)}
+    members = [str(m) for m in job.suite if applies(member_attack(str(m)), job.defense)] if job.suite else [None]
+    for member, mjob in zip(members, member_jobs(job) if job.suite else [job]):
+        adv = adversarial_set(mjob, data, target, lambda j: describe(j, data, label), rt)
+        if adv is None:
+            continue
+        scored = score_set(target, adv.images, adv.key, data, mjob, rt)
+        rows = attacked_rows(base, scored.scores, mjob, adv, data, scored.changed, scored.logits)
+        out[attack_label(rows[0])] = {s: v["aps"] for s, v in scored.scores.items()}
+        if member is not None:
+            aliases[member] = attack_label(rows[0])
+    return out, aliases
+
+
+def reference_label(reference: str | None, labels: list[str], aliases: dict[str, str]) -> str:
+    """The label of ``--reference``: a label as the tables print it, or a suite member as the suite writes it."""
+    if reference is None:
+        return labels[0]
+    if reference in labels:
+        return reference
+    if reference in aliases:
+        return aliases[reference]
+    raise SystemExit(f"error: --reference {reference!r} is none of these jobs' attacks: {'; '.join(labels)}"
+                     + (f" (suite members: {'; '.join(aliases)})" if aliases else ""))
+
+
+def compare(aps: dict[str, dict[str, QueryAP]], reference: str, ties: str, empty: str, draws: int, seed: int
+            ) -> list[dict[str, Any]]:
+    """One record per (system, attack): its mAP and, but for the reference, its paired difference from it."""
+    out = []
+    for system in next(iter(aps.values())):
+        ref = aps[reference][system]
+        for label, per_system in aps.items():
+            rec: dict[str, Any] = {"system": system, "attack": label,
+                                   "map": round(per_system[system].mean(ties, empty), 4)}
+            if label != reference:
+                d = paired_difference(per_system[system], ref, ties, empty, draws, seed=seed)
+                rec.update(reference=reference, difference=round(d.difference, 4), low=round(d.low, 4),
+                           high=round(d.high, 4), lower=round(d.lower, 4), higher=round(d.higher, 4))
+            out.append(rec)
+    return out
+
+
+def markdown(records: list[dict[str, Any]], reference: str, queries: int) -> str:
+    lines = [f"mAP (%) and the paired difference from {reference} over the same {queries} queries (95 % bootstrap "
+             f"interval); the shares of queries whose AP the attack lowers / raises", "",
+             "| system | attack | mAP | difference | 95 % interval | queries lower / higher |", "|---|---|---|---|---|---|"]
+    for r in records:
+        if "difference" in r:
+            lines.append(f"| {r['system'].upper()} | {r['attack']} | {r['map']:.2f} | {r['difference']:+.2f} | "
+                         f"[{r['low']:+.2f}, {r['high']:+.2f}] | {100 * r['lower']:.1f} % / {100 * r['higher']:.1f} % |")
+        else:
+            lines.append(f"| {r['system'].upper()} | {r['attack']} (reference) | {r['map']:.2f} | | | |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("job_dirs", type=Path, nargs="+", help="job output folders (each holds its results.json) of one "
+                                                           "target: a suite job, or jobs of one attack each")
+    p.add_argument("--reference", help="the attack the others are compared with (default: the first)")
+    p.add_argument("--draws", type=int, default=2000, help="bootstrap draws (default 2000)")
+    p.add_argument("--seed", type=int, default=0, help="the bootstrap's seed (default 0)")
+    p.add_argument("--json", action="store_true", help="print the records as JSON instead of a table")
+    a = p.parse_args(argv)
+    if a.draws < 1:
+        raise SystemExit(f"error: --draws {a.draws}: at least 1")
+    jobs = [job_of(d) for d in a.job_dirs]
+    _, cfg = jobs[0]
+    device = resolve_device(cfg.device)
+    rt = Runtime(device, resolve_precision(cfg.precision, device), ArtifactCache(cfg.cache.dir), progress=False)
+    source = instantiate(cfg.dataset)
+    data = source.load(rt.cache)
+    label = getattr(source, "describe", lambda: data.name)()
+    aps: dict[str, dict[str, QueryAP]] = {}
+    aliases: dict[str, str] = {}
+    target_id = None
+    for (job, jcfg), d in zip(jobs, a.job_dirs):
+        if OmegaConf.to_container(jcfg.dataset) != OmegaConf.to_container(cfg.dataset):
+            raise SystemExit(f"error: {d}: another dataset config than {a.job_dirs[0]}'s; the attacks must score "
+                             f"the same queries")
+        target = build_target(job, data, rt, [])
+        this = (target.checkpoint_key, target.codebooks_key, job.defense.label(), tuple(job.systems))
+        if target_id is not None and this != target_id:
+            raise SystemExit(f"error: {d}: another target (checkpoint, codebooks, defense or systems) than "
+                             f"{a.job_dirs[0]}'s; a paired comparison needs one target")
+        target_id = this
+        found, more = attacks_of(job, data, target, rt, label)
+        for lbl, per_system in found.items():
+            aps.setdefault(lbl, per_system)
+        aliases.update(more)
+    if rt.cache.builds:
+        print(f"note: built {', '.join(rt.cache.builds)} (not in the cache)", file=sys.stderr)
+    if len(aps) < 2:
+        raise SystemExit(f"error: {len(aps)} attack(s) in these jobs ({'; '.join(aps) or 'none'}); a comparison "
+                         f"needs two")
+    reference = reference_label(a.reference, list(aps), aliases)
+    job0 = jobs[0][0]
+    empty = job0.empty if job0.topk is not None else "zero"
+    records = compare(aps, reference, job0.ties, empty, a.draws, a.seed)
+    if a.json:
+        print(json.dumps(records, indent=1))
+    else:
+        print(markdown(records, reference, len(data.query)))
+
+
+if __name__ == "__main__":
+    main()
