@@ -86,10 +86,16 @@ def test_the_tool_on_a_suite_job_and_on_two_jobs_of_one_target(tmp_path: Path, s
         assert {(r["system"], r["attack"]) for r in records} == set(rows)
         for r in records:
             assert r["map"] == pytest.approx(rows[(r["system"], r["attack"])], abs=1e-3)
-            if r["attack"] != "apd (iters=2)":
+            assert r["reference"] == "apd (iters=2)" and ("difference" in r) == (r["attack"] != "apd (iters=2)")
+            if "difference" in r:
                 ref = rows[(r["system"], "apd (iters=2)")]
                 assert r["difference"] == pytest.approx(rows[(r["system"], r["attack"])] - ref, abs=2e-3)
                 assert r["low"] <= r["difference"] <= r["high"] and r["lower"] + r["higher"] <= 1
+    # two references: every attack against each, in one pass
+    compare_attacks.main([str(tmp_path / "suite"), "--reference", "basic", "--reference", "apd", "--draws", "100"])
+    text = capsys.readouterr().out
+    assert "paired difference from basic" in text and "paired difference from apd over" in text
+    assert text.count("| SDC | apd (iters=2) |") == 2 and "| ADC | basic (reference) |" in text
     with pytest.raises(SystemExit, match="'aod' is none of these jobs' attacks"):
         compare_attacks.main([str(tmp_path / "suite"), "--reference", "aod"])
     # two single-attack jobs on the suite's target: each job's own numbers

@@ -8,8 +8,8 @@ queries whose AP the attack lowers and raises against the reference.
     python tools/compare_attacks.py <apd job> <far job> --reference apd
 
 ``--reference`` names an attack as the tables label it (``apd (oblivious)``) or as a suite member is written
-(``apd oblivious=true``); without it, the first attack. An interval that holds 0 says the two attacks' mAPs are
-not told apart by these queries.
+(``apd oblivious=true``); without it, the first attack. Repeat it to compare every attack with each of several.
+An interval that holds 0 says the two attacks' mAPs are not told apart by these queries.
 """
 
 from __future__ import annotations
@@ -75,41 +75,51 @@ def reference_label(reference: str | None, labels: list[str], aliases: dict[str,
                      + (f" (suite members: {'; '.join(aliases)})" if aliases else ""))
 
 
-def compare(aps: dict[str, dict[str, QueryAP]], reference: str, ties: str, empty: str, draws: int, seed: int
-            ) -> list[dict[str, Any]]:
-    """One record per (system, attack): its mAP and, but for the reference, its paired difference from it."""
+def compare(aps: dict[str, dict[str, QueryAP]], references: list[str], ties: str, empty: str, draws: int,
+            seed: int) -> list[dict[str, Any]]:
+    """Per system and reference, one record per attack: its mAP and, but for the reference itself, its paired
+    difference from the reference."""
     out = []
     for system in next(iter(aps.values())):
-        ref = aps[reference][system]
-        for label, per_system in aps.items():
-            rec: dict[str, Any] = {"system": system, "attack": label,
-                                   "map": round(per_system[system].mean(ties, empty), 4)}
-            if label != reference:
-                d = paired_difference(per_system[system], ref, ties, empty, draws, seed=seed)
-                rec.update(reference=reference, difference=round(d.difference, 4), low=round(d.low, 4),
-                           high=round(d.high, 4), lower=round(d.lower, 4), higher=round(d.higher, 4))
-            out.append(rec)
+        for reference in references:
+            ref = aps[reference][system]
+            for label, per_system in aps.items():
+                rec: dict[str, Any] = {"system": system, "attack": label, "reference": reference,
+                                       "map": round(per_system[system].mean(ties, empty), 4)}
+                if label != reference:
+                    d = paired_difference(per_system[system], ref, ties, empty, draws, seed=seed)
+                    rec.update(difference=round(d.difference, 4), low=round(d.low, 4), high=round(d.high, 4),
+                               lower=round(d.lower, 4), higher=round(d.higher, 4))
+                out.append(rec)
     return out
 
 
-def markdown(records: list[dict[str, Any]], reference: str, queries: int) -> str:
-    lines = [f"mAP (%) and the paired difference from {reference} over the same {queries} queries (95 % bootstrap "
-             f"interval); the shares of queries whose AP the attack lowers / raises", "",
-             "| system | attack | mAP | difference | 95 % interval | queries lower / higher |", "|---|---|---|---|---|---|"]
-    for r in records:
-        if "difference" in r:
-            lines.append(f"| {r['system'].upper()} | {r['attack']} | {r['map']:.2f} | {r['difference']:+.2f} | "
-                         f"[{r['low']:+.2f}, {r['high']:+.2f}] | {100 * r['lower']:.1f} % / {100 * r['higher']:.1f} % |")
-        else:
-            lines.append(f"| {r['system'].upper()} | {r['attack']} (reference) | {r['map']:.2f} | | | |")
-    return "\n".join(lines)
+def markdown(records: list[dict[str, Any]], queries: int) -> str:
+    out = []
+    for reference in dict.fromkeys(r["reference"] for r in records):
+        lines = [f"mAP (%) and the paired difference from {reference} over the same {queries} queries (95 % "
+                 f"bootstrap interval); the shares of queries whose AP the attack lowers / raises", "",
+                 "| system | attack | mAP | difference | 95 % interval | queries lower / higher |",
+                 "|---|---|---|---|---|---|"]
+        for r in records:
+            if r["reference"] != reference:
+                continue
+            if "difference" in r:
+                lines.append(f"| {r['system'].upper()} | {r['attack']} | {r['map']:.2f} | {r['difference']:+.2f} | "
+                             f"[{r['low']:+.2f}, {r['high']:+.2f}] | {100 * r['lower']:.1f} % / "
+                             f"{100 * r['higher']:.1f} % |")
+            else:
+                lines.append(f"| {r['system'].upper()} | {r['attack']} (reference) | {r['map']:.2f} | | | |")
+        out.append("\n".join(lines))
+    return "\n\n".join(out)
 
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("job_dirs", type=Path, nargs="+", help="job output folders (each holds its results.json) of one "
                                                            "target: a suite job, or jobs of one attack each")
-    p.add_argument("--reference", help="the attack the others are compared with (default: the first)")
+    p.add_argument("--reference", action="append", help="the attack the others are compared with (default: the "
+                                                         "first); repeat it for several")
     p.add_argument("--draws", type=int, default=2000, help="bootstrap draws (default 2000)")
     p.add_argument("--seed", type=int, default=0, help="the bootstrap's seed (default 0)")
     p.add_argument("--json", action="store_true", help="print the records as JSON instead of a table")
@@ -145,14 +155,14 @@ def main(argv: list[str] | None = None) -> None:
     if len(aps) < 2:
         raise SystemExit(f"error: {len(aps)} attack(s) in these jobs ({'; '.join(aps) or 'none'}); a comparison "
                          f"needs two")
-    reference = reference_label(a.reference, list(aps), aliases)
+    references = [reference_label(r, list(aps), aliases) for r in a.reference or [None]]
     job0 = jobs[0][0]
     empty = job0.empty if job0.topk is not None else "zero"
-    records = compare(aps, reference, job0.ties, empty, a.draws, a.seed)
+    records = compare(aps, list(dict.fromkeys(references)), job0.ties, empty, a.draws, a.seed)
     if a.json:
         print(json.dumps(records, indent=1))
     else:
-        print(markdown(records, reference, len(data.query)))
+        print(markdown(records, len(data.query)))
 
 
 if __name__ == "__main__":
