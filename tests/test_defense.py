@@ -572,6 +572,29 @@ def test_the_defense_tables_are_computed_from_rows() -> None:
         ["10.0", "40.0", "16.0", "80%"]
 
 
+def test_two_seeds_of_one_defended_target_are_rows_told_apart() -> None:
+    """A second seed's bit-depth records beside the first's: the defense tables printed two rows alike (model, bits,
+    system and defense the same) where the recipe differs; the model now names its recipe where the records hold
+    several, and is unchanged where they hold one."""
+    from pqattack.report.defense import adaptive_grid, masking_grid, summary_grid
+
+    rows = []
+    for seed, shift in ((0, 0.0), (1, 1.0)):
+        kw = dict(quantizer="kmeans", epochs=2, precision="fp32", seed=seed)
+        rows += [_row("clean", 60.0 + shift, **kw), _row("worst-case", 7.0 + shift, **kw),
+                 _row("clean", 50.0 + shift, "bitdepth", **kw), _row("worst-case", 7.5 + shift, "bitdepth", **kw),
+                 _row("apd", 8.0 + shift, "bitdepth", oblivious=True, **kw),
+                 _row("apd", 9.0 + shift, "bitdepth", oblivious=False, **kw),
+                 _row("apd", 9.5 + shift, "bitdepth", oblivious=False, iters=100, **kw)]
+    rows = [{k: v for k, v in r.items() if k not in ("pqn_epochs", "alpha")} for r in rows]  # a K-means target
+    names = [r[0] for r in summary_grid(rows).rows]
+    recipe = "2 epochs, cpu, fp32, 500 queries"
+    assert names == [f"fastnet ({recipe})"] * 2 + [f"fastnet ({recipe}, seed 1)"] * 2
+    assert [r[0] for r in adaptive_grid(rows).rows] == [names[0], names[2]]
+    assert [r[0] for r in masking_grid(rows).rows] == [names[0], names[2]]
+    assert {r[0] for r in summary_grid([r for r in rows if r["seed"] == 1]).rows} == {"fastnet"}
+
+
 def test_the_pareto_figure_draws_a_line_per_radius_through_its_betas() -> None:
     from pqattack.report.defense import pareto_figure, pareto_points, pareto_series
 

@@ -6,6 +6,8 @@ Pareto figure across ``defense.eps`` and ``defense.beta``. Everything is compute
 from __future__ import annotations
 
 import re
+from collections import defaultdict
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +29,15 @@ def _target(row: dict[str, Any]) -> tuple:
 def _model(target: tuple) -> str:
     """``fastnet+pqn`` (``fastnet`` for a K-means target)."""
     return target[1] + ("" if target[2] == "kmeans" else f"+{target[2]}")
+
+
+def _model_namer(targets: Iterable[tuple]) -> Callable[[tuple], str]:
+    """``_model``, followed by the recipe (``fastnet (2 epochs, cpu, fp32, seed 1)``) where the targets hold that
+    model with several recipes (another seed, epochs or query count), so that their rows are told apart."""
+    recipes: dict[tuple, set[str]] = defaultdict(set)
+    for t in targets:
+        recipes[t[:3]].add(t[5])
+    return lambda t: f"{_model(t)} ({t[5]})" if len(recipes[t[:3]]) > 1 else _model(t)
 
 
 def _rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -74,6 +85,7 @@ def summary_grid(rows: list[dict[str, Any]]) -> Grid:
     target's worst case, on the same suite) and the clean cost (points of clean mAP lost)."""
     found = summaries(rows)
     undefended = {s.target: s for s in found if s.defense == "none"}
+    name = _model_namer(s.target for s in found)
     body = []
     for s in found:
         base = undefended.get(s.target)
@@ -83,7 +95,7 @@ def summary_grid(rows: list[dict[str, Any]]) -> Grid:
                 factor = s.worst / base.worst
             if base.clean is not None and s.clean is not None:
                 cost = base.clean - s.clean
-        body.append([_model(s.target), str(s.target[3]),
+        body.append([name(s.target), str(s.target[3]),
                      s.target[4].upper(), s.defense, _fmt(s.clean), _fmt(s.paper_best), _fmt(s.worst),
                      "-" if factor is None else f"{factor:.2f}x", _fmt(cost), str(len(s.suite))])
     return Grid("**Defenses**: clean mAP, the best of PQ-AG's attacks at its budget, the per-query worst case over "
@@ -124,12 +136,13 @@ def adaptive_grid(rows: list[dict[str, Any]]) -> Grid | None:
         return f"{(oblivious - adaptive) / (oblivious - und) * 100:.0f}%"
 
     body = []
+    name = _model_namer(t for t, _, _ in pairs)
     for (target, defense, attack), maps in sorted(pairs.items()):
         if True not in maps or False not in maps:
             continue
         und = undefended.get((target, attack))
         best, label = strongest[(target, defense)]
-        body.append([_model(target), str(target[3]), target[4].upper(), defense, attack, _fmt(und),
+        body.append([name(target), str(target[3]), target[4].upper(), defense, attack, _fmt(und),
                      _fmt(maps[True]), _fmt(maps[False]), share(maps[True], maps[False], und), f"{label} {best:.1f}",
                      share(maps[True], best, und)])
     if not body:
@@ -151,6 +164,7 @@ def masking_grid(rows: list[dict[str, Any]]) -> Grid | None:
     for r in rs:
         by.setdefault((_target(r), r["defense"]), {})[(round(float(r["eps"]) * 255), int(r["iters"]))] = r["map"]
     body = []
+    name = _model_namer(t for t, _ in by)
     for (target, defense), grid in sorted(by.items()):
         five = grid.get((8, 5))
         many = max((k for k in grid if k[0] == 8 and k[1] > 5), default=None, key=lambda k: k[1])
@@ -161,7 +175,7 @@ def masking_grid(rows: list[dict[str, Any]]) -> Grid | None:
         steps = "-" if many is None else f"{grid[many]:.1f} <= {five:.1f}: {'ok' if grid[many] <= five else 'FLAG'}"
         eps = ("-" if wide is None or at8 is None else
                f"{grid[wide]:.1f} < {at8:.1f}: {'ok' if grid[wide] < at8 else 'FLAG'}")
-        body.append([_model(target), str(target[3]), target[4].upper(), defense, steps, eps])
+        body.append([name(target), str(target[3]), target[4].upper(), defense, steps, eps])
     if not body:
         return None
     return Grid("**Gradient-masking checks** of the defended targets: APD at the most steps recorded against 5 steps "
@@ -200,6 +214,7 @@ def pareto_figure(rows: list[dict[str, Any]], title: str) -> Any:
 
     points = {t: p for t, p in pareto_points(rows).items() if len(p) >= PARETO_MIN_POINTS}
     panels = sorted(points)
+    panel_name = _model_namer(panels)
     fig, axes = new_figure("pareto", ncols=max(1, len(panels)), squeeze=False)
     for ax, target in zip(axes[0], panels):
         series = pareto_series(points[target])
@@ -220,7 +235,7 @@ def pareto_figure(rows: list[dict[str, Any]], title: str) -> Any:
         ax.set_ylim(0, max(w for _, _, w in points[target]) * 1.2)
         ax.set_xlabel("clean mAP (%)")
         ax.set_ylabel("worst-case mAP (%)")
-        ax.set_title(f"{_model(target)} {target[3]}b {target[4].upper()}", fontsize=8)
+        ax.set_title(f"{panel_name(target)} {target[3]}b {target[4].upper()}", fontsize=8)
         ax.legend(fontsize=6, loc="upper center", bbox_to_anchor=(0.5, -0.14))  # below: it hides no point
     fig.suptitle(f"{title} (at each point: beta)")
     return fig
