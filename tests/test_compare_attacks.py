@@ -72,7 +72,8 @@ def test_bad_settings(kw: dict, message: str) -> None:
 
 
 def test_the_tool_on_a_suite_job_and_on_two_jobs_of_one_target(tmp_path: Path, shared_cache: Path,
-                                                                capsys: pytest.CaptureFixture) -> None:
+                                                                capsys: pytest.CaptureFixture,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
     """The mAPs the tool scores from the cache are the job's own rows; each difference is the rows' difference;
     the reference can be named by its label or by its suite member; a job on another target is refused."""
     base = [o for o in TINY if not o.startswith("attack.")]
@@ -96,8 +97,10 @@ def test_the_tool_on_a_suite_job_and_on_two_jobs_of_one_target(tmp_path: Path, s
     text = capsys.readouterr().out
     assert "paired difference from basic" in text and "paired difference from apd over" in text
     assert text.count("| SDC | apd (iters=2) |") == 2 and "| ADC | basic (reference) |" in text
-    with pytest.raises(SystemExit, match="'aod' is none of these jobs' attacks"):
-        compare_attacks.main([str(tmp_path / "suite"), "--reference", "aod"])
+    with monkeypatch.context() as m:  # a reference that is no attack of the jobs stops before any set is scored
+        m.setattr(compare_attacks, "score_set", lambda *a, **k: pytest.fail("scored before checking --reference"))
+        with pytest.raises(SystemExit, match="'aod' is none of these jobs' attacks"):
+            compare_attacks.main([str(tmp_path / "suite"), "--reference", "aod"])
     # two single-attack jobs on the suite's target: each job's own numbers
     single = {}
     for attack in ("basic", "apd"):

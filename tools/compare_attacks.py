@@ -26,12 +26,12 @@ from omegaconf import OmegaConf
 from pqattack.cache import ArtifactCache
 from pqattack.config import JobConfig, load_job
 from pqattack.data import RetrievalData
-from pqattack.labels import attack_label
 from pqattack.metrics import QueryAP, paired_difference
-from pqattack.records import attacked_rows, describe, recipe_fields
+from pqattack.records import describe, recipe_fields, set_label
 from pqattack.runtime import Runtime, resolve_device, resolve_precision
 from pqattack.stages.attack import adversarial_set
-from pqattack.stages.suite import applies, member_attack, member_jobs
+from pqattack.transfer import AdversarialSet
+from pqattack.stages.suite import members
 from pqattack.stages.target import Target, build_target, score_set
 
 
@@ -43,24 +43,17 @@ def job_of(job_dir: Path) -> tuple[JobConfig, Any]:
     return load_job(cfg), cfg
 
 
-def attacks_of(job: JobConfig, data: RetrievalData, target: Target, rt: Runtime, label: str
-               ) -> tuple[dict[str, dict[str, QueryAP]], dict[str, str]]:
-    """Per attack label (as the job's rows name it), per system, the per-query APs of its query set; and each suite
-    member's text with its label."""
-    out: dict[str, dict[str, QueryAP]] = {}
-    aliases: dict[str, str] = {}
+def attack_sets(job: JobConfig, data: RetrievalData, target: Target, rt: Runtime, label: str
+                ) -> list[tuple[str, str | None, JobConfig, AdversarialSet]]:
+    """The query sets a job evaluates (a suite job's members, else its own attack), from the cache: per set, the label
+    its rows carry, the suite member as written (None outside a suite), its job and the set."""
     base = {**describe(job, data, label), **recipe_fields(job, target, rt)}
-    members = [str(m) for m in job.suite if applies(member_attack(str(m)), job.defense)] if job.suite else [None]
-    for member, mjob in zip(members, member_jobs(job) if job.suite else [job]):
+    out = []
+    for member, mjob in members(job) if job.suite else [(None, job)]:
         adv = adversarial_set(mjob, data, target, lambda j: describe(j, data, label), rt)
-        if adv is None:
-            continue
-        scored = score_set(target, adv.images, adv.key, data, mjob, rt)
-        rows = attacked_rows(base, scored.scores, mjob, adv, data, scored.changed, scored.logits)
-        out[attack_label(rows[0])] = {s: v["aps"] for s, v in scored.scores.items()}
-        if member is not None:
-            aliases[member] = attack_label(rows[0])
-    return out, aliases
+        if adv is not None:
+            out.append((set_label(base, mjob, adv), member, mjob, adv))
+    return out
 
 
 def reference_label(reference: str | None, labels: list[str], aliases: dict[str, str]) -> str:
@@ -133,7 +126,7 @@ def main(argv: list[str] | None = None) -> None:
     source = instantiate(cfg.dataset)
     data = source.load(rt.cache)
     label = getattr(source, "describe", lambda: data.name)()
-    aps: dict[str, dict[str, QueryAP]] = {}
+    sets: dict[str, tuple[JobConfig, AdversarialSet, Target]] = {}
     aliases: dict[str, str] = {}
     target_id = None
     for (job, jcfg), d in zip(jobs, a.job_dirs):
@@ -146,16 +139,18 @@ def main(argv: list[str] | None = None) -> None:
             raise SystemExit(f"error: {d}: another target (checkpoint, codebooks, defense or systems) than "
                              f"{a.job_dirs[0]}'s; a paired comparison needs one target")
         target_id = this
-        found, more = attacks_of(job, data, target, rt, label)
-        for lbl, per_system in found.items():
-            aps.setdefault(lbl, per_system)
-        aliases.update(more)
+        for lbl, member, mjob, adv in attack_sets(job, data, target, rt, label):
+            sets.setdefault(lbl, (mjob, adv, target))
+            if member is not None:
+                aliases[member] = lbl
     if rt.cache.builds:
         print(f"note: built {', '.join(rt.cache.builds)} (not in the cache)", file=sys.stderr)
-    if len(aps) < 2:
-        raise SystemExit(f"error: {len(aps)} attack(s) in these jobs ({'; '.join(aps) or 'none'}); a comparison "
+    if len(sets) < 2:
+        raise SystemExit(f"error: {len(sets)} attack(s) in these jobs ({'; '.join(sets) or 'none'}); a comparison "
                          f"needs two")
-    references = [reference_label(r, list(aps), aliases) for r in a.reference or [None]]
+    references = [reference_label(r, list(sets), aliases) for r in a.reference or [None]]  # before any scoring
+    aps = {lbl: {s: v["aps"] for s, v in score_set(t, adv.images, adv.key, data, mjob, rt).scores.items()}
+           for lbl, (mjob, adv, t) in sets.items()}
     job0 = jobs[0][0]
     empty = job0.empty if job0.topk is not None else "zero"
     records = compare(aps, list(dict.fromkeys(references)), job0.ties, empty, a.draws, a.seed)

@@ -12,7 +12,7 @@ import torch
 from .attacks import LOSS_IGNORES, OFF_VALUES
 from .config import JobConfig
 from .data import RetrievalData, top1_hit
-from .labels import LOOP_OPTIONS, joined_epochs
+from .labels import LOOP_OPTIONS, attack_label, joined_epochs
 from .metrics import QueryAP
 from .report import render_tables
 from .runtime import Runtime
@@ -115,6 +115,24 @@ def source_epochs(job: JobConfig, adv: AdversarialSet) -> int | str | None:
     return joined_epochs([s.trainer["max_epochs"] for s in source_jobs(job) or [job]])
 
 
+def attack_settings(adv: AdversarialSet) -> dict[str, Any]:
+    """The attack settings an adversarial set's rows carry: those its loss reads, loop options at their off value as
+    None."""
+    made = adv.meta["attack"]
+    return {k: None if k in LOSS_IGNORES.get(made.get("loss"), ()) or is_off(made.get(k))
+            or made.get(k) == OFF_VALUES.get(k) else made.get(k) for k in ROW_SETTINGS}
+
+
+def adaptive_fields(job: JobConfig) -> dict[str, Any]:
+    """Behind a query transform, whether the attack ignored it (``oblivious``); nothing otherwise."""
+    return {"oblivious": job.attack.oblivious} if job.defense.transform else {}
+
+
+def set_label(base: dict[str, Any], job: JobConfig, adv: AdversarialSet) -> str:
+    """The attack label (``labels.attack_label``) the rows of ``adv`` will carry, without scoring it."""
+    return attack_label({**base, "attack": adv.meta["attack"]["name"], **attack_settings(adv), **adaptive_fields(job)})
+
+
 def attacked_rows(base: dict[str, Any], scored: dict[str, dict[str, Any]], job: JobConfig, adv: AdversarialSet,
                   data: RetrievalData, codes_changed: torch.Tensor, logits: torch.Tensor | None,
                   targeted: dict[str, dict[str, Any]] | None = None) -> list[dict[str, Any]]:
@@ -123,8 +141,7 @@ def attacked_rows(base: dict[str, Any], scored: dict[str, dict[str, Any]], job: 
     changed (overall and per sub-space, from ``codes_changed`` ``[Q, M]`` bool), how visible it is
     (:func:`perceptibility`), the classifier's accuracy on it, and for a targeted set its t-mAP."""
     src, made = adv.meta["source"], adv.meta["attack"]
-    setting = {k: None if k in LOSS_IGNORES.get(made.get("loss"), ()) or is_off(made.get(k))
-               or made.get(k) == OFF_VALUES.get(k) else made.get(k) for k in ROW_SETTINGS}
+    setting = attack_settings(adv)
     adversarial = adv.images.float() / (255 if adv.images.dtype == torch.uint8 else 1)
     seen = perceptibility(adversarial, data.query.images.float() / 255)
     extra = {} if logits is None else {
@@ -133,7 +150,7 @@ def attacked_rows(base: dict[str, Any], scored: dict[str, dict[str, Any]], job: 
     changed = codes_changed.float()
     flips = {"codes_changed": round(float(changed.mean()), 4),
              "codes_changed_per_subspace": [round(float(v), 4) for v in changed.mean(0)]}
-    adaptive = {"oblivious": job.attack.oblivious} if job.defense.transform else {}
+    adaptive = adaptive_fields(job)
     return [{**base, "attack": made["name"], "system": s, **score_fields(v, job), "topk": job.topk,
              "source_model": src["model"], "source_bits": src["bits"], "source_epochs": source_epochs(job, adv),
              "transfer": transfer, **setting, **flips,

@@ -66,17 +66,23 @@ def check_suite(suite: list[str]) -> None:
         AttackConfig(**{k: v for k, v in node.items() if k in AttackConfig.__dataclass_fields__})
 
 
-def member_jobs(job: JobConfig) -> list[JobConfig]:
-    """One job per suite member that applies to the job's defense: this job with its attack, and no suite."""
-    jobs = []
-    for member in job.suite:
-        if not applies(member_attack(str(member)), job.defense):
+def members(job: JobConfig) -> list[tuple[str, JobConfig]]:
+    """Each suite member that applies to the job's defense, as written in ``eval.suite``, with its job: this job
+    with the member's attack, and no suite."""
+    out = []
+    for member in map(str, job.suite):
+        if not applies(member_attack(member), job.defense):
             continue
         cfg = OmegaConf.create(OmegaConf.to_container(job.config, resolve=False))
-        cfg.attack = member_attack(str(member))
+        cfg.attack = member_attack(member)
         cfg.eval.suite = []
-        jobs.append(load_job(cfg))
-    return jobs
+        out.append((member, load_job(cfg)))
+    return out
+
+
+def member_jobs(job: JobConfig) -> list[JobConfig]:
+    """One job per suite member that applies to the job's defense (``members``)."""
+    return [mjob for _, mjob in members(job)]
 
 
 def worst_case(scores: list[QueryAP]) -> QueryAP:
@@ -118,4 +124,4 @@ def evaluate_suite(job: JobConfig, data: RetrievalData, target: Target, base: di
     return rows
 
 
-__all__ = ["applies", "check_suite", "evaluate_suite", "member_attack", "member_jobs", "parse_member", "worst_case"]
+__all__ = ["applies", "check_suite", "evaluate_suite", "member_attack", "member_jobs", "members", "parse_member", "worst_case"]
