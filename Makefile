@@ -28,7 +28,7 @@ data: ## unpack the CIFAR-10 JPEG copy into data/
 table1: ## the paper's Table 1 on CIFAR-10 (GPU)
 	$(BIN)/python -m pqattack experiment=table1
 
-table1-cpu: ## CPU-scale Table 1 on CIFAR-10 (55 min measured on 2 shared cores)
+table1-cpu: ## CPU-scale Table 1 on CIFAR-10 (74 min of job time on the 2-core Intel Xeon, results/table1_cpu.md)
 	$(BIN)/python -m pqattack experiment=table1_cpu
 
 REPORT_IN ?= results
@@ -45,7 +45,7 @@ gpu-prep: ## fill .gpu/ (git-ignored) with the wheels and the CIFAR-10 archive t
 gpu-check: ## check .gpu/: every wheel's requirements met on the GPU machine, the data archive there, the size that travels
 	$(BIN)/python -m pqattack.gpu.prep .gpu
 
-gpu: ## on the GPU machine: the staged run (tools/gpu-run: smoke, Tables 1-3, bench, Table 4; records into $$OUT)
+gpu: ## on the GPU machine: the staged run (tools/gpu-run: smoke, Tables 1-3, bench, Table 4, beyond, defense, bench_compile; records into $$OUT)
 	tools/gpu-run
 
 GPU_RECORDS ?= outputs/gpu-run/out

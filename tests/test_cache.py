@@ -30,6 +30,21 @@ def test_get_or_build_builds_once(tmp_path: Path) -> None:
     assert not list((tmp_path / "checkpoint").glob(".tmp-*"))
 
 
+def test_a_load_only_kind_is_loaded_but_never_built(tmp_path: Path) -> None:
+    from pqattack.errors import CacheMiss
+
+    ArtifactCache(tmp_path).get_or_build("checkpoint", {"a": 1}, lambda: ({"w": torch.ones(2)}, {}))
+    cache = ArtifactCache(tmp_path, load_only=("checkpoint",))
+    assert torch.equal(cache.get_or_build("checkpoint", {"a": 1}, lambda: pytest.fail("built"))[0]["w"], torch.ones(2))
+    with pytest.raises(CacheMiss, match=r"checkpoint \w+ is not in the cache"):
+        cache.get_or_build("checkpoint", {"a": 2}, lambda: pytest.fail("built"))
+    with pytest.raises(CacheMiss):  # a disabled cache builds everything, so it cannot hold a load-only kind
+        ArtifactCache(tmp_path, enabled=False, load_only=("checkpoint",)).get_or_build(
+            "checkpoint", {"a": 1}, lambda: pytest.fail("built"))
+    assert cache.get_or_build("features", {"a": 2}, lambda: ({"z": torch.zeros(1)}, {}))[2]  # other kinds build
+    assert not (tmp_path / "checkpoint" / spec_key("checkpoint", {"a": 2})).exists()
+
+
 def test_corrupted_entry_is_refused(tmp_path: Path) -> None:
     cache = ArtifactCache(tmp_path)
     _, _, key = cache.get_or_build("features", {"a": 1}, lambda: ({"z": torch.ones(100)}, {}))

@@ -116,3 +116,33 @@ def test_the_tool_on_a_suite_job_and_on_two_jobs_of_one_target(tmp_path: Path, s
         compare_attacks.main([str(tmp_path / "apd"), str(tmp_path / "other")])
     with pytest.raises(SystemExit, match="no such file"):
         compare_attacks.main([str(tmp_path)])
+
+
+def test_the_tool_stops_on_what_the_cache_lacks_and_builds_it_only_when_told(
+        tmp_path: Path, shared_cache: Path, capsys: pytest.CaptureFixture) -> None:
+    """A job whose query sets or checkpoint are not in its cache (it ran on another machine) stops the tool with one
+    line naming the job and the missing entry, and nothing is added to the cache; ``--build`` makes them again."""
+    import shutil
+
+    cache = tmp_path / "cache"
+    shutil.copytree(shared_cache, cache)
+    for attack in ("basic", "apd"):
+        run_job([*TINY, f"attack={attack}"], tmp_path / attack, cache)
+    jobs = [str(tmp_path / "basic"), str(tmp_path / "apd")]
+
+    def entries() -> set[Path]:
+        return {p for p in cache.glob("*/*") if p.is_dir()}
+
+    shutil.rmtree(cache / "adversarial_queries")
+    before = entries()
+    with pytest.raises(SystemExit, match=r"basic: adversarial_queries \w+ is not in the cache .*--build"):
+        compare_attacks.main([*jobs, "--draws", "10"])
+    assert entries() == before
+    compare_attacks.main([*jobs, "--draws", "10", "--build", "--json"])
+    assert {r["attack"] for r in json.loads(capsys.readouterr().out)} == {"basic", "apd"}
+    assert len([p for p in (cache / "adversarial_queries").iterdir() if p.is_dir()]) == 2
+    shutil.rmtree(cache / "checkpoint")
+    before = entries()
+    with pytest.raises(SystemExit, match=r"basic: checkpoint \w+ is not in the cache"):
+        compare_attacks.main([*jobs, "--draws", "10"])
+    assert entries() == before

@@ -9,7 +9,9 @@ queries whose AP the attack lowers and raises against the reference.
 
 ``--reference`` names an attack as the tables label it (``apd (oblivious)``) or as a suite member is written
 (``apd oblivious=true``); without it, the first attack. Repeat it to compare every attack with each of several.
-An interval that holds 0 says the two attacks' mAPs are not told apart by these queries.
+An interval that holds 0 says the two attacks' mAPs are not told apart by these queries. The jobs' checkpoints,
+codebooks and query sets must be in the cache (the tool stops, naming the job, when one is not: the jobs ran on
+another machine or cache); ``--build`` makes them again instead, which trains and attacks as the jobs did.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from omegaconf import OmegaConf
 
 from pqattack.cache import ArtifactCache
 from pqattack.config import JobConfig, load_job
+from pqattack.errors import CacheMiss
 from pqattack.data import RetrievalData
 from pqattack.metrics import QueryAP, paired_difference
 from pqattack.records import describe, recipe_fields, set_label
@@ -33,6 +36,9 @@ from pqattack.stages.attack import adversarial_set
 from pqattack.transfer import AdversarialSet
 from pqattack.stages.suite import members
 from pqattack.stages.target import Target, build_target, score_set
+
+
+JOB_MADE = ("checkpoint", "codebooks", "adversarial_queries")  # what the tool reads and, without --build, never makes
 
 
 def job_of(job_dir: Path) -> tuple[JobConfig, Any]:
@@ -116,13 +122,16 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--draws", type=int, default=2000, help="bootstrap draws (default 2000)")
     p.add_argument("--seed", type=int, default=0, help="the bootstrap's seed (default 0)")
     p.add_argument("--json", action="store_true", help="print the records as JSON instead of a table")
+    p.add_argument("--build", action="store_true", help="make what the cache lacks (checkpoints, codebooks, query "
+                                                        "sets) instead of stopping: trains and attacks again")
     a = p.parse_args(argv)
     if a.draws < 1:
         raise SystemExit(f"error: --draws {a.draws}: at least 1")
     jobs = [job_of(d) for d in a.job_dirs]
     _, cfg = jobs[0]
     device = resolve_device(cfg.device)
-    rt = Runtime(device, resolve_precision(cfg.precision, device), ArtifactCache(cfg.cache.dir), progress=False)
+    cache = ArtifactCache(cfg.cache.dir, load_only=() if a.build else JOB_MADE)
+    rt = Runtime(device, resolve_precision(cfg.precision, device), cache, progress=False)
     source = instantiate(cfg.dataset)
     data = source.load(rt.cache)
     label = getattr(source, "describe", lambda: data.name)()
@@ -133,16 +142,20 @@ def main(argv: list[str] | None = None) -> None:
         if OmegaConf.to_container(jcfg.dataset) != OmegaConf.to_container(cfg.dataset):
             raise SystemExit(f"error: {d}: another dataset config than {a.job_dirs[0]}'s; the attacks must score "
                              f"the same queries")
-        target = build_target(job, data, rt, [])
-        this = (target.checkpoint_key, target.codebooks_key, job.defense.label(), tuple(job.systems))
-        if target_id is not None and this != target_id:
-            raise SystemExit(f"error: {d}: another target (checkpoint, codebooks, defense or systems) than "
-                             f"{a.job_dirs[0]}'s; a paired comparison needs one target")
-        target_id = this
-        for lbl, member, mjob, adv in attack_sets(job, data, target, rt, label):
-            sets.setdefault(lbl, (mjob, adv, target))
-            if member is not None:
-                aliases[member] = lbl
+        try:
+            target = build_target(job, data, rt, [])
+            this = (target.checkpoint_key, target.codebooks_key, job.defense.label(), tuple(job.systems))
+            if target_id is not None and this != target_id:
+                raise SystemExit(f"error: {d}: another target (checkpoint, codebooks, defense or systems) than "
+                                 f"{a.job_dirs[0]}'s; a paired comparison needs one target")
+            target_id = this
+            for lbl, member, mjob, adv in attack_sets(job, data, target, rt, label):
+                sets.setdefault(lbl, (mjob, adv, target))
+                if member is not None:
+                    aliases[member] = lbl
+        except CacheMiss as exc:
+            raise SystemExit(f"error: {d}: {exc} (the job ran on another machine or cache; --build makes it "
+                             f"again, training and attacking as the job did)") from None
     if rt.cache.builds:
         print(f"note: built {', '.join(rt.cache.builds)} (not in the cache)", file=sys.stderr)
     if len(sets) < 2:

@@ -23,7 +23,7 @@ from typing import Any, Callable, Iterator
 
 import torch
 
-from .errors import CacheError
+from .errors import CacheError, CacheMiss
 
 log = logging.getLogger(__name__)
 
@@ -55,11 +55,14 @@ def _fsync_dir(path: Path) -> None:
 
 
 class ArtifactCache:
-    """``root/<kind>/<key>/{tensors.pt, meta.json}``; ``enabled=False`` builds everything afresh in memory."""
+    """``root/<kind>/<key>/{tensors.pt, meta.json}``; ``enabled=False`` builds everything afresh in memory.
+    ``load_only`` names kinds this cache loads but never builds: a miss of one raises ``CacheMiss`` (a tool that
+    reads what jobs made, e.g. a trained checkpoint, stops instead of training it again)."""
 
-    def __init__(self, root: str | os.PathLike, enabled: bool = True) -> None:
+    def __init__(self, root: str | os.PathLike, enabled: bool = True, load_only: tuple[str, ...] = ()) -> None:
         self.root = Path(root).expanduser().resolve()
         self.enabled = enabled
+        self.load_only = frozenset(load_only)
         self.hits: list[str] = []
         self.builds: list[str] = []
 
@@ -125,6 +128,8 @@ class ArtifactCache:
                      ) -> tuple[dict[str, torch.Tensor], dict[str, Any], str]:
         """Load the artifact for ``spec`` or build, save and return it; ``(tensors, meta, key)``."""
         key = spec_key(kind, spec)
+        if kind in self.load_only and (not self.enabled or not (self.entry(kind, key) / META_FILE).is_file()):
+            raise CacheMiss(f"{kind} {key} is not in the cache {self.root}")
         if not self.enabled:
             tensors, meta = build()
             self.builds.append(f"{kind}/{key}")

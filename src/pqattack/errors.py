@@ -40,6 +40,10 @@ class CacheError(PQAttackError, RuntimeError):
     kind = "cache"
 
 
+class CacheMiss(CacheError):
+    """An artifact a load-only cache was asked for and does not hold (``ArtifactCache(load_only=...)``)."""
+
+
 class NumericsError(PQAttackError, FloatingPointError):
     """NaN or Inf in a loss, features or codebooks: a training diverged."""
 
