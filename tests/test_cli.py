@@ -88,6 +88,21 @@ def test_bad_config_fails_fast_and_writes_nothing(tmp_path: Path, overrides: lis
     assert not cache.exists() or not any(p.is_file() for p in cache.rglob("*"))
 
 
+@pytest.mark.parametrize("swept,message", [
+    ("seed=abc,1", "config error: seed='abc': expected an integer (sweep job:"),
+    ("transfer.source=nothing,elsewhere", "transfer error: transfer.source=nothing: neither a folder nor a key"),
+])
+def test_a_sweep_with_one_bad_job_stops_before_any_job_runs(tmp_path: Path, swept: str, message: str) -> None:
+    """Hydra turns an exception of a callback into a warning and sweeps on: the sweep's check must stop it for any
+    error a job's start-up check raises, not only a ConfigError."""
+    cache = tmp_path / "cache"
+    proc = run_cli(["-m", *TINY, "attack=aod", swept, "hydra.sweep.dir=sweep"], tmp_path, cache, check=False,
+                   timeout=120)
+    assert proc.returncode == 2 and message in proc.stderr
+    assert "Launching" not in proc.stdout + proc.stderr and not (tmp_path / "sweep").exists()
+    assert not cache.exists() or not any(p.is_file() for p in cache.rglob("*"))
+
+
 def test_unknown_group_option_is_rejected(tmp_path: Path) -> None:
     proc = run_cli([*TINY, "model=vgg99"], tmp_path, tmp_path / "cache", check=False)
     assert proc.returncode != 0

@@ -79,6 +79,74 @@ def test_bad_values_name_the_key(overrides: list[str], key: str) -> None:
         validate(cfg)
 
 
+@pytest.mark.parametrize("overrides,message", [
+    # a wrong type: one error naming the key, before anything compares or resolves it
+    (["bits=abc"], "bits='abc': expected an integer"),
+    (["bits=24.5"], "bits=24.5: expected an integer"),
+    (["bits=true"], "bits=True: expected an integer"),
+    (["seed=abc"], "seed='abc': expected an integer"),
+    (["dataset.num_queries=abc"], "dataset.num_queries='abc': expected an integer"),
+    (["eval.batch_size=2.5"], "eval.batch_size=2.5: expected an integer"),
+    (["progress=maybe"], "progress='maybe': expected true or false"),
+    (["trainer.lr=abc"], "trainer.lr='abc': expected a number"),
+    # a value out of range, that torch or a resolver would refuse only once training starts
+    (["bits=-8"], "bits=-8: must be >= 1"),
+    (["bits=18"], "bits=18: must be a positive multiple of quantizer.M=4"),
+    (["log_level=bogus"], "log_level='bogus': expected one of debug"),
+    (["trainer.lr=-1"], "trainer.lr=-1: must be > 0"),
+    (["trainer.lr=0"], "trainer.lr=0: must be > 0"),
+    (["trainer.momentum=1.5"], "trainer.momentum=1.5: must be in [0, 1)"),
+    (["trainer.weight_decay=-1"], "trainer.weight_decay=-1: must be >= 0"),
+    (["trainer.label_smoothing=5"], "trainer.label_smoothing=5: must be in"),
+    (["dataset.num_train=-5"], "dataset.num_train=-5: must be >= 1"),
+    (["dataset.num_train=60000"], "dataset.num_train=60000: dataset=cifar10 has 50000 training images"),
+    (["dataset.image_size=0"], "dataset.image_size=0: must be >= 1"),
+    (["model=smallcnn", "model.width=-4"], "model.width=-4: must be >= 1"),
+    (["model=alexnet", "model.dropout=2"], "model.dropout=2: must be in [0, 1)"),
+    (["model=fastnet", "model.widths=[]"], "model.widths=[]: expected a non-empty list"),
+    # a value the backbone or K-means would refuse after training
+    (["quantizer.M=3"], "quantizer.M=3: must divide the 512-d embedding of model=vgg16"),
+    (["model=smallcnn", "quantizer.M=6", "quantizer.K=16"], "quantizer.M=6: must divide the 128-d embedding"),
+    (["attack=aod", "transfer.source_bits=68"], "transfer.source_bits=68: must be a multiple of quantizer.M=4 with"),
+    (["attack=aod", "transfer.source_bits=40", "dataset.num_database=500"],
+     "transfer.source_bits=40: 1024 codewords per sub-space, more than dataset.num_database=500"),
+    # a robust evaluation's members, each checked as its own job
+    (["attack=none", 'eval.suite=["center_targeted target_class=20"]'],
+     "eval.suite member 'center_targeted target_class=20': attack.target_class=20: dataset=cifar10 has 10 classes"),
+    (["attack=none", 'eval.suite=["apd iters=-1"]'], "eval.suite member 'apd iters=-1': attack.iters=-1"),
+    (["attack=none", 'eval.suite=["apd oblivious=true"]'], "no member applies to defense=none"),
+    (["attack=none", 'eval.suite=[""]'], "eval.suite member '': empty"),
+    (["attack=none", "eval.suite=apd"], "eval.suite='apd': expected a list of attacks"),
+    (["attack=none", 'eval.suite=[apd,"apd iters=5"]'], "members 'apd' and 'apd iters=5' are the same attack"),
+    (["attack=none", 'eval.suite=["apd iters=5 iters=6"]'], "iters is set twice"),
+])
+def test_bad_values_are_one_config_error_before_any_compute(overrides: list[str], message: str) -> None:
+    cfg = make(overrides)
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        validate(cfg)
+
+
+def test_a_missing_saved_query_set_is_refused_at_start_up(tmp_path: Path) -> None:
+    from pqattack.errors import QuerySetError
+
+    from pqattack.config import check_inputs, load_job
+
+    cfg = make(["attack=aod", f"transfer.source={tmp_path / 'nothing'}", f"cache.dir={tmp_path / 'cache'}"])
+    job = load_job(cfg)  # a finished job's config still loads (the report reloads them), ...
+    with pytest.raises(QuerySetError, match="transfer.source=.*nothing: neither a folder nor a key"):
+        check_inputs(job)  # ... but a job about to run stops (the command and a sweep's check call this)
+    assert not (tmp_path / "cache").exists()
+
+
+def test_embedding_dim_is_the_built_backbones() -> None:
+    """The config check's embedding sizes (``models.backbones.embedding_dim``) against each backbone as built."""
+    from pqattack.models.backbones import ARCHITECTURES, build_backbone, embedding_dim
+
+    for arch in ARCHITECTURES:
+        for options in ({}, {"hidden": 256, "width": 8, "widths": (16, 32, 48)}):
+            assert embedding_dim(arch, **options) == build_backbone(arch, 10, **options).embed_dim, (arch, options)
+
+
 def test_bits_not_a_multiple_of_M_fails_when_resolved() -> None:
     cfg = make(["bits=18"])
     with pytest.raises(Exception, match="quantizer.M"):

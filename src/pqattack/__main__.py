@@ -56,14 +56,14 @@ def close_loggers(loggers: list, status: str) -> None:
 def main(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
 
-    from .config import load_job
+    from .config import check_inputs, load_job
 
-    set_log_level(cfg)
     output_dir = Path(HydraConfig.get().runtime.output_dir)
     loggers: list = []
     status = "failed"
     try:
-        load_job(cfg)  # before the pipeline's imports (Lightning, FAISS): a bad config fails in about two seconds
+        check_inputs(load_job(cfg))  # before the pipeline's imports (Lightning, FAISS): fails in about two seconds
+        set_log_level(cfg)
         from .loggers import make_loggers
         from .pipeline import run
 

@@ -11,13 +11,14 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from .attacks.config import AttackConfig
 from .defense.config import SCHEMAS as DEFENSE_SCHEMAS
 from .defense.config import SOFT_TRAINING_ATTACKS, AdversarialTrainingConfig, DefenseConfig, defense_config
-from .errors import ConfigError
+from .errors import ConfigError, PQAttackError
 from .models.augment import PAD_MODES
-from .models.backbones import ARCHITECTURES
+from .models.backbones import ARCHITECTURES, embedding_dim
 from .models.fastnet import NECKS
 from .models.recipe import SCHEDULES
 from .quant.config import IndexConfig, KMeansConfig, PQNConfig
@@ -25,6 +26,7 @@ from .runtime import PRECISIONS, resolve_device
 
 CONF_DIR = Path(__file__).with_name("conf")  # package data; `--config-dir` adds a user's own folder
 TEST_SPLIT_SIZE = {"cifar10": 10_000}
+TRAIN_SPLIT_SIZE = {"cifar10": 50_000}
 TEST_CLASSES = {"cifar10": 10}
 SYSTEMS = {"sdc": ["sdc"], "adc": ["adc"], "both": ["sdc", "adc"]}
 
@@ -83,6 +85,7 @@ def _check_recipes(cfg: DictConfig) -> None:
 
 def _check_trainer(tr: DictConfig, key: str, image_size: int) -> None:
     """The recipe's values (``key``: ``trainer`` or ``recipes.<model>``)."""
+    _check_values(tr, key, RECIPE_VALUES)
     if tr.max_epochs < 1:
         raise ConfigError(f"{key}.max_epochs={tr.max_epochs}: must be >= 1")
     if tr.batch_size < 2:
@@ -102,7 +105,60 @@ def _check_trainer(tr: DictConfig, key: str, image_size: int) -> None:
     if tr.get("crop_pad_mode", "zeros") not in PAD_MODES:
         raise ConfigError(f"{key}.crop_pad_mode={tr.crop_pad_mode!r}: expected one of {', '.join(PAD_MODES)}")
     if not 0 <= tr.get("crop_padding", 0) < image_size:
-        raise ConfigError(f"{key}.crop_padding={tr.crop_padding}: must be in [0, {image_size}) (dataset.image_size)")
+        raise ConfigError(f"{key}.crop_padding={tr.get('crop_padding', 0)}: must be in [0, {image_size}) "
+                          f"(dataset.image_size)")
+
+
+# (key, type, allowed range): each checked where the config has the key (and it is not null), before anything reads
+# it, so a wrong type or range is one ConfigError naming the key, not a comparison's TypeError after data loading.
+AT_LEAST_1, AT_LEAST_2, POSITIVE, NON_NEGATIVE, FRACTION = ">= 1", ">= 2", "> 0", ">= 0", "in [0, 1)"
+RANGES = {AT_LEAST_1: lambda v: v >= 1, AT_LEAST_2: lambda v: v >= 2, POSITIVE: lambda v: v > 0,
+          NON_NEGATIVE: lambda v: v >= 0, FRACTION: lambda v: 0 <= v < 1, None: lambda v: True}
+RECIPE_VALUES = [("max_epochs", int, AT_LEAST_1), ("batch_size", int, AT_LEAST_2), ("lr", float, POSITIVE),
+                 ("momentum", float, FRACTION), ("weight_decay", float, NON_NEGATIVE),
+                 ("label_smoothing", float, FRACTION), ("nesterov", bool, None), ("augment", bool, None),
+                 ("compile", bool, None)]
+JOB_VALUES = [("seed", int, None), ("bits", int, AT_LEAST_1), ("progress", bool, None), ("resume", bool, None),
+              ("cache.enabled", bool, None), ("dataset.num_queries", int, AT_LEAST_1),
+              ("dataset.num_database", int, AT_LEAST_1), ("dataset.num_train", int, AT_LEAST_1),
+              ("dataset.num_test", int, AT_LEAST_1), ("dataset.image_size", int, AT_LEAST_1),
+              ("dataset.split_seed", int, None), ("dataset.download", bool, None), ("dataset.resize", bool, None),
+              ("eval.topk", int, AT_LEAST_1), ("eval.batch_size", int, AT_LEAST_1),
+              ("transfer.source_bits", int, AT_LEAST_1), ("model.width", int, AT_LEAST_1),
+              ("model.hidden", int, AT_LEAST_1), ("model.dropout", float, FRACTION)]
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+
+
+def _check_values(node: DictConfig, prefix: str, table: list[tuple[str, type, str | None]]) -> None:
+    """Each ``table`` key that ``node`` holds, unless null: of its type (an int is a number too) and in its range;
+    ``prefix`` names ``node`` in the message."""
+    for name, kind, allowed in table:
+        parent, _, leaf = name.rpartition(".")
+        holder = OmegaConf.select(node, parent) if parent else node
+        value = holder.get(leaf) if isinstance(holder, DictConfig) else None
+        if value is None:
+            continue
+        key = f"{prefix}.{name}" if prefix else name
+        if kind is bool:
+            if not isinstance(value, bool):
+                raise ConfigError(f"{key}={value!r}: expected true or false")
+            continue
+        number = isinstance(value, int) or (kind is float and isinstance(value, float) and math.isfinite(value))
+        if isinstance(value, bool) or not number:
+            raise ConfigError(f"{key}={value!r}: expected {'an integer' if kind is int else 'a number'}")
+        if not RANGES[allowed](value):
+            raise ConfigError(f"{key}={value}: must be {allowed}")
+
+
+def _check_model(model: DictConfig, M: int) -> None:  # noqa: N803
+    """The model's options, and that its embedding splits into ``M`` sub-vectors."""
+    widths = model.get("widths")
+    if widths is not None and (not len(widths) or any(not isinstance(w, int) or w < 1 for w in widths)):
+        raise ConfigError(f"model.widths={list(widths)}: expected a non-empty list of positive integers")
+    dim = embedding_dim(model.arch, **{k: model[k] for k in ("hidden", "width", "widths") if k in model})
+    if dim % M:
+        raise ConfigError(f"quantizer.M={M}: must divide the {dim}-d embedding of model={model.get('name', model.arch)} "
+                          f"(M sub-vectors of equal size)")
 
 
 def compose_config(overrides: list[str]) -> DictConfig:
@@ -160,9 +216,28 @@ def _typed(node: DictConfig, schema: type) -> Any:
 
 def load_job(cfg: DictConfig) -> JobConfig:
     """Check ``cfg`` and return it typed. Every start-up check is here or in the schemas it builds
-    (``AttackConfig``, ``KMeansConfig``/``PQNConfig``, ``IndexConfig``), and ``runtime.resolve_device``."""
+    (``AttackConfig``, ``KMeansConfig``/``PQNConfig``, ``IndexConfig``), and ``runtime.resolve_device``. An
+    error OmegaConf raises while resolving a value (a resolver's ``ConfigError``, a value of the wrong type for its
+    schema) comes out as one ``ConfigError`` too."""
+    try:
+        return _load_job(cfg)
+    except OmegaConfBaseException as exc:
+        cause: BaseException | None = exc
+        while cause is not None:
+            if isinstance(cause, ConfigError):
+                raise cause from None
+            cause = cause.__cause__ or cause.__context__
+        key = getattr(exc, "full_key", None)
+        message = str(exc).splitlines()[0]
+        raise ConfigError(f"{key}: {message}" if key else message) from None
+
+
+def _load_job(cfg: DictConfig) -> JobConfig:
     from .metrics import EMPTY, TIES
 
+    _check_values(cfg, "", JOB_VALUES)  # before anything reads them: `quantizer.K` and `.seed` interpolate two
+    if str(cfg.get("log_level", "warning")).lower() not in LOG_LEVELS:
+        raise ConfigError(f"log_level={cfg.log_level!r}: expected one of {', '.join(LOG_LEVELS)}")
     _check_recipes(cfg)  # first: the job's `trainer` may interpolate a recipe that is not there
     q = _typed(cfg.quantizer, PQNConfig if cfg.quantizer.kind == "pqn" else KMeansConfig)
     if cfg.quantizer.kind not in ("kmeans", "pqn"):
@@ -177,6 +252,7 @@ def load_job(cfg: DictConfig) -> JobConfig:
                           f"needs at least K database vectors")
     if cfg.model.arch not in ARCHITECTURES:
         raise ConfigError(f"model.arch={cfg.model.arch!r}: expected one of {', '.join(ARCHITECTURES)}")
+    _check_model(cfg.model, q.M)
     neck = cfg.model.get("neck")
     if neck is not None and (cfg.model.arch != "fastnet" or neck not in NECKS):
         raise ConfigError(f"model.neck={neck!r}: expected one of {', '.join(NECKS)} or null, and only "
@@ -199,6 +275,10 @@ def load_job(cfg: DictConfig) -> JobConfig:
     if ev.batch_size < 1:
         raise ConfigError(f"eval.batch_size={ev.batch_size}: must be >= 1")
     test_size = TEST_SPLIT_SIZE.get(d.name, d.get("num_test"))
+    train_size = TRAIN_SPLIT_SIZE.get(d.name)
+    if train_size is not None and d.get("num_train") is not None and d.num_train > train_size:
+        raise ConfigError(f"dataset.num_train={d.num_train}: dataset={d.name} has {train_size} training images "
+                          f"(null: all of them)")
     if d.num_queries < 1 or (d.get("num_database") is not None and d.num_database < 1):
         raise ConfigError(f"dataset.num_queries={d.num_queries}, dataset.num_database={d.num_database}: "
                           f"must both be >= 1 (num_database may be null where the dataset allows it)")
@@ -238,11 +318,19 @@ def load_job(cfg: DictConfig) -> JobConfig:
                               f"{_options('model')}")
     if models and len(set(models)) != len(models):
         raise ConfigError(f"transfer.source_model={t['source_model']!r}: a model is listed twice")
-    if t.get("source_bits") is not None and (int(t["source_bits"]) < 1 or int(t["source_bits"]) % q.M):
-        raise ConfigError(f"transfer.source_bits={t['source_bits']}: must be a positive multiple of "
-                          f"quantizer.M={q.M}")
+    if t.get("source_bits") is not None:
+        source_k = 2 ** (int(t["source_bits"]) // q.M) if int(t["source_bits"]) // q.M < 64 else math.inf
+        if int(t["source_bits"]) % q.M or not 2 <= source_k <= 65536:
+            raise ConfigError(f"transfer.source_bits={t['source_bits']}: must be a multiple of quantizer.M={q.M} "
+                              f"with 2^(bits / M) in [2, 65536] codewords per sub-space")
+        if d.get("num_database") is not None and source_k > d.num_database:
+            raise ConfigError(f"transfer.source_bits={t['source_bits']}: {source_k} codewords per sub-space, more "
+                              f"than dataset.num_database={d.num_database}")
     defense = defense_config(container(cfg.defense) if cfg.get("defense") is not None else None)
     _check_defense(defense, attack, q)
+    if isinstance(ev.get("suite"), str):
+        raise ConfigError(f"eval.suite={ev.suite!r}: expected a list of attacks, e.g. "
+                          f"eval.suite='[apd,\"apd iters=100\"]'")
     suite = list(ev.get("suite") or [])
     if suite:
         from .stages.suite import check_suite
@@ -252,9 +340,16 @@ def load_job(cfg: DictConfig) -> JobConfig:
                               "transfer.*")
         check_suite(suite)
     resolve_device(cfg.device)
-    return JobConfig(config=cfg, model=container(cfg.model), trainer=container(tr), quantizer=q, index=index,
-               attack=attack, systems=SYSTEMS[cfg.system], topk=ev.topk, ties=ev.ties, empty=ev.empty,
-               eval_batch_size=int(ev.batch_size), seed=int(cfg.seed), transfer=t, defense=defense, suite=suite)
+    job = JobConfig(config=cfg, model=container(cfg.model), trainer=container(tr), quantizer=q, index=index,
+                    attack=attack, systems=SYSTEMS[cfg.system], topk=ev.topk, ties=ev.ties, empty=ev.empty,
+                    eval_batch_size=int(ev.batch_size), seed=int(cfg.seed), transfer=t, defense=defense, suite=suite)
+    if suite:
+        from .stages.suite import members
+
+        if not members(job):  # each member's own job is checked on the way
+            raise ConfigError(f"eval.suite={suite}: no member applies to defense={defense.label()} (oblivious, eot "
+                              f"and reference=bare members attack a query transform; docs/defenses.md)")
+    return job
 
 
 def _check_defense(defense: DefenseConfig, attack: AttackConfig, q: KMeansConfig) -> None:
@@ -293,10 +388,21 @@ class ValidateSweep(Callback):
                    else [o.input_line] for o in parsed]
         for overrides in itertools.product(*choices):
             try:
-                load_job(compose_config(list(overrides)))
-            except ConfigError as exc:
-                print(f"config error: {exc} (sweep job: {' '.join(overrides)})", file=sys.stderr)
-                sys.exit(ConfigError.exit_code)
+                check_inputs(load_job(compose_config(list(overrides))))
+            except Exception as exc:  # noqa: BLE001 -- Hydra turns a callback's exception into a warning and sweeps on
+                kind = exc.kind if isinstance(exc, PQAttackError) else "config"
+                print(f"{kind} error: {str(exc).splitlines()[0]} (sweep job: {' '.join(overrides)})", file=sys.stderr)
+                sys.exit(exc.exit_code if isinstance(exc, PQAttackError) else ConfigError.exit_code)
+
+
+def check_inputs(job: JobConfig) -> None:
+    """What a job about to run reads besides its config: a saved query set (``transfer.source``) must be there.
+    Not part of ``load_job``, which also reloads the configs of finished jobs whose inputs may be gone."""
+    if job.transfer.get("source"):
+        from .cache import ArtifactCache
+        from .transfer import find_entry
+
+        find_entry(str(job.transfer["source"]), ArtifactCache(job.config.cache.dir))  # QuerySetError, naming it
 
 
 def validate(cfg: DictConfig) -> None:

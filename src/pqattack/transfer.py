@@ -71,7 +71,7 @@ class AdversarialSet:
         return cls(tensors["images"], tensors["query_index"], tensors["labels"], meta, tensors.get("targets"))
 
 
-def _find_entry(source: str, cache: ArtifactCache) -> Path:
+def find_entry(source: str, cache: ArtifactCache) -> Path:
     p = Path(source).expanduser()
     if p.is_dir():
         if (p / "meta.json").is_file():
@@ -91,7 +91,7 @@ def _find_entry(source: str, cache: ArtifactCache) -> Path:
 
 def load_adversarial_set(source: str, data: RetrievalData, cache: ArtifactCache) -> AdversarialSet:
     """Load a saved set by path or key and check that it belongs to this dataset and query split."""
-    adv = AdversarialSet.load_entry(_find_entry(str(source), cache))
+    adv = AdversarialSet.load_entry(find_entry(str(source), cache))
     src = adv.meta["source"]
     if src["dataset"] != data.name or src["fingerprint"] != data.fingerprint:
         raise QuerySetError(f"transfer.source={source}: made on dataset {src['dataset']!r} (images "

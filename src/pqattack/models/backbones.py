@@ -108,6 +108,24 @@ DEFAULT_BACKBONE_BUILDER = "pqattack.models.build_backbone"  # the `_target_` of
 ARCHITECTURES = ("alexnet", "vgg11", "vgg13", "vgg16", "resnet18", "resnet34", "resnet50", "smallcnn", "fastnet")
 
 
+RESNET_DIMS = {"resnet18": 512, "resnet34": 512, "resnet50": 2048}
+
+
+def embedding_dim(arch: str, hidden: int = 1024, width: int = 32, widths: tuple[int, ...] = (64, 256, 256)) -> int:
+    """The size of ``build_backbone(arch, ...)``'s embedding, without building it (the config checks use it)."""
+    if arch == "fastnet":
+        return int(widths[-1])
+    if arch in RESNET_DIMS:
+        return RESNET_DIMS[arch]
+    if arch in VGG_CFGS:
+        return 512
+    if arch == "alexnet":
+        return int(hidden)
+    if arch == "smallcnn":
+        return 4 * int(width)
+    raise ValueError(f"model.arch={arch!r} is not one of {', '.join(ARCHITECTURES)}")
+
+
 def build_backbone(arch: str, num_classes: int, batch_norm: bool = True, hidden: int = 1024,
                    dropout: float = 0.5, width: int = 32, widths: tuple[int, ...] = (64, 256, 256),
                    neck: str | None = None) -> Backbone:

@@ -4,29 +4,38 @@ query the worst case over them (the lowest AP any member reaches on that query),
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable
+import json
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 from omegaconf import OmegaConf
 
 from ..config import CONF_DIR, JobConfig, compose_config, container, load_job
-from ..data import RetrievalData
-from ..defense import DefenseConfig
+from ..defense.config import DefenseConfig
 from ..errors import ConfigError
 from ..labels import WORST, attack_label
-from ..metrics import QueryAP
-from ..runtime import Runtime
-from .attack import adversarial_set
-from .target import Target, score_set
+
+if TYPE_CHECKING:  # the suite's config checks (load_job) import this module without the pipeline's stages
+    from ..data import RetrievalData
+    from ..metrics import QueryAP
+    from ..runtime import Runtime
+    from .target import Target
 
 
 def parse_member(member: str) -> tuple[str, list[str]]:
     """``"apd iters=100 step_schedule=cosine"`` -> ``("apd", ["attack.iters=100", "attack.step_schedule=cosine"])``."""
+    if not str(member).split():
+        raise ConfigError(f"eval.suite member {member!r}: empty; give an attack option, then its settings (e.g. "
+                          f"'apd iters=100')")
     name, *settings = str(member).split()
     bad = [s for s in settings if "=" not in s]
     if bad:
         raise ConfigError(f"eval.suite member {member!r}: {bad[0]!r} is not key=value (an attack option, then its "
                           f"settings, e.g. 'apd iters=100')")
+    keys = [s.partition("=")[0] for s in settings]
+    twice = sorted({k for k in keys if keys.count(k) > 1})
+    if twice:
+        raise ConfigError(f"eval.suite member {member!r}: {twice[0]} is set twice")
     return name, [f"attack.{s}" for s in settings]
 
 
@@ -61,9 +70,16 @@ def check_suite(suite: list[str]) -> None:
 
     if len(set(map(str, suite))) != len(suite):
         raise ConfigError(f"eval.suite={list(suite)}: a member is listed twice")
-    for member in suite:
-        node = member_attack(str(member))
-        AttackConfig(**{k: v for k, v in node.items() if k in AttackConfig.__dataclass_fields__})
+    seen: dict[str, str] = {}
+    for member in map(str, suite):
+        node = member_attack(member)
+        try:
+            AttackConfig(**{k: v for k, v in node.items() if k in AttackConfig.__dataclass_fields__})
+        except ConfigError as exc:
+            raise ConfigError(f"eval.suite member {member!r}: {exc}") from None
+        same = seen.setdefault(json.dumps(node, sort_keys=True), member)
+        if same != member:
+            raise ConfigError(f"eval.suite members {same!r} and {member!r} are the same attack")
 
 
 def members(job: JobConfig) -> list[tuple[str, JobConfig]]:
@@ -76,7 +92,10 @@ def members(job: JobConfig) -> list[tuple[str, JobConfig]]:
         cfg = OmegaConf.create(OmegaConf.to_container(job.config, resolve=False))
         cfg.attack = member_attack(member)
         cfg.eval.suite = []
-        out.append((member, load_job(cfg)))
+        try:
+            out.append((member, load_job(cfg)))
+        except ConfigError as exc:
+            raise ConfigError(f"eval.suite member {member!r}: {exc}") from None
     return out
 
 
@@ -87,6 +106,8 @@ def member_jobs(job: JobConfig) -> list[JobConfig]:
 
 def worst_case(scores: list[QueryAP]) -> QueryAP:
     """Per query, the lowest AP over the members (under each tie convention, with that member's found-weight)."""
+    from ..metrics import QueryAP
+
     out = {}
     for ap, found in (("expected", "expected_found"), ("grouped", "grouped_found")):
         aps = np.stack([getattr(s, ap) for s in scores])
@@ -103,6 +124,8 @@ def evaluate_suite(job: JobConfig, data: RetrievalData, target: Target, base: di
     worst case over them. Each member's set is cached under the key its own job has, so a sweep that also runs
     the members alone makes each set once."""
     from ..records import score_fields
+    from .attack import adversarial_set
+    from .target import score_set
 
     rows: list[dict[str, Any]] = []
     per_system: dict[str, list[QueryAP]] = {s: [] for s in job.systems}
