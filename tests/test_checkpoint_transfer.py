@@ -112,3 +112,80 @@ def test_damaged_or_missing_parts_and_other_data_are_refused(trained: tuple[Path
     proc = cache_cli(["import", str(parts[0])], cwd, cwd / "cache-d")
     assert proc.returncode == 3 and "missing" in proc.stderr, proc.stderr
     assert not (cwd / "cache-d" / "checkpoint").exists()
+
+
+@pytest.fixture(scope="module")
+def fastnet_recipe(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, dict]:
+    """A tiny job trained with the fastnet recipe (trainer=fastnet: settings the default trainer lacks), in its own
+    cache: (cwd, cache, record)."""
+    cwd = tmp_path_factory.mktemp("export-fastnet")
+    return cwd, cwd / "cache-a", run_job([*CLEAN_ONLY, "trainer=fastnet"], cwd / "fast", cwd / "cache-a")
+
+
+def test_a_checkpoint_of_another_trainer_option_imports_and_a_job_finds_it(
+        fastnet_recipe: tuple[Path, Path, dict]) -> None:
+    """The printed overrides select the trainer option whose settings the recipe has (trainer.crop_pad_mode is
+    fastnet's only), so the import's own key check and a later job compose."""
+    cwd, cache_a, record = fastnet_recipe
+    key = record["meta"]["cache_keys"]["checkpoint"]
+    assert cache_cli(["export", "fast", "out/fast.pqc"], cwd, cache_a).returncode == 0
+    proc = cache_cli(["import", "out/fast.pqc"], cwd, cwd / "cache-b")
+    assert proc.returncode == 0, proc.stderr
+    [overrides] = overrides_printed(proc.stdout)
+    assert "trainer=fastnet" in overrides and "trainer.max_epochs=2" in overrides
+    assert not any(o.startswith("+") for o in overrides)
+    job = run_job([*overrides, "attack=none", "device=cpu", "progress=false"], cwd / "again", cwd / "cache-b")
+    assert job["meta"]["cache_keys"]["checkpoint"] == key
+    assert not any(b.startswith("checkpoint/") for b in job["meta"]["cache_builds"])
+
+
+def cache_main(args: list[str], capsys: pytest.CaptureFixture) -> tuple[int, str]:
+    """``python -m pqattack.cache <args>`` in this process: its exit code and its stderr."""
+    from pqattack.cache import main
+
+    code = main(args)
+    return code, capsys.readouterr().err
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["trainer=fastnet", "bogus=1"], "Could not override 'bogus'"),
+    (["notkeyvalue"], "override 'notkeyvalue'"),
+    (["attack.eps=abc"], "attack.eps=abc"),
+    (["dataset.num_train=abc"], "dataset"),
+    (["trainer=nope"], "trainer/nope"),
+    (["dataset._target_=no.such.Loader"], "no.such.Loader"),
+])
+def test_bad_import_overrides_are_one_line_config_errors(trained: tuple[Path, Path, dict, dict], overrides: list[str],
+                                                         message: str, capsys: pytest.CaptureFixture) -> None:
+    cwd, cache_a, _, _ = trained
+    export = cwd / "out" / "args.pqc"
+    if not export.is_file():
+        assert cache_main(["export", str(cwd / "ce"), str(export), "--cache", str(cache_a)], capsys)[0] == 0
+    cache = cwd / "cache-bad-overrides"
+    code, err = cache_main(["import", str(export), *overrides, "--cache", str(cache)], capsys)
+    assert code == 2 and err.startswith("config error: ") and message in err, err
+    assert len(err.strip().splitlines()) == 1, err
+    assert not cache.exists()
+
+
+def test_export_refuses_a_file_argument_that_is_a_folder_or_a_key_and_a_part_size_not_above_zero(
+        trained: tuple[Path, Path, dict, dict], capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One line, exit 2, before anything is read or written: the FILE left out (the last SOURCE taken for it: a key,
+    a run folder), a folder for FILE, and a part size of 0 or less."""
+    cwd, cache_a, ce, _ = trained
+    monkeypatch.chdir(cwd)  # a key taken for FILE is a relative path
+    key = ce["meta"]["cache_keys"]["checkpoint"]
+
+    def files() -> list[tuple[Path, int]]:
+        return sorted((p, p.stat().st_size) for p in cwd.rglob("*") if p.is_file())
+
+    before = files()
+    for args, message in [([str(cwd / "pqn"), key], "is named like a checkpoint key"),
+                          ([str(cwd / "ce"), str(cwd / "pqn")], "is a folder"),
+                          ([key, str(cwd)], "is a folder"),
+                          ([key, str(cwd / "x.pqc"), "--part-mb", "0"], "--part-mb 0.0: must be"),
+                          ([key, str(cwd / "x.pqc"), "--part-mb", "-1"], "--part-mb -1.0: must be")]:
+        code, err = cache_main(["export", *args, "--cache", str(cache_a)], capsys)
+        assert code == 2 and err.startswith("usage error: export: ") and message in err, err
+        assert len(err.strip().splitlines()) == 1, err
+    assert files() == before

@@ -14,7 +14,9 @@ import fcntl
 import hashlib
 import json
 import logging
+import math
 import os
+import re
 import shutil
 import uuid
 from contextlib import contextmanager
@@ -23,11 +25,12 @@ from typing import Any, Callable, Iterator
 
 import torch
 
-from .errors import CacheError, CacheMiss
+from .errors import CacheError, CacheMiss, ConfigError, UsageError
 
 log = logging.getLogger(__name__)
 
 CACHE_FORMAT = 2  # part of every key: bump it when a code change alters what an artifact contains
+KEY_PATTERN = re.compile(r"[0-9a-f]{24}")  # what spec_key returns
 TENSORS_FILE = "tensors.pt"
 META_FILE = "meta.json"
 
@@ -183,12 +186,29 @@ def _entries_of(source: str, cache: ArtifactCache) -> list[tuple[str, dict[str, 
     return found
 
 
+def check_export_arguments(path: str | Path, dtype: str = "fp16", part_mb: float | None = None) -> None:
+    """``UsageError`` for a FILE to write that is an existing folder or a name of 24 hex digits (a checkpoint key or
+    a run folder given where FILE belongs: the FILE left out), an unknown ``dtype``, or a ``part_mb`` that is not a
+    positive number."""
+    path = Path(path)
+    if path.is_dir():
+        raise UsageError(f"export: FILE {path} is a folder; the last argument is the file to write (e.g. "
+                         f"{path / 'checkpoints.pqc'}), after every SOURCE")
+    if KEY_PATTERN.fullmatch(path.name):
+        raise UsageError(f"export: FILE {path} is named like a checkpoint key (24 hex digits): the file to write "
+                         f"goes last, after every SOURCE (e.g. checkpoints.pqc)")
+    if dtype not in EXPORT_DTYPES:
+        raise UsageError(f"export: --dtype {dtype}: expected one of {', '.join(EXPORT_DTYPES)}")
+    if part_mb is not None and not (math.isfinite(part_mb) and part_mb > 0):
+        raise UsageError(f"export: --part-mb {part_mb}: must be a number of MiB > 0 (or left out: one file)")
+
+
 def export_checkpoints(sources: list[str], path: str | Path, cache: ArtifactCache, dtype: str = "fp16",
                        part_mb: float | None = None) -> list[Path]:
     """Write the checkpoints of ``sources`` to ``path`` (or ``<stem>.part<i>-of-<n><suffix>`` when they exceed
-    ``part_mb``), float tensors stored as ``dtype``; returns the files written."""
-    if dtype not in EXPORT_DTYPES:
-        raise CacheError(f"export: --dtype {dtype}: expected one of {', '.join(EXPORT_DTYPES)}")
+    ``part_mb``), float tensors stored as ``dtype``; returns the files written. The arguments are checked first
+    (``check_export_arguments``)."""
+    check_export_arguments(path, dtype, part_mb)
     store = EXPORT_DTYPES[dtype]
     entries, stored = [], []
     for key, config in [e for s in sources for e in _entries_of(s, cache)]:
@@ -308,25 +328,96 @@ def _override(key: str, value: Any) -> str:
     return f"{key}={text}"
 
 
-def job_overrides(entry: dict[str, Any], base: dict[str, Any] | None, extra: list[str] | None = None) -> list[str]:
-    """The overrides under which ``python -m pqattack`` finds this checkpoint: the config groups it was made with,
-    every setting of theirs that differs from the defaults, the training precision (part of the key) and the seed.
-    ``base`` is a PQN's cross-entropy checkpoint entry (its recipe comes first). The dataset comes from the job
-    config exported with the checkpoint, else from ``dataset=<name>`` among ``extra``."""
+def _setting(node: Any, prefix: str, key: str, value: Any) -> str:
+    """``prefix.key=value``, or ``+prefix.key=value`` where the config ``node`` lacks the key (Hydra adds it)."""
+    return _override(f"{'' if key in node else '+'}{prefix}.{key}", value)
+
+
+def _hydra_message(exc: Exception) -> str:
+    """A Hydra or OmegaConf error on one line: its own lines (without Hydra's search path and links), and its
+    cause's first line."""
+    lines = []
+    for ln in str(exc).replace(", set env var HYDRA_FULL_ERROR=1 to see chained exception.", ".").splitlines():
+        if ln.startswith("Config search path"):
+            break
+        if ln.strip() and not ln.startswith("See https://"):
+            lines.append(ln.strip())
+    cause = str(exc.__cause__).splitlines()[0] if exc.__cause__ is not None and str(exc.__cause__) else ""
+    return " ".join(lines) + (f" ({cause})" if cause and cause not in lines else "")
+
+
+def check_overrides(overrides: list[str]) -> None:
+    """``ConfigError`` for an override that is not ``key=value`` (Hydra's grammar), before anything is read."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import OverrideParseException
+
+    for o in overrides:
+        try:
+            OverridesParser.create().parse_overrides([o])
+        except OverrideParseException as exc:
+            raise ConfigError(f"import: override {o!r}: {_hydra_message(exc)} (an override is key=value, e.g. "
+                              f"dataset.root=/data)") from None
+
+
+def _compose(overrides: list[str], given: list[str] | None = None) -> Any:
+    """The job config ``python -m pqattack <overrides>`` composes; a ``ConfigError`` with Hydra's reason on one line
+    when it does not compose (an unknown key or option, a value of the wrong type), naming the overrides ``given``
+    on the command line, else those derived from the export."""
     from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
 
     from .config import CONF_DIR
 
+    try:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            return compose("config", overrides=overrides)
+    except (HydraException, OmegaConfBaseException) as exc:
+        where = (f"the overrides given: {' '.join(given)}" if given else
+                 f"the overrides of a checkpoint in the file: {' '.join(overrides)}")
+        raise ConfigError(f"import: {_hydra_message(exc)} ({where})") from None
+
+
+def _trainer_overrides(recipe: dict[str, Any], groups: list[str]) -> list[str]:
+    """The trainer option and settings under which a job's recipe is ``recipe`` (a checkpoint spec's ``trainer``):
+    the default option when it has every setting of the recipe (e.g. ``trainer.max_epochs=2``), else the option of
+    ``conf/trainer`` that has them all (e.g. ``trainer=fastnet``: the default lacks its ``crop_pad_mode``) with the
+    fewest settings changed, and that turns on nothing the recipe has off. A setting that no option has is added
+    to the default (``+trainer.<key>=``)."""
+    from .config import CONF_DIR, container
+    from .stages.keys import recipe_spec
+
+    options = ["default", *sorted(p.stem for p in (CONF_DIR / "trainer").glob("*.yaml") if p.stem != "default")]
+    best: tuple[tuple[int, int, int], list[str]] | None = None
+    for i, name in enumerate(options):
+        trainer = container(_compose([*groups, f"trainer={name}"]).trainer)
+        if i and any(k not in recipe for k in recipe_spec(trainer)):
+            continue
+        out = ([f"trainer={name}"] if i else []) + [
+            _setting(trainer, "trainer", k, v) for k, v in recipe.items() if trainer.get(k, object()) != v]
+        cost = (sum(o.startswith("+") for o in out), min(i, 1), len(out))  # additions, then the default, then size
+        if best is None or cost < best[0]:
+            best = (cost, out)
+    assert best is not None  # the default is always a candidate
+    return best[1]
+
+
+def job_overrides(entry: dict[str, Any], base: dict[str, Any] | None, extra: list[str] | None = None) -> list[str]:
+    """The overrides under which ``python -m pqattack`` finds this checkpoint: the config groups it was made with
+    (the trainer option whose recipe is nearest its own), every setting of theirs that differs from the defaults,
+    the training precision (part of the key) and the seed. ``base`` is a PQN's cross-entropy checkpoint entry (its
+    recipe comes first). The dataset comes from the job config exported with the checkpoint, else from
+    ``dataset=<name>`` among ``extra``."""
     spec = entry["meta"]["spec"]
     if "base_checkpoint" in spec:
         if base is None:
             raise CacheError(f"import: PQN checkpoint {entry['key']} without its base checkpoint in the file")
         q = spec["quantizer"]
         own = [f"quantizer={q['kind']}", f"bits={q['M'] * (q['K'].bit_length() - 1)}"]
-        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-            default = compose("config", overrides=own)
+        default = _compose(own)
         return job_overrides(base, None, extra) + own + [
-            _override(f"quantizer.{k}", v) for k, v in q.items() if k != "kind" and default.quantizer.get(k) != v]
+            _setting(default.quantizer, "quantizer", k, v) for k, v in q.items()
+            if k != "kind" and default.quantizer.get(k) != v]
     config = entry.get("config") or {}
     given = next((o.split("=", 1)[1] for o in extra or [] if o.startswith("dataset=")), None)
     dataset = config.get("dataset") or {"name": given}
@@ -334,15 +425,14 @@ def job_overrides(entry: dict[str, Any], base: dict[str, Any] | None, extra: lis
         raise CacheError(f"import: checkpoint {entry['key']} was exported without its job's config (by key): give "
                          f"dataset=<name> and the dataset settings it was trained with")
     groups = [f"dataset={dataset['name']}", f"model={spec['model']['name']}"]
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        default = compose("config", overrides=groups)
+    default = _compose(groups)
     out = list(groups)
     for k, v in dataset.items():
         if k not in ("name", "root", "download", "_target_") and default.dataset.get(k) != v:
-            out.append(_override(f"dataset.{k}", v))
+            out.append(_setting(default.dataset, "dataset", k, v))
     model = {("_target_" if k == "builder" else k): v for k, v in spec["model"].items()}  # stages.keys.model_spec
-    out += [_override(f"model.{k}", v) for k, v in model.items() if default.model.get(k) != v]
-    out += [_override(f"trainer.{k}", v) for k, v in spec["trainer"].items() if default.trainer.get(k) != v]
+    out += [_setting(default.model, "model", k, v) for k, v in model.items() if default.model.get(k) != v]
+    out += _trainer_overrides(spec["trainer"], groups)
     out.append(f"precision={spec['precision']}")
     if spec["seed"] != default.seed:
         out.append(f"seed={spec['seed']}")
@@ -352,30 +442,36 @@ def job_overrides(entry: dict[str, Any], base: dict[str, Any] | None, extra: lis
 def import_checkpoints(path: str | Path, cache_dir: str | None = None, extra: list[str] | None = None
                        ) -> list[tuple[str, list[str], bool]]:
     """Check ``path`` (every part and sha256), check that this machine's data is the data each checkpoint was
-    trained on (by recomputing its cache key from the overrides and the local data), and store the checkpoints in
-    the cache under their keys. Returns ``(key, overrides, newly stored)`` per checkpoint."""
-    from hydra import compose, initialize_config_dir
+    trained on (by recomputing its cache key from the overrides and the local data), then store the checkpoints in
+    the cache under their keys (none when one of them does not fit). Returns ``(key, overrides, newly stored)`` per
+    checkpoint."""
+    from hydra.errors import HydraException
     from hydra.utils import instantiate
 
-    from .config import CONF_DIR, load_job
+    from .config import load_job
     from .errors import DatasetError
     from .runtime import Runtime
     from .stages.data import load_data
     from .stages.keys import checkpoint_spec, pqn_spec
 
+    check_overrides(extra or [])
     manifest, tensors = read_export(path)
     entries = {e["key"]: e for e in manifest["entries"]}
-    done = []
+    checked = []
     for entry in manifest["entries"]:
         spec = entry["meta"]["spec"]
         base = entries.get(spec.get("base_checkpoint")) if "base_checkpoint" in spec else None
         overrides = job_overrides(entry, base, extra)
-        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-            cfg = compose("config", overrides=[*overrides, *(extra or []), "device=cpu"])
-        job = load_job(cfg)
+        cfg = _compose([*overrides, *(extra or []), "device=cpu"], extra)
+        try:
+            job = load_job(cfg)
+            source = instantiate(cfg.dataset)
+        except HydraException as exc:  # a dataset setting its loader does not take
+            raise ConfigError(f"import: dataset: {_hydra_message(exc)} (the overrides given: "
+                              f"{' '.join(extra or [])})") from None
         cache = ArtifactCache(cache_dir or cfg.cache.dir)
         cpu = torch.device("cpu")
-        data = load_data(cfg, instantiate(cfg.dataset), Runtime(cpu, "fp32", cache))
+        data = load_data(cfg, source, Runtime(cpu, "fp32", cache))
         base_spec = checkpoint_spec(job, data, spec["precision"], cpu)
         local = base_spec if base is None else pqn_spec(job, spec_key("checkpoint", base_spec), spec["precision"], cpu)
         if spec_key("checkpoint", local) != entry["key"]:
@@ -390,6 +486,9 @@ def import_checkpoints(path: str | Path, cache_dir: str | None = None, extra: li
                              + "; ".join(differ or ["the PQN settings differ"])
                              + f" (dataset.root={cfg.dataset.get('root')}); point dataset.root at the same copy of the "
                              f"data")
+        checked.append((entry, overrides, cache))
+    done = []
+    for entry, overrides, cache in checked:
         meta = {**entry["meta"], "imported": {"file": str(path), "stored_dtype": manifest["dtype"]}}
         fresh = not (cache.entry("checkpoint", entry["key"]) / META_FILE).is_file()
         if fresh:
@@ -405,14 +504,18 @@ def main(argv: list[str] | None = None) -> int:
 
     p = argparse.ArgumentParser(prog="python -m pqattack.cache", description=main.__doc__)
     sub = p.add_subparsers(dest="command", required=True)
-    ex = sub.add_parser("export", help="write checkpoints (keys, run or sweep folders) to a file")
+    ex = sub.add_parser("export", help="write checkpoints (keys, run or sweep folders) to a file",
+                        description="Write the checkpoints of each SOURCE (a checkpoint key, a run folder or a sweep "
+                        "folder) to FILE, the last argument. FILE may not be an existing folder, nor named like a "
+                        "checkpoint key (24 hex digits): either means the FILE was left out.")
     ex.add_argument("paths", nargs="+", metavar="SOURCE... FILE")
     ex.add_argument("--dtype", default="fp16", choices=sorted(EXPORT_DTYPES), help="storage of float tensors")
-    ex.add_argument("--part-mb", type=float, default=None, help="split into parts of at most this many MiB")
+    ex.add_argument("--part-mb", type=float, default=None, help="split into parts of at most this many MiB (> 0)")
     ex.add_argument("--cache", default=None, help="cache folder (default $PQATTACK_CACHE or .cache/pqattack)")
     im = sub.add_parser("import", help="check a file and put its checkpoints into this machine's cache")
     im.add_argument("file")
-    im.add_argument("overrides", nargs="*", help="config overrides for this machine, e.g. dataset.root=/data")
+    im.add_argument("overrides", nargs="*", help="config overrides (key=value) for this machine, e.g. "
+                    "dataset.root=/data")
     im.add_argument("--cache", default=None, help="cache folder (default: cache.dir of the config)")
     a = p.parse_args(argv)
     from .errors import PQAttackError
@@ -429,7 +532,7 @@ def main(argv: list[str] | None = None) -> int:
             state = "imported" if fresh else "already in the cache:"
             print(f"{state} checkpoint {key}; a job finds it with: python -m pqattack {' '.join(overrides)}")
         return 0
-    except PQAttackError as exc:  # exit 2 for bad input (the data, a config), 3 for a damaged or missing file
+    except PQAttackError as exc:  # exit 2: bad input (an argument, the data, a config); 3: a damaged or missing file
         print(f"{exc.kind} error: {exc}", file=sys.stderr)
         return exc.exit_code
 

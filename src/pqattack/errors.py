@@ -1,6 +1,6 @@
 """The framework's errors. Each says what is wrong and what to do; the command line prints its message on one
-line and exits with its ``exit_code``: 2 for bad input (config, data, a saved query set), 3 for a broken artifact
-or diverged numbers."""
+line and exits with its ``exit_code``: 2 for bad input (config, data, a saved query set, a command's argument), 3 for
+a broken artifact or diverged numbers."""
 
 from __future__ import annotations
 
@@ -31,6 +31,14 @@ class QuerySetError(PQAttackError, ValueError):
 
     exit_code = 2
     kind = "transfer"
+
+
+class UsageError(PQAttackError, ValueError):
+    """A command's argument that is not allowed (a folder where a file is to be written, a number out of range, a
+    folder that holds no job's records); the message names the argument and what is allowed."""
+
+    exit_code = 2
+    kind = "usage"
 
 
 class CacheError(PQAttackError, RuntimeError):
