@@ -110,6 +110,12 @@ def test_bad_values_name_the_key(overrides: list[str], key: str) -> None:
     (["attack=aod", "transfer.source_bits=68"], "transfer.source_bits=68: must be a multiple of quantizer.M=4 with"),
     (["attack=aod", "transfer.source_bits=40", "dataset.num_database=500"],
      "transfer.source_bits=40: 1024 codewords per sub-space, more than dataset.num_database=500"),
+    (["quantizer=pqn", "quantizer.margin=-1"], "quantizer.margin=-1.0: must be >= 0"),
+    (["dataset=synthetic", "dataset.noise=-1"], "dataset.noise=-1: must be >= 0"),
+    (["attack=none", "transfer.source_model=resnet18"], "transfer.* with attack=none"),
+    (["dataset.num_train=1000", "defense=adv", "defense.num_train=2000"],
+     "defense.num_train=2000: more than the 1000 training images"),
+    (["defense=adv", "defense.num_train=100000"], "defense.num_train=100000: more than the 50000 training images"),
     # a robust evaluation's members, each checked as its own job
     (["attack=none", 'eval.suite=["center_targeted target_class=20"]'],
      "eval.suite member 'center_targeted target_class=20': attack.target_class=20: dataset=cifar10 has 10 classes"),

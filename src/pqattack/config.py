@@ -123,6 +123,7 @@ JOB_VALUES = [("seed", int, None), ("bits", int, AT_LEAST_1), ("progress", bool,
               ("dataset.num_database", int, AT_LEAST_1), ("dataset.num_train", int, AT_LEAST_1),
               ("dataset.num_test", int, AT_LEAST_1), ("dataset.image_size", int, AT_LEAST_1),
               ("dataset.split_seed", int, None), ("dataset.download", bool, None), ("dataset.resize", bool, None),
+              ("dataset.noise", float, NON_NEGATIVE), ("dataset.hue_jitter", float, NON_NEGATIVE),
               ("eval.topk", int, AT_LEAST_1), ("eval.batch_size", int, AT_LEAST_1),
               ("transfer.source_bits", int, AT_LEAST_1), ("model.width", int, AT_LEAST_1),
               ("model.hidden", int, AT_LEAST_1), ("model.dropout", float, FRACTION)]
@@ -326,7 +327,15 @@ def _load_job(cfg: DictConfig) -> JobConfig:
         if d.get("num_database") is not None and source_k > d.num_database:
             raise ConfigError(f"transfer.source_bits={t['source_bits']}: {source_k} codewords per sub-space, more "
                               f"than dataset.num_database={d.num_database}")
+    if attack.name == "none" and not list(ev.get("suite") or []) and (models or t.get("source")
+                                                                       or t.get("source_bits") is not None):
+        raise ConfigError("transfer.* with attack=none: a transfer job attacks its queries on another model or code "
+                          "length; choose an attack (or leave transfer.* unset)")
     defense = defense_config(container(cfg.defense) if cfg.get("defense") is not None else None)
+    available = d.get("num_train") or train_size
+    if getattr(defense, "num_train", None) is not None and available is not None and defense.num_train > available:
+        raise ConfigError(f"defense.num_train={defense.num_train}: more than the {available} training images "
+                          f"(dataset.num_train, or all of dataset={d.name}'s); null: all of them")
     _check_defense(defense, attack, q)
     if isinstance(ev.get("suite"), str):
         raise ConfigError(f"eval.suite={ev.suite!r}: expected a list of attacks, e.g. "

@@ -54,6 +54,8 @@ class PQNConfig(KMeansConfig):
         super().__post_init__()
         if self.alpha <= 0:
             raise ConfigError(f"quantizer.alpha={self.alpha}: must be > 0")
+        if self.margin < 0:
+            raise ConfigError(f"quantizer.margin={self.margin}: must be >= 0 (the triplet loss's margin)")
         if self.loss not in PQN_LOSSES:
             raise ConfigError(f"quantizer.loss={self.loss!r}: expected one of {', '.join(PQN_LOSSES)}")
         if self.epochs < 1 or self.lr <= 0:
