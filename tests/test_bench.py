@@ -94,6 +94,46 @@ def test_bench_markdown_renders_every_figure(bench_run: tuple[dict, str], tmp_pa
         assert f"| {name} |" in text
 
 
+def bench_main(args: list[str], capsys: pytest.CaptureFixture) -> tuple[int, str]:
+    """``python -m pqattack.bench <args>`` in this process: its exit code and its stderr."""
+    from pqattack.bench.cli import main
+
+    code = main(args)
+    return code, capsys.readouterr().err
+
+
+def test_bad_arguments_stop_the_bench_before_any_figure_runs(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """One line, exit 2, and no records written: a --table1-run folder without a table1 run's status (read only after
+    every figure before), --update without --markdown (it started the whole benchmark), an --out folder. Each would
+    run a cheap figure if it got that far."""
+    out = tmp_path / "x.json"
+    quick = ["--quick", "--figures", "retrieval_9k_adc", "--out", str(out)]
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "status.json").write_text(json.dumps({"commands": [{"name": "other"}]}))
+    for args, message in [(["--table1-run", str(tmp_path / "missing")], "--table1-run"),
+                          (["--table1-run", str(tmp_path / "run")], "records no sweep command"),
+                          (["--update", str(tmp_path / "doc.md")], "only with --markdown"),
+                          (["--figures", "nope"], "unknown figure(s) nope")]:
+        code, err = bench_main([*quick, *args], capsys)
+        assert code == 2 and err.startswith("usage error: ") and message in err, err
+        assert len(err.strip().splitlines()) == 1, err
+    code, err = bench_main(["--quick", "--figures", "retrieval_9k_adc", "--out", str(tmp_path)], capsys)
+    assert code == 2 and "--out" in err and "a folder" in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+
+
+def test_markdown_of_a_file_that_is_no_benchmark_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    (tmp_path / "broken.json").write_text('{"device": ')
+    (tmp_path / "other.json").write_text('{"device": "cpu", "records": [{"figure": "demo"}]}')
+    doc = tmp_path / "doc.md"
+    for name, message in [("missing.json", "cannot read it"), ("broken.json", "not JSON"),
+                          ("other.json", "not a benchmark's records (no machine, date, command)")]:
+        code, err = bench_main(["--markdown", str(tmp_path / name), "--update", str(doc)], capsys)
+        assert code == 2 and err.startswith(f"usage error: --markdown {tmp_path / name}: {message}"), err
+        assert len(err.strip().splitlines()) == 1, err
+    assert not doc.exists()
+
+
 # --------------------------------------------------------------------------------------------- fast path, ties
 def _tied_index(M: int, K: int, seed: int) -> tuple[PQIndex, torch.Tensor, torch.Tensor]:  # noqa: N803
     """Small integer codebooks and features: every float32 distance is exact and many are equal."""

@@ -280,3 +280,14 @@ def test_on_the_gpu_the_gpu_tests_must_run_not_skip(tmp_path: Path, body: str, e
     subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(tmp_path / "test_probe.py"),
                     f"--junitxml={run.stages_dir / 'smoke' / 'gpu-tests.xml'}"], cwd=tmp_path, capture_output=True)
     assert run.check_gpu_tests() == expected
+
+
+def test_the_bench_stage_reads_table1_records_only_where_that_stage_left_them(tmp_path: Path) -> None:
+    """The bench checks --table1-run before any figure runs and refuses a folder without a table1 status, so a run
+    whose table1 stage did not run (--stages bench) measures its figures without it."""
+    run = Run(parse_args(["--work", str(tmp_path / "work"), "--out", str(tmp_path / "out"), "--tiny"]))
+    assert "--table1-run" not in run.stage("bench").commands[0].argv
+    (run.stages_dir / "table1").mkdir(parents=True)
+    (run.stages_dir / "table1" / "status.json").write_text(json.dumps({"commands": [{"name": "sweep"}]}))
+    argv = run.stage("bench").commands[0].argv
+    assert argv[argv.index("--table1-run") + 1] == str(run.stages_dir / "table1")

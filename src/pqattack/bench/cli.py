@@ -16,11 +16,12 @@ from typing import Any, Callable
 
 import torch
 
+from ..errors import UsageError
 from ..runtime import versions
 from .attack import figure_attack, figure_attack_losses
 from .jobs import figure_demo, figure_sweep_memory, figure_table1
-from .recipe import derive_recipe, figure_train_compile, figures_from_table1
-from .records import TARGETS, device_label, line, markdown, target_of, update_document
+from .recipe import derive_recipe, figure_train_compile, figures_from_table1, table1_status
+from .records import TARGETS, device_label, line, markdown, read_document, target_of, update_document
 from .retrieval import figure_retrieval_1m, figure_retrieval_9k
 from .training import figure_train, figure_train_recipe
 from .workloads import REPO, SIZES
@@ -55,17 +56,28 @@ def bench_command(device: str, figures: list[str], quick: bool) -> str:
 
 
 
-def parent(args: argparse.Namespace) -> int:
-    device = args.device
+def check_run(args: argparse.Namespace) -> tuple[list[str], Path]:
+    """The figures to run and the file to write; a ``UsageError`` for any argument that would stop the run late."""
     figures = args.figures.split(",") if args.figures else DEFAULT_FIGURES
     unknown = [f for f in figures if f not in FIGURES]
     if unknown:
-        print(f"unknown figure(s) {unknown}; choose from {', '.join(FIGURES)}", file=sys.stderr)
-        return 2
-    if device == "cuda" and not torch.cuda.is_available():
-        print("--device cuda: CUDA is not available here", file=sys.stderr)
-        return 2
-    out = Path(args.out or REPO / "outputs" / "bench" / f"{device}.json")
+        raise UsageError(f"--figures: unknown figure(s) {', '.join(unknown)}; choose from {', '.join(FIGURES)}")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda: CUDA is not available here")
+    if args.update:
+        raise UsageError(f"--update {args.update}: only with --markdown JSON (it writes that file's records into "
+                         f"{args.update}); a run writes --out, then --markdown <out> --update {args.update}")
+    out = Path(args.out or REPO / "outputs" / "bench" / f"{args.device}.json")
+    if out.is_dir():
+        raise UsageError(f"--out {out}: a folder; give the JSON file to write (e.g. {out / (args.device + '.json')})")
+    if args.table1_run:
+        table1_status(Path(args.table1_run))
+    return figures, out
+
+
+def parent(args: argparse.Namespace) -> int:
+    device = args.device
+    figures, out = check_run(args)
     out.parent.mkdir(parents=True, exist_ok=True)
     dev = torch.device(device)
     doc = {"device": device, "machine": device_label(dev), "date": _dt.datetime.now().astimezone().isoformat(
@@ -137,19 +149,26 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--table1-run", metavar="DIR", help="also record the recipe's training times and Table 1's wall "
                    "time from a table1 run's records (tools/gpu-run's stage folder) instead of running them again")
     p.add_argument("--markdown", metavar="JSON", help="render a JSON file's records as markdown and exit")
-    p.add_argument("--update", metavar="DOC", help="with --markdown: write the section into DOC between its markers")
+    p.add_argument("--update", metavar="DOC", help="only with --markdown: write the section into DOC between its "
+                   "markers instead of printing it")
     p.add_argument("--figure", help=argparse.SUPPRESS)
     p.add_argument("--result-file", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    if args.markdown:
-        doc = json.loads(Path(args.markdown).read_text())
-        if args.update:
-            update_document(Path(args.update), doc)
-        else:
-            sys.stdout.write(markdown(doc))
-        return 0
-    if args.figure:
-        child(args.figure, torch.device(args.device), args.quick, Path(args.result_file))
-        return 0
-    return parent(args)
+    try:
+        if args.markdown:
+            doc = read_document(Path(args.markdown))
+            if args.update and Path(args.update).is_dir():
+                raise UsageError(f"--update {args.update}: a folder; give the markdown document to write into")
+            if args.update:
+                update_document(Path(args.update), doc)
+            else:
+                sys.stdout.write(markdown(doc))
+            return 0
+        if args.figure:
+            child(args.figure, torch.device(args.device), args.quick, Path(args.result_file))
+            return 0
+        return parent(args)
+    except UsageError as exc:  # before any figure runs
+        print(f"{exc.kind} error: {exc}", file=sys.stderr)
+        return exc.exit_code
 

@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 
+from ..errors import UsageError
 from .jobs import stage_seconds
 from .measure import Measured, measure
 from .records import record
@@ -69,13 +70,30 @@ def figure_train_compile(device: torch.device, sz: dict[str, Any]) -> list[dict[
     return [record("train_compile", fast, eager, "images/s", peaks[True], peaks[False], notes)]
 
 
+def table1_status(run: Path) -> dict[str, Any]:
+    """``status.json`` of a run of ``experiment=table1`` (tools/gpu-run's table1 stage folder); a ``UsageError``
+    naming ``--table1-run`` when ``run`` is not such a folder (checked before any figure runs)."""
+    path = run / "status.json"
+    what = "a table1 stage folder of tools/gpu-run holds status.json and sweep/"
+    try:
+        status = json.loads(path.read_text())
+    except OSError as exc:
+        raise UsageError(f"--table1-run {run}: cannot read {path} ({exc.strerror}); {what}") from None
+    except json.JSONDecodeError as exc:
+        raise UsageError(f"--table1-run {run}: {path} is not JSON ({exc})") from None
+    commands = status.get("commands") if isinstance(status, dict) else None
+    if not isinstance(commands, list) or not any(isinstance(c, dict) and c.get("name") == "sweep" for c in commands):
+        raise UsageError(f"--table1-run {run}: {path} records no sweep command; {what}")
+    return status
+
+
 def figures_from_table1(run: Path, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The recipe's training times and Table 1's end-to-end time, read from a run of ``experiment=table1``
     (tools/gpu-run's table1 stage folder: ``status.json`` with the command's wall time and whether the cache was
     fresh, and the sweep's job records) instead of training the same backbones again. The baselines are projected
     from this run's ``train_<arch>`` baseline throughput."""
-    status = json.loads((run / "status.json").read_text())
-    sweep = next(c for c in status["commands"] if c["name"] == "sweep")
+    status = table1_status(run)
+    sweep = next(c for c in status["commands"] if c.get("name") == "sweep")
     jobs = [json.loads(p.read_text()) for p in sorted((run / "sweep").glob("*/results.json"))]
     out = []
     for arch, figure in (("resnet18", "train_recipe"), ("vgg16", "train_recipe_vgg16")):

@@ -9,6 +9,7 @@ from typing import Any, Callable
 
 import torch
 
+from ..errors import UsageError
 from .measure import Measured
 from .workloads import CIFAR_TRAIN_IMAGES, RECIPE_EPOCHS
 
@@ -86,6 +87,31 @@ def line(rec: dict[str, Any]) -> str:
         peak += f" (GPU {fmt(rec['fast_gpu_peak_mb'], 'MB')})"
     extra = f" | {rec['notes'].get('reason')}" if rec["fast_value"] is None and rec["notes"].get("reason") else ""
     return f"{rec['figure']}: fast {fmt(rec['fast_value'], u)} | baseline {base} | ratio {ratio} | peak {peak}{extra}"
+
+
+DOCUMENT_KEYS = ("device", "machine", "date", "command", "versions", "records")  # what markdown() reads
+RECORD_KEYS = ("figure", "fast_value", "baseline_value", "unit", "ratio", "fast_peak_mb", "baseline_peak_mb", "target",
+               "meets_target", "command", "notes")
+
+
+def read_document(path: Path) -> dict[str, Any]:
+    """A benchmark's JSON file (``--out``) for ``--markdown``; a ``UsageError`` naming it when it is missing, not
+    JSON, or not a benchmark's records."""
+    try:
+        doc = json.loads(path.read_text())
+    except OSError as exc:
+        raise UsageError(f"--markdown {path}: cannot read it ({exc.strerror}); give a benchmark's JSON file "
+                         f"(--out, e.g. outputs/bench/cpu.json)") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UsageError(f"--markdown {path}: not JSON ({exc})") from None
+    records = doc.get("records") if isinstance(doc, dict) else None
+    missing = ["records (a list)"] if not isinstance(records, list) else [k for k in DOCUMENT_KEYS if k not in doc]
+    missing += [f"{k} in record {i}" for i, r in enumerate(records or []) for k in RECORD_KEYS
+                if not isinstance(r, dict) or k not in r]
+    if missing:
+        raise UsageError(f"--markdown {path}: not a benchmark's records (no {', '.join(missing[:3])}); give the JSON "
+                         f"file a run wrote (--out, e.g. outputs/bench/cpu.json)")
+    return doc
 
 
 def markdown(doc: dict[str, Any]) -> str:

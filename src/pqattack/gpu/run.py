@@ -196,10 +196,13 @@ class Run:
                 f"model={m.transfer_models}", f"bits={m.bits}", f"transfer.source_bits={m.bits}"], plan.jobs, plan)])
         if name == "bench":
             # ResNet18's throughputs (the speed targets' backbone); the recipe's training times and Table 1's wall
-            # time come from the table1 stage's records (--table1-run) instead of training the backbones again
+            # time come from the table1 stage's records (--table1-run, which the bench checks before it starts:
+            # only where that stage left its status) instead of training the backbones again
             figures = ["train_resnet18", "attack_resnet18"]
+            table1 = self.stages_dir / "table1"
             argv = ["-m", "pqattack.bench", "--device", m.device, "--figures", ",".join(figures),
-                    "--out", str(self.stages_dir / name / "bench.json"), "--table1-run", str(self.stages_dir / "table1"),
+                    "--out", str(self.stages_dir / name / "bench.json"),
+                    *(["--table1-run", str(table1)] if (table1 / "status.json").is_file() else []),
                     *(["--quick"] if m.tiny else [])]
             return Stage(name, [Command("bench", argv, 0, Plan(fixed_s=self.bench_seconds(figures)))])
         if name == "table4":
