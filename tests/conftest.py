@@ -58,6 +58,32 @@ def compose_config(overrides: list[str]):  # noqa: ANN201
     return cfg
 
 
+def write_records(folder: Path, jobs: dict[str, list[str]]) -> list[Path]:
+    """A sweep folder written by hand: per job, ``<folder>/<name>/results.json`` with the config ``python -m pqattack
+    <overrides>`` composes and no rows, and the sweep's collected ``results.json`` naming them; the job folders.
+    Nothing is trained or loaded (for what tools do with a folder before they read a job's artifacts)."""
+    from omegaconf import OmegaConf
+
+    folders = []
+    for name, overrides in jobs.items():
+        (folder / name).mkdir(parents=True)
+        config = OmegaConf.to_container(compose_config(overrides), resolve=True)
+        (folder / name / "results.json").write_text(json.dumps({"meta": {"config": config}, "rows": []}))
+        folders.append(folder / name)
+    (folder / "results.json").write_text(json.dumps(
+        {"meta": {"sweep_dir": str(folder), "jobs": [{"job_dir": str(f)} for f in folders]}, "rows": []}))
+    return folders
+
+
+def refused(main, args: list[str], capsys: pytest.CaptureFixture) -> tuple[int, str]:  # noqa: ANN001
+    """A tool's ``main(args)`` that stops: its exit code and its one line on stderr (checked: no traceback)."""
+    with pytest.raises(SystemExit) as stop:
+        main(args)
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    return stop.value.code, err
+
+
 def run_job(overrides: list[str], out: Path, cache: Path) -> dict:
     """The job ``python -m pqattack <overrides>`` runs, in this process: composed with ``hydra.compose``, validated,
     run by ``pipeline.run`` into ``out`` with the artifact cache ``cache`` and the config's loggers (finished

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,7 @@ import pytest
 from pqattack.labels import WORST, attack_label
 from pqattack.metrics import QueryAP, paired_difference
 
-from .conftest import REPO, TINY, run_job
+from .conftest import REPO, TINY, refused, run_job, write_records
 
 spec = importlib.util.spec_from_file_location("compare_attacks", REPO / "tools" / "compare_attacks.py")
 compare_attacks = importlib.util.module_from_spec(spec)
@@ -99,8 +100,8 @@ def test_the_tool_on_a_suite_job_and_on_two_jobs_of_one_target(tmp_path: Path, s
     assert text.count("| SDC | apd (iters=2) |") == 2 and "| ADC | basic (reference) |" in text
     with monkeypatch.context() as m:  # a reference that is no attack of the jobs stops before any set is scored
         m.setattr(compare_attacks, "score_set", lambda *a, **k: pytest.fail("scored before checking --reference"))
-        with pytest.raises(SystemExit, match="'aod' is none of these jobs' attacks"):
-            compare_attacks.main([str(tmp_path / "suite"), "--reference", "aod"])
+        code, err = refused(compare_attacks.main, [str(tmp_path / "suite"), "--reference", "aod"], capsys)
+        assert code == 2 and "usage error: --reference 'aod' is none of these jobs' attacks" in err, err
     # two single-attack jobs on the suite's target: each job's own numbers
     single = {}
     for attack in ("basic", "apd"):
@@ -112,10 +113,10 @@ def test_the_tool_on_a_suite_job_and_on_two_jobs_of_one_target(tmp_path: Path, s
     assert all(r["map"] == pytest.approx(single[(r["system"], r["attack"])], abs=1e-3) for r in records)
     assert all(r.get("reference", "basic") == "basic" for r in records)
     run_job([*TINY, "attack=apd", "bits=24"], tmp_path / "other", shared_cache)
-    with pytest.raises(SystemExit, match="another target"):
-        compare_attacks.main([str(tmp_path / "apd"), str(tmp_path / "other")])
-    with pytest.raises(SystemExit, match="no such file"):
-        compare_attacks.main([str(tmp_path)])
+    code, err = refused(compare_attacks.main, [str(tmp_path / "apd"), str(tmp_path / "other")], capsys)
+    assert code == 2 and "another target" in err, err
+    code, err = refused(compare_attacks.main, [str(tmp_path)], capsys)
+    assert code == 2 and "results.json: no such file" in err, err
 
 
 def test_the_tool_stops_on_what_the_cache_lacks_and_builds_it_only_when_told(
@@ -135,14 +136,32 @@ def test_the_tool_stops_on_what_the_cache_lacks_and_builds_it_only_when_told(
 
     shutil.rmtree(cache / "adversarial_queries")
     before = entries()
-    with pytest.raises(SystemExit, match=r"basic: adversarial_queries \w+ is not in the cache .*--build"):
-        compare_attacks.main([*jobs, "--draws", "10"])
+    code, err = refused(compare_attacks.main, [*jobs, "--draws", "10"], capsys)
+    assert code == 3 and re.search(r"basic: adversarial_queries \w+ is not in the cache .*--build", err), err
     assert entries() == before
     compare_attacks.main([*jobs, "--draws", "10", "--build", "--json"])
     assert {r["attack"] for r in json.loads(capsys.readouterr().out)} == {"basic", "apd"}
     assert len([p for p in (cache / "adversarial_queries").iterdir() if p.is_dir()]) == 2
     shutil.rmtree(cache / "checkpoint")
     before = entries()
-    with pytest.raises(SystemExit, match=r"basic: checkpoint \w+ is not in the cache"):
-        compare_attacks.main([*jobs, "--draws", "10"])
+    code, err = refused(compare_attacks.main, [*jobs, "--draws", "10"], capsys)
+    assert code == 3 and re.search(r"basic: checkpoint \w+ is not in the cache", err), err
     assert entries() == before
+
+
+def test_bad_input_is_one_line_and_exit_code_2_before_anything_is_loaded(tmp_path: Path,
+                                                                        capsys: pytest.CaptureFixture) -> None:
+    """A missing folder, a sweep's folder (its jobs named), a folder without records, --draws 0, jobs of two datasets:
+    records written by hand, so nothing is trained or loaded (each refusal comes before the cache is opened)."""
+    base = [*TINY, f"cache.dir={tmp_path / 'no-cache'}"]
+    a, b = write_records(tmp_path / "sweep", {"0_basic": [*base, "attack=basic"],
+                                              "1_apd": [*base, "attack=apd", "dataset.num_queries=50"]})
+    (tmp_path / "empty").mkdir()
+    for args, message in [([str(tmp_path / "missing")], "missing: no such folder"),
+                          ([str(tmp_path / "sweep")], "a sweep's folder; give one of its jobs' folders: 0_basic, 1_apd"),
+                          ([str(tmp_path / "empty")], "results.json: no such file"),
+                          ([str(a), str(b), "--draws", "0"], "--draws 0: at least 1"),
+                          ([str(a), str(b)], "another dataset config")]:
+        code, err = refused(compare_attacks.main, args, capsys)
+        assert code == 2 and err.startswith("usage error: ") and message in err, err
+    assert not (tmp_path / "no-cache").exists()

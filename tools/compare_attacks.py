@@ -11,7 +11,9 @@ queries whose AP the attack lowers and raises against the reference.
 (``apd oblivious=true``); without it, the first attack. Repeat it to compare every attack with each of several.
 An interval that holds 0 says the two attacks' mAPs are not told apart by these queries. The jobs' checkpoints,
 codebooks and query sets must be in the cache (the tool stops, naming the job, when one is not: the jobs ran on
-another machine or cache); ``--build`` makes them again instead, which trains and attacks as the jobs did.
+another machine or cache; exit code 3); ``--build`` makes them again instead, which trains and attacks as the jobs
+did. Bad input (a folder that is no job's, jobs of other targets or datasets, an unknown ``--reference``) stops it
+with one line and exit code 2, before anything is scored.
 """
 
 from __future__ import annotations
@@ -26,11 +28,11 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from pqattack.cache import ArtifactCache
-from pqattack.config import JobConfig, load_job
-from pqattack.errors import CacheMiss
+from pqattack.config import JobConfig
+from pqattack.errors import CacheMiss, UsageError, run_command
 from pqattack.data import RetrievalData
 from pqattack.metrics import QueryAP, paired_difference
-from pqattack.records import describe, recipe_fields, set_label
+from pqattack.records import describe, job_of, recipe_fields, set_label
 from pqattack.runtime import Runtime, resolve_device, resolve_precision
 from pqattack.stages.attack import adversarial_set
 from pqattack.transfer import AdversarialSet
@@ -39,14 +41,6 @@ from pqattack.stages.target import Target, build_target, score_set
 
 
 JOB_MADE = ("checkpoint", "codebooks", "adversarial_queries")  # what the tool reads and, without --build, never makes
-
-
-def job_of(job_dir: Path) -> tuple[JobConfig, Any]:
-    results = job_dir / "results.json"
-    if not results.is_file():
-        raise SystemExit(f"error: {results}: no such file (a job's output folder holds its results.json)")
-    cfg = OmegaConf.create(json.loads(results.read_text())["meta"]["config"])
-    return load_job(cfg), cfg
 
 
 def attack_sets(job: JobConfig, data: RetrievalData, target: Target, rt: Runtime, label: str
@@ -70,7 +64,7 @@ def reference_label(reference: str | None, labels: list[str], aliases: dict[str,
         return reference
     if reference in aliases:
         return aliases[reference]
-    raise SystemExit(f"error: --reference {reference!r} is none of these jobs' attacks: {'; '.join(labels)}"
+    raise UsageError(f"--reference {reference!r} is none of these jobs' attacks: {'; '.join(labels)}"
                      + (f" (suite members: {'; '.join(aliases)})" if aliases else ""))
 
 
@@ -114,6 +108,11 @@ def markdown(records: list[dict[str, Any]], queries: int) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
+    """The command: a ``PQAttackError`` (bad input: exit code 2; a missing cache entry: 3) is one line on stderr."""
+    run_command(run, argv)
+
+
+def run(argv: list[str] | None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("job_dirs", type=Path, nargs="+", help="job output folders (each holds its results.json) of one "
                                                            "target: a suite job, or jobs of one attack each")
@@ -126,9 +125,13 @@ def main(argv: list[str] | None = None) -> None:
                                                         "sets) instead of stopping: trains and attacks again")
     a = p.parse_args(argv)
     if a.draws < 1:
-        raise SystemExit(f"error: --draws {a.draws}: at least 1")
+        raise UsageError(f"--draws {a.draws}: at least 1")
     jobs = [job_of(d) for d in a.job_dirs]
     _, cfg = jobs[0]
+    for (_, jcfg), d in zip(jobs, a.job_dirs):
+        if OmegaConf.to_container(jcfg.dataset) != OmegaConf.to_container(cfg.dataset):
+            raise UsageError(f"{d}: another dataset config than {a.job_dirs[0]}'s; the attacks must score the "
+                             f"same queries")
     device = resolve_device(cfg.device)
     cache = ArtifactCache(cfg.cache.dir, load_only=() if a.build else JOB_MADE)
     rt = Runtime(device, resolve_precision(cfg.precision, device), cache, progress=False)
@@ -138,15 +141,12 @@ def main(argv: list[str] | None = None) -> None:
     sets: dict[str, tuple[JobConfig, AdversarialSet, Target]] = {}
     aliases: dict[str, str] = {}
     target_id = None
-    for (job, jcfg), d in zip(jobs, a.job_dirs):
-        if OmegaConf.to_container(jcfg.dataset) != OmegaConf.to_container(cfg.dataset):
-            raise SystemExit(f"error: {d}: another dataset config than {a.job_dirs[0]}'s; the attacks must score "
-                             f"the same queries")
+    for (job, _), d in zip(jobs, a.job_dirs):
         try:
             target = build_target(job, data, rt, [])
             this = (target.checkpoint_key, target.codebooks_key, job.defense.label(), tuple(job.systems))
             if target_id is not None and this != target_id:
-                raise SystemExit(f"error: {d}: another target (checkpoint, codebooks, defense or systems) than "
+                raise UsageError(f"{d}: another target (checkpoint, codebooks, defense or systems) than "
                                  f"{a.job_dirs[0]}'s; a paired comparison needs one target")
             target_id = this
             for lbl, member, mjob, adv in attack_sets(job, data, target, rt, label):
@@ -154,12 +154,12 @@ def main(argv: list[str] | None = None) -> None:
                 if member is not None:
                     aliases[member] = lbl
         except CacheMiss as exc:
-            raise SystemExit(f"error: {d}: {exc} (the job ran on another machine or cache; --build makes it "
-                             f"again, training and attacking as the job did)") from None
+            raise CacheMiss(f"{d}: {exc} (the job ran on another machine or cache; --build makes it again, "
+                            f"training and attacking as the job did)") from None
     if rt.cache.builds:
         print(f"note: built {', '.join(rt.cache.builds)} (not in the cache)", file=sys.stderr)
     if len(sets) < 2:
-        raise SystemExit(f"error: {len(sets)} attack(s) in these jobs ({'; '.join(sets) or 'none'}); a comparison "
+        raise UsageError(f"{len(sets)} attack(s) in these jobs ({'; '.join(sets) or 'none'}); a comparison "
                          f"needs two")
     references = [reference_label(r, list(sets), aliases) for r in a.reference or [None]]  # before any scoring
     aps = {lbl: {s: v["aps"] for s, v in score_set(t, adv.images, adv.key, data, mjob, rt).scores.items()}

@@ -14,28 +14,34 @@ When ``float`` sits well below ``predicted_class``, the embedding clusters worse
 the feature limits the mAP, not the accuracy.
 
     python tools/feature_ceiling.py outputs/table1_fast_cpu/<date>/0_fastnet_4x16_basic
+
+The job's checkpoint and codebooks must be in its cache (the tool stops, naming the job, when one is not: the job
+ran on another machine or cache; exit code 3); ``--build`` makes them instead, which trains as the job did. Bad
+input (a folder that is no job's, e.g. a sweep's folder) is one line and exit code 2.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
 import torch
 from hydra.utils import instantiate
-from omegaconf import OmegaConf
 from torch.nn.functional import normalize
 
 from pqattack.cache import ArtifactCache
-from pqattack.config import load_job
 from pqattack.data import RetrievalData
+from pqattack.errors import CacheMiss, UsageError, run_command
 from pqattack.metrics.average_precision import average_precision_unranked
+from pqattack.records import job_of
 from pqattack.runtime import Runtime, resolve_device, resolve_precision
 from pqattack.stages.features import embed
 from pqattack.stages.target import Target, build_target
 
+JOB_MADE = ("checkpoint", "codebooks", "adversarial_queries")  # what the tool reads and, without --build, never makes
 
 def _map(dist: torch.Tensor, data: RetrievalData) -> float:
     rel = data.query.labels[:, None] == data.database.labels[None, :]
@@ -45,7 +51,7 @@ def _map(dist: torch.Tensor, data: RetrievalData) -> float:
 def ceilings(target: Target, data: RetrievalData, rt: Runtime, batch_size: int = 500) -> dict[str, Any]:
     """The four rankings' clean mAP (%, expected over tie orders) and the classifier's test accuracy."""
     if target.classify is None:
-        raise ValueError("this target has no classifier (a triplet-only PQN): nothing to compare the feature with")
+        raise UsageError("this target has no classifier (a triplet-only PQN): nothing to compare the feature with")
     zq, zd = target.features["query"], target.features["database"]
     out: dict[str, Any] = {"test_accuracy": target.test_accuracy}
     for system in ("sdc", "adc"):
@@ -62,19 +68,29 @@ def ceilings(target: Target, data: RetrievalData, rt: Runtime, batch_size: int =
     return out
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    """The command: a ``PQAttackError`` (bad input: exit code 2; a missing cache entry: 3) is one line on stderr."""
+    run_command(run, argv)
+
+
+def run(argv: list[str] | None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("job_dir", type=Path, help="a job's output folder (its results.json names config and cache)")
-    a = p.parse_args()
-    meta = json.loads((a.job_dir / "results.json").read_text())["meta"]
-    cfg = OmegaConf.create(meta["config"])
-    job = load_job(cfg)
+    p.add_argument("--build", action="store_true", help="make what the cache lacks (the checkpoint, the codebooks) "
+                                                        "instead of stopping: trains as the job did")
+    a = p.parse_args(argv)
+    job, cfg = job_of(a.job_dir)
     device = resolve_device(cfg.device)
-    rt = Runtime(device, resolve_precision(cfg.precision, device), ArtifactCache(cfg.cache.dir), progress=False)
+    cache = ArtifactCache(cfg.cache.dir, load_only=() if a.build else JOB_MADE)
+    rt = Runtime(device, resolve_precision(cfg.precision, device), cache, progress=False)
     data = instantiate(cfg.dataset).load(rt.cache)
-    target = build_target(job, data, rt, [])
+    try:
+        target = build_target(job, data, rt, [])
+    except CacheMiss as exc:
+        raise CacheMiss(f"{a.job_dir}: {exc} (the job ran on another machine or cache; --build makes it again, "
+                        f"training as the job did)") from None
     if rt.cache.builds:
-        print(f"note: built {', '.join(rt.cache.builds)} (not in the cache)")
+        print(f"note: built {', '.join(rt.cache.builds)} (not in the cache)", file=sys.stderr)
     print(json.dumps({"model": job.model["name"], "bits": cfg.bits, **ceilings(target, data, rt)}))
 
 

@@ -4,6 +4,9 @@ a broken artifact or diverged numbers."""
 
 from __future__ import annotations
 
+import sys
+from typing import Callable
+
 
 class PQAttackError(Exception):
     """Base class: a failure the user can act on, reported without a traceback."""
@@ -57,3 +60,13 @@ class NumericsError(PQAttackError, FloatingPointError):
 
     exit_code = 3
     kind = "numerics"
+
+
+def run_command(body: Callable[[list[str] | None], None], argv: list[str] | None = None) -> None:
+    """``body(argv)``, a command's work; a ``PQAttackError`` it raises is printed as the command line prints it (one
+    line on stderr: ``<kind> error: <message>``) and ends the process with its ``exit_code``."""
+    try:
+        body(argv)
+    except PQAttackError as exc:
+        print(f"{exc.kind} error: {exc}", file=sys.stderr)
+        sys.exit(exc.exit_code)

@@ -10,8 +10,9 @@ import numpy as np
 import torch
 
 from .attacks import LOSS_IGNORES, OFF_VALUES
-from .config import JobConfig
+from .config import JobConfig, load_job
 from .data import RetrievalData, top1_hit
+from .errors import ConfigError, UsageError
 from .labels import LOOP_OPTIONS, attack_label, joined_epochs
 from .metrics import QueryAP
 from .report import render_tables
@@ -169,3 +170,38 @@ def write_results(output_dir: Path, results: dict[str, Any]) -> Path:
     tmp.replace(path)
     (output_dir / "results.md").write_text(render_tables(results["rows"]))
     return path
+
+
+def job_meta(job_dir: Path) -> dict[str, Any]:
+    """The meta of the job whose output folder is ``job_dir`` (its ``results.json``: the config, the cache keys); a
+    ``UsageError`` naming the folder when it is no job's folder (missing, without records, a sweep's folder: its
+    jobs are named), for the tools that read one job's artifacts."""
+    path = Path(job_dir) / "results.json"
+    if not Path(job_dir).is_dir():
+        raise UsageError(f"{job_dir}: no such folder (give a job's output folder, which holds its results.json)")
+    try:
+        doc = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise UsageError(f"{path}: no such file (a job's output folder holds its results.json)") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UsageError(f"{path}: not a readable job record ({exc})") from None
+    meta = doc.get("meta") if isinstance(doc, dict) else None
+    if isinstance(meta, dict) and "config" not in meta and isinstance(meta.get("jobs"), list):
+        jobs = [Path(j["job_dir"]).name for j in meta["jobs"] if isinstance(j, dict) and j.get("job_dir")]
+        raise UsageError(f"{job_dir}: a sweep's folder; give one of its jobs' folders: "
+                         f"{', '.join(jobs[:6]) + (', ...' if len(jobs) > 6 else '') or 'none finished'}")
+    if not isinstance(meta, dict) or not isinstance(meta.get("config"), dict):
+        raise UsageError(f"{path}: no meta.config (not a job's results.json)")
+    return meta
+
+
+def job_of(job_dir: Path) -> tuple[JobConfig, Any]:
+    """The typed job and the config (``DictConfig``) of the job whose output folder is ``job_dir`` (``job_meta``); a
+    config it no longer passes (a job of another version of the framework) is a ``ConfigError`` naming the folder."""
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.create(job_meta(job_dir)["config"])
+    try:
+        return load_job(cfg), cfg
+    except ConfigError as exc:
+        raise ConfigError(f"{job_dir}: {exc}") from None
