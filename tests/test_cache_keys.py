@@ -80,6 +80,7 @@ CHANGES: dict[str, list[list[str]]] = {
     "trainer.schedule": [["trainer.schedule=constant"]],
     "trainer.crop_pad_mode": [["trainer.crop_pad_mode=zeros"]],
     "model.widths": [["model.widths=[32,128,128]"]],
+    "model.hidden": [["model.hidden=512"]],  # the embedding: quantizer.M must divide it
     "model.neck": [["model.neck=bn"], ["model.neck=centre"]],
     "trainer.devices": [["trainer.devices=2"], ["trainer.devices=3"]],
     "attack.loss": [["attack.loss=aod"], ["attack.loss=apd"]],
