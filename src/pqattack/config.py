@@ -86,10 +86,6 @@ def _check_recipes(cfg: DictConfig) -> None:
 def _check_trainer(tr: DictConfig, key: str, image_size: int) -> None:
     """The recipe's values (``key``: ``trainer`` or ``recipes.<model>``)."""
     _check_values(tr, key, RECIPE_VALUES)
-    if tr.max_epochs < 1:
-        raise ConfigError(f"{key}.max_epochs={tr.max_epochs}: must be >= 1")
-    if tr.batch_size < 2:
-        raise ConfigError(f"{key}.batch_size={tr.batch_size}: must be >= 2 (batch norm)")
     if tr.schedule not in SCHEDULES:
         raise ConfigError(f"{key}.schedule={tr.schedule!r}: expected one of {', '.join(SCHEDULES)}")
     if not 0 <= tr.get("warmup", 0) < 1:
@@ -114,8 +110,8 @@ def _check_trainer(tr: DictConfig, key: str, image_size: int) -> None:
 AT_LEAST_1, AT_LEAST_2, POSITIVE, NON_NEGATIVE, FRACTION = ">= 1", ">= 2", "> 0", ">= 0", "in [0, 1)"
 RANGES = {AT_LEAST_1: lambda v: v >= 1, AT_LEAST_2: lambda v: v >= 2, POSITIVE: lambda v: v > 0,
           NON_NEGATIVE: lambda v: v >= 0, FRACTION: lambda v: 0 <= v < 1, None: lambda v: True}
-RECIPE_VALUES = [("max_epochs", int, AT_LEAST_1), ("batch_size", int, AT_LEAST_2), ("lr", float, POSITIVE),
-                 ("momentum", float, FRACTION), ("weight_decay", float, NON_NEGATIVE),
+RECIPE_VALUES = [("max_epochs", int, AT_LEAST_1), ("batch_size", int, AT_LEAST_2),  # 2: batch norm
+                 ("lr", float, POSITIVE), ("momentum", float, FRACTION), ("weight_decay", float, NON_NEGATIVE),
                  ("label_smoothing", float, FRACTION), ("nesterov", bool, None), ("augment", bool, None),
                  ("compile", bool, None)]
 JOB_VALUES = [("seed", int, None), ("bits", int, AT_LEAST_1), ("progress", bool, None), ("resume", bool, None),
@@ -300,8 +296,6 @@ def _load_job(cfg: DictConfig) -> JobConfig:
         raise ConfigError(f"trainer.strategy={tr.strategy} with trainer.devices={tr.devices}: Lightning would start the "
                           f"other ranks by re-running this command line, i.e. the whole job; use trainer=ddp "
                           f"(a spawn-based strategy)")
-    if not isinstance(tr.get("compile", False), bool):
-        raise ConfigError(f"trainer.compile={tr.compile!r}: expected true or false")
     if cfg.precision not in PRECISIONS:
         raise ConfigError(f"precision={cfg.precision!r}: expected one of {', '.join(PRECISIONS)}")
     t = container(cfg.get("transfer") or OmegaConf.create({}))
