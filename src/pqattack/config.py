@@ -154,8 +154,9 @@ def _check_model(model: DictConfig, M: int) -> None:  # noqa: N803
         raise ConfigError(f"model.widths={list(widths)}: expected a non-empty list of positive integers")
     dim = embedding_dim(model.arch, **{k: model[k] for k in ("hidden", "width", "widths") if k in model})
     if dim % M:
-        raise ConfigError(f"quantizer.M={M}: must divide the {dim}-d embedding of model={model.get('name', model.arch)} "
-                          f"(M sub-vectors of equal size)")
+        name = model.get("name", model.arch)
+        raise ConfigError(f"quantizer.M={M}: must divide the {dim}-d embedding of model={name} (M sub-vectors of "
+                          f"equal size)")
 
 
 def compose_config(overrides: list[str]) -> DictConfig:
