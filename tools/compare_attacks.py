@@ -27,7 +27,7 @@ from typing import Any
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from pqattack.cache import ArtifactCache
+from pqattack.cache import JOB_ARTIFACTS, ArtifactCache
 from pqattack.config import JobConfig
 from pqattack.errors import CacheMiss, UsageError, run_command
 from pqattack.data import RetrievalData
@@ -35,12 +35,9 @@ from pqattack.metrics import QueryAP, paired_difference
 from pqattack.records import describe, job_of, recipe_fields, set_label
 from pqattack.runtime import Runtime, resolve_device, resolve_precision
 from pqattack.stages.attack import adversarial_set
-from pqattack.transfer import AdversarialSet
 from pqattack.stages.suite import members
 from pqattack.stages.target import Target, build_target, score_set
-
-
-JOB_MADE = ("checkpoint", "codebooks", "adversarial_queries")  # what the tool reads and, without --build, never makes
+from pqattack.transfer import AdversarialSet
 
 
 def attack_sets(job: JobConfig, data: RetrievalData, target: Target, rt: Runtime, label: str
@@ -133,7 +130,7 @@ def run(argv: list[str] | None) -> None:
             raise UsageError(f"{d}: another dataset config than {a.job_dirs[0]}'s; the attacks must score the "
                              f"same queries")
     device = resolve_device(cfg.device)
-    cache = ArtifactCache(cfg.cache.dir, load_only=() if a.build else JOB_MADE)
+    cache = ArtifactCache(cfg.cache.dir, load_only=() if a.build else JOB_ARTIFACTS)
     rt = Runtime(device, resolve_precision(cfg.precision, device), cache, progress=False)
     source = instantiate(cfg.dataset)
     data = source.load(rt.cache)

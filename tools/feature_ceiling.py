@@ -32,7 +32,7 @@ import torch
 from hydra.utils import instantiate
 from torch.nn.functional import normalize
 
-from pqattack.cache import ArtifactCache
+from pqattack.cache import JOB_ARTIFACTS, ArtifactCache
 from pqattack.data import RetrievalData
 from pqattack.errors import CacheMiss, UsageError, run_command
 from pqattack.metrics.average_precision import average_precision_unranked
@@ -41,7 +41,6 @@ from pqattack.runtime import Runtime, resolve_device, resolve_precision
 from pqattack.stages.features import embed
 from pqattack.stages.target import Target, build_target
 
-JOB_MADE = ("checkpoint", "codebooks", "adversarial_queries")  # what the tool reads and, without --build, never makes
 
 def _map(dist: torch.Tensor, data: RetrievalData) -> float:
     rel = data.query.labels[:, None] == data.database.labels[None, :]
@@ -81,7 +80,7 @@ def run(argv: list[str] | None) -> None:
     a = p.parse_args(argv)
     job, cfg = job_of(a.job_dir)
     device = resolve_device(cfg.device)
-    cache = ArtifactCache(cfg.cache.dir, load_only=() if a.build else JOB_MADE)
+    cache = ArtifactCache(cfg.cache.dir, load_only=() if a.build else JOB_ARTIFACTS)
     rt = Runtime(device, resolve_precision(cfg.precision, device), cache, progress=False)
     data = instantiate(cfg.dataset).load(rt.cache)
     try:

@@ -29,6 +29,8 @@ from .errors import CacheError, CacheMiss, ConfigError, UsageError
 
 log = logging.getLogger(__name__)
 
+JOB_ARTIFACTS = ("checkpoint", "codebooks", "adversarial_queries")  # what a job makes; tools that read a job's
+# artifacts open the cache with load_only=JOB_ARTIFACTS, so a job of another machine is refused, not made again
 CACHE_FORMAT = 2  # part of every key: bump it when a code change alters what an artifact contains
 KEY_PATTERN = re.compile(r"[0-9a-f]{24}")  # what spec_key returns
 TENSORS_FILE = "tensors.pt"

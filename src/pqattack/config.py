@@ -264,22 +264,15 @@ def _load_job(cfg: DictConfig) -> JobConfig:
             raise ConfigError("eval.topk=null: index=ivfpq ranks only the top k; set eval.topk (e.g. 5000)")
         if d.get("num_database") is not None and index.nlist > d.num_database:
             raise ConfigError(f"index.nlist={index.nlist} is larger than dataset.num_database={d.num_database}")
-    if ev.topk is not None and ev.topk < 1:
-        raise ConfigError(f"eval.topk={ev.topk}: must be >= 1 or null (full ranking)")
     if ev.ties not in TIES:
         raise ConfigError(f"eval.ties={ev.ties!r}: expected one of {', '.join(TIES)}")
     if ev.empty not in EMPTY:
         raise ConfigError(f"eval.empty={ev.empty!r}: expected one of {', '.join(EMPTY)}")
-    if ev.batch_size < 1:
-        raise ConfigError(f"eval.batch_size={ev.batch_size}: must be >= 1")
     test_size = TEST_SPLIT_SIZE.get(d.name, d.get("num_test"))
     train_size = TRAIN_SPLIT_SIZE.get(d.name)
     if train_size is not None and d.get("num_train") is not None and d.num_train > train_size:
         raise ConfigError(f"dataset.num_train={d.num_train}: dataset={d.name} has {train_size} training images "
                           f"(null: all of them)")
-    if d.num_queries < 1 or (d.get("num_database") is not None and d.num_database < 1):
-        raise ConfigError(f"dataset.num_queries={d.num_queries}, dataset.num_database={d.num_database}: "
-                          f"must both be >= 1 (num_database may be null where the dataset allows it)")
     if d.get("num_database") is None and d.name in ("cifar10", "synthetic"):
         raise ConfigError(f"dataset.num_database=null: dataset={d.name} needs a number")
     if test_size is not None and d.num_queries + d.num_database > test_size:
