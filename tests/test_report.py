@@ -355,3 +355,33 @@ def test_a_stand_in_fills_the_paper_models_cells_in_a_comparison_of_its_own() ->
     with pytest.raises(SystemExit) as err:
         report_main(["x", "--out", "y", "--stand-in", "fastnet"])
     assert err.value.code == 2
+
+
+def test_a_comparison_takes_white_box_cells_from_white_box_rows_only() -> None:
+    """A stand-in's white-box rows (source_model = itself) fill the paper model's cells; a row whose queries were
+    transferred from the real paper model, from another instance of the target (a seed, a saved set), or from a
+    source of another recipe fills none (one such row once stood in Table 1 as fastnet-for-VGG16's AOD)."""
+    from pqattack.report.paper import comparisons
+
+    base = {"dataset": "cifar10", "dataset_label": "CIFAR-10 (JPEG copy)", "model": "fastnet", "quantizer": "kmeans",
+            "bits": 16, "M": 4, "K": 16, "epochs": 10, "device": "cpu", "precision": "bf16", "topk": None,
+            "similarity": "dot", "temperature": 1.0, "eps": 8 / 255, "step": 0.01, "iters": 5}
+    rows = [{**base, "attack": "clean", "system": "sdc", "map": 81.7},
+            {**base, "attack": "apd", "system": "sdc", "map": 7.8, "source_model": "fastnet", "source_bits": 16,
+             "transfer": False},
+            {**base, "attack": "aod", "system": "sdc", "map": 49.5, "source_model": "vgg16", "source_bits": 16,
+             "transfer": True, "source_epochs": 2},
+            {**base, "attack": "basic", "system": "sdc", "map": 30.0, "source_model": "fastnet", "source_bits": 16,
+             "transfer": True}]
+    [comp] = [c for c in comparisons(rows, {"fastnet": "vgg16"}) if c.table == 1]
+    assert sorted((k[4], r["map"]) for k, r in comp.matched.items()) == [("apd", 7.8), ("clean", 81.7)]
+
+    vgg = {**base, "model": "vgg16", "epochs": 2}
+    rows = [{**vgg, "attack": "aod", "system": "sdc", "map": 40.0, "source_model": "vgg16", "source_bits": 16,
+             "transfer": True},
+            {**vgg, "attack": "aod", "system": "sdc", "map": 20.0, "source_model": "resnet18", "source_bits": 16,
+             "transfer": True, "source_epochs": 10},
+            {**vgg, "attack": "aod", "system": "sdc", "map": 25.0, "source_model": "resnet18", "source_bits": 16,
+             "transfer": True, "source_epochs": 2}]
+    filled = {c.table: sorted(r["map"] for r in c.matched.values()) for c in comparisons(rows) if c.filled}
+    assert filled == {4: [25.0]}

@@ -36,6 +36,37 @@ def experiment_key(record: dict[str, Any]) -> tuple:
             int(record.get("source_bits") or record["bits"]))
 
 
+def same_recipe_source(row: dict[str, Any]) -> bool:
+    """Whether a row measures what the paper's cell of its key does: clean and white-box rows do; a transferred
+    row only when its queries come from another model or code length (``transfer`` rows from another instance of
+    the target's own model and code length, a seed or a saved set, are not white-box) trained with the target's
+    recipe (``source_epochs``, where the row records it): the paper's sources and targets share one recipe."""
+    if not row.get("transfer"):
+        return True
+    if (row.get("source_model") or row["model"]) == row["model"] and int(row.get("source_bits") or row["bits"]) \
+            == int(row["bits"]):
+        return False
+    return row.get("source_epochs") is None or str(row["source_epochs"]) == str(row.get("epochs"))
+
+
+def stand_in_rows(rows: list[dict[str, Any]], ours: str, paper_model: str) -> list[dict[str, Any]]:
+    """``ours``'s rows as ``paper_model``'s, for a comparison of their own: as a target, and as a source (also in an
+    ensemble ``a+b``). A row whose queries come from the real ``paper_model`` is left out: in that comparison the
+    name stands for ``ours``, and such a row would pass for a white-box one."""
+    out = []
+    for r in rows:
+        if r["model"] != ours:
+            continue
+        sources = (r.get("source_model") or ours).split("+")
+        if paper_model in sources:
+            continue
+        renamed = {**r, "model": paper_model}
+        if r.get("source_model"):
+            renamed["source_model"] = "+".join(paper_model if s == ours else s for s in sources)
+        out.append(renamed)
+    return out
+
+
 @dataclass
 class Grid:
     """A table as text cells: ``title`` (a bold caption line), ``columns`` and ``rows``; markdown or wandb."""
@@ -129,7 +160,7 @@ def compare(table: int, rows: list[dict[str, Any]], recipe: str | None = None) -
     layout = LAYOUTS[table]
     ours_by_key: dict[tuple, dict[str, Any]] = {}
     for r in rows:
-        if r.get("topk") is None and is_paper_attack(r):
+        if r.get("topk") is None and is_paper_attack(r) and same_recipe_source(r):
             ours_by_key.setdefault(experiment_key(r), r)
     row_keys, columns, slots = _slots(table)
     matched: dict[tuple, dict[str, Any]] = {}
@@ -170,7 +201,7 @@ def comparisons(rows: list[dict[str, Any]], stand_ins: dict[str, str] | None = N
     comparisons of their own, whose headings say so."""
     groups = [(rc, [r for r in rows if recipe_label(r) == rc]) for rc in sorted({recipe_label(r) for r in rows})]
     for ours, paper_model in (stand_ins or {}).items():
-        renamed = [{**r, "model": paper_model} for r in rows if r["model"] == ours]
+        renamed = stand_in_rows(rows, ours, paper_model)
         groups += [(f"{ours} standing in for {paper_model}, {rc}", [r for r in renamed if recipe_label(r) == rc])
                    for rc in sorted({recipe_label(r) for r in renamed})]
     out = []
