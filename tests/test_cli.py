@@ -103,6 +103,18 @@ def test_a_sweep_with_one_bad_job_stops_before_any_job_runs(tmp_path: Path, swep
     assert not cache.exists() or not any(p.is_file() for p in cache.rglob("*"))
 
 
+def test_a_sweep_over_a_missing_dataset_folder_stops_before_any_job_runs(tmp_path: Path) -> None:
+    """The sweep's check looks for each job's dataset (``DataSource.check_present``): a mistyped ``dataset.root``
+    stops the sweep before its first job, instead of failing each job in turn."""
+    missing = tmp_path / "nothing"
+    proc = run_cli(["-m", "dataset=imagefolder", f"dataset.root={tmp_path / 'elsewhere'},{missing}", "model=smallcnn",
+                    "device=cpu", "progress=false", "hydra.sweep.dir=sweep"], tmp_path, tmp_path / "cache",
+                   check=False, timeout=120)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert f"data error: dataset.root={tmp_path / 'elsewhere'}: no such folder" in proc.stderr
+    assert "Launching" not in proc.stdout + proc.stderr and not (tmp_path / "sweep").exists()
+
+
 def test_unknown_group_option_is_rejected(tmp_path: Path) -> None:
     proc = run_cli([*TINY, "model=vgg99"], tmp_path, tmp_path / "cache", check=False)
     assert proc.returncode != 0

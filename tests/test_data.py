@@ -92,6 +92,37 @@ def test_missing_data_offline_says_where(tmp_path: Path) -> None:
             ArtifactCache(tmp_path / "c"))
 
 
+def test_a_failed_download_leaves_no_folder_behind(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A mistyped ``dataset.root`` with ``download`` on: torchvision makes the folder, then the download fails (here
+    through a proxy that refuses every connection, as on a machine without network); the error names the root and
+    the folders the attempt made are gone, while an existing parent stays."""
+    for var in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY"):
+        monkeypatch.setenv(var, "http://127.0.0.1:9")
+    monkeypatch.delenv("no_proxy", raising=False)
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    root = tmp_path / "typo" / "data"
+    with pytest.raises(DatasetError, match="torchvision download failed") as err:
+        CIFAR10Source(root=str(root), num_queries=1, num_database=2, download=True).load(ArtifactCache(tmp_path / "c"))
+    assert f"dataset.root={root}" in str(err.value)
+    assert not (tmp_path / "typo").exists() and tmp_path.is_dir()
+
+
+def test_check_present_looks_for_each_sources_files(tmp_path: Path) -> None:
+    """What the command and a sweep's check call before any job runs: a missing folder is one ``DatasetError``
+    naming ``dataset.root``; a folder that is there, or CIFAR-10 with ``download`` on, passes."""
+    from pqattack.data.nuswide import NUSWIDESource
+    from pqattack.data.sources import ImageFolderSource
+
+    none = str(tmp_path / "none")
+    for source in (CIFAR10Source(root=none, num_queries=1, num_database=2, download=False),
+                   ImageFolderSource(root=none, num_queries=1, num_database=2),
+                   NUSWIDESource(root=none, num_queries=1, num_database=2)):
+        with pytest.raises(DatasetError, match=f"dataset.root={none}"):
+            source.check_present()
+    CIFAR10Source(root=none, num_queries=1, num_database=2, download=True).check_present()
+    ImageFolderSource(root=str(tmp_path), num_queries=1, num_database=2).check_present()
+
+
 def test_synthetic_source_builds_the_three_parts() -> None:
     src = SyntheticSource(num_train=300, num_test=100, num_queries=10, num_database=50, num_classes=5)
     data = src.load(ArtifactCache("/nonexistent", enabled=False))

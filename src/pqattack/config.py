@@ -393,8 +393,12 @@ class ValidateSweep(Callback):
 
 
 def check_inputs(job: JobConfig) -> None:
-    """What a job about to run reads besides its config: a saved query set (``transfer.source``) must be there.
-    Not part of ``load_job``, which also reloads the configs of finished jobs whose inputs may be gone."""
+    """What a job about to run reads besides its config: its dataset's files (``DataSource.check_present``: a look
+    at the folders) and a saved query set (``transfer.source``) must be there. Not part of ``load_job``, which also
+    reloads the configs of finished jobs whose inputs may be gone."""
+    from hydra.utils import instantiate
+
+    instantiate(job.config.dataset).check_present()  # DatasetError, naming dataset.root
     if job.transfer.get("source"):
         from .cache import ArtifactCache
         from .transfer import find_entry

@@ -94,6 +94,9 @@ class NUSWIDESource(DataSource):
                            f"Labels_<concept>_{{Train,Test}}.txt and Flickr/<folder>/<image>.jpg; see "
                            f"src/pqattack/data/nuswide.py")
 
+    def check_present(self) -> None:
+        self.folder()
+
     def describe(self) -> str:
         return "NUS-WIDE"
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -45,6 +46,11 @@ class DataSource:
         train = self._train_subset(train)
         query, database = split_queries(test, self.num_queries, self.num_database, self.split_seed)
         return RetrievalData(self.name, train, query, database, classes, fingerprint)
+
+    def check_present(self) -> None:
+        """Raise ``DatasetError`` when the source's files are plainly not where its config points (a look at the
+        folders, nothing read): called before a job or a sweep starts, so that a mistyped ``dataset.root`` stops
+        it at once instead of after the jobs before it."""
 
     def load(self, cache: ArtifactCache) -> RetrievalData:
         raise NotImplementedError
@@ -95,13 +101,16 @@ class ImageFolderSource(DataSource):
     def _folder(self) -> Path | None:
         return self.root if (self.root / "train").is_dir() and (self.root / "test").is_dir() else None
 
+    def check_present(self) -> None:
+        if not self.root.is_dir():
+            raise DatasetError(f"dataset.root={self.root}: no such folder (expected {self.root}/{{train,test}}/"
+                               f"<class>/<image> or {self.root}/<class>/<image>)")
+
     def load(self, cache: ArtifactCache) -> RetrievalData:
         folder = self._folder()
         if folder is not None:
             return self._load_folder(folder, cache)
-        if not self.root.is_dir():
-            raise DatasetError(f"dataset.root={self.root}: no such folder (expected {self.root}/{{train,test}}/"
-                               f"<class>/<image> or {self.root}/<class>/<image>)")
+        self.check_present()
         if not 0 < self.test_fraction < 1:
             raise DatasetError(f"dataset.test_fraction={self.test_fraction}: must be in (0, 1) to split "
                                f"{self.root} (it has no train/ and test/ folders)")
@@ -177,21 +186,30 @@ class CIFAR10Source(ImageFolderSource):
             f"{self.root}/cifar-10-batches-py. Put it there, e.g. `mkdir -p {self.root} && tar -C {self.root} -xJf "
             f"../shared/data/cifar10-jpeg.tar.xz`, or set dataset.root / PQATTACK_DATA to its folder.")
 
+    def check_present(self) -> None:
+        """A local copy, or ``download`` set (whether the download works is known only by trying it)."""
+        if self._folder() is None and not (self.root / "cifar-10-batches-py").is_dir() and not self.download:
+            raise self._missing(" and dataset.download=false")
+
     def load(self, cache: ArtifactCache) -> RetrievalData:
         folder = self._folder()
         if folder is not None:
             return self._load_folder(folder, cache)
-        if (self.root / "cifar-10-batches-py").is_dir() or self.download:
-            return self._load_torchvision()
-        raise self._missing(" and dataset.download=false")
+        self.check_present()
+        return self._load_torchvision()
 
     def _load_torchvision(self) -> RetrievalData:
+        """torchvision's copy, downloaded when ``download`` is set and none is there. A failed download leaves
+        nothing behind: the folders it made (a mistyped ``dataset.root``) are removed."""
         from torchvision.datasets import CIFAR10
 
+        made = [p for p in (self.root, *self.root.parents) if not p.exists()]
         try:
             tr = CIFAR10(str(self.root), train=True, download=self.download)
             te = CIFAR10(str(self.root), train=False, download=self.download)
         except Exception as exc:  # offline download failures come in many types
+            if made:
+                shutil.rmtree(made[-1], ignore_errors=True)
             raise self._missing(f" (torchvision download failed: {type(exc).__name__}: {exc})") from None
         to_t = lambda a: torch.from_numpy(np.ascontiguousarray(a.transpose(0, 3, 1, 2)))  # noqa: E731
         fp = hashlib.sha256(tr.data.tobytes()[:1 << 20] + te.data.tobytes()[:1 << 20]).hexdigest()
