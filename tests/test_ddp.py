@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import torch
@@ -48,6 +51,20 @@ def test_ddp_on_two_cpu_ranks_shards_each_epoch_and_caches_the_checkpoint_once(t
     epoch_steps = [int(r["step"]) for r in rows if r.get("train/loss_epoch")]
     assert epoch_steps == [per_rank - 1, EPOCHS * per_rank - 1]
     assert rows[-1]["map/clean/sdc"]
+
+    # exported and imported into another cache, the DDP checkpoint keeps its key (which holds the world size), and
+    # the printed overrides name the number of processes, with which a job finds it instead of training again
+    export = subprocess.run([sys.executable, "-m", "pqattack.cache", "export", "sweep/0_smallcnn_4x16_basic", "ddp.pqc",
+                             "--dtype", "fp32"],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "PQATTACK_CACHE": str(cache)})
+    assert export.returncode == 0, export.stderr
+    imported = subprocess.run([sys.executable, "-m", "pqattack.cache", "import", "ddp.pqc"], cwd=tmp_path,
+                              capture_output=True, text=True, timeout=300,
+                              env={**os.environ, "PQATTACK_CACHE": str(tmp_path / "cache-b")})
+    assert imported.returncode == 0, imported.stderr
+    assert f"imported checkpoint {key}" in imported.stdout and "trainer.devices=2" in imported.stdout
+    assert (tmp_path / "cache-b" / "checkpoint" / key / "tensors.pt").is_file()
 
 
 def test_plain_ddp_strategy_is_refused_before_training(tmp_path: Path) -> None:

@@ -407,7 +407,8 @@ def _trainer_overrides(recipe: dict[str, Any], groups: list[str]) -> list[str]:
 def job_overrides(entry: dict[str, Any], base: dict[str, Any] | None, extra: list[str] | None = None) -> list[str]:
     """The overrides under which ``python -m pqattack`` finds this checkpoint: the config groups it was made with
     (the trainer option whose recipe is nearest its own), every setting of theirs that differs from the defaults,
-    the training precision (part of the key) and the seed. ``base`` is a PQN's cross-entropy checkpoint entry (its
+    the training precision (part of the key), the number of training processes (``trainer.devices``, for a DDP
+    checkpoint) and the seed. ``base`` is a PQN's cross-entropy checkpoint entry (its
     recipe comes first). The dataset comes from the job config exported with the checkpoint, else from
     ``dataset=<name>`` among ``extra``."""
     spec = entry["meta"]["spec"]
@@ -435,6 +436,8 @@ def job_overrides(entry: dict[str, Any], base: dict[str, Any] | None, extra: lis
     model = {("_target_" if k == "builder" else k): v for k, v in spec["model"].items()}  # stages.keys.model_spec
     out += [_setting(default.model, "model", k, v) for k, v in model.items() if default.model.get(k) != v]
     out += _trainer_overrides(spec["trainer"], groups)
+    if spec.get("world_size", 1) > 1:  # trained with DDP on one node: its key holds the number of processes
+        out.append(f"trainer.devices={spec['world_size']}")
     out.append(f"precision={spec['precision']}")
     if spec["seed"] != default.seed:
         out.append(f"seed={spec['seed']}")
