@@ -45,13 +45,19 @@ def test_index_matches_brute_force(M: int, K: int) -> None:  # noqa: N803
 
 
 def test_sdc_uses_faiss_for_8bit_codes_and_table_otherwise() -> None:
+    """A short SDC top k goes through FAISS's heap search with 8-bit sub-codes and through the gathered tables
+    otherwise; both give the distances of the brute-force SDC table, for the items they return."""
     rng = np.random.default_rng(0)
     db = rng.standard_normal((600, 16)).astype(np.float32)
+    k = 16
     for K in (16, 256):  # noqa: N806
         index = PQIndex(train_codebooks(torch.from_numpy(db), 4, K, niter=3), torch.from_numpy(db))
-        dist, _ = index.search(torch.from_numpy(db[:5]), "sdc")
-        table = index.sdc_distances(index.encode(db[:5])).sort(1).values
-        np.testing.assert_allclose(dist.numpy(), table.numpy(), rtol=1e-4, atol=1e-5)
+        assert index._heap_search(k, "sdc") == (K == 256)
+        dist, ids = index.search(torch.from_numpy(db[:5]), "sdc", k=k)
+        table = index.sdc_distances(index.encode(db[:5]))
+        np.testing.assert_allclose(dist.numpy(), table.sort(1).values[:, :k].numpy(), rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(dist.numpy(), np.take_along_axis(table.numpy(), ids.numpy(), 1), rtol=1e-4,
+                                   atol=1e-5)
 
 
 def test_codebook_errors_name_the_key() -> None:
