@@ -53,8 +53,9 @@ FEEDS: dict[str, str] = {
                                                       "temperature_final", "logit_norm", "restarts", "restart_pick",
                                                       "momentum", "diversity", "step_schedule", "eot", "dither",
                                                       "reference")},
-    # an oblivious attack's queries are the undefended model's (made without the transform): only the rows differ
-    "attack.oblivious": "results",
+    # an oblivious attack's queries are another set than the adaptive attack's through the transform (they are the
+    # undefended model's: test_oblivious_queries_are_the_undefended_jobs)
+    "attack.oblivious": "adversarial_queries",
     # a suite replaces the job's own query set by its members' (each keyed as its own job)
     "eval.suite": "adversarial_queries",
     **{f"defense.{k}": "checkpoint" for k in ("attack", "eps", "step", "iters", "random_start", "ratio", "beta",
@@ -292,10 +293,13 @@ def test_every_other_key_is_in_the_key_of_each_artifact_it_determines(tmp_path: 
                                   f"the first artifact it determines, or to stages.keys.RUN_ONLY_KEYS with the reason")
             change, cfg1 = walk.changed(base, key, value)
             keys1, _ = walk.keys(cfg1)
+            # a change that needs other settings too (attack.eot with a random transform) is compared with those
+            # settings alone, so that they cannot move the keys for it
+            ref = keys0 if len(change) == 1 else walk.keys(walk.compose(base + change[1:]))[0]
             expect = expected_from(feeds(key, cfg0), cfg1)
-            stale = [k for k in expect if k in keys0 and keys0[k] == keys1.get(k)]
+            stale = [k for k in expect if k in ref and ref[k] == keys1.get(k)]
             assert not stale, f"{change} (over {group}={option}) leaves the keys of {stale} unchanged"
-            moved = [k for k in ORDER if k not in expect and k in keys0 and keys0[k] != keys1.get(k)]
+            moved = [k for k in ORDER if k not in expect and k in ref and ref[k] != keys1.get(k)]
             assert not moved, f"{change} (over {group}={option}) changes the keys of {moved} too, which it cannot affect"
 
 
@@ -309,6 +313,18 @@ def test_a_new_train_subset_is_a_new_backbone(tmp_path: Path, trees: dict[str, P
     k1, d1 = walk.keys(walk.compose(base + ["dataset.split_seed=1"]))
     assert not torch.equal(d0.train.index, d1.train.index)
     assert all(k0[k] != k1[k] for k in ("checkpoint", "features", "codebooks", "adversarial_queries", "results"))
+
+
+def test_oblivious_queries_are_the_undefended_jobs(tmp_path: Path) -> None:
+    """attack.oblivious=true behind a query transform: the queries are made without it, so they are the undefended
+    job's query set (one artifact, made once), not the adaptive attack's; the rows differ."""
+    walk = Walk(tmp_path)
+    base = COMMON + SYNTHETIC
+    plain, _ = walk.keys(walk.compose(base))
+    oblivious, _ = walk.keys(walk.compose(base + ["defense=jpeg", "attack.oblivious=true"]))
+    adaptive, _ = walk.keys(walk.compose(base + ["defense=jpeg"]))
+    assert oblivious["adversarial_queries"] == plain["adversarial_queries"] != adaptive["adversarial_queries"]
+    assert oblivious["results"] != plain["results"]
 
 
 def test_attack_batch_size_is_in_the_query_set_key(tmp_path: Path) -> None:
