@@ -11,7 +11,10 @@ from pqattack.config import ConfigError, validate
 
 from .conftest import CONF
 
-GROUPS = ["dataset", "model", "quantizer", "attack", "defense", "trainer", "logger"]
+#: every config group (presets: test_experiments_compose; Hydra's own settings: conf/hydra)
+GROUPS = sorted(p.name for p in CONF.iterdir() if p.is_dir() and p.name not in ("experiment", "hydra", "__pycache__"))
+#: what an option needs besides itself to pass the start-up checks
+NEEDS = {("index", "ivfpq"): ["system=adc", "eval.topk=100"]}
 
 
 def options(group: str) -> list[str]:
@@ -25,9 +28,13 @@ def make(overrides: list[str]):  # noqa: ANN201
 
 @pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in options(g)])
 def test_every_group_option_composes_and_validates(group: str, option: str) -> None:
-    cfg = make([f"{group}={option}"])
+    cfg = make([f"{group}={option}", *NEEDS.get((group, option), [])])
     OmegaConf.resolve(cfg)
     validate(cfg)
+
+
+def test_the_groups_are_all_there() -> None:
+    assert {"attack", "dataset", "defense", "index", "logger", "model", "quantizer", "trainer"} <= set(GROUPS)
 
 
 @pytest.mark.parametrize("experiment", options("experiment"))
@@ -56,6 +63,7 @@ def test_default_is_the_paper_setting() -> None:
 def test_m_and_k_can_be_set_directly() -> None:
     cfg = make(["quantizer.M=8", "quantizer.K=256"])
     validate(cfg)
+    assert (cfg.quantizer.M, cfg.quantizer.K) == (8, 256)
 
 
 @pytest.mark.parametrize("overrides,key", [
@@ -162,7 +170,7 @@ def test_embedding_dim_is_the_built_backbones() -> None:
 
 def test_bits_not_a_multiple_of_M_fails_when_resolved() -> None:
     cfg = make(["bits=18"])
-    with pytest.raises(Exception, match="quantizer.M"):
+    with pytest.raises(Exception, match=re.escape("bits=18: must be a positive multiple of quantizer.M=4")):
         OmegaConf.resolve(cfg)
 
 

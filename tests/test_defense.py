@@ -184,12 +184,21 @@ def test_trades_for_a_kmeans_target_is_clean_cross_entropy_and_a_two_sided_featu
     assert torch.allclose(loss, expected, rtol=1e-5)
 
 
-def test_the_kmeans_backbone_trains_on_feature_distance_images() -> None:
+def test_the_kmeans_backbone_trains_on_feature_distance_images(monkeypatch) -> None:  # noqa: ANN001
+    """The K-means target's adversarial batch is the PGD loop's images for the feature distance (basic), which moved
+    every feature, inside the eps-ball."""
+    import pqattack.defense.training as training
+
+    made: list[str] = []
+    real_pgd = training.pgd
+    monkeypatch.setattr(training, "pgd", lambda model, x, loss, cfg, **kw: made.append(loss)  # noqa: ANN001, ANN003
+                        or real_pgd(model, x, loss, cfg, **kw))
     torch.manual_seed(0)
     net = build_backbone("smallcnn", 10, width=8)
     module = AdversarialClassifierModule(net, AdversarialTrainingConfig(eps=4 / 255, iters=2), schedule="constant")
     x = torch.rand(8, 3, 32, 32)
     mixed, n, ref = module.adversarial_batch(x, torch.arange(8) % 2)
+    assert made == ["basic"]
     assert n == 8 and module.backbone.training
     assert 0 < (mixed - x).abs().max() <= 4 / 255 + 1e-6
     net.eval()
@@ -280,6 +289,36 @@ def test_a_random_jpeg_draws_anew_and_eot_averages_over_draws() -> None:
     adv = pgd(model, x, "apd", cfg)
     assert len(calls) == 1 + 2 * 3  # the reference, then 3 draws per step
     assert 0 < (adv - x).abs().max() <= cfg.eps + 1e-6
+
+    # the step follows the gradient of the mean loss over the draws (here two identity draws and a mirrored image),
+    # computed here by hand; the last draw alone would step elsewhere
+    from pqattack.attacks import Reference
+    from pqattack.attacks.losses import LOSSES
+
+    flat = lambda v: v  # noqa: E731
+    plan = [flat, flat, flat, lambda v: v.flip(-1)]  # the clean reference, then the step's three draws
+    draws = iter(plan)
+    t.transform = lambda v: next(draws)(v)  # type: ignore[method-assign]
+    one = AttackConfig(name="apd", loss="apd", iters=1, eot=3, random_start=False, quantize_8bit=False)
+    got = pgd(model, x, "apd", one)
+
+    def step(draws: list) -> torch.Tensor:  # noqa: ANN001
+        t.transform = flat  # type: ignore[method-assign]
+        with torch.no_grad():
+            z, logp = model(x)
+            ref = Reference(z, logp, model.index_codes(z))
+        delta = torch.zeros_like(x).requires_grad_(True)
+        losses = []
+        for f in draws:
+            t.transform = f  # type: ignore[method-assign]
+            z_adv, logp_adv = model(x + delta)
+            losses.append(LOSSES["apd"](z_adv, logp_adv, ref).sum())
+        (grad,) = torch.autograd.grad(sum(losses) / len(losses), delta)
+        delta = (one.step * grad.sign()).clamp(-one.eps, one.eps)
+        return x + ((x + delta).clamp(0, 1) - x)
+
+    assert torch.allclose(got, step(plan[1:]), atol=1e-6)
+    assert not torch.allclose(got, step(plan[-1:]), atol=1e-6)
 
 
 def test_dither_makes_bpda_exact_in_expectation_through_bit_depth() -> None:
@@ -500,7 +539,7 @@ def test_a_defended_suite_job(tmp_path: Path, shared_cache: Path) -> None:
     """A real JPEG-defended job with a suite: a row per member that applies, the oblivious member's queries are the
     undefended model's, and the worst case is at most every member's mAP."""
     base = [o for o in TINY if not o.startswith("attack.")]
-    plain = run_job([*TINY, "attack=apd"], tmp_path / "plain", shared_cache)
+    plain = run_job([*base, "attack=apd"], tmp_path / "plain", shared_cache)  # the member's attack settings
     res = run_job([*base, "attack=none", "defense=jpeg",
                    'eval.suite=[basic,apd,"apd oblivious=true","apd eot=2"]'], tmp_path / "jpeg", shared_cache)
     rows = res["rows"]
@@ -510,8 +549,10 @@ def test_a_defended_suite_job(tmp_path: Path, shared_cache: Path) -> None:
         assert set(at) == {("basic", False), ("apd", False), ("apd", True), ("worst-case", None)}
         worst = at.pop(("worst-case", None))
         assert worst["map"] <= min(r["map"] for r in at.values()) and len(worst["suite"]) == 3
+    # the same query set: the suite loaded the plain job's from the cache (any set at this eps has its L-inf)
+    assert f"adversarial_queries/{plain['meta']['cache_keys']['adversarial_queries']}" in res["meta"]["cache_hits"]
     obl = [r for r in rows if r.get("oblivious")][0]
-    assert obl["linf"] == next(r for r in plain["rows"] if r["attack"] == "apd")["linf"]  # the same query set
+    assert obl["l2"] == next(r for r in plain["rows"] if r["attack"] == "apd")["l2"]
 
 
 def test_a_random_transform_evaluates_alike_whether_its_sets_were_built_or_cached(tmp_path: Path,

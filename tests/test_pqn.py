@@ -69,9 +69,11 @@ def test_exported_index_ranks_as_the_model_scores() -> None:
     # SDC: sum_m <c_{m, b_m(y)}, c_{m, b_m(x)}>
     qc = pq.hard_codes(q_emb)
     sdc_score = torch.einsum("qmd,nmd->qn", c[torch.arange(4), qc], c[torch.arange(4), index.db_codes])
-    dist, _ = index.search(sub(q_emb).reshape(20, 32), "sdc")
+    dist, ids = index.search(sub(q_emb).reshape(20, 32), "sdc")
     expected = (2 * 4 - 2 * sdc_score).sort(1).values  # ||a - b||^2 = 2 - 2 <a, b> per unit sub-vector
     assert torch.allclose(dist, expected, atol=1e-4)
+    # ... and each returned item is at its distance (up to the order of exact ties)
+    assert torch.allclose(sdc_score.gather(1, ids), sdc_score.sort(1, descending=True).values, atol=1e-5)
 
 
 DEMO = ["dataset=synthetic", "model=smallcnn", "trainer.max_epochs=8", "trainer.batch_size=128", "trainer.lr=0.05",

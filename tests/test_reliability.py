@@ -36,9 +36,10 @@ def test_sigkill_during_a_cache_write_leaves_nothing_that_loads(tmp_path: Path) 
     deadline = time.time() + 60
     while not list((tmp_path / "features").glob(".tmp-*/tensors.pt")) and time.time() < deadline:
         time.sleep(0.01)
+    assert list((tmp_path / "features").glob(".tmp-*/tensors.pt")), "the writer never began writing its tensors"
     time.sleep(0.05)
     os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    assert proc.wait() == -signal.SIGKILL  # killed while writing, not finished (nor failed) before
     cache = ArtifactCache(tmp_path)
     key = spec_key("features", {"big": 1})
     # killed before the rename: no entry; a later run builds it afresh and can load it

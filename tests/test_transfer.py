@@ -81,7 +81,7 @@ def test_model_transfer_uses_the_source_model_and_target_index(shared_cache: Pat
 def test_set_from_another_dataset_is_refused(white_box: tuple[Path, dict], shared_cache: Path,
                                              tmp_path: Path) -> None:
     run_dir, _ = white_box
-    with pytest.raises(PQAttackError, match="transfer.source") as err:
+    with pytest.raises(PQAttackError, match="made on dataset .synthetic.") as err:
         run_job([*TINY, "dataset.seed=5", f"transfer.source={run_dir}"], tmp_path / "r", shared_cache)
     assert (err.value.kind, err.value.exit_code) == ("transfer", 2)
 
