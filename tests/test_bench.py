@@ -248,6 +248,9 @@ def test_ranking_past_ties_grows_until_the_group_at_k_ends() -> None:
     assert calls == [21, 42, 84, 100]
     ran_out = (torch.tensor([[0.0, 1.0, 1.0, float("inf")]]), torch.tensor([[0, 1, 2, -1]]))
     assert search_past_ties(lambda n: ran_out, 2, 100)[1].shape[1] == 4
+    # k larger than the database: the whole database, in one search (was an IndexError at column k - 1)
+    d, i = search_past_ties(top(rows[:1, :3]), 5, 3)
+    assert d.shape[1] == 3 and i.shape[1] == 3
 
 
 def test_attack_loss_cost_figure_times_every_loss_against_apd() -> None:

@@ -222,6 +222,28 @@ def test_ranking_that_stops_inside_the_group_at_k() -> None:
     assert whole.expected[0] == pytest.approx(1.0) and whole.expected_found[0] == 1.0
 
 
+def test_a_ranking_cut_at_k_is_not_taken_for_the_whole_database() -> None:
+    """A top-k ranking of exactly k (or fewer) items from a larger database: its expected AP@k needs the items tied
+    at the k-th distance beyond the cut, so it is unknown (NaN: ``mean`` says to search past the ties) unless
+    ``tie_at_k`` counts them; it was once scored as if the k items were the whole database. Database labels
+    [0, 1], both at distance 0 from a class-0 query, k = 1: AP@1 is 1 or 0 with equal chance, expected 0.5."""
+    cut = query_average_precisions(torch.tensor([[0.0]]), torch.tensor([[0]]), torch.tensor([0]),
+                                   torch.tensor([0, 1]), topk=1)
+    assert np.isnan(cut.expected[0])
+    with pytest.raises(ValueError, match="past its tie group at position k"):
+        cut.mean()
+    counted = average_precision(np.array([[0.0]]), np.array([[True]]), topk=1, complete=False,
+                                tie_at_k=(np.array([2]), np.array([1])))
+    assert counted.expected[0] == pytest.approx(0.5) and counted.expected_found[0] == pytest.approx(0.5)
+    full = query_average_precisions(torch.tensor([[0.0, 0.0]]), torch.tensor([[0, 1]]), torch.tensor([0]),
+                                    torch.tensor([0, 1]), topk=1)
+    assert full.expected[0] == pytest.approx(0.5)
+    short = average_precision(np.array([[0.0, 1.0]]), np.array([[True, False]]), topk=5, complete=False)
+    assert np.isnan(short.expected[0]) and np.isnan(short.grouped[0])  # fewer than k items, more elsewhere
+    held = average_precision(np.array([[0.0, 1.0]]), np.array([[False, True]]), topk=5)  # every item: AP@5 = AP
+    assert held.expected[0] == pytest.approx(0.5) and held.grouped[0] == pytest.approx(0.5)
+
+
 def test_bad_inputs_are_one_clear_error() -> None:
     with pytest.raises(ValueError, match="NaN"):
         average_precision_unranked(np.array([[0.0, np.nan]], np.float32), np.array([[True, False]]))

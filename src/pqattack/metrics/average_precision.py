@@ -221,8 +221,13 @@ def average_precision(sorted_dist: torch.Tensor | np.ndarray, sorted_rel: torch.
     d = _distances(sorted_dist)
     rel = _numpy(sorted_rel).astype(bool, copy=False)
     q, n = d.shape
-    if topk is None or topk >= n:
+    whole = np.broadcast_to(np.asarray(complete, dtype=bool), (q,))
+    if topk is None or (topk >= n and tie_at_k is None and whole.all()):
         return average_precision_unranked(d, rel)
+    if topk > n:  # a ranking shorter than k that does not hold every item: its AP@k is unknown
+        full = average_precision_unranked(d, rel)
+        return QueryAP(*(np.where(whole, getattr(full, f), np.nan) for f in
+                         ("expected", "grouped", "expected_found", "grouped_found")))
     k = int(topk)
     kth = d[:, k - 1:k]
     _, grouped, top = _precision_sums(_sorted_keys(d[:, :k], rel[:, :k]))

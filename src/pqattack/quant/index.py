@@ -116,8 +116,10 @@ def search_past_ties(search: Callable[[int], tuple[torch.Tensor, torch.Tensor]],
     n = min(total, k + k // 8 + 16)
     while True:
         dist, ids = search(n)
+        if n >= total:  # every item (also when k is larger than the database)
+            return dist, ids
         past = dist[:, -1].numpy() > (dist[:, k - 1].numpy() if threshold is None else threshold)
-        if n >= total or bool((past | (ids[:, -1] < 0).numpy()).all()):
+        if bool((past | (ids[:, -1] < 0).numpy()).all()):
             return dist, ids
         n = min(total, 2 * n)
 
