@@ -304,13 +304,20 @@ def test_bf16_is_measured_only_where_the_device_computes_it(monkeypatch: pytest.
     assert candidate_precisions(cpu) == ("fp32",) and "no native bf16" in bf16_note(cpu)["bf16"]
 
 
-def test_bench_finds_the_checkout_and_its_data_folder(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The figures read CIFAR-10 from ``<checkout>/data`` and write to ``<checkout>/outputs``: the package's move to
-    ``bench/`` once pointed both at ``src/``, and every image figure silently fell back to random images."""
+def test_bench_finds_the_checkout_and_its_data_folder(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The figures read CIFAR-10 from ``<checkout>/data`` (or ``$PQATTACK_DATA``) and write to ``<checkout>/outputs``:
+    the package's move to ``bench/`` once pointed both at ``src/``, and every image figure silently fell back to
+    random images. Checked on folders made here, with or without the real copy."""
     from pqattack.bench import workloads
 
     assert (workloads.REPO / "pyproject.toml").is_file() and (workloads.REPO / "src" / "pqattack").is_dir()
+    for part in ("train", "test"):
+        (tmp_path / "checkout" / "data" / "cifar10-jpeg" / part).mkdir(parents=True)
+        (tmp_path / "elsewhere" / part).mkdir(parents=True)
     monkeypatch.delenv("PQATTACK_DATA", raising=False)
-    found = workloads.cifar_folder()
-    assert found == (workloads.REPO / "data" / "cifar10-jpeg" if (workloads.REPO / "data" / "cifar10-jpeg" / "train")
-                     .is_dir() else None)
+    monkeypatch.setattr(workloads, "REPO", tmp_path / "checkout")
+    assert workloads.cifar_folder() == tmp_path / "checkout" / "data" / "cifar10-jpeg"
+    monkeypatch.setenv("PQATTACK_DATA", str(tmp_path / "elsewhere"))
+    assert workloads.cifar_folder() == tmp_path / "elsewhere"
+    monkeypatch.setenv("PQATTACK_DATA", str(tmp_path / "nothing"))
+    assert workloads.cifar_folder() is None

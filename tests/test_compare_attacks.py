@@ -57,11 +57,21 @@ def test_the_interval_is_the_paired_one_and_covers_the_true_difference() -> None
 
 
 def test_the_drop_convention_resamples_its_weights() -> None:
+    """empty="drop": each draw's mAP divides by the draw's own found-weights (a bootstrap written out here, with
+    the same draws); the two conventions give different differences on these queries."""
     a = aps(np.array([0.5, 0.0, 0.2, 0.4]), np.array([1.0, 0.0, 1.0, 1.0]))
-    b = aps(np.array([0.6, 0.0, 0.1, 0.4]), np.array([1.0, 0.0, 1.0, 1.0]))
-    d = paired_difference(a, b, empty="drop", draws=300)
+    b = aps(np.array([0.6, 0.3, 0.1, 0.2]), np.array([1.0, 1.0, 1.0, 1.0]))
+    d = paired_difference(a, b, empty="drop", draws=300, seed=3)
     assert d.difference == pytest.approx(a.mean("expected", "drop") - b.mean("expected", "drop"))
-    assert d.low <= d.difference <= d.high and (d.lower, d.higher) == (0.25, 0.25)
+    assert d.difference != pytest.approx(paired_difference(a, b, draws=10).difference)  # zero: another number
+    rng, diffs = np.random.default_rng(3), []
+    for _ in range(300):
+        pick = rng.integers(0, 4, 4)
+        drop = [100 * x.expected[pick].sum() / w if (w := x.expected_found[pick].sum()) > 0 else 0.0 for x in (a, b)]
+        diffs.append(drop[0] - drop[1])
+    low, high = np.quantile(diffs, [0.025, 0.975])
+    assert (d.low, d.high) == (pytest.approx(low), pytest.approx(high))
+    assert (d.lower, d.higher) == (0.5, 0.5)
 
 
 @pytest.mark.parametrize("kw, message", [(dict(draws=0), "draws=0"), (dict(level=1.0), "level=1.0")])

@@ -61,8 +61,12 @@ def test_ceilings_match_brute_force(trained_demo, tmp_path: Path) -> None:  # no
         pq = target.backbone(data.query.images.float() / 255).argmax(-1).numpy()
         pd = target.backbone(data.database.images.float() / 255).argmax(-1).numpy()
     rng = np.random.default_rng(0)
-    sampled = np.mean([_expected_ap((pq[i] != pd).astype(float), rel[i], 40, rng) for i in range(len(pq))]) * 100
-    assert abs(out["predicted_class"] - sampled) < 1.5  # 40 random tie orders per query against the exact expectation
+    sampled = np.mean([_expected_ap((pq[i] != pd).astype(float), rel[i], 100, rng) for i in range(len(pq))]) * 100
+    # 100 random tie orders per query against the exact expectation (the grouped convention is points away)
+    grouped = np.mean([average_precision_score(rel[i], -(pq[i] != pd).astype(float)) if rel[i].any() else 0.0
+                       for i in range(len(pq))]) * 100
+    assert abs(grouped - sampled) > 1  # what the tolerance below tells apart (2.4 points here)
+    assert abs(out["predicted_class"] - sampled) < 0.3
     assert 0 < out["posterior"] <= 100 and out["test_accuracy"] == target.test_accuracy
     assert {"pq_sdc", "pq_adc"} <= set(out)
 

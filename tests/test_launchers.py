@@ -56,7 +56,10 @@ def test_joblib_sweep_two_parallel_jobs_build_the_checkpoint_once(tmp_path: Path
     print(f"builder trained {builder['timings_s']['train']} s; the other job's checkpoint step took "
           f"{waiter['timings_s']['train']} s (> 0.1 s: it waited on the lock while the first trained)")
     # joblib runs the jobs in loky worker processes, which limit each to cpu_count // n_jobs threads
-    assert all(j["device"].startswith("cpu") for j in jobs)
+    from joblib import cpu_count
+
+    assert all(j["device"].startswith("cpu") and j["device"].endswith(f", {max(1, cpu_count() // 2)} threads")
+               for j in jobs), [j["device"] for j in jobs]
 
 
 def compose_hydra(overrides: list[str]):  # noqa: ANN201

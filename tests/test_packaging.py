@@ -53,4 +53,5 @@ def test_wheel_ships_the_configs_and_runs_from_anywhere(tmp_path: Path) -> None:
     assert job.stdout.strip().splitlines()[-1] == f"results: {outside / 'run' / 'results.json'}"
     assert (outside / "run" / "results.json").is_file()
     helped = subprocess.run([str(script), "--help"], cwd=outside, env=env, capture_output=True, text=True)
+    assert helped.returncode == 0, helped.stderr[-2000:]
     assert helped.stdout.startswith("pqattack:") and "_schema" not in helped.stdout and "_pgd" not in helped.stdout

@@ -12,6 +12,7 @@ hold the files' names, sizes and modification times, which tar keeps).
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -39,6 +40,10 @@ PINNED = {
         "results": "577e369e204e0147f7aa75eb"}),
 }
 CIFAR = REPO / "data" / "cifar10-jpeg"
+#: table1_cpu's data keys (``RetrievalData.train_key``, ``query_key``, ``database_key``) on that copy: with them the
+#: rest of its keys, everything the configs and specs put in, are checked without the images (CI has none)
+CIFAR_DATA_KEYS = {"train_key": "0f73582101cda4462bd4ae15", "query_key": "0aa71876db6cd79f9cfccef4",
+                   "database_key": "934876186669ac9fa04d7c5d"}
 
 
 def keys_of(overrides: list[str], cache: Path) -> dict[str, str]:
@@ -63,8 +68,19 @@ def at_repo(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_keys_are_the_pinned_ones(name: str, tmp_path: Path, at_repo: None) -> None:
     overrides, pinned = PINNED[name]
     if overrides[0] == "experiment=table1_cpu" and not (CIFAR / "train").is_dir():
-        pytest.skip(f"CIFAR-10 JPEG copy not at {CIFAR} (make data)")
+        pytest.skip(f"CIFAR-10 JPEG copy not at {CIFAR} (make data); its keys' config part: the test below")
     assert keys_of(overrides, tmp_path / "cache") == pinned
+
+
+@pytest.mark.parametrize("name", ["table1_cpu_vgg16", "table1_cpu_resnet18"])
+def test_the_pinned_keys_config_part_without_the_images(name: str, tmp_path: Path, at_repo: None) -> None:
+    """table1_cpu's keys from its configs and the pinned data keys (which the keys pinned above, computed from the
+    images, confirm: wrong data keys would give other keys), also where CIFAR-10 is not unpacked."""
+    overrides, pinned = PINNED[name]
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        cfg = compose("config", overrides=[*overrides, f"cache.dir={tmp_path / 'cache'}"])
+    data = SimpleNamespace(**CIFAR_DATA_KEYS)
+    assert artifact_keys(load_job(cfg), data, "bf16", torch.device("cpu")) == pinned  # type: ignore[arg-type]
 
 
 def test_another_backbone_builder_is_another_checkpoint(tmp_path: Path, at_repo: None) -> None:
