@@ -600,6 +600,10 @@ def test_the_defense_tables_are_computed_from_rows() -> None:
             _row("apd", 16.0, "jpeg", oblivious=False), _row("worst-case", 15.0, "jpeg")]
     summary = {r[3]: r for r in summary_grid(rows).rows}
     assert summary["adv"][4:10] == ["70.0", "30.0", "20.0", "2.50x", "10.0", "0"]
+    # a defended suite that lacks one of the undefended suite's attacks is marked (its worst case may be too high)
+    suites = [{**r, "suite": ["apd", "basic"]} if r["attack"] == "worst-case" and "defense" not in r else
+              {**r, "suite": ["apd"]} if r["attack"] == "worst-case" and r.get("defense") == "adv" else r for r in rows]
+    assert {r[3]: r[7] for r in summary_grid(suites).rows}["adv"] == "2.50x †"
     assert summary["none"][6] == "8.0" and summary["jpeg"][7] == "1.88x"
     adaptive = adaptive_grid(rows).rows
     assert adaptive == [["fastnet+pqn", "24", "SDC", "jpeg", "apd", "10.0", "40.0", "16.0", "80%", "apd 16.0", "80%"]]
@@ -611,8 +615,17 @@ def test_the_defense_tables_are_computed_from_rows() -> None:
     assert masking == [["fastnet+pqn", "24", "SDC", "adv", "26.0 <= 30.0: ok", "20.0 < 30.0: ok"]]
     flagged = masking_grid([*rows[:-1], _row("apd", 35.0, "adv", iters=100)]).rows  # a rise: flagged
     assert any("FLAG" in cell for row in flagged for cell in row)
-    # a dithered APD is another attack: neither the 5-step point nor a row of the plain table
+    # a dithered APD, or one with the bare reference, is another attack: neither the 5-step point nor a row of the
+    # plain table (the bare reference's 5-step APD once took the plain one's cell, whichever came last)
     assert masking_grid([*rows, _row("apd", 50.0, "adv", dither=0.1)]).rows == masking
+    assert masking_grid([*rows, _row("apd", 50.0, "adv", reference="bare")]).rows == masking
+    # another step schedule at 100 steps: compared only where plain APD has no many-step row, and named
+    assert masking_grid([*rows, _row("apd", 5.0, "adv", iters=100, step_schedule="cosine")]).rows == masking
+    cosine = masking_grid([*rows[:7], *rows[8:], _row("apd", 31.0, "adv", iters=100, step_schedule="cosine")]).rows
+    assert cosine[0][4] == "31.0 (cosine) <= 30.0: FLAG"
+    # the strongest adaptive attack is one at the paper's eps, not a larger budget's
+    wide = adaptive_grid([*rows, _row("apd", 2.0, "jpeg", oblivious=False, eps=16 / 255, iters=100)]).rows
+    assert wide == adaptive
     assert adaptive_grid([*rows, _row("apd", 5.0, "jpeg", oblivious=False, dither=0.1)]).rows[0][5:9] == \
         ["10.0", "40.0", "16.0", "80%"]
 

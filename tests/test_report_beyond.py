@@ -67,6 +67,12 @@ def test_transfer_boosts_compare_each_booster_with_plain_pgd_cell_by_cell() -> N
             t("resnet18", 40.0), t("resnet18", 38.0, momentum=1.0), t("resnet18", 39.0, diversity=0.5),
             t("alexnet", 30.0, momentum=1.0),  # no plain row for this source: not compared
             row("aod", "sdc", 20.0, model="vgg16")]  # white-box: not a transfer cell
+    # plain transfer from another recipe of the source, or at another budget, is no comparison for the boosters
+    # (once, whichever of two source recipes' plain rows came last stood for plain PGD)
+    others = [t("fastnet", 70.0, source_epochs=20), t("fastnet", 10.0, eps=16 / 255, momentum=1.0),
+              t("resnet18", 90.0, iters=100)]
+    assert beyond.transfer_boosts(rows + others) == beyond.transfer_boosts(others[:1] + rows + others[1:])
+    rows += others
     boosts = beyond.transfer_boosts(rows)
     assert boosts["aod (MI=1)"] == (2, 2, pytest.approx(-3.5))
     assert boosts["aod (DI=0.5)"] == (1, 2, pytest.approx(0.5))

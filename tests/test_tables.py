@@ -197,6 +197,25 @@ def test_transfer_matrices_leave_out_the_rows_of_another_quantizer() -> None:
     assert "| SDC | resnet18 | 24.0 | 38.0 |" in text and "61.0" not in text
 
 
+def test_transfer_matrices_leave_out_the_rows_of_a_defended_target() -> None:
+    """A defended target's clean row (behind a bit-depth transform, mAP 51) once took the undefended target's clean
+    cell of the Table 4 matrix beside its white-box AOD diagonal; defended rows stay out of the matrices."""
+    from pqattack.report.tables import transfer_tables
+
+    km = dict(epochs=2, device="cpu", precision="bf16")
+    rows = [row("clean", "sdc", 60.0, **km), {**row("clean", "sdc", 55.0, **km), "model": "resnet18"},
+            row("aod", "sdc", 18.0, source_model="vgg16", source_bits=16, transfer=False, **km),
+            row("aod", "sdc", 38.0, source_model="resnet18", source_bits=16, transfer=True, **km),
+            {**row("aod", "sdc", 24.0, source_model="resnet18", source_bits=16, transfer=False, **km),
+             "model": "resnet18"},
+            {**row("clean", "sdc", 51.0, **km), "defense": "bitdepth (4 bits)"},
+            {**row("aod", "sdc", 30.0, source_model="vgg16", source_bits=16, transfer=False, **km),
+             "defense": "bitdepth (4 bits)", "oblivious": False}]
+    text = transfer_tables(rows)
+    assert "| SDC | clean | 55.0 | 60.0 |" in text and "| SDC | vgg16 | - | 18.0 |" in text
+    assert "51.0" not in text and "30.0" not in text
+
+
 def test_records_of_another_query_count_fill_cells_of_their_own(tmp_path) -> None:
     """A 100-query budget sweep and a 1,000-query table on one checkpoint: once one cell (their clean rows differ)
     and the report stopped; the query count, from the row or from the job's config for older records, now keeps

@@ -120,13 +120,14 @@ def gap_findings(per_attack: dict[str, float]) -> list[str]:
 def transfer_boosts(rows: list[dict[str, Any]]) -> dict[str, tuple[int, int, float]]:
     """Per transfer booster (a loop option on a transfer row: MI, DI, ...), over the black-box cells (source model
     other than the target, or other code length) where the same attack also ran plain: (cells where the booster
-    gives the lower mAP, cells, mean mAP change in points; negative: the booster transfers better)."""
+    gives the lower mAP, cells, mean mAP change in points; negative: the booster transfers better). Both at the
+    paper's budget, from sources of one recipe (``source_epochs``)."""
     plain: dict[tuple, float] = {}
     boosted: dict[str, dict[tuple, float]] = {}
     for r in rows:
-        if not r.get("transfer") or r["attack"] == "clean" or r.get("topk") is not None:
+        if not r.get("transfer") or r["attack"] == "clean" or r.get("topk") is not None or not _at_paper_budget(r):
             continue
-        key = (_cell(r), r["attack"], str(r.get("source_model")), r.get("source_bits"))
+        key = (_cell(r), r["attack"], str(r.get("source_model")), r.get("source_bits"), str(r.get("source_epochs")))
         label = attack_label(r)
         if label == r["attack"]:
             plain[key] = r["map"]

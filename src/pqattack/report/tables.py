@@ -166,14 +166,17 @@ def recipe_names(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict
 
 def transfer_tables(rows: list[dict[str, Any]]) -> str:
     """Black-box matrices in the paper's layouts: Table 3 (rows: generation bits, columns: target bits,
-    cells SDC / ADC, per model) and Table 4 (rows: source model, columns: target model, per system)."""
+    cells SDC / ADC, per model) and Table 4 (rows: source model, columns: target model, per system), of the
+    undefended targets."""
     # the matrices hold the quantizers that transfer rows were made for (a PQN model is another target than the
     # K-means one on the same backbone, with its own clean mAP and recipe)
     # ... and the query counts of the transfer rows (a 100-query budget sweep is another protocol)
-    quantizers = {r["quantizer"] for r in rows if r.get("transfer")}
-    queries = {r.get("queries") for r in rows if r.get("transfer")}
+    # ... and the undefended targets only: a defended target's rows (its clean mAP behind a transform, its suite)
+    # would take the undefended target's cells, whose keys name no defense (the defense section shows them)
+    quantizers = {r["quantizer"] for r in rows if r.get("transfer") and not r.get("defense")}
+    queries = {r.get("queries") for r in rows if r.get("transfer") and not r.get("defense")}
     rows = [{**r, "dataset": r.get("dataset_label") or r["dataset"]} for r in dedupe_rows(rows)
-            if r["quantizer"] in quantizers and r.get("queries") in queries]
+            if r["quantizer"] in quantizers and r.get("queries") in queries and not r.get("defense")]
     rows, recipes = recipe_names(rows)
     adv = [r for r in rows if r["attack"] != "clean" and "source_model" in r]
     clean = {(r["dataset"], r["model"], r["bits"], r["system"]): r["map"] for r in rows if r["attack"] == "clean"}
