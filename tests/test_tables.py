@@ -262,6 +262,26 @@ def test_each_adversarially_trained_checkpoint_keeps_its_own_training_time(tmp_p
                        "fastnet+pqn 24b adv (eps=2/255, beta=0.3, k=2, epochs=3)": 360.0}
 
 
+def test_two_recipes_of_one_backbone_keep_their_own_training_time_and_accuracy(tmp_path) -> None:
+    """fastnet at 20 and at 10 epochs collected into one table: both trainings and accuracies are listed, each with
+    its recipe (once, whichever came last stood for both under the name "fastnet")."""
+    import json
+
+    from pqattack.report.collect import write_table
+
+    for name, epochs, seconds, acc in (("0_a", 20, 924.0, 90.1), ("1_b", 10, 450.0, 89.3)):
+        meta = {"config": {"model": {"name": "fastnet"}, "quantizer": {"kind": "kmeans"}, "bits": 16,
+                           "trainer": {"max_epochs": epochs}, "seed": 0},
+                "device": "cpu", "precision": "bf16", "timings_s": {"total": seconds},
+                "training": {"train_seconds": seconds}, "test_accuracy": acc}
+        (tmp_path / name).mkdir()
+        rows = [row("clean", "sdc", 80.0, model="fastnet", epochs=epochs, device="cpu", precision="bf16")]
+        (tmp_path / name / "results.json").write_text(json.dumps({"meta": meta, "rows": rows}))
+    md = write_table([tmp_path], tmp_path / "out" / "t", "T", "python -m pqattack experiment=t").read_text()
+    assert "fastnet (20 epochs, bf16) 15.4 min" in md and "fastnet (10 epochs, bf16) 7.5 min" in md
+    assert "fastnet (10 epochs, bf16) 89.3, fastnet (20 epochs, bf16) 90.1" in md
+
+
 def test_a_model_trained_with_two_recipes_is_two_rows_and_columns_of_the_transfer_matrix(tmp_path) -> None:
     """fastnet at 20 epochs (Table 4's) and at 10 (a booster sweep's) both make queries for VGG16: once the two
     rows filled one cell (the row did not record its source's recipe) and the report stopped; then the matrix
@@ -358,3 +378,23 @@ def test_an_attack_with_only_white_box_rows_gets_no_transfer_matrix() -> None:
     text = transfer_tables(rows)
     assert "AOD queries made at the row's code length" in text and "AOD queries made on the row's model" in text
     assert "APD" not in text
+
+
+def test_the_committed_results_pages_are_what_their_records_render_to(tmp_path) -> None:
+    """Every ``results/*.md`` is rendered from the ``results/*.json`` beside it by the current code: a change of the
+    rendering (a heading, a check's wording) that was not carried into the pages fails here."""
+    import re
+
+    from pqattack.report.collect import write_table
+
+    from .conftest import REPO
+
+    pages = sorted((REPO / "results").glob("*.json"))
+    assert len(pages) >= 20
+    stale = []
+    for record in pages:
+        page = record.with_suffix(".md").read_text()
+        title, command = page.splitlines()[0].removeprefix("# "), re.search(r"Command: `(.*)`", page).group(1)
+        if write_table([record], tmp_path / record.stem, title, command).read_text() != page:
+            stale.append(record.stem)
+    assert not stale, f"re-render {stale} with pqattack.report.collect.write_table"

@@ -49,14 +49,29 @@ def write_table(sources: list[str | Path], out_prefix: str | Path, title: str, c
             name, record = f"{name} {defense.label()}", "defense_training"
         return name, record
 
+    def recipe_of(m: dict[str, Any]) -> str:
+        cfg = m.get("config") or {}
+        epochs = (cfg.get("trainer") or {}).get("max_epochs")
+        return f"{epochs} epochs, {m.get('precision', '?')}" + (f", seed {cfg['seed']}" if cfg.get("seed") else "")
+
+    recipes: dict[str, set[str]] = {}
+    for m in job_metas:
+        recipes.setdefault(checkpoint_of(m)[0], set()).add(recipe_of(m))
+
+    def named(m: dict[str, Any]) -> tuple[str, str]:
+        """``checkpoint_of``, with the recipe where the jobs hold that checkpoint name with several (two seeds,
+        two epoch counts), so that their training times and accuracies are not taken for one another's."""
+        name, record = checkpoint_of(m)
+        return (f"{name} ({recipe_of(m)})" if len(recipes[name]) > 1 else name), record
+
     train_seconds = {}
     for m in job_metas:
-        name, record = checkpoint_of(m)
+        name, record = named(m)
         t = m.get(record) or {}
         if t.get("train_seconds") is not None:
             train_seconds[name] = t["train_seconds"]
     versions = job_metas[0].get("versions", {}) if job_metas else {}
-    accuracy = {checkpoint_of(m)[0]: m.get("test_accuracy") for m in job_metas if m.get("test_accuracy") is not None}
+    accuracy = {named(m)[0]: m.get("test_accuracy") for m in job_metas if m.get("test_accuracy") is not None}
     out_prefix = Path(out_prefix)
     out_prefix.parent.mkdir(parents=True, exist_ok=True)
     record = {"meta": {"title": title, "command": command, "devices": devices, "versions": versions,
