@@ -487,6 +487,13 @@ def test_the_worst_case_is_the_per_query_minimum() -> None:
     assert np.array_equal(worst.expected, np.min([p.expected for p in parts], 0))
     assert np.array_equal(worst.grouped, np.min([p.grouped for p in parts], 0))
     assert worst.mean() < min(p.mean() for p in parts)
+    # mAP@k with empty=drop: a member that leaves a query out (AP 0, found 0) once took the query out of the worst
+    # case's denominator too, and the worst case (50) came out above a member (30)
+    a = QueryAP(np.array([0.0, 0.5]), np.array([0.0, 0.5]), np.array([0.0, 1.0]), np.array([0.0, 1.0]))
+    b = QueryAP(np.array([0.1, 0.5]), np.array([0.1, 0.5]), np.ones(2), np.ones(2))
+    for ties in ("expected", "grouped"):
+        drop = worst_case([a, b]).mean(ties, "drop")
+        assert drop <= min(a.mean(ties, "drop"), b.mean(ties, "drop")) and drop == pytest.approx(25.0)
 
 
 def test_suite_members_follow_the_defense() -> None:

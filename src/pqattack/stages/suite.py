@@ -105,15 +105,16 @@ def member_jobs(job: JobConfig) -> list[JobConfig]:
 
 
 def worst_case(scores: list[QueryAP]) -> QueryAP:
-    """Per query, the lowest AP over the members (under each tie convention, with that member's found-weight)."""
+    """Per query, the lowest AP over the members (under each tie convention), with the largest found-weight over
+    them: under ``eval.empty=drop`` (mAP = sum of APs / sum of found-weights) the member whose AP is lowest may be
+    one that leaves the query out, and with its weight the worst case could exceed a member's mAP; with the largest
+    it is at most every member's, under either convention."""
     from ..metrics import QueryAP
 
     out = {}
     for ap, found in (("expected", "expected_found"), ("grouped", "grouped_found")):
-        aps = np.stack([getattr(s, ap) for s in scores])
-        pick = aps.argmin(0)
-        cols = np.arange(aps.shape[1])
-        out[ap], out[found] = aps[pick, cols], np.stack([getattr(s, found) for s in scores])[pick, cols]
+        out[ap] = np.stack([getattr(s, ap) for s in scores]).min(0)
+        out[found] = np.stack([getattr(s, found) for s in scores]).max(0)
     return QueryAP(**out)
 
 
