@@ -721,3 +721,19 @@ def test_the_pareto_legend_hides_no_point() -> None:
         for line in ax.get_lines():
             for x, y in ax.transData.transform(line.get_xydata()):
                 assert not box.contains(x, y), line.get_label()
+
+
+def test_a_transfer_source_is_the_undefended_surrogate() -> None:
+    """The attacker's surrogate has no defense: with the bare reference against a transform (once a config error
+    raised by the source job, after the target job had passed its checks), and as the target's own model named as
+    the source of a defended target (once the defended target itself, white-box); without a transfer key, or
+    undefended, the own model stays white-box."""
+    from pqattack.transfer import source_jobs
+
+    [src] = source_jobs(load_job(compose_config(SMALL + ["defense=bitdepth", "attack.reference=bare",
+                                                         "transfer.source_model=fastnet"])))
+    assert (src.model["name"], src.defense.kind, src.attack.reference) == ("fastnet", "none", "attacked")
+    [own] = source_jobs(load_job(compose_config(SMALL + ["defense=adv", "transfer.source_model=smallcnn"])))
+    assert (own.model["name"], own.defense.kind) == ("smallcnn", "none")
+    assert source_jobs(load_job(compose_config(SMALL + ["defense=adv"]))) is None
+    assert source_jobs(load_job(compose_config(SMALL + ["transfer.source_model=smallcnn"]))) is None

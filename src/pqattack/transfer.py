@@ -118,12 +118,15 @@ def source_models(transfer: dict[str, Any]) -> list[str] | None:
 def source_jobs(job: "JobConfig") -> "list[JobConfig] | None":
     """The jobs of the models that make the queries in a transfer job (``transfer.source_model``, one model or a
     list whose losses are averaged, and/or ``transfer.source_bits``), or None for white-box. Each source's model
-    node is composed by Hydra from ``conf/model/<name>``; everything else is the target job's."""
+    node is composed by Hydra from ``conf/model/<name>``; everything else is the target job's. A source is always
+    undefended (the attacker's surrogate): the target's own model and code length named as the source of a defended
+    target is its undefended model, not the defended target (white-box)."""
     from .config import compose_config, load_job
 
     t = job.transfer
     names, bits = source_models(t) or [job.model["name"]], t.get("source_bits")
-    if names == [job.model["name"]] and (bits is None or int(bits) == job.quantizer.bits):
+    own = names == [job.model["name"]] and (bits is None or int(bits) == job.quantizer.bits)
+    if own and (job.defense.kind == "none" or (not source_models(t) and bits is None)):
         return None
     jobs = []
     for name in names:
@@ -138,6 +141,7 @@ def source_jobs(job: "JobConfig") -> "list[JobConfig] | None":
         src.transfer = {"source": None, "source_model": None, "source_bits": None}
         src.defense = {"kind": "none"}  # the attacker's surrogate is undefended; the defense is the target's
         src.attack.oblivious = False
+        src.attack.reference = "attacked"  # without a transform the bare reference is the attacked model's own
         if not src.attack.dither:  # EOT over the draws of a transform the surrogate does not have
             src.attack.eot = 0
         jobs.append(load_job(src))
