@@ -4,6 +4,7 @@ EOT), the robust evaluation suite and its per-query worst case, and what they pu
 from __future__ import annotations
 
 import dataclasses
+import re
 import shutil
 from pathlib import Path
 
@@ -27,7 +28,7 @@ from pqattack.stages.keys import artifact_keys
 from pqattack.stages.suite import member_jobs, worst_case
 from pqattack.training import fit
 
-from .conftest import TINY, compose_config, run_job
+from .conftest import REPO, TINY, compose_config, run_job
 
 CPU = torch.device("cpu")
 SMALL = ["dataset=synthetic", "dataset.num_train=300", "dataset.num_test=120", "dataset.num_queries=10",
@@ -737,3 +738,41 @@ def test_a_transfer_source_is_the_undefended_surrogate() -> None:
     assert (own.model["name"], own.defense.kind) == ("smallcnn", "none")
     assert source_jobs(load_job(compose_config(SMALL + ["defense=adv"]))) is None
     assert source_jobs(load_job(compose_config(SMALL + ["transfer.source_model=smallcnn"]))) is None
+
+
+def test_the_training_attack_starts_from_the_steps_reference() -> None:
+    """The adversarial batch computes the clean reference once (for the consistency term) and the attack starts from
+    it: one forward pass fewer per step than the attack computing its own, and the same images bit for bit."""
+    from pqattack.attacks import pgd as plain_pgd
+
+    torch.manual_seed(0)
+    net = build_backbone("smallcnn", 10, width=8)
+    module = AdversarialClassifierModule(net, AdversarialTrainingConfig(eps=4 / 255, iters=2), schedule="constant")
+    x, labels = torch.rand(8, 3, 32, 32), torch.arange(8) % 2
+    calls = []
+    forward = net.forward_features
+    net.forward_features = lambda v: calls.append(1) or forward(v)  # type: ignore[method-assign]
+    torch.manual_seed(1)
+    batch, n, _ = module.adversarial_batch(x, labels)
+    assert len(calls) == 1 + 2  # the reference, then the attack's two steps
+    net.forward_features = forward  # type: ignore[method-assign]
+    net.eval()
+    torch.manual_seed(1)
+    alone = plain_pgd(module.attacked_model(), x[:n], module.attack.loss, module.attack)
+    assert torch.equal(batch[:n], alone)
+
+
+def test_the_step_cost_tool_times_both_steps(capsys: pytest.CaptureFixture) -> None:
+    """``tools/adversarial_step_cost.py`` at toy size: one line with both medians and their ratio; bad sizes refused."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("step_cost", REPO / "tools" / "adversarial_step_cost.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)  # type: ignore[union-attr]
+    tool.main(["--model", "smallcnn", "--batch", "8", "--runs", "2"])
+    out = capsys.readouterr().out
+    assert re.search(r"smallcnn, batch 8, k = 2, cpu: .*median step [0-9.]+ s with two reference passes, [0-9.]+ s "
+                     r"with one; [0-9.]+x", out), out
+    with pytest.raises(SystemExit) as err:
+        tool.main(["--runs", "0"])
+    assert err.value.code == 2

@@ -109,7 +109,8 @@ class Objective:
 def pgd(model: RetrievalModel | Sequence[RetrievalModel], images: torch.Tensor, loss_fn: Loss | str,
         cfg: AttackConfig, generator: torch.Generator | None = None,
         anchors: torch.Tensor | Sequence[torch.Tensor | None] | None = None, pick: Pick | None = None,
-        on_step: StepHook | None = None, reference_models: Sequence[RetrievalModel] | None = None) -> torch.Tensor:
+        on_step: StepHook | None = None, reference_models: Sequence[RetrievalModel] | None = None,
+        references: Sequence[Reference] | None = None) -> torch.Tensor:
     """Maximise ``loss_fn`` over ``||delta||_inf <= eps`` for images in [0, 1].
 
     ``model(x)`` returns ``(z, log p^)`` (``RetrievalModel``); a sequence of models is an ensemble whose losses are
@@ -120,7 +121,9 @@ def pgd(model: RetrievalModel | Sequence[RetrievalModel], images: torch.Tensor, 
     rounded to the 8-bit grid (stays in the ball for 8-bit inputs). With ``restarts`` R, R runs from independent
     starts; per query the one with the largest final loss is kept, or the one ``pick`` chooses.
     ``reference_models``, one per model, give the clean queries' reference instead of the models themselves
-    (``attack.reference=bare``: the bare backbone of a target behind a query transform).
+    (``attack.reference=bare``: the bare backbone of a target behind a query transform). ``references``, one per
+    model, are those references when the caller has them already (:func:`reference` of the same models, images,
+    ``attack.peak`` and anchors: adversarial training computes them for its consistency term).
     """
     models = [model] if isinstance(model, RetrievalModel) else list(model)
     anchor_list = list(anchors) if isinstance(anchors, (list, tuple)) else [anchors] * len(models)
@@ -132,7 +135,10 @@ def pgd(model: RetrievalModel | Sequence[RetrievalModel], images: torch.Tensor, 
     ref_models = models if reference_models is None else list(reference_models)
     if len(ref_models) != len(models):
         raise ValueError(f"pgd: {len(ref_models)} reference models for {len(models)} models")
-    refs = [reference(m, x, cfg.peak, a) for m, a in zip(ref_models, anchor_list)]
+    refs = (list(references) if references is not None else
+            [reference(m, x, cfg.peak, a) for m, a in zip(ref_models, anchor_list)])
+    if len(refs) != len(models):
+        raise ValueError(f"pgd: {len(refs)} references for {len(models)} models")
     objective = Objective(models, refs, loss_fn, cfg)
     if on_step is not None and cfg.restarts:
         raise ValueError("pgd: on_step follows one run; it cannot be combined with restarts")

@@ -31,6 +31,8 @@ which the training attack maximises, minimised. Its target is peaked, where the 
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
 from ..attacks import AttackConfig, Reference, batch_anchors, pgd, reference
@@ -71,10 +73,11 @@ class AdversarialBatches:
         training = self.backbone.training
         self.backbone.eval()
         try:
-            ref = reference(model, x[:n])
+            ref = reference(model, x[:n], self.attack.peak)
             anchors = batch_anchors(ref.codes, labels[:n], model.codebooks) if self.attack.loss == "center" else None
-            with torch.enable_grad():
-                adv = pgd(model, x[:n], self.attack.loss, self.attack, anchors=anchors)
+            with torch.enable_grad():  # the attack starts from this reference (one forward pass, not two)
+                adv = pgd(model, x[:n], self.attack.loss, self.attack, anchors=anchors,
+                          references=[dataclasses.replace(ref, anchor=anchors)])
         finally:
             self.backbone.train(training)
         parts = [x, adv.to(x.dtype)] if self.defense.trades else [adv.to(x.dtype), x[n:]]
