@@ -269,6 +269,53 @@ def test_full_mode_commands_make_the_jobs_they_expect_and_every_job_validates(tm
     assert bench[bench.index("--device") + 1] == "cuda"
 
 
+def test_an_error_inside_a_stage_is_logged_and_what_was_done_is_packed(tmp_path: Path) -> None:
+    """An exception while a stage runs (a bug, a record the estimates cannot read) once ended the script before its
+    last pack: the stage now gets an error status, the log says why, and the records archive is written."""
+    run = tiny_run(tmp_path, deadline=300)
+
+    def broken(name: str) -> Stage:
+        raise TypeError("a record field is None")
+
+    run.stage = broken  # type: ignore[method-assign]
+    assert run.main() == 1
+    assert "smoke: TypeError: a record field is None: the run stops here" in (run.out / "gpu-run.log").read_text()
+    assert json.loads((run.stages_dir / "smoke" / "status.json").read_text())["status"] == "error"
+    assert "smoke/status.json" in archive_names(run.out)
+
+
+SLEEPER = """
+import sys
+from pqattack.gpu.run import Command, Run, Stage, parse_args
+run = Run(parse_args(["--tiny", "--work", sys.argv[1], "--out", sys.argv[2], "--deadline", "300", "--stages", "smoke"]))
+run.stage = lambda name: Stage(name, [Command("sleeper", ["-c", "import time; print('up', flush=True); time.sleep(120)"])])
+sys.exit(run.main())
+"""
+
+
+def test_a_signal_from_outside_stops_the_command_and_packs_what_there_is(tmp_path: Path) -> None:
+    """The machine's own limit (shorter than --deadline) ends the script with SIGTERM: the running command's process
+    group is stopped, its stage marked interrupted, the records packed, the exit code 128 + 15."""
+    import signal
+    import time
+
+    work, out = tmp_path / "work", tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-c", SLEEPER, str(work), str(out)], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    log = work / "stages" / "smoke" / "sleeper.log"
+    deadline = time.time() + 60
+    while not (log.is_file() and "up" in log.read_text()) and time.time() < deadline:
+        time.sleep(0.1)
+    assert log.is_file() and "up" in log.read_text(), proc.communicate(timeout=30)[0][-2000:]
+    t0 = time.time()
+    proc.send_signal(signal.SIGTERM)
+    output = proc.communicate(timeout=60)[0]
+    assert proc.returncode == 128 + signal.SIGTERM and time.time() - t0 < 30, output[-2000:]
+    assert json.loads((work / "stages" / "smoke" / "status.json").read_text())["status"] == "interrupted"
+    assert {"smoke/status.json", "smoke/sleeper.log", "run.json"} <= set(archive_names(out))
+    assert "signal 15" in (out / "gpu-run.log").read_text()
+
+
 @pytest.mark.parametrize("body,expected", [("def test_ok():\n    assert True\n", "ok"),
                                            ("import pytest\n\n@pytest.mark.skip(reason='no GPU')\ndef test_s():\n"
                                             "    pass\n", "failed")])

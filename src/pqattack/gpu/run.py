@@ -59,6 +59,7 @@ ADV_EPOCH_FACTOR = 3.3
 REQUIRED = ("smoke",)  # a failure here stops the run
 PACK_RESERVE_S = 15.0  # kept back from every command's timeout: packing the records, moving the checkpoints
 EXPORT_PART_MB = 15.5  # checkpoint parts, under the 16 MiB a file may have in <out>
+EXPORT_MIN_S = 60.0  # time left below which Table 1's backbones are not exported (torch import and ~60 MiB of fp16)
 
 
 # --------------------------------------------------------------------------------------------- stages
@@ -94,6 +95,8 @@ class Run:
             raise SystemExit(f"--stages: unknown {unknown}; choose from {', '.join(STAGES)}")
         self.previous = Path(args.previous) if args.previous else None
         self.costs: Costs | None = None
+        self.child: subprocess.Popen | None = None  # the command running now, and its stage (``interrupted``)
+        self.running: str | None = None
         for d in (self.work, self.out, self.stages_dir):
             d.mkdir(parents=True, exist_ok=True)
         self.log_files = [self.work / "gpu-run.log", self.out / "gpu-run.log"]
@@ -381,18 +384,15 @@ class Run:
         env = {**os.environ, "PYTHONWARNINGS": "ignore", "PYTHONUNBUFFERED": "1"}
         timed_out = False
         with open(log_path, "w") as fh:
-            proc = subprocess.Popen(argv, cwd=REPO, stdout=fh, stderr=subprocess.STDOUT, env=env,
-                                    start_new_session=True)
+            proc = self.child = subprocess.Popen(argv, cwd=REPO, stdout=fh, stderr=subprocess.STDOUT, env=env,
+                                                 start_new_session=True)
             try:
                 rc = proc.wait(timeout=max(1.0, timeout))
             except subprocess.TimeoutExpired:
                 timed_out = True
-                os.killpg(proc.pid, signal.SIGTERM)
-                try:
-                    rc = proc.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                    rc = proc.wait()
+                rc = stop(proc)
+            finally:
+                self.child = None
         wall = time.time() - t0
         found = len(job_records(folder / cmd.name)) if cmd.jobs else None
         result = {"name": cmd.name, "argv": cmd.argv, "returncode": rc, "wall_s": round(wall, 2),
@@ -410,6 +410,7 @@ class Run:
         folder = self.stages_dir / name
         shutil.rmtree(folder, ignore_errors=True)
         folder.mkdir(parents=True)
+        self.running = name
         st = self.stage(name)
         started, results, skipped = time.time(), [], []
         fresh = not (self.cache / "images").is_dir()
@@ -444,8 +445,30 @@ class Run:
                "wall_s": round(time.time() - started, 2), "fresh_cache": fresh if name == "table1" else None,
                "reason": skipped[0]["skipped"] if skipped else None, "commands": results + skipped}
         (folder / "status.json").write_text(json.dumps(doc, indent=1))
+        self.running = None
         self.log(f"{name}: {status} in {doc['wall_s']:.1f} s")
         return status
+
+    def mark_stopped(self, reason: str, status: str = "error") -> None:
+        """The stage running now ended without its own status: write one (not valid, so a later run redoes the
+        stage, but its finished jobs' records are packed)."""
+        if self.running is not None and not (self.stages_dir / self.running / "status.json").is_file():
+            (self.stages_dir / self.running / "status.json").write_text(json.dumps(
+                {"stage": self.running, "status": status, "mode": "tiny" if self.mode.tiny else "full",
+                 "reason": reason, "commands": []}, indent=1))
+        self.running = None
+
+    def interrupted(self, signum: int, _frame: Any) -> None:
+        """SIGTERM or SIGINT from outside (the machine's own time limit, shorter than ``--deadline``): stop the running
+        command's process group, mark its stage ``interrupted`` (not valid, but its finished jobs' records are
+        packed), and pack what there is before exiting."""
+        self.log(f"gpu-run: signal {signum} with {self.left():.0f} s to the deadline: packing what there is")
+        if self.child is not None:
+            stop(self.child, grace=5)
+        self.mark_stopped(f"signal {signum}", "interrupted")
+        self.summary({"interrupted_by": signum})
+        self.pack()
+        raise SystemExit(128 + signum)
 
     def check_gpu_tests(self) -> str:
         """On the GPU the ``gpu`` tests must have run (not been skipped): ok, else failed."""
@@ -482,7 +505,7 @@ class Run:
                 self.log(f"checkpoints: export failed: {proc.stderr.strip()[-2000:]}")
                 return
             files = {f"checkpoints/{p.name}": p.stat().st_size for p in sorted(staging.iterdir())}
-            reason = out_fits(self.out, files, spare_files=1, reserve_bytes=4 * 2**20)
+            reason = out_fits(self.out, files, spare_files=1, reserve_bytes=10 * 2**20)  # the later records
             if reason is None:
                 (self.out / "checkpoints").mkdir(exist_ok=True)
                 for rel in files:
@@ -512,6 +535,30 @@ class Run:
                 env["driver"] = None
         return env
 
+    def run_and_estimate(self, name: str) -> int:
+        """Run stage ``name`` unless its records are valid already; then the costs the later stages are estimated
+        from. Returns 1 when a required stage did not succeed (the run stops), else 0."""
+        code = 0
+        if self.valid(name):
+            self.log(f"{name}: skipped: its records are present and valid ({self.stages_dir / name})")
+        else:
+            if name != "smoke" and not self.valid("smoke"):
+                self.log(f"{name}: skipped: no valid smoke records (the smoke stage checks the GPU path first)")
+                return 0
+            status = self.run_stage(name)
+            if name in REQUIRED and status != "ok":
+                self.log(f"{name}: {status}: the run stops here")
+                code = 1
+        if self.valid("smoke") and self.costs is None:
+            try:
+                self.costs = measure_costs(self.stages_dir / "smoke")
+            except (KeyError, StopIteration, ValueError, ZeroDivisionError) as exc:
+                self.log(f"estimates: the smoke records lack a timing ({type(exc).__name__}: {exc}); the later "
+                         f"stages run without estimates, stopped by the deadline only")
+        if name == "table1" and self.status("table1") and self.costs is not None:
+            refine_costs(self.costs, self.stages_dir / "table1")
+        return code
+
     def main(self) -> int:
         self.log(f"gpu-run: {'tiny (CPU)' if self.mode.tiny else 'full'} mode, deadline {self.left():.0f} s, "
                  f"out {self.out}, work {self.work}")
@@ -522,39 +569,56 @@ class Run:
             self.log("no CUDA device visible to torch: the full run needs a GPU (use --tiny on a CPU)")
             return 2
         self.take_previous()
+        handlers = {sig: signal.signal(sig, self.interrupted) for sig in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            return self.run_stages()
+        finally:
+            for sig, handler in handlers.items():
+                signal.signal(sig, handler)
+
+    def run_stages(self) -> int:
+        """Every wanted stage in order, each packed as soon as it ends (an exception included), Table 1's backbones
+        exported after its records are packed; returns 1 when a required stage failed."""
         code = 0
         for name in STAGES:
             if name not in self.wanted:
                 continue
-            if self.valid(name):
-                self.log(f"{name}: skipped: its records are present and valid ({self.stages_dir / name})")
-            else:
-                if name != "smoke" and not self.valid("smoke"):
-                    self.log(f"{name}: skipped: no valid smoke records (the smoke stage checks the GPU path first)")
-                    continue
-                status = self.run_stage(name)
-                if name in REQUIRED and status != "ok":
-                    self.log(f"{name}: {status}: the run stops here")
-                    code = 1
-            if self.valid("smoke") and self.costs is None:
-                try:
-                    self.costs = measure_costs(self.stages_dir / "smoke")
-                except (KeyError, StopIteration, ValueError, ZeroDivisionError) as exc:
-                    self.log(f"estimates: the smoke records lack a timing ({type(exc).__name__}: {exc}); the later "
-                             f"stages run without estimates, stopped by the deadline only")
-            if name == "table1" and self.status("table1"):
-                if self.costs is not None:
-                    refine_costs(self.costs, self.stages_dir / "table1")
-                if not any((self.out / "checkpoints").glob("*.pqc")):
-                    self.export_checkpoints()
+            try:
+                code = self.run_and_estimate(name)
+            except Exception as exc:  # noqa: BLE001 -- whatever breaks here, what is done is packed below
+                self.mark_stopped(f"{type(exc).__name__}: {exc}")
+                required = name in REQUIRED
+                self.log(f"{name}: {type(exc).__name__}: {exc}: " + ("the run stops here" if required else
+                                                                      "on to the next stage"))
+                code = 1 if required else 0
             self.summary()
-            self.pack()
+            self.pack()  # before the checkpoint export, which the deadline may cut short
+            if name == "table1" and self.status("table1") and not any((self.out / "checkpoints").glob("*.pqc")):
+                if self.left() < EXPORT_MIN_S:
+                    self.log(f"checkpoints: not exported: {self.left():.0f} s left (an export needs {EXPORT_MIN_S} s)")
+                else:
+                    try:
+                        self.export_checkpoints()
+                    except (OSError, subprocess.SubprocessError) as exc:
+                        self.log(f"checkpoints: export failed: {type(exc).__name__}: {exc}")
             if code:
                 break
         self.log(f"gpu-run: finished with {self.left():.0f} s to the deadline; records in {self.out / 'records.tar.gz'}")
         self.summary()
         self.pack()
         return code
+
+
+def stop(proc: subprocess.Popen, grace: float = 10) -> int:
+    """SIGTERM to a command's process group, SIGKILL after ``grace`` seconds; its return code."""
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        return proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        return proc.wait()
+    except ProcessLookupError:
+        return proc.wait()
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
