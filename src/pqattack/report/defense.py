@@ -166,23 +166,27 @@ def masking_grid(rows: list[dict[str, Any]]) -> Grid | None:
     stands in, named in the cell. Other variants (the bare reference, restarts, EOT, a dither) are other attacks."""
     rs = [r for r in _rows(rows) if r.get("defense") and r["attack"] == "apd" and not r.get("oblivious")
           and r.get("restarts") is None and not r.get("eot") and not r.get("dither")]
-    by: dict[tuple, dict[str, dict[tuple[float, int], float]]] = {}
+    by: dict[tuple, dict[str, dict[tuple[float, int], float]]] = {}  # target -> step schedule -> budget -> mAP
     for r in rs:
-        variant = attack_label({**r, "eps": PAPER_ATTACK["eps"], "iters": PAPER_ATTACK["iters"], "oblivious": None})
-        if variant != "apd" and variant != f"apd ({r.get('step_schedule')})":
-            continue
-        by.setdefault((_target(r), r["defense"]), {}).setdefault(variant, {})[
+        schedule = r.get("step_schedule") or ""  # "": the constant step, plain APD
+        if attack_label({**r, "eps": PAPER_ATTACK["eps"], "iters": PAPER_ATTACK["iters"], "oblivious": None}) != \
+                "apd" + (f" ({schedule})" if schedule else ""):
+            continue  # the bare reference, another similarity or temperature: another attack
+        by.setdefault((_target(r), r["defense"]), {}).setdefault(schedule, {})[
             (round(float(r["eps"]) * 255), int(r["iters"]))] = r["map"]
+
+    def most_steps(grid: dict[tuple[float, int], float]) -> tuple[float, int] | None:
+        return max((k for k in grid if k[0] == 8 and k[1] > 5), default=None, key=lambda k: k[1])
+
     body = []
     name = _model_namer(t for t, _ in by)
-    for (target, defense), variants in sorted(by.items()):
-        grid = variants.get("apd", {})
+    for (target, defense), schedules in sorted(by.items()):
+        grid = schedules.get("", {})
         five = grid.get((8, 5))
-        many_of = grid if any(k[0] == 8 and k[1] > 5 for k in grid) else next(
-            (g for v, g in sorted(variants.items()) if v != "apd" and any(k[0] == 8 and k[1] > 5 for k in g)), {})
-        many = max((k for k in many_of if k[0] == 8 and k[1] > 5), default=None, key=lambda k: k[1])
-        named = "" if many_of is grid or many is None else next(
-            f" ({v.removeprefix('apd (').removesuffix(')')})" for v, g in variants.items() if g is many_of)
+        schedule = next((sc for sc in sorted(schedules) if most_steps(schedules[sc])), "")  # plain APD first
+        many_of = schedules.get(schedule, {})
+        many = most_steps(many_of)
+        named = f" ({schedule})" if schedule else ""
         wide = max((k for k in grid if k[0] > 8 and (8, k[1]) in grid), default=None)  # the largest eps, most steps
         at8 = grid.get((8, wide[1])) if wide else None
         if five is None or (many is None and wide is None):
