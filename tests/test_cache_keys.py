@@ -361,3 +361,49 @@ def test_an_option_added_off_keeps_existing_keys(tmp_path: Path) -> None:
     on, _ = walk.keys(walk.compose(base + ["+trainer.new_option=0.5", "+attack.new_option=true"]))
     assert off == k0
     assert on["checkpoint"] != k0["checkpoint"] and on["adversarial_queries"] != k0["adversarial_queries"]
+
+
+def test_target_class_zero_is_not_a_random_target(tmp_path: Path) -> None:
+    """``attack.target_class`` null draws a random other class per query, 0 targets class 0: two query sets and two
+    results, not one key for both (0 is not "off" here)."""
+    walk = Walk(tmp_path)
+    base = COMMON + SYNTHETIC + ["attack=center_targeted"]
+    random_target, _ = walk.keys(walk.compose(base))
+    class0, _ = walk.keys(walk.compose(base + ["attack.target_class=0"]))
+    class1, _ = walk.keys(walk.compose(base + ["attack.target_class=1"]))
+    for kind in ("adversarial_queries", "results"):
+        assert len({random_target[kind], class0[kind], class1[kind]}) == 3, kind
+    assert random_target["checkpoint"] == class0["checkpoint"]
+
+
+@pytest.mark.parametrize("loss", ["apd", "basic"])
+def test_an_oracle_restart_pick_keys_what_the_oracle_reads(tmp_path: Path, loss: str) -> None:
+    """``attack.restart_pick=oracle`` picks each query's restart by its AP on the source's index, averaged over the
+    job's systems: the systems, the database and the codebooks (the feature attack's too) enter the query set's
+    key. The pick by the attacker's loss reads none of them."""
+    walk = Walk(tmp_path)
+    oracle = COMMON + SYNTHETIC + [f"attack={loss}", "attack.restarts=2", "attack.restart_pick=oracle"]
+    plain = COMMON + SYNTHETIC + [f"attack={loss}", "attack.restarts=2"]
+    for base, reads in ((oracle, True), (plain, False)):
+        k0, _ = walk.keys(walk.compose(base))
+        for change in (["system=sdc"], ["dataset.num_database=25"], ["bits=24"]):
+            k1, _ = walk.keys(walk.compose(base + change))
+            # APD's codebooks are K-means on the database features: a new database or K is a new set anyway
+            reads_it = reads or (change != ["system=sdc"] and loss != "basic")
+            assert (k0["adversarial_queries"] != k1["adversarial_queries"]) == reads_it, (base, change)
+
+
+@pytest.mark.parametrize("change", [["+trainer.crop_padding=0"],
+                                    ["trainer.schedule=triangle", "+trainer.warmup=0"],
+                                    ["trainer.schedule=triangle", "+trainer.lr_start=0"]])
+def test_a_recipe_option_at_zero_is_not_the_module_default(tmp_path: Path, change: list[str]) -> None:
+    """A recipe option absent from the trainer config trains with the module's default (crop padding 4, warmup
+    0.25, start at 0.2 of the peak lr); set to 0 it trains differently, so it is a new checkpoint. An option at
+    the module's off default (``lr_end=0``, ``lookahead=0``) stays out of the key."""
+    walk = Walk(tmp_path)
+    base = COMMON + SYNTHETIC + change[:-1]
+    absent, _ = walk.keys(walk.compose(base))
+    zero, _ = walk.keys(walk.compose(base + change[-1:]))
+    assert absent["checkpoint"] != zero["checkpoint"]
+    for off in ("+trainer.lr_end=0", "+trainer.lookahead=0"):
+        assert walk.keys(walk.compose(base + [off]))[0]["checkpoint"] == absent["checkpoint"], off

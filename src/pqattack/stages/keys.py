@@ -5,6 +5,7 @@ is in them. Config keys that change no artifact's content are in ``RUN_ONLY_KEYS
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import torch
@@ -13,7 +14,8 @@ from ..attacks import CENTER_LOSSES, LOSS_IGNORES, OFF_VALUES
 from ..cache import spec_key
 from ..config import JobConfig, container
 from ..data import RetrievalData
-from ..models import DEFAULT_BACKBONE_BUILDER
+from ..models import DEFAULT_BACKBONE_BUILDER, ClassifierModule
+from ..models.recipe import RECIPE_OPTIONS
 from ..training import DISTRIBUTED_KEYS, distributed_spec
 
 # Config keys that change no artifact's content, so no cache key holds them (tests/test_cache_keys.py walks every
@@ -34,6 +36,12 @@ TRAINER_CORE = ("max_epochs", "batch_size", "lr", "momentum", "weight_decay", "n
                 "schedule", "augment")
 ATTACK_CORE = ("name", "loss", "eps", "step", "iters", "random_start", "quantize_8bit", "similarity", "temperature",
                "peak", "batch_size")
+#: options whose null and 0 differ: ``attack.target_class`` null is a seeded random other class per query, 0 class 0
+ZERO_IS_A_VALUE = ("target_class",)
+#: the recipe options that reach the training module only when the trainer config has them (``optimiser_kwargs``),
+#: with the module's value when it has not: crop_padding 4, warmup 0.25, lr_start 0.2, ...
+RECIPE_DEFAULTS = {k: p.default for k, p in inspect.signature(ClassifierModule.__init__).parameters.items()
+                   if k in RECIPE_OPTIONS and p.default is not inspect.Parameter.empty}
 
 
 def is_off(value: Any) -> bool:
@@ -49,9 +57,12 @@ def settings(node: dict[str, Any], core: tuple[str, ...] = ()) -> dict[str, Any]
 
 
 def recipe_spec(trainer: dict[str, Any], exclude: tuple[str, ...] = ()) -> dict[str, Any]:
-    """The training recipe (``trainer``), without where and how verbosely it runs."""
-    return settings({k: v for k, v in trainer.items() if k not in ("progress", *DISTRIBUTED_KEYS, *exclude)},
-                    TRAINER_CORE)
+    """The training recipe (``trainer``), without where and how verbosely it runs. An option at its off value is
+    left out only when leaving it out trains the same: ``trainer.crop_padding=0`` is kept, since without the key the
+    module pads by 4 (``RECIPE_DEFAULTS``)."""
+    recipe = {k: v for k, v in trainer.items() if k not in ("progress", *DISTRIBUTED_KEYS, *exclude)}
+    kept = tuple(k for k, v in recipe.items() if is_off(v) and k in RECIPE_DEFAULTS and RECIPE_DEFAULTS[k] != v)
+    return settings(recipe, TRAINER_CORE + kept)
 
 
 def model_spec(model: dict[str, Any]) -> dict[str, Any]:
@@ -125,13 +136,20 @@ def attack_spec(job: JobConfig, data: RetrievalData, checkpoint_key: str | list[
                 codebooks_key: str | None | list[str | None], precision: str) -> dict[str, Any]:
     """An adversarial query set: the source (checkpoint, and codebooks unless the loss ignores them; lists for an
     ensemble of sources), the actual queries (and database items, whose codes give the centre codes), every attack
-    setting (``batch_size`` included: it orders the random-start draws), precision, seed."""
-    if job.attack.loss == "basic":
+    setting (``batch_size`` included: it orders the random-start draws), precision, seed. ``restart_pick=oracle``
+    picks each query's restart by its AP on the source's index: the codebooks, the database and the systems
+    averaged over are then in the key too."""
+    oracle = job.attack.restart_pick == "oracle"
+    if job.attack.loss == "basic" and not oracle:
         codebooks_key = None if isinstance(checkpoint_key, str) else [None] * len(checkpoint_key)
+    node = attack_settings(job)
+    attack = {**settings(node, ATTACK_CORE), **{k: node[k] for k in ZERO_IS_A_VALUE if node.get(k) is not None}}
     spec = {"checkpoint": checkpoint_key, "codebooks": codebooks_key, "queries": data.query_key,
-            "attack": settings(attack_settings(job), ATTACK_CORE), "precision": precision, "seed": job.seed}
-    if job.attack.loss in CENTER_LOSSES:
+            "attack": attack, "precision": precision, "seed": job.seed}
+    if job.attack.loss in CENTER_LOSSES or oracle:
         spec["database"] = data.database_key
+    if oracle:
+        spec["oracle_systems"] = list(job.systems)
     if job.defense.transform and not job.attack.oblivious:  # made through the query transform (BPDA)
         spec["defense"] = settings(container(job.config.defense), ("kind",))
         if job.defense.random:
@@ -173,7 +191,11 @@ def results_spec(job: JobConfig, precision: str) -> dict[str, Any]:
         _drop(spec, "defense")
     if job.defense.random:
         spec["defense"]["draws"] = RANDOM_DRAWS
-    return {**_without_off(spec), "precision": precision}
+    out = _without_off(spec)
+    zeros = {k: spec["attack"][k] for k in ZERO_IS_A_VALUE if spec.get("attack", {}).get(k) is not None}
+    if zeros:
+        out.setdefault("attack", {}).update(zeros)
+    return {**out, "precision": precision}
 
 
 def artifact_keys(job: JobConfig, data: RetrievalData, precision: str, device: torch.device) -> dict[str, str]:
