@@ -82,6 +82,28 @@ def test_resumed_sweep_skips_complete_jobs(tmp_path: Path) -> None:
     assert canon(again["rows"]) == canon(first["rows"])
 
 
+def test_a_resumed_job_on_changed_images_is_computed_again(tmp_path: Path) -> None:
+    """The results key holds the config, not the images: a resumed job whose image folder changed since its
+    results were cached (one test image replaced) is computed again, on the new images; unchanged, it resumes."""
+    from .fixtures import make_image_folder
+
+    root = tmp_path / "images"
+    make_image_folder(root, per_class=30)
+    job = ["dataset=imagefolder", f"dataset.root={root}", "dataset.num_queries=9", "dataset.num_database=36",
+           "model=smallcnn", "model.width=8", "trainer.max_epochs=1", "trainer.batch_size=16", "bits=16",
+           "device=cpu", "progress=false", "attack=basic", "resume=true"]
+    first = run_job(job, tmp_path / "r0", tmp_path / "cache")
+    assert not first.get("resumed")
+    assert run_job(job, tmp_path / "r1", tmp_path / "cache").get("resumed")
+    test_image = sorted((root / "test" / "cat").iterdir())[0]
+    Image.fromarray(np.full((40, 40, 3), 90, dtype=np.uint8)).save(test_image.with_suffix(".png"))
+    test_image.unlink()
+    # the same command again, as after a killed sweep: a new process, which loads the images afresh
+    again = load_results(results_path(run_cli(job, tmp_path, tmp_path / "cache"), tmp_path))
+    assert not again.get("resumed")
+    assert again["meta"]["cache_keys"]["features"] != first["meta"]["cache_keys"]["features"]
+
+
 def test_same_command_twice_gives_identical_rows(tmp_path: Path) -> None:
     rows = []
     for i in range(2):

@@ -1,4 +1,4 @@
-"""The orchestrator: one job, as the data flow it is: validate, runtime, resume, data, target, clean rows,
+"""The orchestrator: one job, as the data flow it is: validate, runtime, data, resume, target, clean rows,
 adversarial set (or the robust evaluation's suite), attacked rows, write, log. The stages (``stages/``) do the work; every stage's output is an
 artifact in the content-addressed cache, keyed by everything that determines it, so a sweep over attacks and bits
 trains each backbone, extracts its features and runs K-means once."""
@@ -8,23 +8,35 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from .cache import ArtifactCache, spec_key
-from .config import container, load_job
+from .config import JobConfig, container, load_job
+from .data import RetrievalData
 from .loggers import log_results
 from .records import attacked_rows, clean_rows, describe, recipe_fields, write_results
 from .runtime import Runtime, device_name, resolve_device, resolve_precision, versions
 from .stages.attack import adversarial_set, check_attack_data
 from .stages.data import load_data
-from .stages.keys import results_spec
+from .stages.keys import artifact_keys, results_spec
 from .stages.suite import evaluate_suite
 from .stages.target import build_target, peak_agreement, score, score_set, targeted_scores
 
 log = logging.getLogger(__name__)
+
+
+def stale_artifacts(meta: dict[str, Any], job: JobConfig, data: RetrievalData, precision: str,
+                    device: torch.device) -> list[str]:
+    """The artifacts whose keys in the cached results' ``meta`` differ from this job's on the data it loaded: the
+    results key holds the config only, the artifact keys the data's items too (a resumed job whose images changed
+    is computed again)."""
+    now = artifact_keys(job, data, precision, device)
+    recorded = meta.get("cache_keys", {})
+    return sorted(k for k in recorded.keys() & now.keys() if recorded[k] != now[k])
 
 
 def run(cfg: DictConfig, output_dir: Path, loggers: list | None = None) -> Path:
@@ -39,13 +51,17 @@ def run(cfg: DictConfig, output_dir: Path, loggers: list | None = None) -> Path:
     if device.type == "cuda":  # fixed input shapes: let cuDNN pick its fastest algorithms (eval and attacks too)
         torch.backends.cudnn.benchmark = True
     results_key = spec_key("results", results_spec(job, rt.precision))
-    if cfg.get("resume") and rt.cache.enabled and (found := rt.cache.load("results", results_key)) is not None:
-        log.info("resume: this job's results are complete in the cache; not recomputed")
-        return write_results(output_dir, {**found[1]["results"], "resumed": True})
+    found = rt.cache.load("results", results_key) if cfg.get("resume") and rt.cache.enabled else None
 
     with rt.timed("data"):
         source = instantiate(cfg.dataset)
         data = load_data(cfg, source, rt)
+    if found is not None:
+        if not (changed := stale_artifacts(found[1]["results"]["meta"], job, data, rt.precision, device)):
+            log.info("resume: this job's results are complete in the cache; not recomputed")
+            return write_results(output_dir, {**found[1]["results"], "resumed": True})
+        log.info("resume: the cached results were made with another %s (the data changed); recomputing",
+                 ", ".join(changed))
     label = getattr(source, "describe", lambda: data.name)()
     check_attack_data(job, data)
     target = build_target(job, data, rt, loggers or [])
