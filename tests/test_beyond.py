@@ -406,6 +406,8 @@ def test_perceptibility_by_hand() -> None:
     (["attack.step_schedule=linear"], "attack.step_schedule"),
     (["attack.save_prefixes=[0,2]"], "attack.save_prefixes"),
     (["attack.save_prefixes=[2]", "attack.restarts=2"], "attack.save_prefixes"),
+    # a random query transform's draws at each step come from a seed of the whole set's own
+    (["attack.save_prefixes=[2]", "defense=jpeg_random"], "attack.save_prefixes"),
     (["transfer.source_model=[vgg11,nosuchnet]"], "transfer.source_model"),
     (["transfer.source_model=[vgg11,vgg11]"], "transfer.source_model"),
     (["transfer.source_model=[]"], "transfer.source_model"),
@@ -413,6 +415,11 @@ def test_perceptibility_by_hand() -> None:
 def test_bad_values_of_the_new_keys_name_the_key(overrides: list[str], key: str) -> None:
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         validate(make(overrides))
+
+
+def test_prefixes_are_saved_through_a_fixed_transform_or_obliviously() -> None:
+    for extra in (["defense=jpeg"], ["defense=jpeg_random", "attack.oblivious=true"], ["defense=bitdepth"]):
+        validate(make(["attack.save_prefixes=[2]", *extra]))
 
 
 def test_query_set_spec_of_the_paper_attacks_holds_only_the_paper_settings() -> None:

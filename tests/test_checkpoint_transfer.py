@@ -189,3 +189,14 @@ def test_export_refuses_a_file_argument_that_is_a_folder_or_a_key_and_a_part_siz
         assert code == 2 and err.startswith("usage error: export: ") and message in err, err
         assert len(err.strip().splitlines()) == 1, err
     assert files() == before
+
+
+def test_import_of_a_folder_or_of_nothing_is_a_usage_error(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """A FILE that is a folder, or that does not exist (nor any part of it): one line naming it, exit 2 (bad
+    input), nothing written."""
+    cache = tmp_path / "cache"
+    for path, message in [(tmp_path, "is a folder"), (tmp_path / "none.pqc", "no such file, nor parts none.part")]:
+        code, err = cache_main(["import", str(path), "--cache", str(cache)], capsys)
+        assert code == 2 and err.startswith(f"usage error: import: {path}") and message in err, err
+        assert len(err.strip().splitlines()) == 1, err
+    assert not cache.exists()

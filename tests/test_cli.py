@@ -73,19 +73,31 @@ def test_wandb_offline_writes_run_files_with_metrics(tmp_path: Path, shared_cach
     assert logged == {(r["attack"], r["system"]): r["map"] for r in res["rows"]}
 
 
-@pytest.mark.parametrize("overrides,key", [(["attack.eps=0"], "attack.eps"), (["bits=20", "quantizer.K=16"], "bits=20"),
-                                           (["dataset.num_queries=5000"], "dataset.num_queries")])
+@pytest.mark.parametrize("overrides,key", [
+    (["attack.eps=0"], "attack.eps"), (["bits=20", "quantizer.K=16"], "bits=20"),
+    (["dataset.num_queries=5000"], "dataset.num_queries"),
+    # the run folder's name holds quantizer.K: a bits that K cannot resolve from is the config check's error, not
+    # a traceback of Hydra's while it names the folder
+    (["bits=7"], "bits=7: must be a positive multiple"), (["bits=abc"], "bits='abc': expected an integer"),
+    (["seed=-1"], "seed=-1: must be in [0, 2^32)"), (["trainer.devices=abc"], "trainer.devices='abc'"),
+    (["dataset.num_classes=11"], "dataset.num_classes=11"), (["cache.dir=cache/results.txt/x"], "is a file"),
+    (["index=ivfpq", "system=adc", "eval.topk=50", "index.nlist=64", "index.train_size=10"], "index.train_size=10"),
+])
 def test_bad_config_fails_fast_and_writes_nothing(tmp_path: Path, overrides: list[str], key: str) -> None:
     cache = tmp_path / "cache"
+    if any(o.startswith("cache.dir=") for o in overrides):
+        (tmp_path / "cache").mkdir()
+        (tmp_path / "cache" / "results.txt").write_text("not a folder")
     proc = run_cli([*TINY, *overrides], tmp_path, cache, check=False, env={"PYTHONPROFILEIMPORTTIME": "1"})
     assert proc.returncode == 2
     assert key in proc.stderr and "config error" in proc.stderr
+    assert "Traceback" not in proc.stderr
     # checked before the pipeline's imports: neither Lightning nor torchvision (seconds of start-up) was loaded
     imported = set(re.findall(r"^import time:.*\|\s*(\S+)$", proc.stderr, re.M))
     assert "torch" in imported and not imported & {"pytorch_lightning", "torchvision"}
     assert "cache miss" not in proc.stderr + proc.stdout  # nothing was built: it failed before any compute
-    assert not (tmp_path / "outputs").exists() or not any((tmp_path / "outputs").rglob("*.json"))
-    assert not cache.exists() or not any(p.is_file() for p in cache.rglob("*"))
+    assert not (tmp_path / "outputs").exists()  # no run folder, nor the empty folders above it
+    assert not cache.exists() or {p.name for p in cache.rglob("*") if p.is_file()} <= {"results.txt"}
 
 
 @pytest.mark.parametrize("swept,message", [

@@ -38,10 +38,19 @@ def set_log_level(cfg: DictConfig) -> None:
 
 
 def remove_empty_run_dir(output_dir: Path) -> None:
-    """Undo Hydra's run folder when the job failed before writing anything of its own."""
+    """Undo Hydra's run folder when the job failed before writing anything of its own, and the folders above it
+    (``outputs/runs``, ``outputs``) that it leaves empty, up to the working directory."""
     own = [p for p in output_dir.iterdir() if p.name != ".hydra" and p.suffix != ".log"] if output_dir.is_dir() else []
     if output_dir.is_dir() and not own:
         shutil.rmtree(output_dir, ignore_errors=True)
+        cwd = Path.cwd().resolve()
+        for parent in output_dir.resolve().parents:
+            if parent == cwd or cwd not in parent.parents:
+                break
+            try:
+                parent.rmdir()  # only an empty folder
+            except OSError:
+                break
 
 
 def close_loggers(loggers: list, status: str) -> None:

@@ -278,9 +278,11 @@ def _part_files(path: Path) -> list[Path]:
     stem, suffix = (m.group(1), m.group(3) or "") if m else (path.stem, path.suffix)
     if m is None and path.is_file():
         return [path]
+    if path.is_dir():
+        raise UsageError(f"import: {path} is a folder; give the file `export` wrote (or one of its parts)")
     parts = sorted(path.parent.glob(f"{stem}.part*-of-*{suffix}"))
     if not parts:
-        raise CacheError(f"import: {path}: no such file, nor parts {stem}.part<i>-of-<n>{suffix} beside it")
+        raise UsageError(f"import: {path}: no such file, nor parts {stem}.part<i>-of-<n>{suffix} beside it")
     return parts
 
 

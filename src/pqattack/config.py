@@ -10,10 +10,11 @@ from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from .attacks.config import AttackConfig
+from .data.synthetic import SHAPES
 from .defense.config import SCHEMAS as DEFENSE_SCHEMAS
 from .defense.config import SOFT_TRAINING_ATTACKS, AdversarialTrainingConfig, DefenseConfig, defense_config
 from .errors import ConfigError, PQAttackError
@@ -40,15 +41,28 @@ def _pq_k(bits: int | None, M: int, default: int) -> int:  # noqa: N803
     return 2 ** (int(bits) // int(M))
 
 
+def _code_name(*, _root_: DictConfig) -> str:
+    """``MxK`` (``4x64``) for the names of run folders, or ``MxK-invalid`` where ``quantizer.K`` does not resolve
+    (``bits=7``, ``bits=abc``): Hydra names the folder before the job runs, and the job's config check then stops it
+    with the reason, instead of Hydra with a traceback."""
+    q = _root_.quantizer
+    try:
+        return f"{q.M}x{q.K}"
+    except Exception:  # noqa: BLE001  any resolution error: the config check reports it
+        return "MxK-invalid"
+
+
 def _options(group: str) -> str:
     """The public options of a config group (for ``--help``): its YAML files not starting with ``_``."""
     return ", ".join(sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml") if not p.stem.startswith("_")))
 
 
 def register() -> None:
-    """The ``pq_k`` and ``pqattack_options`` resolvers, and the schemas the group YAML files extend."""
+    """The ``pq_k``, ``pq_code_name`` and ``pqattack_options`` resolvers, and the schemas the group YAML files extend."""
     if not OmegaConf.has_resolver("pq_k"):
         OmegaConf.register_new_resolver("pq_k", _pq_k)
+    if not OmegaConf.has_resolver("pq_code_name"):
+        OmegaConf.register_new_resolver("pq_code_name", _code_name)
     if not OmegaConf.has_resolver("pqattack_options"):
         OmegaConf.register_new_resolver("pqattack_options", _options)
     cs = ConfigStore.instance()
@@ -108,17 +122,20 @@ def _check_trainer(tr: DictConfig, key: str, image_size: int) -> None:
 # (key, type, allowed range): each checked where the config has the key (and it is not null), before anything reads
 # it, so a wrong type or range is one ConfigError naming the key, not a comparison's TypeError after data loading.
 AT_LEAST_1, AT_LEAST_2, POSITIVE, NON_NEGATIVE, FRACTION = ">= 1", ">= 2", "> 0", ">= 0", "in [0, 1)"
+SEED_RANGE = "in [0, 2^32)"  # a seed: what numpy's generators accept
 RANGES = {AT_LEAST_1: lambda v: v >= 1, AT_LEAST_2: lambda v: v >= 2, POSITIVE: lambda v: v > 0,
-          NON_NEGATIVE: lambda v: v >= 0, FRACTION: lambda v: 0 <= v < 1, None: lambda v: True}
+          NON_NEGATIVE: lambda v: v >= 0, FRACTION: lambda v: 0 <= v < 1, None: lambda v: True,
+          SEED_RANGE: lambda v: 0 <= v < 2**32}
 RECIPE_VALUES = [("max_epochs", int, AT_LEAST_1), ("batch_size", int, AT_LEAST_2),  # 2: batch norm
                  ("lr", float, POSITIVE), ("momentum", float, FRACTION), ("weight_decay", float, NON_NEGATIVE),
                  ("label_smoothing", float, FRACTION), ("nesterov", bool, None), ("augment", bool, None),
                  ("compile", bool, None)]
-JOB_VALUES = [("seed", int, None), ("bits", int, AT_LEAST_1), ("progress", bool, None), ("resume", bool, None),
+JOB_VALUES = [("seed", int, SEED_RANGE), ("bits", int, AT_LEAST_1), ("progress", bool, None), ("resume", bool, None),
               ("cache.enabled", bool, None), ("dataset.num_queries", int, AT_LEAST_1),
               ("dataset.num_database", int, AT_LEAST_1), ("dataset.num_train", int, AT_LEAST_1),
               ("dataset.num_test", int, AT_LEAST_1), ("dataset.image_size", int, AT_LEAST_1),
               ("dataset.split_seed", int, None), ("dataset.download", bool, None), ("dataset.resize", bool, None),
+              ("dataset.seed", int, SEED_RANGE), ("dataset.num_classes", int, AT_LEAST_2),
               ("dataset.noise", float, NON_NEGATIVE), ("dataset.hue_jitter", float, NON_NEGATIVE),
               ("eval.topk", int, AT_LEAST_1), ("eval.batch_size", int, AT_LEAST_1),
               ("transfer.source_bits", int, AT_LEAST_1), ("model.width", int, AT_LEAST_1),
@@ -206,6 +223,18 @@ class JobConfig:
         return self.quantizer.M if self.pqn else None
 
 
+def _check_devices(devices: Any) -> None:
+    """``trainer.devices``: ``auto``, a number of processes >= 1, or a non-empty list of GPU indices."""
+    if isinstance(devices, (list, tuple, ListConfig)):
+        ok = len(devices) > 0 and all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in devices)
+    else:
+        ok = devices == "auto" or (isinstance(devices, int) and not isinstance(devices, bool) and devices >= 1)
+    if not ok:
+        shown = list(devices) if isinstance(devices, ListConfig) else devices
+        raise ConfigError(f"trainer.devices={shown!r}: expected auto, a number of training processes >= 1, or a "
+                          f"non-empty list of GPU indices")
+
+
 def _typed(node: DictConfig, schema: type) -> Any:
     """The node as its schema's dataclass (which checks it), whatever the node's own type."""
     fields = {k: v for k, v in container(node).items() if k in schema.__dataclass_fields__}
@@ -264,6 +293,9 @@ def _load_job(cfg: DictConfig) -> JobConfig:
             raise ConfigError("eval.topk=null: index=ivfpq ranks only the top k; set eval.topk (e.g. 5000)")
         if d.get("num_database") is not None and index.nlist > d.num_database:
             raise ConfigError(f"index.nlist={index.nlist} is larger than dataset.num_database={d.num_database}")
+        if index.train_size is not None and index.nlist > index.train_size:
+            raise ConfigError(f"index.nlist={index.nlist} is larger than index.train_size={index.train_size}, the "
+                              f"vectors its coarse quantizer is trained on (null: the whole database)")
     if ev.ties not in TIES:
         raise ConfigError(f"eval.ties={ev.ties!r}: expected one of {', '.join(TIES)}")
     if ev.empty not in EMPTY:
@@ -279,10 +311,14 @@ def _load_job(cfg: DictConfig) -> JobConfig:
         raise ConfigError(f"dataset.num_queries + dataset.num_database = {d.num_queries} + {d.num_database} "
                           f"exceeds the {test_size} test images of dataset={d.name}")
     classes = TEST_CLASSES.get(d.name, d.get("num_classes"))
+    if d.name == "synthetic" and classes is not None and classes > len(SHAPES):
+        raise ConfigError(f"dataset.num_classes={classes}: the synthetic set draws {len(SHAPES)} shapes, one per "
+                          f"class (2 to {len(SHAPES)} classes)")
     if attack.target_class is not None and classes is not None and attack.target_class >= classes:
         raise ConfigError(f"attack.target_class={attack.target_class}: dataset={d.name} has {classes} classes "
                           f"(0..{classes - 1})")
     _check_trainer(tr, "trainer", d.get("image_size", 32))
+    _check_devices(tr.get("devices", 1))
     if int(tr.get("num_nodes", 1)) != 1:
         raise ConfigError(f"trainer.num_nodes={tr.num_nodes}: a job trains on one node only (its other stages run "
                           f"in one process); use trainer.devices for the GPUs of that node, or a SLURM array of jobs")
@@ -364,6 +400,11 @@ def _check_defense(defense: DefenseConfig, attack: AttackConfig, q: KMeansConfig
         oblivious=attack.oblivious, eot=attack.eot, dither=attack.dither, reference=attack.reference)
     if conflict:
         raise ConfigError(conflict)
+    if attack.name != "none" and attack.save_prefixes and defense.random and not attack.oblivious:
+        raise ConfigError(f"attack.save_prefixes: the shorter runs are prefixes of this one only without per-step "
+                          f"randomness, and the attack draws defense={defense.label()}'s random transform at each "
+                          f"step (from a seed of this set's own); leave attack.save_prefixes out, or use "
+                          f"attack.oblivious=true or a fixed transform")
 
 
 class ValidateSweep(Callback):
@@ -398,6 +439,13 @@ def check_inputs(job: JobConfig) -> None:
     reloads the configs of finished jobs whose inputs may be gone."""
     from hydra.utils import instantiate
 
+    cache = job.config.cache
+    if cache.enabled:
+        folder = Path(cache.dir).absolute()
+        existing = next(p for p in (folder, *folder.parents) if p.exists())
+        if not existing.is_dir():
+            raise ConfigError(f"cache.dir={cache.dir}: {existing} is a file, not a folder (the artifact cache is a "
+                              f"folder; $PQATTACK_CACHE sets it)")
     instantiate(job.config.dataset).check_present()  # DatasetError, naming dataset.root
     if job.transfer.get("source"):
         from .cache import ArtifactCache
