@@ -763,16 +763,25 @@ def test_the_training_attack_starts_from_the_steps_reference() -> None:
 
 
 def test_the_step_cost_tool_times_both_steps(capsys: pytest.CaptureFixture) -> None:
-    """``tools/adversarial_step_cost.py`` at toy size: one line with both medians and their ratio; bad sizes refused."""
+    """``tools/adversarial_step_cost.py`` at toy size: a line with both medians and their ratio, for the clean
+    comparison of either target and the reference comparison; bad sizes and combinations refused."""
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("step_cost", REPO / "tools" / "adversarial_step_cost.py")
     tool = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tool)  # type: ignore[union-attr]
-    tool.main(["--model", "smallcnn", "--batch", "8", "--runs", "2"])
+    for target in ("pqn", "kmeans"):
+        tool.main(["--target", target, "--model", "smallcnn", "--batch", "8", "--runs", "2"])
+        out = capsys.readouterr().out
+        line = re.search(rf"{target} target, smallcnn, batch 8, k = 2, cpu: .*median training step ([0-9.]+) s "
+                         r"clean, ([0-9.]+) s adversarial; [0-9.]+x \(goal: at most k \+ 1.3 = 3.3x\)", out)
+        assert line, out
+        assert float(line.group(2)) > float(line.group(1)), out  # two attack passes more than the clean step
+    tool.main(["--compare", "reference", "--model", "smallcnn", "--batch", "8", "--runs", "2"])
     out = capsys.readouterr().out
     assert re.search(r"smallcnn, batch 8, k = 2, cpu: .*median step [0-9.]+ s with two reference passes, [0-9.]+ s "
                      r"with one; [0-9.]+x", out), out
-    with pytest.raises(SystemExit) as err:
-        tool.main(["--runs", "0"])
-    assert err.value.code == 2
+    for bad in (["--runs", "0"], ["--compare", "reference", "--target", "pqn"]):
+        with pytest.raises(SystemExit) as err:
+            tool.main(bad)
+        assert err.value.code == 2
