@@ -385,3 +385,14 @@ def test_a_comparison_takes_white_box_cells_from_white_box_rows_only() -> None:
              "transfer": True, "source_epochs": 2}]
     filled = {c.table: sorted(r["map"] for r in c.matched.values()) for c in comparisons(rows) if c.filled}
     assert filled == {4: [25.0]}
+
+
+def test_a_missing_source_is_named_and_nothing_is_written(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """A records path that does not exist: one line that names it (not "no records in" it), exit 2, no report
+    folder."""
+    with pytest.raises(SystemExit) as err:
+        report_main([str(tmp_path / "nothing"), "--out", str(tmp_path / "report")])
+    assert err.value.code == 2
+    assert capsys.readouterr().err.strip() == f"report error: no such file or folder: {tmp_path / 'nothing'} (give " \
+        f"results folders or results.json files)"
+    assert not (tmp_path / "report").exists()

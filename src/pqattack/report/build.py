@@ -340,6 +340,10 @@ def build_report(sources: list[str | Path], out: str | Path, cache_dir: str | Pa
                  command: str = "", stand_ins: dict[str, str] | None = None) -> Path:
     """Write ``out/index.md``, the PNG figures and ``out/report.json`` (the rows used); return index.md."""
     out = Path(out)
+    missing = [str(s) for s in sources if not Path(s).exists()]
+    if missing:
+        raise FileNotFoundError(f"no such file or folder: {', '.join(missing)} (give results folders or "
+                                f"results.json files)")
     records = gather_records(sources, exclude=out)
     if not records.rows:
         raise FileNotFoundError(f"no results records (results.json with rows and meta) in "
