@@ -124,6 +124,22 @@ def test_top1_hit_single_and_multilabel() -> None:
     assert top1_hit(logits, multi).tolist() == [True, False]
 
 
+def test_a_16_bit_grayscale_png_is_scaled_to_8_bits(tmp_path: Path) -> None:
+    """A 16-bit PNG (PIL mode I;16) decodes to its values / 257 on three equal channels, not clipped to white."""
+    from PIL import Image
+
+    from pqattack.data.imagefolder import decode_images
+
+    values = np.random.default_rng(0).integers(0, 65536, (24, 24)).astype(np.uint16)
+    Image.fromarray(values).save(tmp_path / "deep.png")
+    with Image.open(tmp_path / "deep.png") as im:
+        assert im.mode.startswith("I")
+    decoded = decode_images([tmp_path / "deep.png"], 24, resize=False, progress=False)
+    expected = (values // 257).astype(np.uint8)
+    assert decoded.shape == (1, 3, 24, 24)
+    assert all(np.array_equal(c, expected) for c in decoded[0])
+
+
 @pytest.mark.parametrize("split", [True, False])
 def test_imagefolder_mixed_sizes(tmp_path: Path, split: bool) -> None:
     make_image_folder(tmp_path / "imgs", per_class=20, split=split)

@@ -46,6 +46,8 @@ def _decode(path: Path, size: int | None) -> np.ndarray:
         with Image.open(path) as im:
             if size is not None and im.format == "JPEG" and min(im.size) >= 2 * size:
                 im.draft("RGB", (size, size))  # let libjpeg decode at a reduced scale: much faster for big photos
+            if im.mode == "I" or im.mode.startswith("I;16"):  # 16-bit grayscale (PNG, TIFF): convert clips at 255
+                im = Image.fromarray((np.asarray(im).astype(np.int64) // 257).clip(0, 255).astype(np.uint8), "L")
             im = im.convert("RGB")
             if size is not None and im.size != (size, size):
                 im = im.resize((size, size), Image.BILINEAR)
