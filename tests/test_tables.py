@@ -398,3 +398,26 @@ def test_the_committed_results_pages_are_what_their_records_render_to(tmp_path) 
         if write_table([record], tmp_path / record.stem, title, command).read_text() != page:
             stale.append(record.stem)
     assert not stale, f"re-render {stale} with pqattack.report.collect.write_table"
+
+
+@pytest.mark.slow
+def test_the_committed_report_is_what_make_report_builds_from_the_committed_records(
+        tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``make report`` in a fresh clone (the records in ``results/``, no job folders under ``outputs/``, no cache)
+    rebuilds ``results/report/index.md`` as committed and draws the committed figures: a report built where the
+    jobs' own folders lay about differs, and fails here."""
+    import json
+    import shutil
+
+    from pqattack.report.__main__ import main as report_main
+
+    from .conftest import REPO
+
+    shutil.copytree(REPO / "results", tmp_path / "results")  # with report/figure_data.json, as a clone has it
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PQATTACK_CACHE", str(tmp_path / "cache"))
+    report_main(["results", "--out", "results/report", "--stand-in", "fastnet=vgg16"])
+    built, committed = tmp_path / "results" / "report", REPO / "results" / "report"
+    assert (built / "index.md").read_text() == (committed / "index.md").read_text(), "rebuild results/report"
+    drawn = json.loads((built / "report.json").read_text())["figures"]  # report.json itself is not committed
+    assert sorted(drawn) == sorted(p.name for p in committed.glob("*.png"))
