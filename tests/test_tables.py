@@ -109,7 +109,7 @@ def test_a_source_without_records_is_refused_and_nothing_written(tmp_path, make:
     if make == "empty":
         source.mkdir()
     proc = subprocess.run([sys.executable, "-m", "pqattack.report.collect", str(source), "--out",
-                           str(tmp_path / "out" / "t")], capture_output=True, text=True)
+                           str(tmp_path / "out" / "t"), "--command", "x"], capture_output=True, text=True)
     assert proc.returncode == 2 and proc.stderr.startswith("table error:") and str(source) in proc.stderr
     assert not (tmp_path / "out").exists()
 
@@ -129,7 +129,7 @@ def test_rows_of_one_cell_that_differ_are_refused_with_both_files(tmp_path) -> N
         (tmp_path / name / "results.json").write_text(json.dumps({"meta": {"config": {"model": {"name": "vgg16"}}},
                                                                   "rows": [r]}))
     proc = subprocess.run([sys.executable, "-m", "pqattack.report.collect", str(tmp_path / "a"), str(tmp_path / "b"),
-                           "--out", str(tmp_path / "out" / "t")], capture_output=True, text=True)
+                           "--out", str(tmp_path / "out" / "t"), "--command", "x"], capture_output=True, text=True)
     assert proc.returncode == 2
     err = proc.stderr.strip()
     assert err.startswith("table error:") and len(err.splitlines()) == 1
@@ -138,6 +138,10 @@ def test_rows_of_one_cell_that_differ_are_refused_with_both_files(tmp_path) -> N
     assert not (tmp_path / "out").exists()
     # identical rows (the clean row every job of one target repeats) are merged
     assert len(dedupe_rows([a, dict(a)])) == 1
+    # a page must name the command that made its records
+    proc = subprocess.run([sys.executable, "-m", "pqattack.report.collect", str(tmp_path / "a"), "--out",
+                           str(tmp_path / "out" / "t")], capture_output=True, text=True)
+    assert proc.returncode == 2 and "--command" in proc.stderr and not (tmp_path / "out").exists()
 
 
 def test_a_diagnostic_an_older_record_lacks_is_no_disagreement() -> None:

@@ -99,7 +99,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("sources", nargs="+")
     p.add_argument("--out", required=True, help="output prefix, e.g. results/table1_cpu")
     p.add_argument("--title", default="Results")
-    p.add_argument("--command", default="", help="the command that produced the records")
+    p.add_argument("--command", required=True,
+                   help="the command that produced the records (every results page names its command)")
     a = p.parse_args(argv)
     try:
         print(write_table(a.sources, a.out, a.title, a.command))
