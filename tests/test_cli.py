@@ -73,6 +73,38 @@ def test_wandb_offline_writes_run_files_with_metrics(tmp_path: Path, shared_cach
     assert logged == {(r["attack"], r["system"]): r["map"] for r in res["rows"]}
 
 
+def test_a_sweep_into_the_folder_of_an_earlier_one_collects_only_its_own_jobs(tmp_path: Path,
+                                                                            shared_cache: Path) -> None:
+    """A second sweep into the same ``hydra.sweep.dir`` (other attacks): its table holds its own jobs' rows, not
+    those of the earlier sweep's job folders still there, which it names."""
+    import os
+
+    run_cli(["-m", *TINY, "attack=basic,aod", "hydra.sweep.dir=sweep"], tmp_path, shared_cache)
+    hour_ago = time.time() - 3600
+    for old in (tmp_path / "sweep").glob("*/results.json"):  # as if that sweep had run an hour ago
+        os.utime(old, (hour_ago, hour_ago))
+    proc = run_cli(["-m", *TINY, "attack=apd", "hydra.sweep.dir=sweep"], tmp_path, shared_cache)
+    res = load_results(tmp_path / "sweep" / "results.json")
+    assert {r["attack"] for r in res["rows"]} == {"clean", "apd"} and len(res["meta"]["jobs"]) == 1
+    assert "left out 2 job folder(s) of an earlier sweep" in proc.stdout
+    assert "aod" not in (tmp_path / "sweep" / "results.md").read_text()
+
+
+def test_a_sweep_whose_table_cannot_be_collected_fails_and_leaves_no_table(tmp_path: Path,
+                                                                           shared_cache: Path) -> None:
+    """Two jobs that fill one table cell with different numbers (``index.nprobe`` is not a cell of the table):
+    the jobs finish, but the sweep stops with one line and exit 2, and an earlier ``results.md`` in the folder is
+    gone, not left to pass for this sweep's (Hydra itself only warns about a callback's error)."""
+    (tmp_path / "sweep").mkdir()
+    (tmp_path / "sweep" / "results.md").write_text("an earlier sweep's table")
+    proc = run_cli(["-m", *TINY, "attack=basic", "index=ivfpq", "system=adc", "eval.topk=50", "index.nlist=16",
+                    "index.nprobe=1,16", "hydra.sweep.dir=sweep"], tmp_path, shared_cache, check=False)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "table error: the sweep's jobs finished" in proc.stderr
+    assert len(list((tmp_path / "sweep").glob("*/results.json"))) == 2
+    assert not (tmp_path / "sweep" / "results.md").exists() and not (tmp_path / "sweep" / "results.json").exists()
+
+
 @pytest.mark.parametrize("overrides,key", [
     (["attack.eps=0"], "attack.eps"), (["bits=20", "quantizer.K=16"], "bits=20"),
     (["dataset.num_queries=5000"], "dataset.num_queries"),

@@ -78,6 +78,7 @@ def test_resumed_sweep_skips_complete_jobs(tmp_path: Path) -> None:
     again = load_results(results_path(run_cli([*args, "hydra.sweep.dir=b"], tmp_path, cache), tmp_path))
     jobs = [load_results(p) for p in sorted((tmp_path / "b").glob("*/results.json"))]
     assert [j.get("resumed", False) for j in jobs] == [True, False]
+    assert [j.get("resumed", False) for j in again["meta"]["jobs"]] == [True, False]  # the sweep's record says so
     canon = lambda rows: sorted(json.dumps(r, sort_keys=True) for r in rows)  # noqa: E731
     assert canon(again["rows"]) == canon(first["rows"])
 
