@@ -58,6 +58,10 @@ def test_bench_writes_one_record_per_figure(bench_run: tuple[dict, str]) -> None
     assert t1["fast_value"] is None and "GPU only" in t1["notes"]["reason"]
     # on the CPU the recipe's wall time is projected from the training throughput of this run
     assert records["train_recipe"]["notes"]["fast_projected"] is True
+    from pqattack.runtime import resolve_precision  # the note names what precision=auto runs, not always fp32
+
+    auto = resolve_precision("auto", torch.device("cpu"))
+    assert f"(precision=auto runs {auto} here)" in records["train_recipe"]["notes"]["fast"]
     assert records["train_recipe"]["fast_value"] == pytest.approx(40 * 50_000 / records["train_resnet18"]["fast_value"],
                                                                   rel=1e-3)
     assert records["sweep_memory"]["notes"]["rss_mb_after_each_job"]
@@ -321,3 +325,20 @@ def test_bench_finds_the_checkout_and_its_data_folder(monkeypatch: pytest.Monkey
     assert workloads.cifar_folder() == tmp_path / "elsewhere"
     monkeypatch.setenv("PQATTACK_DATA", str(tmp_path / "nothing"))
     assert workloads.cifar_folder() is None
+
+
+def test_the_training_baseline_is_timed_as_the_framework_is(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a GPU a timed loop waits for the device only at the ends of its window (a wait after every batch stops
+    the queueing of the next batch's kernels): the plain training baseline, which waited after every batch, now
+    follows the same rule as the framework's side. Run on the CPU with the rule asked as on a GPU: two waits."""
+    from pqattack.bench import baselines, measure
+
+    cuda = torch.device("cuda")
+    assert [b for b in range(6) if measure.waits_after(b, 2, 3, cuda)] == [1, 4]
+    assert all(measure.waits_after(b, 2, 3, torch.device("cpu")) for b in range(6))
+    waits: list[int] = []
+    monkeypatch.setattr(baselines, "sync", lambda device: waits.append(1))
+    monkeypatch.setattr(baselines, "waits_after", lambda b, w, s, device: measure.waits_after(b, w, s, cuda))
+    images, labels = torch.randint(0, 256, (40, 3, 32, 32), dtype=torch.uint8), torch.arange(40) % 10
+    rate = baselines.baseline_train_throughput("smallcnn", images, labels, torch.device("cpu"), 8, 2, 3, 0)
+    assert rate > 0 and len(waits) == 2

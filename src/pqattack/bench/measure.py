@@ -135,6 +135,14 @@ def step_seconds(ends: list[float], warmup: int) -> float:
 
 
 
+def waits_after(batch: int, warmup: int, steps: int, device: torch.device) -> bool:
+    """Whether a timed loop waits for the device after ``batch`` (0-based) before reading the clock: after every
+    batch on a CPU (``step_seconds``' per-batch median), on a GPU only after the last warm-up batch and the last
+    timed one (``batch_seconds``' window mean: a wait after every batch would stop the next batch's kernels from
+    being queued, and slow the side that waits)."""
+    return device.type != "cuda" or batch + 1 in (warmup, warmup + steps)
+
+
 def batch_seconds(ends: list[float], warmup: int, device: torch.device) -> float:
     """Seconds per batch after ``warmup``: on a GPU the timed window's mean (its ends waited for the GPU), on a CPU
     the median interval (see ``step_seconds``)."""

@@ -33,8 +33,8 @@ def derive_recipe(records: list[dict[str, Any]], device: str) -> dict[str, Any] 
                     "what": f"{RECIPE_EPOCHS} epochs x {CIFAR_TRAIN_IMAGES} images, ResNet18 "
                             f"(conf/trainer/default.yaml)",
                     "fast": f"{work} images / {src['fast_value']:.1f} images/s ({n['fast_precision']}, batch "
-                            f"{n['fast_batch']}); at the framework's CPU default fp32: "
-                            f"{work / n['fast_images_per_s_fp32']:.0f} s",
+                            f"{n['fast_batch']}); at fp32: {work / n['fast_images_per_s_fp32']:.0f} s "
+                            f"(precision=auto runs {n.get('framework_precision_auto', '?')} here)",
                     "baseline": f"{work} images / {src['baseline_value']:.1f} images/s",
                     "data": n.get("data"), "limit": n.get("limit"), "flops_per_item": n.get("flops_per_item")}
     return rec

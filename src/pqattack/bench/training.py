@@ -10,7 +10,7 @@ import torch
 
 from ..runtime import resolve_precision
 from .baselines import baseline_train_throughput
-from .measure import Measured, batch_seconds, bf16_note, candidate_precisions, measure, sync
+from .measure import Measured, batch_seconds, bf16_note, candidate_precisions, measure, sync, waits_after
 from .records import record
 from .workloads import CIFAR_TRAIN_IMAGES, RECIPE_EPOCHS, bench_data, training_images
 
@@ -23,7 +23,7 @@ def _timed_module(base: type, warmup: int, steps: int, device: torch.device) -> 
 
         def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
             if self.current_epoch == 0 and batch_idx < warmup + steps:
-                if device.type != "cuda" or batch_idx in (warmup - 1, warmup + steps - 1):
+                if waits_after(batch_idx, warmup, steps, device):
                     sync(device)
                 self.ends = [*self.ends, time.perf_counter()]
 
@@ -154,7 +154,7 @@ def figure_train_recipe(device: torch.device, sz: dict[str, Any]) -> list[dict[s
              **fast.extra}
     if projected:
         notes["fast"] = (f"projected: {RECIPE_EPOCHS} x {CIFAR_TRAIN_IMAGES} / {fast.value:.1f} images/s measured "
-                         f"over {s} batches of {sz['train_batch_fast']} (fp32, the framework's CPU default)")
+                         f"over {s} batches of {sz['train_batch_fast']} ({auto}: what precision=auto runs here)")
     base_time = RECIPE_EPOCHS * CIFAR_TRAIN_IMAGES / base.value
     flops = flops_per_item(arch, attack=False)
     rate = RECIPE_EPOCHS * CIFAR_TRAIN_IMAGES / fast_value
