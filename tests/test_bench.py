@@ -342,3 +342,19 @@ def test_the_training_baseline_is_timed_as_the_framework_is(monkeypatch: pytest.
     images, labels = torch.randint(0, 256, (40, 3, 32, 32), dtype=torch.uint8), torch.arange(40) % 10
     rate = baselines.baseline_train_throughput("smallcnn", images, labels, torch.device("cpu"), 8, 2, 3, 0)
     assert rate > 0 and len(waits) == 2
+
+
+def test_sweep_memory_needs_a_reading_after_every_job(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Hydra only warns when a callback fails: a sweep whose RSS callback ran after one job of six gave a growth of
+    0.0 MB ("met"). Now the figure fails, naming the count. (The sweep is stood in for by a run that leaves one
+    reading, the failure the real sweep hides.)"""
+    from pqattack.bench import jobs
+
+    def one_reading(cmd: list[str], env: dict, cwd: Path) -> tuple[float, float, None]:
+        out = Path(next(c for c in cmd if c.startswith("+hydra.callbacks.rss_after_job.out=")).split("=", 1)[1])
+        out.write_text(json.dumps({"rss_mb": 500.0, "seconds": 1.0, "overrides": ["attack=basic", "bits=16"]}) + "\n")
+        return 1.0, 600.0, None
+
+    monkeypatch.setattr(jobs, "run_measured", one_reading)
+    with pytest.raises(RuntimeError, match="1 RSS readings for the sweep's 6 jobs"):
+        jobs.figure_sweep_memory(torch.device("cpu"), {"sweep_jobs": 6})

@@ -103,9 +103,13 @@ def figure_sweep_memory(device: torch.device, sz: dict[str, Any]) -> list[dict[s
                f"+hydra.callbacks.rss_after_job._target_={RssAfterJob.__module__}.RssAfterJob",
                f"+hydra.callbacks.rss_after_job.out={readings}"]
         _, peak, _ = run_measured(cmd, env, REPO)
-        jobs = [json.loads(x) for x in readings.read_text().splitlines()]
+        jobs = [json.loads(x) for x in readings.read_text().splitlines()] if readings.exists() else []
+    expected = len(attacks) * len(bits)
+    if len(jobs) != expected or expected < 2:  # Hydra only warns when a callback fails: no reading, no growth
+        raise RuntimeError(f"sweep_memory: {len(jobs)} RSS readings for the sweep's {expected} jobs (at least 2 "
+                           f"needed); the RssAfterJob callback did not run after every job")
     rss = [j["rss_mb"] for j in jobs]
-    growth = round(rss[-1] - rss[1], 1) if len(rss) > 1 else 0.0
+    growth = round(rss[-1] - rss[1], 1)
     notes = {"jobs": [" ".join(o for o in j["overrides"] if o.startswith(("attack=", "bits="))) for j in jobs],
              "rss_mb_after_each_job": rss, "job_seconds": [j["seconds"] for j in jobs],
              "growth_from_job_2_mb": growth,
