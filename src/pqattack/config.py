@@ -45,9 +45,8 @@ def _code_name(*, _root_: DictConfig) -> str:
     """``MxK`` (``4x64``) for the names of run folders, or ``MxK-invalid`` where ``quantizer.K`` does not resolve
     (``bits=7``, ``bits=abc``): Hydra names the folder before the job runs, and the job's config check then stops it
     with the reason, instead of Hydra with a traceback."""
-    q = _root_.quantizer
     try:
-        return f"{q.M}x{q.K}"
+        return f"{_root_.quantizer.M}x{_root_.quantizer.K}"
     except Exception:  # noqa: BLE001  any resolution error: the config check reports it
         return "MxK-invalid"
 
