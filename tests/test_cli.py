@@ -105,15 +105,36 @@ def test_a_sweep_whose_table_cannot_be_collected_fails_and_leaves_no_table(tmp_p
     assert not (tmp_path / "sweep" / "results.md").exists() and not (tmp_path / "sweep" / "results.json").exists()
 
 
+@pytest.mark.parametrize("overrides,message", [
+    (["seed=-1"], "seed=-1: must be in [0, 2^32)"), (["dataset.seed=-1"], "dataset.seed=-1: must be in [0, 2^32)"),
+    (["trainer.devices=abc"], "trainer.devices='abc': expected auto"), (["trainer.devices=[]"], "trainer.devices=[]"),
+    (["dataset.num_classes=11"], "dataset.num_classes=11: the synthetic set draws 10 shapes"),
+    (["dataset.num_classes=1"], "dataset.num_classes=1: must be >= 2"),
+    (["index=ivfpq", "system=adc", "eval.topk=50", "index.nlist=64", "index.train_size=10"],
+     "index.nlist=64 is larger than index.train_size=10"),
+])
+def test_values_that_failed_after_data_loading_or_training_are_start_up_errors(overrides: list[str],
+                                                                               message: str) -> None:
+    """Each of these once got past the start-up check and failed with a traceback after data loading or training
+    (a seed numpy refuses, a Lightning device spec, the synthetic set's shapes, FAISS's coarse quantizer); the
+    command's start-up check (``load_job``, as above) now stops it with one line."""
+    from pqattack.config import validate
+    from pqattack.errors import ConfigError
+
+    from .conftest import compose_config
+
+    with pytest.raises(ConfigError) as err:
+        validate(compose_config([*TINY, *overrides]))
+    assert message in str(err.value)
+
+
 @pytest.mark.parametrize("overrides,key", [
     (["attack.eps=0"], "attack.eps"), (["bits=20", "quantizer.K=16"], "bits=20"),
     (["dataset.num_queries=5000"], "dataset.num_queries"),
     # the run folder's name holds quantizer.K: a bits that K cannot resolve from is the config check's error, not
     # a traceback of Hydra's while it names the folder
     (["bits=7"], "bits=7: must be a positive multiple"), (["bits=abc"], "bits='abc': expected an integer"),
-    (["seed=-1"], "seed=-1: must be in [0, 2^32)"), (["trainer.devices=abc"], "trainer.devices='abc'"),
-    (["dataset.num_classes=11"], "dataset.num_classes=11"), (["cache.dir=cache/results.txt/x"], "is a file"),
-    (["index=ivfpq", "system=adc", "eval.topk=50", "index.nlist=64", "index.train_size=10"], "index.train_size=10"),
+    (["cache.dir=cache/results.txt/x"], "is a file"),
 ])
 def test_bad_config_fails_fast_and_writes_nothing(tmp_path: Path, overrides: list[str], key: str) -> None:
     cache = tmp_path / "cache"
