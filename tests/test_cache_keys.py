@@ -407,3 +407,16 @@ def test_a_recipe_option_at_zero_is_not_the_module_default(tmp_path: Path, chang
     assert absent["checkpoint"] != zero["checkpoint"]
     for off in ("+trainer.lr_end=0", "+trainer.lookahead=0"):
         assert walk.keys(walk.compose(base + [off]))[0]["checkpoint"] == absent["checkpoint"], off
+
+
+def test_rows_of_a_class_0_target_name_class_0() -> None:
+    """A set made with ``attack.target_class=0`` carries 0 into its rows' ``target_class``, not None (which reads as a
+    random class per query): "off" is one rule (``stages.keys.is_off``) for keys and rows alike."""
+    from types import SimpleNamespace
+
+    from pqattack.records import attack_settings as row_settings
+
+    made = {"loss": "center_targeted", "target_class": 0, "kappa": 0.0}
+    fields = row_settings(SimpleNamespace(meta={"attack": made}))
+    assert fields["target_class"] == 0 and fields["kappa"] is None
+    assert row_settings(SimpleNamespace(meta={"attack": {**made, "target_class": None}}))["target_class"] is None

@@ -120,7 +120,7 @@ def attack_settings(adv: AdversarialSet) -> dict[str, Any]:
     """The attack settings an adversarial set's rows carry: those its loss reads, loop options at their off value as
     None."""
     made = adv.meta["attack"]
-    return {k: None if k in LOSS_IGNORES.get(made.get("loss"), ()) or is_off(made.get(k))
+    return {k: None if k in LOSS_IGNORES.get(made.get("loss"), ()) or is_off(made.get(k), k)
             or made.get(k) == OFF_VALUES.get(k) else made.get(k) for k in ROW_SETTINGS}
 
 

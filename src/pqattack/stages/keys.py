@@ -44,8 +44,10 @@ RECIPE_DEFAULTS = {k: p.default for k, p in inspect.signature(ClassifierModule._
                    if k in RECIPE_OPTIONS and p.default is not inspect.Parameter.empty}
 
 
-def is_off(value: Any) -> bool:
-    """An option's "off" value: null, false, 0, "none", "off" or empty."""
+def is_off(value: Any, key: str = "") -> bool:
+    """An option's "off" value: null, false, 0, "none", "off" or empty (0 is a value for ``ZERO_IS_A_VALUE``)."""
+    if key in ZERO_IS_A_VALUE:
+        return value is None
     return value is None or value is False or (not isinstance(value, bool) and isinstance(value, (int, float))
                                                and value == 0) or value in ("none", "off", "") or value == []
 
@@ -53,7 +55,7 @@ def is_off(value: Any) -> bool:
 def settings(node: dict[str, Any], core: tuple[str, ...] = ()) -> dict[str, Any]:
     """A config node as it enters a spec: without ``_target_``, and with every option outside ``core`` left out
     while it is off, so that adding an option (off by default) to a config leaves existing keys unchanged."""
-    return {k: v for k, v in node.items() if k != "_target_" and (k in core or not is_off(v))}
+    return {k: v for k, v in node.items() if k != "_target_" and (k in core or not is_off(v, k))}
 
 
 def recipe_spec(trainer: dict[str, Any], exclude: tuple[str, ...] = ()) -> dict[str, Any]:
@@ -142,10 +144,8 @@ def attack_spec(job: JobConfig, data: RetrievalData, checkpoint_key: str | list[
     oracle = job.attack.restart_pick == "oracle"
     if job.attack.loss == "basic" and not oracle:
         codebooks_key = None if isinstance(checkpoint_key, str) else [None] * len(checkpoint_key)
-    node = attack_settings(job)
-    attack = {**settings(node, ATTACK_CORE), **{k: node[k] for k in ZERO_IS_A_VALUE if node.get(k) is not None}}
     spec = {"checkpoint": checkpoint_key, "codebooks": codebooks_key, "queries": data.query_key,
-            "attack": attack, "precision": precision, "seed": job.seed}
+            "attack": settings(attack_settings(job), ATTACK_CORE), "precision": precision, "seed": job.seed}
     if job.attack.loss in CENTER_LOSSES or oracle:
         spec["database"] = data.database_key
     if oracle:
@@ -173,7 +173,7 @@ def _drop(tree: dict[str, Any], dotted: str) -> None:
 
 
 def _without_off(tree: dict[str, Any]) -> dict[str, Any]:
-    return {k: _without_off(v) if isinstance(v, dict) else v for k, v in tree.items() if not is_off(v)}
+    return {k: _without_off(v) if isinstance(v, dict) else v for k, v in tree.items() if not is_off(v, k)}
 
 
 def results_spec(job: JobConfig, precision: str) -> dict[str, Any]:
@@ -191,11 +191,7 @@ def results_spec(job: JobConfig, precision: str) -> dict[str, Any]:
         _drop(spec, "defense")
     if job.defense.random:
         spec["defense"]["draws"] = RANDOM_DRAWS
-    out = _without_off(spec)
-    zeros = {k: spec["attack"][k] for k in ZERO_IS_A_VALUE if spec.get("attack", {}).get(k) is not None}
-    if zeros:
-        out.setdefault("attack", {}).update(zeros)
-    return {**out, "precision": precision}
+    return {**_without_off(spec), "precision": precision}
 
 
 def artifact_keys(job: JobConfig, data: RetrievalData, precision: str, device: torch.device) -> dict[str, str]:
