@@ -148,11 +148,11 @@ def cache_main(args: list[str], capsys: pytest.CaptureFixture) -> tuple[int, str
 
 
 @pytest.mark.parametrize("overrides, message", [
-    (["trainer=fastnet", "bogus=1"], "Could not override 'bogus'"),
+    (["trainer=fastnet", "bogus=1"], "bogus: no such key"),
     (["notkeyvalue"], "override 'notkeyvalue'"),
     (["attack.eps=abc"], "attack.eps=abc"),
     (["dataset.num_train=abc"], "dataset"),
-    (["trainer=nope"], "trainer/nope"),
+    (["trainer=nope"], "trainer=nope: not an option of trainer; allowed: cpu_2epoch, ddp, default, fastnet, fastnet_10ep"),
     (["dataset._target_=no.such.Loader"], "no.such.Loader"),
 ])
 def test_bad_import_overrides_are_one_line_config_errors(trained: tuple[Path, Path, dict, dict], overrides: list[str],

@@ -92,5 +92,19 @@ def main(cfg: DictConfig) -> None:
         print(f"results: {path}")
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """``pqattack`` / ``python -m pqattack``: the overrides are composed first, so that an unknown option or key, a
+    value of the wrong type or a malformed override is one line and exit 2 (``overrides.check_command_line``);
+    then Hydra runs the job or the sweep."""
+    from .overrides import check_command_line
+
+    try:
+        check_command_line(sys.argv[1:])
+    except PQAttackError as exc:
+        print(f"{exc.kind} error: {exc}", file=sys.stderr)
+        sys.exit(exc.exit_code)
     main()
+
+
+if __name__ == "__main__":
+    cli()

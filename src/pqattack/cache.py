@@ -337,30 +337,19 @@ def _setting(node: Any, prefix: str, key: str, value: Any) -> str:
     return _override(f"{'' if key in node else '+'}{prefix}.{key}", value)
 
 
-def _hydra_message(exc: Exception) -> str:
-    """A Hydra or OmegaConf error on one line: its own lines (without Hydra's search path and links), and its
-    cause's first line."""
-    lines = []
-    for ln in str(exc).replace(", set env var HYDRA_FULL_ERROR=1 to see chained exception.", ".").splitlines():
-        if ln.startswith("Config search path"):
-            break
-        if ln.strip() and not ln.startswith("See https://"):
-            lines.append(ln.strip())
-    cause = str(exc.__cause__).splitlines()[0] if exc.__cause__ is not None and str(exc.__cause__) else ""
-    return " ".join(lines) + (f" ({cause})" if cause and cause not in lines else "")
-
-
 def check_overrides(overrides: list[str]) -> None:
     """``ConfigError`` for an override that is not ``key=value`` (Hydra's grammar), before anything is read."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import OverrideParseException
 
+    from .config import compose_config
+    from .overrides import explain
+
     for o in overrides:
         try:
             OverridesParser.create().parse_overrides([o])
         except OverrideParseException as exc:
-            raise ConfigError(f"import: override {o!r}: {_hydra_message(exc)} (an override is key=value, e.g. "
-                              f"dataset.root=/data)") from None
+            raise ConfigError(f"import: {explain(exc, [o], compose_config)}") from None
 
 
 def _compose(overrides: list[str], given: list[str] | None = None) -> Any:
@@ -371,7 +360,8 @@ def _compose(overrides: list[str], given: list[str] | None = None) -> Any:
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    from .config import CONF_DIR
+    from .config import CONF_DIR, compose_config
+    from .overrides import explain
 
     try:
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
@@ -379,7 +369,7 @@ def _compose(overrides: list[str], given: list[str] | None = None) -> Any:
     except (HydraException, OmegaConfBaseException) as exc:
         where = (f"the overrides given: {' '.join(given)}" if given else
                  f"the overrides of a checkpoint in the file: {' '.join(overrides)}")
-        raise ConfigError(f"import: {_hydra_message(exc)} ({where})") from None
+        raise ConfigError(f"import: {explain(exc, overrides, compose_config)} ({where})") from None
 
 
 def _trainer_overrides(recipe: dict[str, Any], groups: list[str]) -> list[str]:
@@ -455,8 +445,9 @@ def import_checkpoints(path: str | Path, cache_dir: str | None = None, extra: li
     from hydra.errors import HydraException
     from hydra.utils import instantiate
 
-    from .config import load_job
+    from .config import compose_config, load_job
     from .errors import DatasetError
+    from .overrides import explain
     from .runtime import Runtime
     from .stages.data import load_data
     from .stages.keys import checkpoint_spec, pqn_spec
@@ -474,7 +465,7 @@ def import_checkpoints(path: str | Path, cache_dir: str | None = None, extra: li
             job = load_job(cfg)
             source = instantiate(cfg.dataset)
         except HydraException as exc:  # a dataset setting its loader does not take
-            raise ConfigError(f"import: dataset: {_hydra_message(exc)} (the overrides given: "
+            raise ConfigError(f"import: dataset: {explain(exc, extra or [], compose_config)} (the overrides given: "
                               f"{' '.join(extra or [])})") from None
         cache = ArtifactCache(cache_dir or cfg.cache.dir)
         cpu = torch.device("cpu")

@@ -19,7 +19,7 @@ from .defense.config import SCHEMAS as DEFENSE_SCHEMAS
 from .defense.config import SOFT_TRAINING_ATTACKS, AdversarialTrainingConfig, DefenseConfig, defense_config
 from .errors import ConfigError, PQAttackError
 from .models.augment import PAD_MODES
-from .models.backbones import ARCHITECTURES, embedding_dim
+from .models.backbones import ARCHITECTURES, build_backbone, embedding_dim
 from .models.fastnet import NECKS
 from .models.recipe import SCHEDULES
 from .quant.config import IndexConfig, KMeansConfig, PQNConfig
@@ -168,6 +168,14 @@ def _check_model(model: DictConfig, M: int) -> None:  # noqa: N803
     widths = model.get("widths")
     if widths is not None and (not len(widths) or any(not isinstance(w, int) or w < 1 for w in widths)):
         raise ConfigError(f"model.widths={list(widths)}: expected a non-empty list of positive integers")
+    if model.get("_target_") == "pqattack.models.build_backbone":  # a user's own builder takes what it takes
+        import inspect
+
+        takes = [p for p in inspect.signature(build_backbone).parameters if p != "num_classes"]
+        extra = sorted(str(k) for k in model if k not in ("_target_", "name", *takes))
+        if extra:
+            raise ConfigError(f"model.{extra[0]}: not a setting of model={model.get('name', model.arch)}; the "
+                              f"backbones take {', '.join(takes)}")
     dim = embedding_dim(model.arch, **{k: model[k] for k in ("hidden", "width", "widths") if k in model})
     if dim % M:
         name = model.get("name", model.arch)
@@ -427,8 +435,12 @@ class ValidateSweep(Callback):
             try:
                 check_inputs(load_job(compose_config(list(overrides))))
             except Exception as exc:  # noqa: BLE001 -- Hydra turns a callback's exception into a warning and sweeps on
+                from .overrides import compose_errors, explain
+
                 kind = exc.kind if isinstance(exc, PQAttackError) else "config"
-                print(f"{kind} error: {str(exc).splitlines()[0]} (sweep job: {' '.join(overrides)})", file=sys.stderr)
+                text = (explain(exc, list(overrides), compose_config) if isinstance(exc, compose_errors())
+                        else str(exc).splitlines()[0])
+                print(f"{kind} error: {text} (sweep job: {' '.join(overrides)})", file=sys.stderr)
                 sys.exit(exc.exit_code if isinstance(exc, PQAttackError) else ConfigError.exit_code)
 
 
