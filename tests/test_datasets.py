@@ -74,6 +74,26 @@ def test_nuswide_errors_name_the_file(tmp_path: Path) -> None:
         NUSWIDESource(root=str(tmp_path), num_queries=5, num_database=None, database="all")
 
 
+@pytest.mark.parametrize("overrides,message", [
+    (["dataset=nuswide", "dataset.database=bogus"], "dataset.database='bogus': expected rest"),
+    (["dataset=imagefolder", "dataset.test_fraction=1.5"], "dataset.test_fraction=1.5: must be in (0, 1)"),
+])
+def test_a_dataset_value_its_loader_refuses_is_a_start_up_error(tmp_path: Path, overrides: list[str],
+                                                                message: str) -> None:
+    """The command's start-up check (``check_inputs``) builds the dataset's source: the loader's own refusal comes
+    out as the ``DatasetError`` it is (Hydra wrapped it, and the command printed a traceback, exit 1, leaving its
+    run folder), and an out-of-range split fraction is refused there, not after the images are listed."""
+    from pqattack.config import check_inputs, load_job
+
+    from .conftest import compose_config
+
+    (tmp_path / "a").mkdir()
+    job = load_job(compose_config([*overrides, f"dataset.root={tmp_path}", "model=smallcnn", "device=cpu"]))
+    with pytest.raises(DatasetError) as err:
+        check_inputs(job)
+    assert message in str(err.value)
+
+
 def _independent_ap(dist: np.ndarray, q_labels: np.ndarray, db_labels: np.ndarray, k: int | None) -> float:
     """Plain python: relevance as a shared concept, AP over the top k (no ties in ``dist``)."""
     aps = []

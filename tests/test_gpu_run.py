@@ -167,6 +167,18 @@ def test_a_failing_smoke_stage_stops_the_run_and_its_log_comes_back(tmp_path: Pa
     assert status["status"] == "failed" and status["commands"][0]["returncode"] == 3
 
 
+def test_gpu_render_writes_into_the_checkout_by_default(capsys: pytest.CaptureFixture) -> None:
+    """``tools/gpu-render``'s default targets are the checkout's ``results/`` and ``docs/benchmarks.md`` (they were
+    resolved one folder too low, under ``src/``)."""
+    from pqattack.gpu.render import main
+
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert f"(default {REPO / 'results'})" in text and f"(default {REPO / 'docs' / 'benchmarks.md'})" in text
+    assert (REPO / "docs" / "benchmarks.md").is_file()
+
+
 def test_out_limits(tmp_path: Path) -> None:
     (tmp_path / "a").write_bytes(b"x" * 100)
     assert out_fits(tmp_path, {"records.tar.gz": 10}) is None
@@ -212,14 +224,17 @@ def test_check_prep_finds_what_the_gpu_machine_would_lack(tmp_path: Path, capsys
 
 def test_make_gpu_check_runs_the_check_in_its_own_process(tmp_path: Path) -> None:
     """``python -m pqattack.gpu.prep <folder>`` (make gpu-check): exit 2 naming what an empty folder lacks; a usage
-    line without the folder."""
+    line without the folder (exit 2), and ``--help``."""
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
     done = subprocess.run([sys.executable, "-m", "pqattack.gpu.prep", str(tmp_path)], capture_output=True, text=True,
                           env=env, cwd=REPO, timeout=120)
     assert done.returncode == 2 and f"no wheel of faiss-cpu in {tmp_path / 'wheels'}" in done.stdout
     usage = subprocess.run([sys.executable, "-m", "pqattack.gpu.prep"], capture_output=True, text=True, env=env,
                            cwd=REPO, timeout=120)
-    assert usage.returncode == 1 and "usage: python -m pqattack.gpu.prep" in usage.stderr
+    assert usage.returncode == 2 and "usage: python -m pqattack.gpu.prep" in usage.stderr
+    helped = subprocess.run([sys.executable, "-m", "pqattack.gpu.prep", "--help"], capture_output=True, text=True,
+                            env=env, cwd=REPO, timeout=120)  # once taken for the folder to check
+    assert helped.returncode == 0 and "folder" in helped.stdout and "no wheel" not in helped.stdout
 
 
 def expand_sweep(overrides: list[str]) -> list[list[str]]:

@@ -444,12 +444,28 @@ class ValidateSweep(Callback):
                 sys.exit(exc.exit_code if isinstance(exc, PQAttackError) else ConfigError.exit_code)
 
 
+def dataset_source(node: DictConfig) -> Any:
+    """The dataset's source (``_target_`` instantiated); a ``PQAttackError`` its constructor raises (a value it does
+    not take, e.g. ``dataset.database=bogus``) comes out as itself, not wrapped in Hydra's ``InstantiationException``
+    (which the command would report as a traceback, exit 1)."""
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
+
+    try:
+        return instantiate(node)
+    except InstantiationException as exc:
+        cause: BaseException | None = exc
+        while cause is not None:
+            if isinstance(cause, PQAttackError):
+                raise cause from None
+            cause = cause.__cause__ or cause.__context__
+        raise
+
+
 def check_inputs(job: JobConfig) -> None:
     """What a job about to run reads besides its config: its dataset's files (``DataSource.check_present``: a look
     at the folders) and a saved query set (``transfer.source``) must be there. Not part of ``load_job``, which also
     reloads the configs of finished jobs whose inputs may be gone."""
-    from hydra.utils import instantiate
-
     cache = job.config.cache
     if cache.enabled:
         folder = Path(cache.dir).absolute()
@@ -457,7 +473,7 @@ def check_inputs(job: JobConfig) -> None:
         if not existing.is_dir():
             raise ConfigError(f"cache.dir={cache.dir}: {existing} is a file, not a folder (the artifact cache is a "
                               f"folder; $PQATTACK_CACHE sets it)")
-    instantiate(job.config.dataset).check_present()  # DatasetError, naming dataset.root
+    dataset_source(job.config.dataset).check_present()  # DatasetError, naming dataset.root
     if job.transfer.get("source"):
         from .cache import ArtifactCache
         from .transfer import find_entry

@@ -11,11 +11,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from .cache import ArtifactCache, spec_key
-from .config import JobConfig, container, load_job
+from .config import JobConfig, container, dataset_source, load_job
 from .data import RetrievalData
 from .loggers import log_results
 from .records import attacked_rows, clean_rows, describe, recipe_fields, write_results
@@ -54,7 +53,7 @@ def run(cfg: DictConfig, output_dir: Path, loggers: list | None = None) -> Path:
     found = rt.cache.load("results", results_key) if cfg.get("resume") and rt.cache.enabled else None
 
     with rt.timed("data"):
-        source = instantiate(cfg.dataset)
+        source = dataset_source(cfg.dataset)
         data = load_data(cfg, source, rt)
     if found is not None:
         if not (changed := stale_artifacts(found[1]["results"]["meta"], job, data, rt.precision, device)):

@@ -143,7 +143,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m pqattack.bench", description=usage.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    p.add_argument("--figures", help=f"comma-separated subset of: {', '.join(FIGURES)} (default: all but demo_bf16)")
+    p.add_argument("--figures", help=f"comma-separated subset of: {', '.join(FIGURES)} (default: all but "
+                   f"{', '.join(f for f in FIGURES if f not in DEFAULT_FIGURES)})")
     p.add_argument("--quick", action="store_true", help="tiny sizes (for the test)")
     p.add_argument("--out", help="JSON output (default outputs/bench/<device>.json)")
     p.add_argument("--table1-run", metavar="DIR", help="also record the recipe's training times and Table 1's wall "

@@ -94,6 +94,9 @@ class ImageFolderSource(DataSource):
         self.root = Path(root).expanduser()
         self.image_size, self.resize = int(image_size), bool(resize)
         self.test_fraction = float(test_fraction)
+        if not 0 < self.test_fraction < 1:  # checked here, at start-up, even where train/ and test/ make it unused
+            raise DatasetError(f"dataset.test_fraction={test_fraction}: must be in (0, 1), the share of each class "
+                               f"that goes to test when dataset.root has no train/ and test/ folders")
 
     def describe(self) -> str:
         return f"ImageFolder {self.root}"
@@ -111,9 +114,6 @@ class ImageFolderSource(DataSource):
         if folder is not None:
             return self._load_folder(folder, cache)
         self.check_present()
-        if not 0 < self.test_fraction < 1:
-            raise DatasetError(f"dataset.test_fraction={self.test_fraction}: must be in (0, 1) to split "
-                               f"{self.root} (it has no train/ and test/ folders)")
         classes, files, labels = list_image_folder(self.root)
         y = torch.tensor(labels, dtype=torch.int64)
         gen = torch.Generator().manual_seed(self.split_seed)

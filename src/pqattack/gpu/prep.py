@@ -90,7 +90,13 @@ def check_prep(folder: Path) -> int:
     return 0 if not problems else 2
 
 
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m pqattack.gpu.prep", description=__doc__.split("\n\n")[0])
+    p.add_argument("folder", type=Path, help="the folder to check, e.g. .gpu (make gpu-check)")
+    return check_prep(p.parse_args(argv).folder)
+
+
 if __name__ == "__main__":
-    if len(sys.argv) != 2:
-        sys.exit("usage: python -m pqattack.gpu.prep <folder, e.g. .gpu>")
-    sys.exit(check_prep(Path(sys.argv[1])))
+    sys.exit(main())

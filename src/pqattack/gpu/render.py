@@ -19,7 +19,7 @@ import tarfile
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]  # the checkout: src/pqattack/gpu/render.py
 TABLES = {  # stage: (output name, title)
     "table1": ("table1", "Table 1, white-box attacks (CIFAR-10), full recipe"),
     "table2": ("table2", "Table 2, white-box attacks on PQN next to K-means (CIFAR-10), full recipe"),
