@@ -248,6 +248,15 @@ def _typed(node: DictConfig, schema: type) -> Any:
     return schema(**fields)
 
 
+def raise_wrapped(exc: BaseException, kind: type[PQAttackError]) -> None:
+    """Raise the first error of ``kind`` in ``exc``'s chain of causes (one a library wrapped), if there is one."""
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, kind):
+            raise cause from None
+        cause = cause.__cause__ or cause.__context__
+
+
 def load_job(cfg: DictConfig) -> JobConfig:
     """Check ``cfg`` and return it typed. Every start-up check is here or in the schemas it builds
     (``AttackConfig``, ``KMeansConfig``/``PQNConfig``, ``IndexConfig``), and ``runtime.resolve_device``. An
@@ -256,11 +265,7 @@ def load_job(cfg: DictConfig) -> JobConfig:
     try:
         return _load_job(cfg)
     except OmegaConfBaseException as exc:
-        cause: BaseException | None = exc
-        while cause is not None:
-            if isinstance(cause, ConfigError):
-                raise cause from None
-            cause = cause.__cause__ or cause.__context__
+        raise_wrapped(exc, ConfigError)
         key = getattr(exc, "full_key", None)
         message = str(exc).splitlines()[0]
         raise ConfigError(f"{key}: {message}" if key else message) from None
@@ -454,11 +459,7 @@ def dataset_source(node: DictConfig) -> Any:
     try:
         return instantiate(node)
     except InstantiationException as exc:
-        cause: BaseException | None = exc
-        while cause is not None:
-            if isinstance(cause, PQAttackError):
-                raise cause from None
-            cause = cause.__cause__ or cause.__context__
+        raise_wrapped(exc, PQAttackError)
         raise
 
 
