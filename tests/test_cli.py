@@ -180,6 +180,17 @@ def test_a_sweep_over_a_missing_dataset_folder_stops_before_any_job_runs(tmp_pat
     assert "Launching" not in proc.stdout + proc.stderr and not (tmp_path / "sweep").exists()
 
 
+def test_progress_auto_draws_no_bars_into_a_pipe_and_true_does(tmp_path: Path, shared_cache: Path) -> None:
+    """``progress=auto`` (the default): stderr is a pipe here, so no bar redraws mix with the table; ``true`` draws
+    them anyway."""
+    tiny = [o for o in TINY if o != "progress=false"]
+    quiet = run_cli([*tiny, "attack=basic", "hydra.run.dir=auto"], tmp_path, shared_cache)
+    assert "attack basic" not in quiet.stderr and "it/s" not in quiet.stderr
+    assert quiet.stdout.strip().splitlines()[-1].startswith("results: ")
+    loud = run_cli([*tiny, "attack=basic", "progress=true", "hydra.run.dir=true"], tmp_path, shared_cache)
+    assert "it/s" in loud.stderr  # the bars of what the second job computes (the attacked set comes from the cache)
+
+
 def test_missing_cifar10_says_where_to_put_it(tmp_path: Path) -> None:
     proc = run_cli(["dataset=cifar10", f"dataset.root={tmp_path / 'nothing'}", "dataset.download=false",
                     "device=cpu"], tmp_path, tmp_path / "cache", check=False)

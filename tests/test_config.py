@@ -95,7 +95,7 @@ def test_bad_values_name_the_key(overrides: list[str], key: str) -> None:
     (["seed=abc"], "seed='abc': expected an integer"),
     (["dataset.num_queries=abc"], "dataset.num_queries='abc': expected an integer"),
     (["eval.batch_size=2.5"], "eval.batch_size=2.5: expected an integer"),
-    (["progress=maybe"], "progress='maybe': expected true or false"),
+    (["progress=maybe"], "progress='maybe': expected auto (when stderr is a terminal), true or false"),
     (["trainer.lr=abc"], "trainer.lr='abc': expected a number"),
     # a value out of range, that torch or a resolver would refuse only once training starts
     (["bits=-8"], "bits=-8: must be >= 1"),

@@ -144,6 +144,25 @@ def test_top1_hit_single_and_multilabel() -> None:
     assert top1_hit(logits, multi).tolist() == [True, False]
 
 
+@pytest.mark.parametrize("progress", [False, True])
+def test_image_decoding_follows_the_jobs_progress_setting(tmp_path: Path, capfd: pytest.CaptureFixture,
+                                                          progress: bool) -> None:
+    """The loaders' decoding bars are the job's progress bars: ``progress=false`` hides them too (they showed
+    whatever it said)."""
+    from pqattack.runtime import Runtime
+    from pqattack.stages.data import load_data
+
+    from .conftest import compose_config
+
+    make_image_folder(tmp_path / "images", per_class=4)
+    cfg = compose_config(["dataset=imagefolder", f"dataset.root={tmp_path / 'images'}", "dataset.num_queries=2",
+                          "model=smallcnn", "device=cpu"])
+    rt = Runtime(torch.device("cpu"), "fp32", ArtifactCache(tmp_path / "cache", True), progress=progress)
+    capfd.readouterr()
+    load_data(cfg, ImageFolderSource(root=str(tmp_path / "images"), num_queries=2, num_database=None), rt)
+    assert ("decode" in capfd.readouterr().err) is progress
+
+
 def test_a_16_bit_grayscale_png_is_scaled_to_8_bits(tmp_path: Path) -> None:
     """A 16-bit PNG (PIL mode I;16) decodes to its values / 257 on three equal channels, not clipped to white."""
     from PIL import Image

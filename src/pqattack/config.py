@@ -23,7 +23,7 @@ from .models.backbones import ARCHITECTURES, build_backbone, embedding_dim
 from .models.fastnet import NECKS
 from .models.recipe import SCHEDULES
 from .quant.config import IndexConfig, KMeansConfig, PQNConfig
-from .runtime import PRECISIONS, resolve_device
+from .runtime import PRECISIONS, PROGRESS, resolve_device
 
 CONF_DIR = Path(__file__).with_name("conf")  # package data; `--config-dir` adds a user's own folder
 TEST_SPLIT_SIZE = {"cifar10": 10_000}
@@ -129,7 +129,7 @@ RECIPE_VALUES = [("max_epochs", int, AT_LEAST_1), ("batch_size", int, AT_LEAST_2
                  ("lr", float, POSITIVE), ("momentum", float, FRACTION), ("weight_decay", float, NON_NEGATIVE),
                  ("label_smoothing", float, FRACTION), ("nesterov", bool, None), ("augment", bool, None),
                  ("compile", bool, None)]
-JOB_VALUES = [("seed", int, SEED_RANGE), ("bits", int, AT_LEAST_1), ("progress", bool, None), ("resume", bool, None),
+JOB_VALUES = [("seed", int, SEED_RANGE), ("bits", int, AT_LEAST_1), ("resume", bool, None),
               ("cache.enabled", bool, None), ("dataset.num_queries", int, AT_LEAST_1),
               ("dataset.num_database", int, AT_LEAST_1), ("dataset.num_train", int, AT_LEAST_1),
               ("dataset.num_test", int, AT_LEAST_1), ("dataset.image_size", int, AT_LEAST_1),
@@ -275,6 +275,8 @@ def _load_job(cfg: DictConfig) -> JobConfig:
     from .metrics import EMPTY, TIES
 
     _check_values(cfg, "", JOB_VALUES)  # before anything reads them: `quantizer.K` and `.seed` interpolate two
+    if cfg.get("progress") not in PROGRESS:
+        raise ConfigError(f"progress={cfg.get('progress')!r}: expected auto (when stderr is a terminal), true or false")
     if str(cfg.get("log_level", "warning")).lower() not in LOG_LEVELS:
         raise ConfigError(f"log_level={cfg.log_level!r}: expected one of {', '.join(LOG_LEVELS)}")
     _check_recipes(cfg)  # first: the job's `trainer` may interpolate a recipe that is not there

@@ -18,7 +18,7 @@ from .config import JobConfig, container, dataset_source, load_job
 from .data import RetrievalData
 from .loggers import log_results
 from .records import attacked_rows, clean_rows, describe, recipe_fields, write_results
-from .runtime import Runtime, device_name, resolve_device, resolve_precision, versions
+from .runtime import Runtime, device_name, resolve_device, resolve_precision, resolve_progress, versions
 from .stages.attack import adversarial_set, check_attack_data
 from .stages.data import load_data
 from .stages.keys import artifact_keys, results_spec
@@ -45,7 +45,7 @@ def run(cfg: DictConfig, output_dir: Path, loggers: list | None = None) -> Path:
     job = load_job(cfg)
     device = resolve_device(cfg.device)
     rt = Runtime(device, resolve_precision(cfg.precision, device), ArtifactCache(cfg.cache.dir, cfg.cache.enabled),
-                 progress=cfg.progress)
+                 progress=resolve_progress(cfg.progress))
     torch.manual_seed(job.seed)
     if device.type == "cuda":  # fixed input shapes: let cuDNN pick its fastest algorithms (eval and attacks too)
         torch.backends.cudnn.benchmark = True

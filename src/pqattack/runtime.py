@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import platform
+import sys
 import time
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
@@ -14,6 +15,15 @@ from .cache import ArtifactCache
 from .errors import ConfigError
 
 PRECISIONS = ("auto", "fp32", "bf16")
+PROGRESS = ("auto", True, False)
+
+
+def resolve_progress(progress: str | bool) -> bool:
+    """``progress=auto``: progress bars when stderr is a terminal (a log file or a pipe gets none: their redraws
+    would mix with the tables); ``true``/``false`` as given."""
+    if progress == "auto":
+        return sys.stderr.isatty()
+    return bool(progress)
 
 
 @dataclass

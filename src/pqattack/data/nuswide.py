@@ -155,8 +155,8 @@ class NUSWIDESource(DataSource):
         def build() -> tuple[dict[str, torch.Tensor], dict]:
             log.info("decoding %d NUS-WIDE images at %dx%d (once; then cached)", len(tr_files) + len(te_files),
                      self.image_size, self.image_size)
-            tr = decode_images(tr_files, self.image_size, resize=True)
-            te = decode_images(te_files, self.image_size, resize=True)
+            tr = decode_images(tr_files, self.image_size, resize=True, progress=self.progress)
+            te = decode_images(te_files, self.image_size, resize=True, progress=self.progress)
             return ({"train_x": torch.from_numpy(tr), "test_x": torch.from_numpy(te)},
                     {"source": str(root), "num_train": len(tr_files), "num_test": len(te_files), "concepts": top})
 

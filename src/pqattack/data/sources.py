@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 
 class DataSource:
     name = "base"
+    progress = True  # progress bars while decoding images (the job's ``progress``; stages.data.load_data sets it)
 
     def __init__(self, num_queries: int, num_database: int | None, split_seed: int = 0,
                  num_train: int | None = None, **_: object) -> None:
@@ -143,8 +144,8 @@ class ImageFolderSource(DataSource):
 
         def build() -> tuple[dict[str, torch.Tensor], dict]:
             log.info("decoding %d images from %s (once; then cached)", len(tr_files) + len(te_files), folder)
-            tr = decode_images(tr_files, self.image_size, self.resize)
-            te = decode_images(te_files, self.image_size, self.resize)
+            tr = decode_images(tr_files, self.image_size, self.resize, self.progress)
+            te = decode_images(te_files, self.image_size, self.resize, self.progress)
             return ({"train_x": torch.from_numpy(tr), "test_x": torch.from_numpy(te)},
                     {"source": str(folder), "num_train": len(tr_files), "num_test": len(te_files)})
 

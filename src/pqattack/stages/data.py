@@ -21,5 +21,6 @@ def load_data(cfg: DictConfig, source: Any, rt: Runtime) -> RetrievalData:
     key = json.dumps([container(cfg.dataset), str(rt.cache.root), rt.cache.enabled], sort_keys=True, default=str)
     if key not in _LOADED:
         _LOADED.clear()
+        source.progress = rt.progress
         _LOADED[key] = source.load(rt.cache)
     return _LOADED[key]
