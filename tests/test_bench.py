@@ -325,6 +325,9 @@ def test_bench_finds_the_checkout_and_its_data_folder(monkeypatch: pytest.Monkey
     assert workloads.cifar_folder() == tmp_path / "elsewhere"
     monkeypatch.setenv("PQATTACK_DATA", str(tmp_path / "nothing"))
     assert workloads.cifar_folder() is None
+    # a record names the checkout's data folder relative to it, not by this machine's absolute path
+    assert workloads.shown(tmp_path / "checkout" / "data" / "cifar10-jpeg") == "data/cifar10-jpeg"
+    assert workloads.shown(tmp_path / "elsewhere") == str(tmp_path / "elsewhere")
 
 
 def test_the_training_baseline_is_timed_as_the_framework_is(monkeypatch: pytest.MonkeyPatch) -> None:

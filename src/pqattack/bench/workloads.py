@@ -52,6 +52,15 @@ def cifar_folder() -> Path | None:
     return None
 
 
+def shown(folder: Path) -> str:
+    """A folder as a record names it: relative to the checkout when inside it (a record says nothing of the machine's
+    own paths), else as given."""
+    try:
+        return str(folder.resolve().relative_to(REPO.resolve()))
+    except ValueError:
+        return str(folder)
+
+
 def training_images(n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, str]:
     """``n`` uint8 CIFAR-size images ``[n, 3, 32, 32]`` with labels: decoded from the CIFAR-10 JPEG copy when there
     (a seeded sample of the training split), else random uint8 (throughput does not depend on the pixels)."""
@@ -64,7 +73,7 @@ def training_images(n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, 
         imgs = torch.from_numpy(decode_images([files[i] for i in pick], 32, False, progress=False))
         lab = torch.tensor([labels[i] for i in pick])
         reps = math.ceil(n / len(pick))
-        return imgs.repeat(reps, 1, 1, 1)[:n], lab.repeat(reps)[:n], f"CIFAR-10 JPEGs ({folder}), decoded once"
+        return imgs.repeat(reps, 1, 1, 1)[:n], lab.repeat(reps)[:n], f"CIFAR-10 JPEGs ({shown(folder)}), decoded once"
     g = torch.Generator().manual_seed(seed)
     return (torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=g),
             torch.randint(0, 10, (n,), generator=g), "synthetic uint8 (data/cifar10-jpeg not found)")
