@@ -155,6 +155,7 @@ def test_bad_config_fails_fast_and_writes_nothing(tmp_path: Path, overrides: lis
 
 @pytest.mark.parametrize("swept,message", [
     ("seed=abc,1", "config error: seed='abc': expected an integer (sweep job:"),
+    ("attack=apd,foo", "config error: attack=foo: not an option of attack; allowed: aod, apd, basic"),
     ("transfer.source=nothing,elsewhere", "transfer error: transfer.source=nothing: neither a folder nor a key"),
 ])
 def test_a_sweep_with_one_bad_job_stops_before_any_job_runs(tmp_path: Path, swept: str, message: str) -> None:

@@ -270,6 +270,20 @@ def test_a_long_training_names_the_key_that_shortens_it(tmp_path, monkeypatch, c
     assert message.startswith("a fine-tuning, 1 epoch on this CPU: about ") and advice in message
 
 
+@pytest.mark.parametrize("progress,shown", [("auto", True), ("true", True), ("false", False)])
+def test_the_estimate_of_a_long_training_reaches_a_log_unless_progress_is_false(tmp_path, monkeypatch, caplog,
+                                                                                progress: str, shown: bool) -> None:  # noqa: ANN001
+    """``progress=auto`` draws no bars where stderr is no terminal (here: captured), but a log still gets the
+    estimate before a long training; only ``progress=false`` hides it."""
+    from .conftest import TINY, run_job
+
+    monkeypatch.setattr(training.TimeEstimate, "threshold_s", 0.0)  # every training is "long"
+    with caplog.at_level("WARNING", logger="pqattack.training.fit"):
+        run_job([o for o in TINY if not o.startswith("progress=")] + [f"progress={progress}", "attack=basic"],
+                tmp_path / "out", tmp_path / "cache")
+    assert any("progress=false hides this" in r.getMessage() for r in caplog.records) is shown
+
+
 def test_the_bn_neck_standardises_the_embedding_and_changes_only_its_own_key(tmp_path) -> None:  # noqa: ANN001
     """model=fastnet_bn: a batch norm without affine after the pool, whose output is the embedding (per dimension
     zero mean and unit variance over a training batch); plain fastnet's key is as before the option existed."""

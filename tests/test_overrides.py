@@ -22,17 +22,16 @@ from .conftest import TINY, run_cli
     (["attack.iters=abc"], "attack.iters=abc: Value 'abc' of type 'str' could not be converted to Integer"),
     (["defense=adv", "defense.eps=x"], "defense.eps=x: Value 'x' of type 'str' could not be converted to Float"),
     (["attack.eps=["], "override 'attack.eps=[': no viable alternative at input '['"),
-    (["+attack.kapa=1"], "+attack.kapa: attack has no setting 'kapa' (AttackConfig would ignore it); did you mean "
-                         "attack.kappa?"),
-    # a sweep: each swept value is composed on its own
-    (["-m", "attack=apd", "attack.iters=1,x"], "attack.iters=x: Value 'x' of type 'str'"),
-    (["-m", "attack=apd,foo"], "attack=foo: not an option of attack"),
-    (["-m", "+attack.zz=1,2"], "+attack.zz: attack has no setting 'zz'"),
+    (["attack.eps=0.1", "attack.eps=abc"], "attack.eps=abc: Value 'abc'"),  # the override that failed, not the first
+    # a sweep: composed as Hydra composes it, without the swept values (its own check then composes every job)
+    (["-m", "attack.kapa=1", "bits=16,24"], "attack.kapa: no such key; did you mean attack.kappa?"),
+    (["-m", "model=fastnet,fastnet_bn", "model.widths=[32,128,128]"],
+     "model.widths: no such key in the default model option; a sweep over model is composed with its default option "
+     "first (Hydra's rule)"),
 ])
 def test_overrides_that_do_not_compose_are_one_line(argv: list[str], message: str) -> None:
     """Hydra said each of these in several lines (its config search path, the groups' private ``_pgd``/``_schema``
-    files among the options, advice to add the key with ``+``), exit 1; ``+attack.kapa`` composed, and the attack's
-    schema dropped the key without a word."""
+    files among the options, advice to add the key with ``+``), exit 1."""
     tiny = [o for o in TINY if o != "model.width=8"]  # a key of smallcnn's only
     with pytest.raises(ConfigError) as err:
         check_command_line([*argv[:1], *tiny, *argv[1:]] if argv[0] == "-m" else [*tiny, *argv])
@@ -45,9 +44,44 @@ def test_overrides_that_do_not_compose_are_one_line(argv: list[str], message: st
     ["attack=apd", "attack.iters=10"], ["-m", "attack=apd,aod", "bits=16,24"], ["+attack.restarts=2"],
     ["--cfg", "job", "attack=foo"],  # Hydra's own flags stay Hydra's
     ["--config-dir", "elsewhere", "attack=mine"],  # a user's config folder may hold options of its own
+    # sweeps without -m: presets that set hydra.mode MULTIRUN (the demo, the tables), and hydra.mode itself
+    ["experiment=demo", "attack=basic,apd"], ["hydra.mode=MULTIRUN", "attack=apd,aod"],
+    ["-m", "attack=apd,foo"],  # a bad swept value: the sweep's own check names it (tests/test_cli.py)
+    ["-m", "hydra.sweeper.params.bits=16,24"],  # an error outside composing: Hydra's own one line, as before
 ])
 def test_overrides_that_compose_pass(argv: list[str]) -> None:
     check_command_line([*argv[:1], *TINY, *argv[1:]] if argv[0] == "-m" else [*TINY, *argv])
+
+
+@pytest.mark.parametrize("added,message", [
+    ("+attack.kapa=1", "attack.kapa: not a setting of attack (AttackConfig would ignore it); did you mean attack.kappa?"),
+    ("++attack.kapa=1", "attack.kapa: not a setting of attack"), ("+attack.foo.bar=1", "attack.foo: not a setting"),
+    ("++index.nlsit=3", "index.nlsit: not a setting of index (IndexConfig would ignore it); did you mean index.nlist?"),
+    ("+quantizer.alpah=3", "quantizer.alpah: not a setting of quantizer (KMeansConfig would ignore it)"),
+])
+def test_a_key_added_where_a_schema_would_drop_it_is_a_start_up_error(added: str, message: str) -> None:
+    """``+``/``++`` add a key to any node; the attack, quantizer, index and defense nodes are read through their
+    dataclasses, which dropped such a key without a word (the job ran without ``kappa``)."""
+    from pqattack.config import check_inputs, load_job
+
+    from .conftest import compose_config
+
+    with pytest.raises(ConfigError) as err:
+        check_inputs(load_job(compose_config([*TINY, added])))
+    assert str(err.value).startswith(message), err.value
+
+
+def test_progress_takes_auto_true_or_false_only() -> None:
+    """``progress=1`` equals ``true`` in Python, and passed a check for membership in (auto, true, false)."""
+    from pqattack.config import validate
+
+    from .conftest import compose_config
+
+    for value in ("auto", "true", "false"):
+        validate(compose_config([*TINY, f"progress={value}"]))
+    for value in ("1", "0", "1.0"):
+        with pytest.raises(ConfigError, match="progress=.*expected auto"):
+            validate(compose_config([*TINY, f"progress={value}"]))
 
 
 def test_an_unknown_backbone_setting_is_a_start_up_error() -> None:

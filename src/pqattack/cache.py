@@ -448,7 +448,7 @@ def import_checkpoints(path: str | Path, cache_dir: str | None = None, extra: li
     from .config import compose_config, load_job
     from .errors import DatasetError
     from .overrides import explain
-    from .runtime import Runtime
+    from .runtime import Runtime, resolve_progress
     from .stages.data import load_data
     from .stages.keys import checkpoint_spec, pqn_spec
 
@@ -469,7 +469,7 @@ def import_checkpoints(path: str | Path, cache_dir: str | None = None, extra: li
                               f"{' '.join(extra or [])})") from None
         cache = ArtifactCache(cache_dir or cfg.cache.dir)
         cpu = torch.device("cpu")
-        data = load_data(cfg, source, Runtime(cpu, "fp32", cache))
+        data = load_data(cfg, source, Runtime(cpu, "fp32", cache, progress=resolve_progress(cfg.progress)))
         base_spec = checkpoint_spec(job, data, spec["precision"], cpu)
         local = base_spec if base is None else pqn_spec(job, spec_key("checkpoint", base_spec), spec["precision"], cpu)
         if spec_key("checkpoint", local) != entry["key"]:

@@ -23,7 +23,7 @@ from .models.backbones import ARCHITECTURES, build_backbone, embedding_dim
 from .models.fastnet import NECKS
 from .models.recipe import SCHEDULES
 from .quant.config import IndexConfig, KMeansConfig, PQNConfig
-from .runtime import PRECISIONS, PROGRESS, resolve_device
+from .runtime import PRECISIONS, resolve_device
 
 CONF_DIR = Path(__file__).with_name("conf")  # package data; `--config-dir` adds a user's own folder
 TEST_SPLIT_SIZE = {"cifar10": 10_000}
@@ -183,16 +183,16 @@ def _check_model(model: DictConfig, M: int) -> None:  # noqa: N803
                           f"equal size)")
 
 
-def compose_config(overrides: list[str]) -> DictConfig:
+def compose_config(overrides: list[str], with_hydra: bool = False) -> DictConfig:
     """The config ``python -m pqattack <overrides>`` composes: through the running app's Hydra when there is one
-    (so a user's ``--config-dir`` counts), else from the package's ``conf``."""
+    (so a user's ``--config-dir`` counts), else from the package's ``conf``; ``with_hydra``: Hydra's own node too."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
     if GlobalHydra.instance().is_initialized():
-        return compose("config", overrides=overrides)
+        return compose("config", overrides=overrides, return_hydra_config=with_hydra)
     with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-        return compose("config", overrides=overrides)
+        return compose("config", overrides=overrides, return_hydra_config=with_hydra)
 
 
 def container(cfg: DictConfig) -> dict[str, Any]:
@@ -275,7 +275,7 @@ def _load_job(cfg: DictConfig) -> JobConfig:
     from .metrics import EMPTY, TIES
 
     _check_values(cfg, "", JOB_VALUES)  # before anything reads them: `quantizer.K` and `.seed` interpolate two
-    if cfg.get("progress") not in PROGRESS:
+    if not isinstance(cfg.get("progress"), bool) and cfg.get("progress") != "auto":  # not 1 or 0, which equal bools
         raise ConfigError(f"progress={cfg.get('progress')!r}: expected auto (when stderr is a terminal), true or false")
     if str(cfg.get("log_level", "warning")).lower() not in LOG_LEVELS:
         raise ConfigError(f"log_level={cfg.log_level!r}: expected one of {', '.join(LOG_LEVELS)}")
@@ -465,10 +465,31 @@ def dataset_source(node: DictConfig) -> Any:
         raise
 
 
+def check_added_keys(cfg: DictConfig) -> None:
+    """A key added to a node with a schema (``+attack.kapa=1``, ``++quantizer.alpah=3``): the job reads the node
+    through its dataclass, which would drop the key without a word."""
+    import dataclasses
+    import difflib
+
+    for name in ("attack", "quantizer", "index", "defense"):
+        node = cfg.get(name)
+        schema = OmegaConf.get_type(node) if isinstance(node, DictConfig) else None
+        if schema is None or not dataclasses.is_dataclass(schema):
+            continue
+        fields = [f.name for f in dataclasses.fields(schema)]
+        for key in node.keys():
+            if key not in fields:
+                near = difflib.get_close_matches(str(key), fields, n=3, cutoff=0.6)
+                hint = f"; did you mean {' or '.join(f'{name}.{k}' for k in near)}?" if near else ""
+                raise ConfigError(f"{name}.{key}: not a setting of {name} ({schema.__name__} would ignore it){hint}")
+
+
 def check_inputs(job: JobConfig) -> None:
-    """What a job about to run reads besides its config: its dataset's files (``DataSource.check_present``: a look
-    at the folders) and a saved query set (``transfer.source``) must be there. Not part of ``load_job``, which also
-    reloads the configs of finished jobs whose inputs may be gone."""
+    """What a job about to run reads besides its config: no key its schemas would ignore (``check_added_keys``),
+    its dataset's files (``DataSource.check_present``: a look at the folders) and a saved query set
+    (``transfer.source``) must be there. Not part of ``load_job``, which also reloads the configs of finished jobs
+    (which may hold keys since removed, and whose inputs may be gone)."""
+    check_added_keys(job.config)
     cache = job.config.cache
     if cache.enabled:
         folder = Path(cache.dir).absolute()

@@ -18,12 +18,12 @@ def _first_line(exc: BaseException | None) -> str:
     return text.splitlines()[0].strip() if text.strip() else ""
 
 
-def _override_of(key: str, overrides: list[str]) -> str:
-    """The command line's override that sets ``key`` (``attack.eps=x``, ``+attack.eps=x``), else ``key`` alone."""
-    for o in overrides:
-        if o.lstrip("+~").split("=", 1)[0].split("@", 1)[0] == key:
-            return o.lstrip("+~")
-    return key
+def _override_of(key: str, overrides: list[str], message: str = "") -> str:
+    """The command line's override that sets ``key`` (``attack.eps=x``, ``+attack.eps=x``) to the value ``message``
+    quotes (else the last one that sets it), else ``key`` alone."""
+    setting = [o.lstrip("+~") for o in overrides if o.lstrip("+~").split("=", 1)[0].split("@", 1)[0] == key]
+    quoted = [o for o in setting if f"'{o.split('=', 1)[-1]}'" in message]
+    return (quoted or setting or [key])[-1]
 
 
 def _keys_near(key: str, overrides: list[str], compose: Any) -> str:
@@ -46,9 +46,10 @@ def _keys_near(key: str, overrides: list[str], compose: Any) -> str:
     return f"; `python -m pqattack --cfg job` lists all {len(keys)} keys{f' of {parent}' if parent else ''}"
 
 
-def explain(exc: BaseException, overrides: list[str], compose: Any) -> str:
+def explain(exc: BaseException, overrides: list[str], compose: Any, swept: set[str] | None = None) -> str:
     """One line for a Hydra or OmegaConf error raised while composing ``overrides`` (``compose(overrides)`` composes
-    a config, for the keys of an unknown key's parent)."""
+    a config, for the keys of an unknown key's parent; ``swept``: the config groups a sweep sweeps, which Hydra
+    composes at their default option first)."""
     from hydra.errors import MissingConfigException, OverrideParseException
     from omegaconf.errors import ConfigAttributeError, ConfigKeyError, ValidationError
 
@@ -66,10 +67,15 @@ def explain(exc: BaseException, overrides: list[str], compose: Any) -> str:
         return f"{what}: {_first_line(exc)} (an override is key=value; quote lists and special characters)"
     if isinstance(cause, (ConfigKeyError, ConfigAttributeError)) and getattr(cause, "full_key", None):
         key = str(cause.full_key)
+        group = key.split(".", 1)[0]
+        if swept and group in swept:
+            return (f"{key}: no such key in the default {group} option; a sweep over {group} is composed with its "
+                    f"default option first (Hydra's rule), so a key of the swept options only cannot be set on the "
+                    f"command line: sweep it per option in a preset, or run one sweep per {group}")
         return f"{key}: no such key{_keys_near(key, overrides, compose)}"
     if isinstance(cause, ValidationError) and getattr(cause, "full_key", None):
         key = str(cause.full_key)
-        return f"{_override_of(key, overrides)}: {_first_line(cause)}"
+        return f"{_override_of(key, overrides, _first_line(cause))}: {_first_line(cause)}"
     lines = []
     for ln in str(exc).replace(", set env var HYDRA_FULL_ERROR=1 to see chained exception.", ".").splitlines():
         if ln.startswith("Config search path"):
@@ -99,8 +105,8 @@ def compose_errors() -> tuple[type[BaseException], ...]:
 
 
 def check_command_line(argv: list[str]) -> None:
-    """``ConfigError`` (one line) when the overrides of ``python -m pqattack <argv>`` do not compose. A sweep's
-    overrides are composed one swept value at a time (the sweep's own check then composes and checks every job).
+    """``ConfigError`` (one line) when the overrides of ``python -m pqattack <argv>`` do not compose as Hydra would
+    compose them: a job's, or a sweep's without its swept values (the sweep's own check then composes every job).
     Left to Hydra: its own flags (``--help``, ``--cfg``, ``--info``, shell completion, ``--experimental-rerun``) and a
     config folder or name of the user's (``--config-dir``, ``--config-path``, ``--config-name``)."""
     from hydra._internal.utils import get_args_parser
@@ -123,42 +129,17 @@ def check_command_line(argv: list[str]) -> None:
         parsed = OverridesParser.create().parse_overrides(overrides)
     except OverrideParseException as exc:
         raise ConfigError(explain(exc, overrides, compose_config)) from None
-    runs = [overrides]
-    if args.multirun:
-        fixed = [o.input_line for o in parsed if not o.is_sweep_override()]
-        runs = [fixed] + [[*fixed, f"{o.get_key_element()}={v}"] for o in parsed if o.is_sweep_override()
-                          for v in _values(o)]
-    for run in runs:
-        try:
-            cfg = compose_config(run)
-        except compose_errors() as exc:
-            raise ConfigError(explain(exc, run, compose_config)) from None
-        _check_added_keys(cfg, [o for o in parsed if o.is_add()])
-
-
-def _check_added_keys(cfg: DictConfig, added: list[Any]) -> None:
-    """``+attack.kapa=1`` composes (``+`` adds a key), but a node with a schema (attack, quantizer, index,
-    defense) is read through its dataclass, which would drop the key without a word."""
-    import dataclasses
-
-    for o in added:
-        key = o.get_key_element().lstrip("+")
-        parent, _, leaf = key.rpartition(".")
-        node = OmegaConf.select(cfg, parent) if parent else None
-        schema = OmegaConf.get_type(node) if isinstance(node, DictConfig) else None
-        if schema is not None and dataclasses.is_dataclass(schema):
-            fields = [f.name for f in dataclasses.fields(schema)]
-            if leaf not in fields:
-                near = difflib.get_close_matches(leaf, fields, n=3, cutoff=0.6)
-                hint = f"; did you mean {' or '.join(f'{parent}.{k}' for k in near)}?" if near else ""
-                raise ConfigError(f"+{key}: {parent} has no setting {leaf!r} ({schema.__name__} would ignore "
-                                  f"it){hint}")
-
-
-def _values(override: Any) -> list[str]:
-    """A sweep override's values (``a,b``, ``choice(...)``, ``range(...)``); none for those only the sweeper expands
-    (``glob(...)``, intervals), which Hydra then composes itself."""
+    # a sweep (-m, or a preset with hydra.mode MULTIRUN): Hydra composes its config without the swept values first
+    # (a swept group at its default option); the sweep's own check (config.ValidateSweep) then composes every job
+    fixed = [o.input_line for o in parsed if not o.is_sweep_override()]
+    swept = {o.get_key_element() for o in parsed if o.is_sweep_override()}
     try:
-        return list(override.sweep_string_iterator())
-    except Exception:  # noqa: BLE001
-        return []
+        cfg = compose_config(fixed, with_hydra=True)
+        mode = cfg.hydra.get("mode")
+        if swept and not (args.multirun or getattr(mode, "name", mode) == "MULTIRUN"):
+            fixed, swept = overrides, set()  # one job with a sweep-like value: Hydra's refusal, on one line
+            compose_config(overrides)
+    except compose_errors() as exc:
+        raise ConfigError(explain(exc, fixed, compose_config, swept)) from None
+    except Exception:  # noqa: BLE001  anything else: Hydra reports it, as before (e.g. sweeping its own keys)
+        return

@@ -45,7 +45,7 @@ def run(cfg: DictConfig, output_dir: Path, loggers: list | None = None) -> Path:
     job = load_job(cfg)
     device = resolve_device(cfg.device)
     rt = Runtime(device, resolve_precision(cfg.precision, device), ArtifactCache(cfg.cache.dir, cfg.cache.enabled),
-                 progress=resolve_progress(cfg.progress))
+                 progress=resolve_progress(cfg.progress), estimate=cfg.progress is not False)
     torch.manual_seed(job.seed)
     if device.type == "cuda":  # fixed input shapes: let cuDNN pick its fastest algorithms (eval and attacks too)
         torch.backends.cudnn.benchmark = True

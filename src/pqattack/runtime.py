@@ -15,7 +15,6 @@ from .cache import ArtifactCache
 from .errors import ConfigError
 
 PRECISIONS = ("auto", "fp32", "bf16")
-PROGRESS = ("auto", True, False)
 
 
 def resolve_progress(progress: str | bool) -> bool:
@@ -34,9 +33,14 @@ class Runtime:
     precision: str  # fp32 | bf16
     cache: ArtifactCache
     progress: bool = True
+    estimate: bool | None = None  # the estimate before a long training; None: with the progress bars
     timings: dict[str, float] = field(default_factory=dict)
     keys: dict[str, str] = field(default_factory=dict)
     info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def shows_estimate(self) -> bool:
+        return self.progress if self.estimate is None else self.estimate
 
     def autocast(self):  # noqa: ANN201
         """bf16 autocast for the backbone when the precision is bf16 (the retrieval head opts out of it)."""

@@ -134,7 +134,9 @@ class ArtifactStore:
 
         def load_data() -> RetrievalData:
             try:
-                return instantiate(cfg["dataset"]).load(cache)
+                source = instantiate(cfg["dataset"])
+                source.progress = runtime.progress
+                return source.load(cache)
             except (DatasetError, OSError) as exc:
                 raise ArtifactMissing(f"dataset {cfg['dataset'].get('name')}: {exc}") from exc
 

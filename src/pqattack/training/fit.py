@@ -32,7 +32,8 @@ def fit(module: Any, data: RetrievalData, batch_size: int, epochs: int, seed: in
     ``ddp`` re-runs the command line in each child instead, i.e. the whole job (or sweep), whose cache
     lookup would wait forever on the lock held by this process; it is refused with an explanation.
 
-    With progress bars on, a training that will take more than ``TimeEstimate.threshold_s`` says so, with the
+    Unless ``progress=false`` (``rt.shows_estimate``; also in a log, where ``auto`` draws no bars), a training that
+    will take more than ``TimeEstimate.threshold_s`` says so, with the
     way out, after its first batches (``what`` names it: "VGG16, 40 epochs"; ``epochs_key`` is the config key that
     sets ``epochs``)."""
     from lightning_fabric.plugins.environments import LightningEnvironment
@@ -63,7 +64,7 @@ def fit(module: Any, data: RetrievalData, batch_size: int, epochs: int, seed: in
         enable_checkpointing=False, enable_model_summary=False, enable_progress_bar=rt.progress,
         num_sanity_val_steps=0, log_every_n_steps=max(1, min(50, len(data.train) // world // batches.batch_size)),
         deterministic=False, benchmark=True if rt.device.type == "cuda" else None,  # cuDNN picks its fastest kernels
-        callbacks=[BatchCounter(), timer, *([TimeEstimate(epochs, what, epochs_key)] if rt.progress else [])])
+        callbacks=[BatchCounter(), timer, *([TimeEstimate(epochs, what, epochs_key)] if rt.shows_estimate else [])])
     if isinstance(trainer.strategy.launcher, _SubprocessScriptLauncher):
         raise ConfigError(f"trainer.strategy={tcfg.get('strategy')!r} with {world} devices: Lightning would start "
                           f"the other ranks by re-running this command line, i.e. the whole job, whose cache lookup "
