@@ -356,17 +356,12 @@ def _compose(overrides: list[str], given: list[str] | None = None) -> Any:
     """The job config ``python -m pqattack <overrides>`` composes; a ``ConfigError`` with Hydra's reason on one line
     when it does not compose (an unknown key or option, a value of the wrong type), naming the overrides ``given``
     on the command line, else those derived from the export."""
-    from hydra import compose, initialize_config_dir
-    from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
-
-    from .config import CONF_DIR, compose_config
-    from .overrides import explain
+    from .config import compose_config
+    from .overrides import compose_errors, explain
 
     try:
-        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-            return compose("config", overrides=overrides)
-    except (HydraException, OmegaConfBaseException) as exc:
+        return compose_config(overrides)
+    except compose_errors() as exc:
         where = (f"the overrides given: {' '.join(given)}" if given else
                  f"the overrides of a checkpoint in the file: {' '.join(overrides)}")
         raise ConfigError(f"import: {explain(exc, overrides, compose_config)} ({where})") from None

@@ -469,7 +469,8 @@ def check_added_keys(cfg: DictConfig) -> None:
     """A key added to a node with a schema (``+attack.kapa=1``, ``++quantizer.alpah=3``): the job reads the node
     through its dataclass, which would drop the key without a word."""
     import dataclasses
-    import difflib
+
+    from .overrides import did_you_mean
 
     for name in ("attack", "quantizer", "index", "defense"):
         node = cfg.get(name)
@@ -479,9 +480,8 @@ def check_added_keys(cfg: DictConfig) -> None:
         fields = [f.name for f in dataclasses.fields(schema)]
         for key in node.keys():
             if key not in fields:
-                near = difflib.get_close_matches(str(key), fields, n=3, cutoff=0.6)
-                hint = f"; did you mean {' or '.join(f'{name}.{k}' for k in near)}?" if near else ""
-                raise ConfigError(f"{name}.{key}: not a setting of {name} ({schema.__name__} would ignore it){hint}")
+                raise ConfigError(f"{name}.{key}: not a setting of {name} ({schema.__name__} would ignore it)"
+                                  f"{did_you_mean(str(key), fields, name)}")
 
 
 def check_inputs(job: JobConfig) -> None:

@@ -26,6 +26,12 @@ def _override_of(key: str, overrides: list[str], message: str = "") -> str:
     return (quoted or setting or [key])[-1]
 
 
+def did_you_mean(name: str, candidates: list[str], parent: str = "") -> str:
+    """``"; did you mean attack.kappa?"``: the candidates that look like ``name`` (under ``parent``), or nothing."""
+    near = difflib.get_close_matches(name, candidates, n=3, cutoff=0.6)
+    return f"; did you mean {' or '.join(f'{parent}.{k}' if parent else k for k in near)}?" if near else ""
+
+
 def _keys_near(key: str, overrides: list[str], compose: Any) -> str:
     """What to say about an unknown ``key``: the keys of its parent node that look like it, else all of them (up to
     a dozen), from the config the other overrides compose."""
@@ -38,9 +44,9 @@ def _keys_near(key: str, overrides: list[str], compose: Any) -> str:
     if not isinstance(node, DictConfig):
         return ""
     keys = [str(k) for k in node.keys() if not str(k).startswith("_") and k != "hydra"]
-    near = difflib.get_close_matches(leaf, keys, n=3, cutoff=0.6)
-    if near:
-        return f"; did you mean {' or '.join(f'{parent}.{k}' if parent else k for k in near)}?"
+    hint = did_you_mean(leaf, keys, parent)
+    if hint:
+        return hint
     if len(keys) <= 12:
         return f"; {parent or 'the config'} has: {', '.join(sorted(keys))}"
     return f"; `python -m pqattack --cfg job` lists all {len(keys)} keys{f' of {parent}' if parent else ''}"
