@@ -320,3 +320,19 @@ def test_the_centre_neck_subtracts_the_batch_mean_in_training_and_the_running_me
 def test_a_bad_neck_names_the_key(overrides: list[str]) -> None:
     with pytest.raises(ConfigError, match=r"model\.neck="):
         validate(make(overrides))
+
+
+def test_the_whitening_stem_is_computed_on_the_cpu_wherever_the_module_is() -> None:
+    """``init_from_images`` runs at the start of training, after Lightning has moved the module to its device: the
+    normalisation must not mix the module's buffers (there) with the CPU batch (it raised on CUDA). The meta device
+    stands in for a GPU here, where it only shows that nothing raises (tests/test_gpu.py trains fastnet on a GPU and
+    compares its stem with the CPU's); on the CPU the stem is set from the images, the same for the same images."""
+    images = torch.randint(0, 256, (64, 3, 32, 32), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    first, second = build_backbone("fastnet", 10), build_backbone("fastnet", 10)  # two random initialisations
+    assert not torch.equal(first.stem.weight, second.stem.weight)
+    first.init_from_images(images)
+    second.init_from_images(images)
+    assert torch.equal(first.stem.weight, second.stem.weight)
+    elsewhere = build_backbone("fastnet", 10).to("meta")
+    elsewhere.init_from_images(images)  # raised "Expected all tensors to be on the same device"
+    assert elsewhere.stem.weight.device.type == "meta"

@@ -103,6 +103,30 @@ def test_training_takes_uint8_batches_on_the_gpu(tmp_path: Path) -> None:
     assert stats["train_metrics"]["train/acc"] > 0.3  # 10 classes: chance is 0.1
 
 
+def test_fastnet_whitens_its_stem_and_trains_on_the_gpu(tmp_path: Path) -> None:
+    """fastnet on CUDA: the whitening stem, computed when training starts (the module already on the GPU), equals
+    the CPU's from the same images, and the first epoch learns."""
+    from pqattack.runtime import Runtime
+    from pqattack.training import fit
+
+    data = SyntheticSource(num_train=2048, num_test=300, num_queries=50, num_database=200).load(
+        ArtifactCache(tmp_path, enabled=False))
+    cpu_net = build_backbone("fastnet", 10)
+    cpu_net.init_from_images(data.train.images)
+    stems: list[torch.Tensor] = []
+
+    class Recording(ClassifierModule):
+        def on_train_start(self) -> None:
+            super().on_train_start()
+            stems.append(self.backbone.stem.weight.detach().float().cpu().clone())
+
+    net = build_backbone("fastnet", 10).to(memory_format=torch.channels_last)
+    rt = Runtime(CUDA, "bf16", ArtifactCache(tmp_path, enabled=False), progress=False)
+    stats = fit(Recording(net, lr=0.05), data, 128, 1, 0, rt, [])
+    assert len(stems) == 1 and torch.allclose(stems[0], cpu_net.stem.weight.float(), rtol=1e-5, atol=1e-6)
+    assert stats["train_metrics"]["train/acc"] > 0.3  # 10 classes: chance is 0.1
+
+
 def test_cuda_attack_generator_is_deterministic() -> None:
     """The attack's random start comes from a CUDA generator seeded with ``seed``: the same seed gives the same
     adversarial images (with cuDNN's deterministic algorithms), another seed other images."""

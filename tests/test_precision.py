@@ -81,3 +81,59 @@ def test_auto_precision_is_bf16_only_with_native_bf16(tmp_path: Path, flags: str
     assert resolve_precision("fp32", torch.device("cpu")) == "fp32"
     assert resolve_precision("bf16", torch.device("cpu")) == "bf16"
     assert not cpu_has_native_bf16(str(tmp_path / "missing"))
+
+
+def test_sdc_table_is_float32_under_bf16_autocast_with_an_exact_zero_diagonal() -> None:
+    """The far-code attack's weights (``codeword_spread``) are computed where the backbone's bf16 autocast is
+    active. They must be FAISS's SDC table: under autocast the Gram product was bf16 (errors up to 2e-3), and a
+    codeword's distance to itself was not 0 (about 1e-3 in bf16, 1e-7 in float32), so far's log weights let the
+    clean code back into its sum (log 1e-3 instead of -inf)."""
+    from pqattack.attacks.losses import sdc_table
+    from pqattack.quant import PQIndex
+
+    g = torch.Generator().manual_seed(5)
+    codebooks = F.normalize(torch.randn(4, 64, 32, generator=g), dim=-1) * 0.5
+    index = PQIndex(codebooks, torch.randn(300, 128, generator=g))
+    codes = torch.randint(0, 64, (20, 4), generator=g)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        table = sdc_table(codebooks)
+        spread = codeword_spread(codebooks, codes)
+    assert table.dtype == spread.dtype == torch.float32
+    assert torch.allclose(table, index.sdc_table, rtol=0, atol=1e-6)
+    assert torch.all(table.diagonal(dim1=1, dim2=2) == 0)
+    assert torch.all(spread.gather(-1, codes.unsqueeze(-1)) == 0)
+
+
+@pytest.mark.parametrize("overrides,changes", [
+    (["attack=far"], ("adversarial_queries",)),                              # far's weights
+    (["quantizer=pqn", "defense=adv", "defense.attack=far"], ("checkpoint",)),  # trained on far-code images
+    (["quantizer=pqn", "defense=adv", "defense.attack=center"], ("checkpoint",)),  # nearest centres by the table
+    (["attack=apd"], ()), (["quantizer=pqn", "defense=adv"], ()), (["quantizer=pqn", "attack=center"], ()),
+])
+def test_bf16_artifacts_made_with_the_sdc_table_get_new_keys(tmp_path: Path, overrides: list[str],
+                                                              changes: tuple[str, ...],
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under bf16, what the float32 SDC table changes (far-code query sets, checkpoints adversarially trained on
+    far or centre-code images) is keyed apart from what the code before made under the same settings (a cache
+    made then is not reused); everything else keeps its key, and no float32 key changes."""
+    from hydra import compose, initialize_config_dir
+    from hydra.utils import instantiate
+
+    from pqattack.cache import ArtifactCache
+    from pqattack.config import CONF_DIR, load_job
+    from pqattack.stages import keys
+
+    from .conftest import TINY
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=[*TINY, *overrides])
+    job, cpu = load_job(cfg), torch.device("cpu")
+    data = instantiate(cfg.dataset).load(ArtifactCache(tmp_path, enabled=False))
+    now = {p: keys.artifact_keys(job, data, p, cpu) for p in ("bf16", "fp32")}
+    monkeypatch.setattr(keys, "SDC_TABLE", {})  # the keys before the float32 table
+    before = {p: keys.artifact_keys(job, data, p, cpu) for p in ("bf16", "fp32")}
+    assert now["fp32"] == before["fp32"]
+    differ = {k for k in now["bf16"] if now["bf16"][k] != before["bf16"][k]}
+    assert set(changes) <= differ
+    if not changes:
+        assert not differ

@@ -55,10 +55,15 @@ class Reference:
 
 
 def sdc_table(codebooks: torch.Tensor) -> torch.Tensor:
-    """``[M, K, K]`` float32: ||c_mk - c_mk'||^2 for codebooks ``[M, K, d]``, SDC's table (eq. 2)."""
+    """``[M, K, K]`` float32: ||c_mk - c_mk'||^2 for codebooks ``[M, K, d]``, SDC's table (eq. 2), in float32
+    whatever autocast is active (the retrieval head's rule: under bf16 autocast the Gram product would lose
+    about 2e-3 to rounding), with an exact zero diagonal (a codeword's distance to itself), as FAISS's table."""
     c = codebooks.float()
-    sq = c.pow(2).sum(-1)
-    return (sq[:, :, None] + sq[:, None, :] - 2 * c @ c.transpose(1, 2)).clamp_min(0)
+    with torch.autocast(c.device.type, enabled=False):
+        sq = c.pow(2).sum(-1)
+        table = (sq[:, :, None] + sq[:, None, :] - 2 * c @ c.transpose(1, 2)).clamp_min(0)
+    table.diagonal(dim1=1, dim2=2).zero_()
+    return table
 
 
 def codeword_spread(codebooks: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:

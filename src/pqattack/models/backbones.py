@@ -31,6 +31,7 @@ CIFAR_STD = (0.2470, 0.2435, 0.2616)
 class Normalize(nn.Module):
     def __init__(self, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
         super().__init__()
+        self.values = (tuple(mean), tuple(std))  # what a CPU copy is made from, wherever the buffers are
         self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1), persistent=False)
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .backbones import Backbone
+from .backbones import Backbone, Normalize
 
 STEM_KERNEL = 2
 STEM_WIDTH = 2 * 3 * STEM_KERNEL ** 2  # every whitened direction and its negative
@@ -119,8 +119,9 @@ class FastNet(Backbone):
         k = STEM_KERNEL
         cov = torch.zeros(3 * k * k, 3 * k * k, dtype=torch.float64)
         count = 0
+        normalize = Normalize(*self.normalize.values)  # on the CPU: the module may already be on the GPU
         for i in range(0, len(chosen), 500):
-            x = self.normalize(chosen[i:i + 500].float().cpu().div(255))
+            x = normalize(chosen[i:i + 500].cpu().float().div(255))
             patches = x.unfold(2, k, 1).unfold(3, k, 1)                     # [B, C, H', W', k, k]
             patches = patches.permute(0, 2, 3, 1, 4, 5).reshape(-1, 3 * k * k).double()
             cov += patches.T @ patches

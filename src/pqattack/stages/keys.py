@@ -14,6 +14,7 @@ from ..attacks import CENTER_LOSSES, LOSS_IGNORES, OFF_VALUES
 from ..cache import spec_key
 from ..config import JobConfig, container
 from ..data import RetrievalData
+from ..defense.config import AdversarialTrainingConfig
 from ..models import DEFAULT_BACKBONE_BUILDER, ClassifierModule
 from ..models.recipe import RECIPE_OPTIONS
 from ..training import DISTRIBUTED_KEYS, distributed_spec
@@ -74,6 +75,19 @@ def model_spec(model: dict[str, Any]) -> dict[str, Any]:
     return {**settings(model), **({"builder": builder} if builder != DEFAULT_BACKBONE_BUILDER else {})}
 
 
+#: the SDC table of ``attacks.losses.sdc_table`` (the far-code attack's weights; the nearest centre code of a
+#: training batch) ran in bf16 under bf16 autocast, with a codeword's distance to itself about 1e-3 instead of 0.
+#: What it made under bf16 (far-code query sets; checkpoints adversarially trained on far or centre-code images)
+#: is keyed apart, so that a cache made before is not reused. float32 keys are unchanged: there the table was
+#: float32 and its diagonal off by about 1e-7, which moves far's mAP by about 0.02 points (docs/attacks.md).
+SDC_TABLE = {"sdc_table": "float32"}
+
+
+def bf16_sdc_table(precision: str, uses_table: bool) -> dict[str, Any]:
+    """``SDC_TABLE`` for an artifact made under bf16 with the SDC table, else nothing."""
+    return dict(SDC_TABLE) if precision == "bf16" and uses_table else {}
+
+
 def checkpoint_spec(job: JobConfig, data: RetrievalData, precision: str, device: torch.device) -> dict[str, Any]:
     """The cross-entropy backbone: the training items, the model, the recipe, the training precision, the seed
     (and the number of training processes when > 1)."""
@@ -88,12 +102,19 @@ def pqn_spec(job: JobConfig, base_key: str, precision: str, device: torch.device
             "precision": precision, "seed": job.seed, **distributed_spec(job.trainer, device)}
 
 
+def trains_on_sdc_table(job: JobConfig) -> bool:
+    """Whether adversarial training makes its images with the SDC table (the far-code and centre-code attacks)."""
+    d = job.defense
+    return isinstance(d, AdversarialTrainingConfig) and d.training_attack(job.pqn) in ("far", "center")
+
+
 def defense_spec(job: JobConfig, undefended_key: str, precision: str, device: torch.device) -> dict[str, Any]:
     """An adversarially trained checkpoint: the undefended one (``undefended_key``, which holds the data and the
     recipe it was trained with), every defense setting, the recipe it is fine-tuned with, the precision, the seed."""
     return {"undefended_checkpoint": undefended_key, "defense": settings(container(job.config.defense), ("kind",)),
             "batch_size": int(job.trainer["batch_size"]), "trainer": recipe_spec(job.trainer, ("max_epochs", "lr")),
-            "precision": precision, "seed": job.seed, **distributed_spec(job.trainer, device)}
+            "precision": precision, **bf16_sdc_table(precision, trains_on_sdc_table(job)), "seed": job.seed,
+            **distributed_spec(job.trainer, device)}
 
 
 def features_spec(ckpt_key: str, data: RetrievalData, precision: str, subvectors: int | None) -> dict[str, Any]:
@@ -145,7 +166,8 @@ def attack_spec(job: JobConfig, data: RetrievalData, checkpoint_key: str | list[
     if job.attack.loss == "basic" and not oracle:
         codebooks_key = None if isinstance(checkpoint_key, str) else [None] * len(checkpoint_key)
     spec = {"checkpoint": checkpoint_key, "codebooks": codebooks_key, "queries": data.query_key,
-            "attack": settings(attack_settings(job), ATTACK_CORE), "precision": precision, "seed": job.seed}
+            "attack": settings(attack_settings(job), ATTACK_CORE), "precision": precision,
+            **bf16_sdc_table(precision, job.attack.loss == "far"), "seed": job.seed}
     if job.attack.loss in CENTER_LOSSES or oracle:
         spec["database"] = data.database_key
     if oracle:
