@@ -388,7 +388,10 @@ def test_perceptibility_by_hand() -> None:
     assert got["linf"] == pytest.approx(0.1, abs=1e-5)
     assert got["l2"] == pytest.approx((0.1 * math.sqrt(3 * 16 * 16) + 0) / 2, rel=1e-4)
     assert got["psnr"] == pytest.approx(20.0, abs=1e-3)  # only the changed query: 10 log10(1 / 0.01)
-    assert 0 < got["ssim"] < 1
+    # SSIM of two constant images is its luminance term alone, (2 mu_x mu_y + C1) / (mu_x^2 + mu_y^2 + C1) with
+    # C1 = (0.01 x data range)^2; the mean over the two queries, the unchanged one at 1
+    luminance = (2 * 0.6 * 0.5 + 1e-4) / (0.6**2 + 0.5**2 + 1e-4)
+    assert got["ssim"] == pytest.approx((luminance + 1) / 2, abs=1e-5)
     assert perceptibility(clean, clean)["psnr"] is None and perceptibility(clean, clean)["ssim"] == pytest.approx(1.0)
 
 
@@ -469,7 +472,8 @@ def test_a_job_per_new_attack_carries_the_new_fields(extra: list[str], tiny_cach
     assert all(0 < r["map_floor"] < r["map_chance"] for r in rows)
     for r in attacked:
         assert all(r[f] is not None for f in ROW_FIELDS), r
-        assert len(r["codes_changed_per_subspace"]) == 4 and 0 <= r["codes_changed"] <= 1
+        assert len(r["codes_changed_per_subspace"]) == 4 and 0 < r["codes_changed"] <= 1
+        assert r["codes_changed"] == pytest.approx(sum(r["codes_changed_per_subspace"]) / 4, abs=1e-4)
         assert r["linf"] <= 8 / 255 + 1e-4 and 0 < r["ssim"] <= 1 and 0 <= r["precision_at_10"] <= 100
         assert ("tmap" in r) == (r["attack"] == "center_targeted")
         if r["attack"] == "center_targeted":
@@ -591,3 +595,51 @@ def test_an_ensemble_transfer_job_averages_its_sources_under_the_key_artifact_ke
                                     "attack.momentum=1.0", "attack.diversity=0.5"])
     assert artifact_keys(load_job(single), data, res["meta"]["precision"], torch.device("cpu"))[
         "adversarial_queries"] != keys["adversarial_queries"]
+
+
+def test_a_rows_diagnostics_are_the_means_of_the_per_query_values() -> None:
+    """``records.score_fields`` turns the per-query diagnostics into row fields: means over the queries, the first
+    relevant rank over those that have one, precision@10 and the chance and floor mAPs in %."""
+    from pqattack.metrics.average_precision import average_precision_unranked
+    from pqattack.records import score_fields
+
+    job = load_job(compose_config(TINY))
+    aps = average_precision_unranked(np.array([[0.0, 1.0, 2.0], [0.0, 1.0, 2.0], [0.0, 1.0, 2.0]]),
+                                     np.array([[1, 0, 0], [0, 0, 1], [0, 0, 0]], dtype=bool))
+    diagnostics = {"first_relevant_rank": np.array([1.0, 3.0, np.nan]), "precision_at_k": np.array([0.3, 0.4, 0.35]),
+                   "chance_ap": np.array([0.1, 0.2, 0.3]), "floor_ap": np.array([0.05, 0.05, 0.08])}
+    out = score_fields({"aps": aps, "diagnostics": diagnostics}, job)
+    assert out["first_relevant_rank"] == 2.0
+    assert out["precision_at_10"] == pytest.approx(35.0)
+    assert out["map_chance"] == pytest.approx(20.0) and out["map_floor"] == pytest.approx(6.0)
+    assert out["map"] == pytest.approx((100 + 100 / 3 + 0) / 3, abs=1e-3)  # queries without a relevant item: 0
+
+
+def test_a_sets_changed_codes_and_logits_are_those_of_its_own_features(trained_demo, tmp_path: Path) -> None:
+    """``score_set``: which sub-space codes the adversarial queries changed is their codes (eq. 1, by brute force)
+    against the clean queries', and the classifier's logits are the backbone's on the adversarial images."""
+    from pqattack.attacks import pgd
+    from pqattack.cache import ArtifactCache
+    from pqattack.runtime import Runtime
+    from pqattack.stages.attack import retrieval_model
+    from pqattack.stages.target import score_set
+
+    job, data, target = trained_demo
+    rt = Runtime(torch.device("cpu"), "fp32", ArtifactCache(tmp_path, enabled=False), progress=False)
+    x = data.query.images.float() / 255
+    adv = pgd(retrieval_model(job, target, torch.device("cpu")), x, "apd", AttackConfig(name="apd", loss="apd"),
+              generator=torch.Generator().manual_seed(0))
+    adv = (adv * 255).round().to(torch.uint8)
+    scored = score_set(target, adv, "test", data, job, rt)
+    codebooks = target.codebooks.float()
+
+    def codes(z: torch.Tensor) -> torch.Tensor:
+        sub = z.view(len(z), codebooks.shape[0], -1)
+        return (sub[:, :, None, :] - codebooks[None]).pow(2).sum(-1).argmin(-1)
+
+    want = codes(scored.z) != codes(target.features["query"])
+    assert 0.2 < want.float().mean() and (scored.changed == want).float().mean() > 0.99  # up to float near-ties
+    with torch.no_grad():
+        logits = target.backbone(adv.float() / 255)
+    assert torch.allclose(scored.logits, logits, atol=1e-4)
+    assert (scored.logits.argmax(1) != target.backbone(x).argmax(1)).any()  # the attack moved some predictions

@@ -36,7 +36,6 @@ def test_ddp_on_two_cpu_ranks_shards_each_epoch_and_caches_the_checkpoint_once(t
     per_rank = NUM_TRAIN // 2 // BATCH  # each rank: its half of the epoch's permutation, in full batches
     assert meta["world_size"] == 2 and meta["spec"]["world_size"] == 2
     assert meta["batches_per_epoch"] == [per_rank, per_rank]  # counted in each rank, gathered at the end
-    assert per_rank < NUM_TRAIN // BATCH // 2 + 1  # half of the single-process count (9 -> 4)
     assert "strategy" not in meta["spec"]["trainer"] and "devices" not in meta["spec"]["trainer"]
 
     # the weights trained in the ranks are those the main process cached: rank 0's batch-norm layers counted
