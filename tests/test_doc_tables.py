@@ -102,3 +102,19 @@ def test_the_checks_find_a_changed_cell(tmp_path: Path, monkeypatch: pytest.Monk
     monkeypatch.setitem(globals(), "REPO", tmp_path)
     with pytest.raises(AssertionError):
         test_readme_table1_fast_cpu_is_the_records()
+
+
+def test_each_committed_benchmark_record_is_its_section_of_docs_benchmarks() -> None:
+    """docs/benchmarks.md's machine sections are rendered from the JSON records in results/bench/ (``python -m
+    pqattack.bench --markdown results/bench/<machine>.json --update docs/benchmarks.md``): each record's section
+    must be the text between its markers."""
+    from pqattack.bench.records import markdown, section_id
+
+    found = sorted((REPO / "results" / "bench").glob("*.json"))
+    assert found, "no benchmark record in results/bench/"
+    text = (REPO / "docs" / "benchmarks.md").read_text()
+    for path in found:
+        doc = json.loads(path.read_text())
+        start, end = f"<!-- bench:{section_id(doc)}:start -->\n", f"<!-- bench:{section_id(doc)}:end -->"
+        assert start in text and end in text, f"{path.name}: no section {section_id(doc)} in docs/benchmarks.md"
+        assert text[text.index(start) + len(start):text.index(end)] == markdown(doc), path.name

@@ -93,9 +93,10 @@ COST_LOSSES = ("apd", "aod", "basic", "margin", "center", "center_targeted", "fa
 
 def figure_attack_losses(device: torch.device, sz: dict[str, Any]) -> list[dict[str, Any]]:
     """The cost of each loss beyond the paper against APD's: 5-step PGD on the same batches through one model,
-    the losses interleaved round by round (so drifts in the machine's speed hit all of them alike), median seconds
-    per batch over ``attack_cost_rounds`` rounds; one record per loss, its time as a multiple of APD's (target:
-    at most 1.10). The centre-code losses get random anchor codes (finding the nearest centre runs once per
+    the losses interleaved round by round (so drifts in the machine's speed hit all of them alike), each round
+    starting one loss later (so that a place in the round favours none); one record per loss: the median over
+    ``attack_cost_rounds`` rounds of its time as a multiple of APD's in the same round (target: at most 1.10),
+    and in the notes the median seconds per batch. The centre-code losses get random anchor codes (finding the nearest centre runs once per
     query set, outside the loop)."""
     from ..attacks import AttackConfig, pgd
 
@@ -121,13 +122,18 @@ def figure_attack_losses(device: torch.device, sz: dict[str, Any]) -> list[dict[
     for loss in COST_LOSSES:  # warm-up: kernels, allocator
         one(loss)
     times: dict[str, list[float]] = {loss: [] for loss in COST_LOSSES}
-    for _ in range(rounds):
-        for loss in COST_LOSSES:
+    for r in range(rounds):  # each round in another order, so that a loss's place in the round favours none
+        for loss in COST_LOSSES[r % len(COST_LOSSES):] + COST_LOSSES[:r % len(COST_LOSSES)]:
             times[loss].append(one(loss))
     med = {loss: sorted(t)[len(t) // 2] for loss, t in times.items()}
+    # each loss against APD within a round, then the median over the rounds: a slow stretch of the machine
+    # touches both sides of a ratio
+    ratio = {loss: sorted(a / b for a, b in zip(times[loss], times["apd"]))[rounds // 2] for loss in COST_LOSSES}
     notes = {"data": source, "model": arch, "batch": batch, "rounds": rounds,
              "attack": "PGD, eps 8/255, step 0.01, 5 iterations, random start, 8-bit output",
              "seconds_per_batch": {loss: round(s, 4) for loss, s in med.items()},
              "precision": "bf16 autocast" if device.type == "cuda" else "fp32"}
-    return [record(f"attack_cost_{loss}", med[loss] / med["apd"], None, "x APD", None, None, notes)
+    per_round = {loss: [round(a / b, 3) for a, b in zip(times[loss], times["apd"])] for loss in COST_LOSSES}
+    return [record(f"attack_cost_{loss}", ratio[loss], None, "x APD", None, None,
+                   {**notes, "ratios_per_round": per_round[loss]})
             for loss in COST_LOSSES if loss != "apd"]

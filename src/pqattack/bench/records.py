@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any, Callable
 
@@ -151,7 +152,7 @@ def markdown(doc: dict[str, Any]) -> str:
                                   "effective_tflops_fast", "flops_per_item",
                                   "rss_mb_after_each_job", "stage_seconds_fresh", "stage_seconds", "data",
                                   "recommendation", "reason", "fast_others_cpu_share", "baseline_others_cpu_share",
-                                  "seconds_per_batch", "bf16")
+                                  "seconds_per_batch", "ratios_per_round", "bf16")
                 if n.get(k) is not None}
         for k, val in n.items():
             if k.startswith("at_") and isinstance(val, dict):
@@ -178,12 +179,24 @@ def markdown(doc: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def section_id(doc: dict[str, Any]) -> str:
+    """The markers' name of a record's section: ``cuda``, or ``cpu:<processor>`` (``cpu:amd-epyc``,
+    ``cpu:intel-xeon-processor``), so that each CPU model keeps a section of its own."""
+    if doc["device"] != "cpu":
+        return str(doc["device"])
+    processor = doc["machine"].split(",")[0].lower().replace("(r)", "").replace("(tm)", "")
+    return "cpu:" + ("-".join(re.findall(r"[a-z0-9]+", processor)) or "unknown")
+
+
 def update_document(path: Path, doc: dict[str, Any]) -> None:
-    start, end = f"<!-- bench:{doc['device']}:start -->", f"<!-- bench:{doc['device']}:end -->"
+    """Write ``doc``'s section into the markdown file ``path`` between its markers (appended when it has none)."""
+    start, end = f"<!-- bench:{section_id(doc)}:start -->", f"<!-- bench:{section_id(doc)}:end -->"
     text = path.read_text() if path.is_file() else ""
     section = f"{start}\n{markdown(doc)}{end}"
-    if start in text and end in text:
-        text = text[:text.index(start)] + section + text[text.index(end) + len(end):]
+    # the markers count only on lines of their own (prose may quote them)
+    found = re.search(rf"^{re.escape(start)}$.*?^{re.escape(end)}$", text, flags=re.MULTILINE | re.DOTALL)
+    if found:
+        text = text[:found.start()] + section + text[found.end():]
     else:
         text = text.rstrip() + "\n\n" + section + "\n"
     path.write_text(text)
