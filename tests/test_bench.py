@@ -392,3 +392,14 @@ def test_each_cpu_model_and_the_gpu_keep_a_section_of_their_own(tmp_path: Path) 
         assert text.count(start) == 1 and text[text.index(start) + len(start):text.index(end)] == markdown(d)
     assert "Measured 2 " not in text  # the AMD EPYC's first record was replaced by its re-run
     assert text.startswith("# Benchmarks\n\n" + quoted)  # a marker quoted in the prose is left alone
+    # a marker line with trailing blanks is still the marker; a lone marker (or two) is refused, nothing written
+    path.write_text(text.replace("<!-- bench:cuda:end -->", "<!-- bench:cuda:end -->  "))
+    update_document(path, gpu)
+    assert path.read_text().count("<!-- bench:cuda:start -->") == 1
+    from pqattack.errors import UsageError
+
+    for broken in (text.replace("<!-- bench:cuda:end -->", ""), text + "\n<!-- bench:cuda:start -->\n"):
+        path.write_text(broken)
+        with pytest.raises(UsageError, match="section cuda has"):
+            update_document(path, gpu)
+        assert path.read_text() == broken

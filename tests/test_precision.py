@@ -108,14 +108,17 @@ def test_sdc_table_is_float32_under_bf16_autocast_with_an_exact_zero_diagonal() 
     (["attack=far"], ("adversarial_queries",)),                              # far's weights
     (["quantizer=pqn", "defense=adv", "defense.attack=far"], ("checkpoint",)),  # trained on far-code images
     (["quantizer=pqn", "defense=adv", "defense.attack=center"], ("checkpoint",)),  # nearest centres by the table
+    (["attack=none", "eval.suite=[apd,far]"], ("results",)),                   # a suite member's far set
     (["attack=apd"], ()), (["quantizer=pqn", "defense=adv"], ()), (["quantizer=pqn", "attack=center"], ()),
+    (["attack=none", "eval.suite=[apd,aod]"], ()),
 ])
 def test_bf16_artifacts_made_with_the_sdc_table_get_new_keys(tmp_path: Path, overrides: list[str],
                                                               changes: tuple[str, ...],
                                                               monkeypatch: pytest.MonkeyPatch) -> None:
     """Under bf16, what the float32 SDC table changes (far-code query sets, checkpoints adversarially trained on
-    far or centre-code images) is keyed apart from what the code before made under the same settings (a cache
-    made then is not reused); everything else keeps its key, and no float32 key changes."""
+    far or centre-code images, and the results of a job that makes any, a suite's included, which ``resume`` would
+    otherwise serve) is keyed apart from what the code before made under the same settings (a cache made then is
+    not reused); everything else keeps its key, and no float32 key changes."""
     from hydra import compose, initialize_config_dir
     from hydra.utils import instantiate
 
@@ -126,7 +129,8 @@ def test_bf16_artifacts_made_with_the_sdc_table_get_new_keys(tmp_path: Path, ove
     from .conftest import TINY
 
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=[*TINY, *overrides])
+        base = [o for o in TINY if not (o.startswith("attack.") and "attack=none" in overrides)]
+        cfg = compose(config_name="config", overrides=[*base, *overrides])
     job, cpu = load_job(cfg), torch.device("cpu")
     data = instantiate(cfg.dataset).load(ArtifactCache(tmp_path, enabled=False))
     now = {p: keys.artifact_keys(job, data, p, cpu) for p in ("bf16", "fp32")}

@@ -12,8 +12,8 @@ figure to ``--out`` (default ``outputs/bench/<device>.json``):
 ``{figure, fast_value, baseline_value, unit, ratio, fast_peak_mb, baseline_peak_mb, target, meets_target, command,
 device, versions, notes}``. ``ratio`` is always the speed-up: fast over baseline for a rate, baseline over fast
 for a time. ``--markdown`` renders a file's records as a markdown section (``--update`` writes it into a document
-between ``<!-- bench:<device>:start -->`` and ``<!-- bench:<device>:end -->``; ``--update`` without ``--markdown``
-is refused). The arguments (figures, ``--out``, ``--table1-run``'s ``status.json``) are checked before any figure
+between the lines ``<!-- bench:<section>:start -->`` and ``<!-- bench:<section>:end -->``, the section ``cuda`` or
+``cpu:<processor>``, one per CPU model; ``--update`` without ``--markdown`` is refused). The arguments (figures, ``--out``, ``--table1-run``'s ``status.json``) are checked before any figure
 runs: a bad one is one ``usage error`` line, exit 2.
 
 The baselines are the straightforward code a researcher writes first: float32, eager, per-batch loops, a

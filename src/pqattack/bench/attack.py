@@ -94,10 +94,10 @@ COST_LOSSES = ("apd", "aod", "basic", "margin", "center", "center_targeted", "fa
 def figure_attack_losses(device: torch.device, sz: dict[str, Any]) -> list[dict[str, Any]]:
     """The cost of each loss beyond the paper against APD's: 5-step PGD on the same batches through one model,
     the losses interleaved round by round (so drifts in the machine's speed hit all of them alike), each round
-    starting one loss later (so that a place in the round favours none); one record per loss: the median over
-    ``attack_cost_rounds`` rounds of its time as a multiple of APD's in the same round (target: at most 1.10),
-    and in the notes the median seconds per batch. The centre-code losses get random anchor codes (finding the nearest centre runs once per
-    query set, outside the loop)."""
+    starting one loss later (over 7 rounds, each loss takes each place once); one record per loss: the median
+    over ``attack_cost_rounds`` rounds of its time as a multiple of APD's in the same round (target: at most
+    1.10), and in the notes the median seconds per batch and the per-round ratios. The centre-code losses get
+    random anchor codes (finding the nearest centre runs once per query set, outside the loop)."""
     from ..attacks import AttackConfig, pgd
 
     arch, batch, rounds = sz["attack_cost_arch"], sz["attack_cost_batch"], sz["attack_cost_rounds"]

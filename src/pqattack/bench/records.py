@@ -189,14 +189,23 @@ def section_id(doc: dict[str, Any]) -> str:
 
 
 def update_document(path: Path, doc: dict[str, Any]) -> None:
-    """Write ``doc``'s section into the markdown file ``path`` between its markers (appended when it has none)."""
-    start, end = f"<!-- bench:{section_id(doc)}:start -->", f"<!-- bench:{section_id(doc)}:end -->"
+    """Write ``doc``'s section into the markdown file ``path`` between its markers (appended when it has none).
+    The markers count only on lines of their own (the prose may quote them); a section with a lone marker, or
+    several, is refused before anything is written."""
+    name = section_id(doc)
+    start, end = f"<!-- bench:{name}:start -->", f"<!-- bench:{name}:end -->"
     text = path.read_text() if path.is_file() else ""
+
+    def lines_of(marker: str) -> list[re.Match[str]]:
+        return list(re.finditer(rf"^[ \t]*{re.escape(marker)}[ \t]*$", text, flags=re.MULTILINE))
+
+    starts, ends = lines_of(start), lines_of(end)
+    if (len(starts), len(ends)) not in ((0, 0), (1, 1)) or (starts and ends[0].start() < starts[0].end()):
+        raise UsageError(f"--update {path}: section {name} has {len(starts)} start and {len(ends)} end marker "
+                         f"lines, or its end before its start; expected one of each, or neither (fix them by hand)")
     section = f"{start}\n{markdown(doc)}{end}"
-    # the markers count only on lines of their own (prose may quote them)
-    found = re.search(rf"^{re.escape(start)}$.*?^{re.escape(end)}$", text, flags=re.MULTILINE | re.DOTALL)
-    if found:
-        text = text[:found.start()] + section + text[found.end():]
+    if starts:
+        text = text[:starts[0].start()] + section + text[ends[0].end():]
     else:
         text = text.rstrip() + "\n\n" + section + "\n"
     path.write_text(text)

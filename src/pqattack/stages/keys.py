@@ -6,7 +6,7 @@ is in them. Config keys that change no artifact's content are in ``RUN_ONLY_KEYS
 from __future__ import annotations
 
 import inspect
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -78,14 +78,30 @@ def model_spec(model: dict[str, Any]) -> dict[str, Any]:
 #: the SDC table of ``attacks.losses.sdc_table`` (the far-code attack's weights; the nearest centre code of a
 #: training batch) ran in bf16 under bf16 autocast, with a codeword's distance to itself about 1e-3 instead of 0.
 #: What it made under bf16 (far-code query sets; checkpoints adversarially trained on far or centre-code images)
-#: is keyed apart, so that a cache made before is not reused. float32 keys are unchanged: there the table was
-#: float32 and its diagonal off by about 1e-7, which moves far's mAP by about 0.02 points (docs/attacks.md).
+#: and the results of a job that made any of them (a suite member's set included) are keyed apart, so that a
+#: cache made before is not reused, nor its results by ``resume``. float32 keys are unchanged: there the table was
+#: float32 and its diagonal off by about 1e-7, a weight of about e^-16 beside the other codewords' (not measured).
 SDC_TABLE = {"sdc_table": "float32"}
 
 
-def bf16_sdc_table(precision: str, uses_table: bool) -> dict[str, Any]:
-    """``SDC_TABLE`` for an artifact made under bf16 with the SDC table, else nothing."""
-    return dict(SDC_TABLE) if precision == "bf16" and uses_table else {}
+def bf16_sdc_table(precision: str, uses_table: bool | Callable[[], bool]) -> dict[str, Any]:
+    """``SDC_TABLE`` for an artifact made under bf16 with the SDC table (``uses_table``, or a function that says
+    whether; called only under bf16), else nothing."""
+    if precision != "bf16":
+        return {}
+    return dict(SDC_TABLE) if (uses_table() if callable(uses_table) else uses_table) else {}
+
+
+def uses_sdc_table(job: JobConfig) -> bool:
+    """Whether a job makes anything with the SDC table: a far-code query set (its attack's, or a suite member's),
+    or a checkpoint adversarially trained on far or centre-code images."""
+    if (job.attack.name != "none" and job.attack.loss == "far") or trains_on_sdc_table(job):
+        return True
+    if job.suite:
+        from .suite import member_jobs
+
+        return any(m.attack.loss == "far" for m in member_jobs(job))
+    return False
 
 
 def checkpoint_spec(job: JobConfig, data: RetrievalData, precision: str, device: torch.device) -> dict[str, Any]:
@@ -213,6 +229,7 @@ def results_spec(job: JobConfig, precision: str) -> dict[str, Any]:
         _drop(spec, "defense")
     if job.defense.random:
         spec["defense"]["draws"] = RANDOM_DRAWS
+    spec.update(bf16_sdc_table(precision, lambda: uses_sdc_table(job)))
     return {**_without_off(spec), "precision": precision}
 
 
