@@ -34,11 +34,12 @@ def test_wheel_ships_the_configs_and_runs_from_anywhere(tmp_path: Path) -> None:
     # this environment's packages (torch, hydra, ...) without its editable pqattack (a .pth in a plain path entry
     # is not processed, so the repository's src/ stays out)
     (Path(purelib) / "test_env.pth").write_text("\n".join(site.getsitepackages()) + "\n")
+    # without PYTHONPATH (a checkout's src/ on it made pip's install and the imports below see that checkout)
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PQATTACK_CACHE")}
     subprocess.run([py, "-m", "pip", "install", "--no-deps", "--no-index", "-q", str(wheel)], check=True,
-                   capture_output=True, text=True)
+                   capture_output=True, text=True, env=env)
     outside = tmp_path / "elsewhere"
     outside.mkdir()
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PQATTACK_CACHE")}
     script = venv / "bin" / "pqattack"  # the console script pip made from the wheel's entry point
     where = subprocess.run([py, "-c", "import pqattack; print(pqattack.__file__)"], cwd=outside, env=env,
                            check=True, capture_output=True, text=True).stdout.strip()
