@@ -13,8 +13,9 @@ figure to ``--out`` (default ``outputs/bench/<device>.json``):
 device, versions, notes}``. ``ratio`` is always the speed-up: fast over baseline for a rate, baseline over fast
 for a time. ``--markdown`` renders a file's records as a markdown section (``--update`` writes it into a document
 between the lines ``<!-- bench:<section>:start -->`` and ``<!-- bench:<section>:end -->``, the section ``cuda`` or
-``cpu:<processor>``, one per CPU model; ``--update`` without ``--markdown`` is refused). The arguments (figures, ``--out``, ``--table1-run``'s ``status.json``) are checked before any figure
-runs: a bad one is one ``usage error`` line, exit 2.
+``cpu:<processor>``, one per CPU model; ``--update`` without ``--markdown`` is refused). The arguments (figures,
+``--out``, ``--table1-run``'s ``status.json``) are checked before any figure runs: a bad one is one ``usage
+error`` line, exit 2.
 
 The baselines are the straightforward code a researcher writes first: float32, eager, per-batch loops, a
 torchvision-style DataLoader of decoded images; brute-force distances in torch, ``argsort``, a float64 mAP.

@@ -128,12 +128,11 @@ def figure_attack_losses(device: torch.device, sz: dict[str, Any]) -> list[dict[
     med = {loss: sorted(t)[len(t) // 2] for loss, t in times.items()}
     # each loss against APD within a round, then the median over the rounds: a slow stretch of the machine
     # touches both sides of a ratio
-    ratio = {loss: sorted(a / b for a, b in zip(times[loss], times["apd"]))[rounds // 2] for loss in COST_LOSSES}
+    ratios = {loss: [a / b for a, b in zip(times[loss], times["apd"])] for loss in COST_LOSSES}
     notes = {"data": source, "model": arch, "batch": batch, "rounds": rounds,
              "attack": "PGD, eps 8/255, step 0.01, 5 iterations, random start, 8-bit output",
              "seconds_per_batch": {loss: round(s, 4) for loss, s in med.items()},
              "precision": "bf16 autocast" if device.type == "cuda" else "fp32"}
-    per_round = {loss: [round(a / b, 3) for a, b in zip(times[loss], times["apd"])] for loss in COST_LOSSES}
-    return [record(f"attack_cost_{loss}", ratio[loss], None, "x APD", None, None,
-                   {**notes, "ratios_per_round": per_round[loss]})
+    return [record(f"attack_cost_{loss}", sorted(ratios[loss])[rounds // 2], None, "x APD", None, None,
+                   {**notes, "ratios_per_round": [round(r, 3) for r in ratios[loss]]})
             for loss in COST_LOSSES if loss != "apd"]

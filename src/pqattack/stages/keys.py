@@ -6,7 +6,7 @@ is in them. Config keys that change no artifact's content are in ``RUN_ONLY_KEYS
 from __future__ import annotations
 
 import inspect
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -84,12 +84,15 @@ def model_spec(model: dict[str, Any]) -> dict[str, Any]:
 SDC_TABLE = {"sdc_table": "float32"}
 
 
-def bf16_sdc_table(precision: str, uses_table: bool | Callable[[], bool]) -> dict[str, Any]:
-    """``SDC_TABLE`` for an artifact made under bf16 with the SDC table (``uses_table``, or a function that says
-    whether; called only under bf16), else nothing."""
-    if precision != "bf16":
-        return {}
-    return dict(SDC_TABLE) if (uses_table() if callable(uses_table) else uses_table) else {}
+def bf16_sdc_table(precision: str, uses_table: bool) -> dict[str, Any]:
+    """``SDC_TABLE`` for an artifact made under bf16 with the SDC table, else nothing."""
+    return dict(SDC_TABLE) if precision == "bf16" and uses_table else {}
+
+
+def trains_on_sdc_table(job: JobConfig) -> bool:
+    """Whether adversarial training makes its images with the SDC table (the far-code and centre-code attacks)."""
+    d = job.defense
+    return isinstance(d, AdversarialTrainingConfig) and d.training_attack(job.pqn) in ("far", "center")
 
 
 def uses_sdc_table(job: JobConfig) -> bool:
@@ -116,12 +119,6 @@ def pqn_spec(job: JobConfig, base_key: str, precision: str, device: torch.device
     return {"base_checkpoint": base_key, "quantizer": settings(container(job.config.quantizer)),
             "batch_size": int(job.trainer["batch_size"]), "trainer": recipe_spec(job.trainer, ("max_epochs", "lr")),
             "precision": precision, "seed": job.seed, **distributed_spec(job.trainer, device)}
-
-
-def trains_on_sdc_table(job: JobConfig) -> bool:
-    """Whether adversarial training makes its images with the SDC table (the far-code and centre-code attacks)."""
-    d = job.defense
-    return isinstance(d, AdversarialTrainingConfig) and d.training_attack(job.pqn) in ("far", "center")
 
 
 def defense_spec(job: JobConfig, undefended_key: str, precision: str, device: torch.device) -> dict[str, Any]:
@@ -229,7 +226,8 @@ def results_spec(job: JobConfig, precision: str) -> dict[str, Any]:
         _drop(spec, "defense")
     if job.defense.random:
         spec["defense"]["draws"] = RANDOM_DRAWS
-    spec.update(bf16_sdc_table(precision, lambda: uses_sdc_table(job)))
+    if precision == "bf16":  # uses_sdc_table composes a suite's member jobs: only where the key needs it
+        spec.update(bf16_sdc_table(precision, uses_sdc_table(job)))
     return {**_without_off(spec), "precision": precision}
 
 
