@@ -425,3 +425,39 @@ def test_the_committed_report_is_what_make_report_builds_from_the_committed_reco
     assert (built / "index.md").read_text() == (committed / "index.md").read_text(), "rebuild results/report"
     drawn = json.loads((built / "report.json").read_text())["figures"]  # report.json itself is not committed
     assert sorted(drawn) == sorted(p.name for p in committed.glob("*.png"))
+
+
+def test_a_rerun_replaces_the_rows_and_jobs_it_made_again_only_when_asked(tmp_path) -> None:
+    """A committed record, then the re-run of the jobs a fix changed: with ``--replace`` the re-run's rows replace
+    those of their cells and its jobs the records of the same configuration; the rest of the record stays. Without
+    it the two disagree and nothing is written."""
+    import json
+
+    from pqattack.report.collect import main
+
+    def job(attack: str, value: float, seconds: float, run: str) -> dict:
+        config = {"model": {"name": "fastnet"}, "bits": 16, "attack": {"name": attack}, "resume": run == "new"}
+        return {"meta": {"config": config, "device": "cpu", "timings_s": {"total": seconds}, "job_dir": run},
+                "rows": [row("clean", "sdc", 80.0, model="fastnet"), row(attack, "sdc", value, model="fastnet")]}
+
+    old = [job("apd", 7.0, 60.0, "old"), job("far", 6.5, 120.0, "old")]
+    committed = tmp_path / "committed.json"
+    committed.write_text(json.dumps({"meta": {"jobs": [j["meta"] for j in old]},
+                                     "rows": [r for j in old for r in j["rows"]]}))
+    (tmp_path / "rerun" / "0_far").mkdir(parents=True)
+    (tmp_path / "rerun" / "0_far" / "results.json").write_text(json.dumps(job("far", 6.1, 300.0, "new")))
+    out = tmp_path / "out" / "t"
+    args = [str(committed), str(tmp_path / "rerun"), "--out", str(out), "--command", "python -m pqattack x"]
+
+    with pytest.raises(SystemExit):
+        main(args)
+    assert not out.with_suffix(".json").exists()
+
+    main([*args, "--replace"])
+    record = json.loads(out.with_suffix(".json").read_text())
+    cells = {r["attack"]: r["map"] for r in record["rows"]}
+    assert cells == {"clean": 80.0, "apd": 7.0, "far": 6.1}
+    assert sorted((m["config"]["attack"]["name"], m["timings_s"]["total"]) for m in record["meta"]["jobs"]) == [
+        ("apd", 60.0), ("far", 300.0)]
+    assert record["meta"]["sum_of_job_seconds"] == 360.0
+    assert "| SDC | far | 6.1 |" in out.with_suffix(".md").read_text()

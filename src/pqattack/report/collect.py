@@ -13,11 +13,28 @@ from .defense import has_defenses, summary_markdown
 from .tables import TableError, dedupe_rows, render_tables, with_record_fields
 
 
-def write_table(sources: list[str | Path], out_prefix: str | Path, title: str, command: str) -> Path:
+RUN_ONLY_KEYS = ("resume", "progress", "log_level")  # config keys that do not change what a job computes
+
+
+def same_job(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Whether two job records ran one configuration (their run-only keys aside)."""
+    def computed(m: dict[str, Any]) -> str:
+        return json.dumps({k: v for k, v in (m.get("config") or {}).items() if k not in RUN_ONLY_KEYS},
+                          sort_keys=True, default=str)
+    return bool(a.get("config")) and computed(a) == computed(b)
+
+
+def write_table(sources: list[str | Path], out_prefix: str | Path, title: str, command: str,
+                replace: bool = False) -> Path:
     """Collect rows from ``sources`` into ``<out_prefix>.json`` and render ``<out_prefix>.md`` with the
-    command, hardware, versions and wall time taken from the records' own metadata."""
+    command, hardware, versions and wall time taken from the records' own metadata.
+
+    ``replace``: the sources are generations, oldest first (a committed record, then the re-run of the jobs a fix
+    changed). A later source's row replaces an earlier source's row of its cell, and a later job replaces the
+    record of an earlier job with its configuration; rows and jobs no later source re-made are kept."""
     files: list[Path] = []
-    for s in sources:
+    generation_of: list[int] = []
+    for generation, s in enumerate(sources):
         s = Path(s)
         if not s.exists():
             raise TableError(f"source {s} does not exist (a results.json, or a run or sweep folder holding them)")
@@ -26,13 +43,19 @@ def write_table(sources: list[str | Path], out_prefix: str | Path, title: str, c
             raise TableError(f"source {s} holds no results.json (a run or sweep folder holds one per job)")
         per_job = [f for f in found if "jobs" not in json.loads(f.read_text())["meta"]]
         files += per_job or found  # a sweep folder: its jobs' own records, not the collected copy too
+        generation_of += [generation] * len(per_job or found)
     jobs = [json.loads(f.read_text()) for f in files]
     for j in jobs:
         j["rows"] = with_record_fields(j["rows"], j["meta"])
     for f, j in zip(files, jobs):
         j["meta"].setdefault("job_dir", str(f.parent))  # lets the report reload the job's artifacts
-    job_metas = [m for j in jobs for m in (j["meta"].get("jobs") or [j["meta"]])]
-    rows = dedupe_rows([r for j in jobs for r in j["rows"]], [str(f) for f, j in zip(files, jobs) for _ in j["rows"]])
+    sourced_metas = [(g, m) for g, j in zip(generation_of, jobs) for m in (j["meta"].get("jobs") or [j["meta"]])]
+    if replace:  # an earlier job that a later source ran again is gone with its rows
+        sourced_metas = [(g, m) for g, m in sourced_metas
+                         if not any(g2 > g and same_job(m, m2) for g2, m2 in sourced_metas)]
+    job_metas = [m for _, m in sourced_metas]
+    rows = dedupe_rows([r for j in jobs for r in j["rows"]], [str(f) for f, j in zip(files, jobs) for _ in j["rows"]],
+                       [g for g, j in zip(generation_of, jobs) for _ in j["rows"]] if replace else None)
     devices = sorted({m.get("device", "?") for m in job_metas})
     job_seconds = sum(float((m.get("timings_s") or {}).get("total", 0.0)) for m in job_metas)
 
@@ -101,9 +124,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--title", default="Results")
     p.add_argument("--command", required=True,
                    help="the command that produced the records (every results page names its command)")
+    p.add_argument("--replace", action="store_true",
+                   help="the sources are generations, oldest first: a later source's rows and jobs replace an earlier "
+                        "one's of the same cell or configuration (a committed record, then the jobs a fix re-ran)")
     a = p.parse_args(argv)
     try:
-        print(write_table(a.sources, a.out, a.title, a.command))
+        print(write_table(a.sources, a.out, a.title, a.command, replace=a.replace))
     except TableError as exc:
         print(f"table error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None

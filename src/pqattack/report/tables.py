@@ -7,7 +7,7 @@ from typing import Any
 
 from ..labels import LOOP_OPTIONS, attack_label, joined_epochs
 
-ATTACK_ORDER = ("clean", "basic", "apd", "aod", "margin", "center", "center_targeted", "far")
+ATTACK_ORDER = ("clean", "basic", "apd", "aod", "margin", "center", "center_targeted", "far", "contrast")
 SYSTEM_ORDER = ("sdc", "adc")
 
 
@@ -85,11 +85,15 @@ LATER_DIAGNOSTICS = frozenset({"first_relevant_rank", "precision_at_10", "map_ch
                                "psnr", "ssim", "l2", "linf"})
 
 
-def dedupe_rows(rows: list[dict[str, Any]], sources: list[str] | None = None) -> list[dict[str, Any]]:
+def dedupe_rows(rows: list[dict[str, Any]], sources: list[str] | None = None,
+                generations: list[int] | None = None) -> list[dict[str, Any]]:
     """One row per cell: clean rows repeat across the jobs of one target. Rows of one cell must be identical;
     two that differ in anything (top k, tie protocol, checkpoint, the mAP itself, ...) are not merged:
     ``TableError`` names their ``sources`` (a file per row) and the fields that differ. A diagnostic of
-    ``LATER_DIAGNOSTICS`` that one of the two lacks is not compared; the row that has it is kept."""
+    ``LATER_DIAGNOSTICS`` that one of the two lacks is not compared; the row that has it is kept.
+
+    ``generations`` (one int per row) lets a re-run replace a record's rows: of two differing rows of one cell,
+    the one of the higher generation is kept; within one generation they still conflict."""
     seen: dict[tuple, int] = {}
     out: list[dict[str, Any]] = []
     for i, r in enumerate(rows):
@@ -104,6 +108,11 @@ def dedupe_rows(rows: list[dict[str, Any]], sources: list[str] | None = None) ->
         if not diff:
             if sum(first.get(k) is not None for k in LATER_DIAGNOSTICS) < sum(r.get(k) is not None
                                                                               for k in LATER_DIAGNOSTICS):
+                out[out.index(first)] = r
+                seen[cell] = i
+            continue
+        if generations is not None and generations[i] != generations[seen[cell]]:
+            if generations[i] > generations[seen[cell]]:
                 out[out.index(first)] = r
                 seen[cell] = i
             continue
