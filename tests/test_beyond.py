@@ -16,8 +16,9 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from pqattack.attacks import (AttackConfig, Reference, center_codes, center_loss, codeword_spread, far_code_loss,
-                              margin_loss, nearest_centers, pgd, random_other_classes, reference, targeted_center_loss)
+from pqattack.attacks import (AttackConfig, Reference, center_codes, center_loss, class_contrast_loss, class_spreads,
+                              codeword_spread, far_code_loss, margin_loss, nearest_centers, pgd, random_other_classes,
+                              reference, targeted_center_loss)
 from pqattack.attacks.losses import LOSSES
 from pqattack.attacks.pgd import diverse_input, step_sizes, temperatures
 from pqattack.config import ConfigError, load_job, validate
@@ -124,6 +125,52 @@ def test_codeword_spread_is_the_index_sdc_table_row_of_the_clean_code() -> None:
     codes = torch.randint(0, 16, (10, 4), generator=g)
     want = index.sdc_table[torch.arange(4)[None, :], codes]
     assert torch.allclose(codeword_spread(codebooks, codes), want, rtol=1e-5, atol=1e-5)
+
+
+def test_class_spreads_are_mean_sdc_distances_to_the_class_items() -> None:
+    g = torch.Generator().manual_seed(5)
+    n, m, k, classes = 120, 3, 5, 4
+    codes = torch.randint(0, k, (n, m), generator=g)
+    labels = torch.randint(0, classes - 1, (n,), generator=g)  # the last class has no items
+    table = torch.rand(m, k, k, generator=g)
+    got = class_spreads(codes, labels, classes, table)
+    assert got.shape == (classes + 1, m, k)
+    for c, members in [(c, codes[labels == c]) for c in range(classes - 1)] + [(classes, codes)]:
+        for j in range(m):
+            for kk in range(k):
+                want = float(np.mean([float(table[j, kk, int(b)]) for b in members[:, j]]))
+                assert float(got[c, j, kk]) == pytest.approx(want, rel=1e-5)
+    assert got[classes - 1].isnan().all()
+    multi = torch.zeros(n, classes, dtype=torch.bool)
+    multi[:, 0] = True
+    assert torch.allclose(class_spreads(codes, multi, classes, table)[0], got[classes])
+
+
+def test_class_contrast_loss_by_hand_and_where_it_is_largest() -> None:
+    """M=1, K=3: the class's items all on code 0, the others on codes 1 and 2; 1-d codewords at 0, 1 and 3."""
+    codebooks = torch.tensor([[[0.0], [1.0], [3.0]]])
+    table = codeword_spread(codebooks, torch.arange(3)[None, :]).squeeze(0)[None]  # [1, 3, 3]
+    db_codes = torch.tensor([[0], [0], [1], [2]])
+    spreads = class_spreads(db_codes, torch.tensor([0, 0, 1, 1]), 2, table)
+    assert torch.allclose(spreads[0, 0], torch.tensor([0.0, 1.0, 9.0]))  # to class 0's items (both at 0)
+    assert torch.allclose(spreads[2, 0], torch.tensor([(0 + 0 + 1 + 9) / 4, (1 + 1 + 0 + 4) / 4, (9 + 9 + 4 + 0) / 4]))
+    own, everyone = spreads[0][None], spreads[2][None]
+    la = torch.log_softmax(torch.tensor([[[0.2, 1.0, -0.5]]]), -1)
+    p = la.exp()[0, 0]
+    ref = Reference(torch.zeros(1, 1), la, torch.tensor([[0]]), spread=own, baseline=everyone)
+    want = math.log(float(p @ own[0, 0])) - math.log(float(p @ everyone[0, 0]))
+    assert float(class_contrast_loss(None, la, ref)) == pytest.approx(want, rel=1e-6)
+    # per codeword (a one-hot assignment) the loss is log D(own) - log D(all); the largest is codeword 2 here
+    ratios = (own[0, 0] / everyone[0, 0]).log()
+    hot = torch.log_softmax(torch.eye(3)[:, None, :] * 60 - 30, -1)  # [3, 1, 3]
+    per_code = class_contrast_loss(None, hot, Reference(torch.zeros(3, 1), hot, torch.zeros(3, 1).long(),
+                                                        spread=own.expand(3, 1, 3), baseline=everyone.expand(3, 1, 3)))
+    assert torch.allclose(per_code[1:], ratios[1:], atol=1e-5) and per_code[0] < -20  # code 0: log 0 (its own)
+    assert int(per_code.argmax()) == 2
+    with pytest.raises(ValueError, match="class spreads"):
+        class_contrast_loss(None, la, Reference(torch.zeros(1, 1), la, torch.tensor([[0]]), spread=own))
+    with pytest.raises(ValueError, match="references"):
+        pgd(small_model(), images(2), "contrast", AttackConfig(loss="contrast"))
 
 
 # ---------------------------------------------------------------------------------------------- centre codes
@@ -440,6 +487,16 @@ def test_query_set_spec_of_the_paper_attacks_holds_only_the_paper_settings() -> 
         assert set(results_spec(job, "fp32")["attack"]) <= paper, attack
 
 
+def test_the_query_sets_of_the_attacks_that_read_the_database_hold_its_key() -> None:
+    """Centre codes and class spreads come from the database's codes and labels: another database, another set."""
+    from pqattack.stages.keys import attack_spec
+
+    data = type("D", (), {"query_key": "q", "database_key": "d"})()
+    for attack in ("center", "center_targeted", "contrast", "apd", "far"):
+        spec = attack_spec(load_job(make([f"attack={attack}"])), data, "c", "b", "fp32")
+        assert (spec.get("database") == "d") == (attack in ("center", "center_targeted", "contrast")), attack
+
+
 # ------------------------------------------------------------------------------------------------ end to end
 @pytest.fixture(scope="module")
 def tiny_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -461,6 +518,7 @@ ROW_FIELDS = ("psnr", "ssim", "l2", "linf", "codes_changed", "precision_at_10", 
 
 
 @pytest.mark.parametrize("extra", [["attack=margin"], ["attack=center"], ["attack=center_targeted"], ["attack=far"],
+                                   ["attack=contrast"],
                                    ["attack=margin", "attack.restarts=2", "attack.momentum=1.0",
                                     "attack.diversity=0.5", "attack.step_schedule=cosine"]])
 def test_a_job_per_new_attack_carries_the_new_fields(extra: list[str], tiny_cache: Path, tmp_path: Path) -> None:

@@ -6,7 +6,8 @@ A loss sees the adversarial query's features and log soft assignment, and the cl
 anchor codes. PQ-AG's three (basic, APD, AOD) and three beyond the paper: a margin on the index's assignment
 (CW-style), and the untargeted and targeted centre-code losses (the PQ analogue of the anchor / centre /
 mainstay codes of the hashing attacks), and a distance-weighted APD that pushes the soft assignment toward the
-codewords far from the clean code (the PQ analogue of the hashing attacks' push toward the code's complement).
+codewords far from the clean code (the PQ analogue of the hashing attacks' push toward the code's complement), and
+its class-contrastive form, which pushes the query away from its class's database items relative to all of them.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ import torch
 PEAKS = ("index", "argmax")
 PEAK_LOSSES = ("apd", "margin", "far")  # the losses that use the clean query's peak codes (``attack.peak``)
 CENTER_LOSSES = ("center", "center_targeted")  # the losses that use centre codes (``Reference.anchor``)
+#: the losses that read the database's labels and codes (its classes' centre codes, or their code histograms)
+CLASS_LOSSES = (*CENTER_LOSSES, "contrast")
 #: the attack settings that only some losses read
 LOSS_SETTINGS = ("similarity", "temperature", "peak", "kappa", "margin_focus", "target_class", "temperature_final",
                  "logit_norm")
@@ -32,6 +35,7 @@ LOSS_READS = {
     "center": _SOFT,
     "center_targeted": (*_SOFT, "target_class"),
     "far": (*_SOFT, "peak"),
+    "contrast": _SOFT,
 }
 #: attack settings a loss does not read: they are left out of its query set's key and its rows
 LOSS_IGNORES = {loss: tuple(s for s in LOSS_SETTINGS if s not in reads) for loss, reads in LOSS_READS.items()}
@@ -45,13 +49,16 @@ class Reference:
     assignment ``logp [B, M, K]`` (eq. 7), its peak codes ``codes [B, M]`` (``attack.peak``: ``index``, the code
     the index assigns, eq. 1; ``argmax``, eq. 6 as printed) and, for the centre-code losses, ``anchor [B, M]``:
     the centre code of the query's class (``center``) or of its target class (``center_targeted``); for ``far``,
-    ``spread [B, M, K]``: the squared distance of each codeword to the peak code's (the SDC table's row of b_m)."""
+    ``spread [B, M, K]``: the squared distance of each codeword to the peak code's (the SDC table's row of b_m);
+    for ``contrast``, ``spread`` is each codeword's mean SDC distance to the database items of the query's class
+    and ``baseline [B, M, K]`` the same over all database items (:func:`class_spreads`)."""
 
     z: torch.Tensor
     logp: torch.Tensor
     codes: torch.Tensor
     anchor: torch.Tensor | None = None
     spread: torch.Tensor | None = None
+    baseline: torch.Tensor | None = None
 
 
 def sdc_table(codebooks: torch.Tensor) -> torch.Tensor:
@@ -136,6 +143,37 @@ def far_code_loss(z_adv: torch.Tensor, logp_adv: torch.Tensor, ref: Reference) -
     return torch.logsumexp(logp_adv + ref.spread.log(), dim=-1).sum(1)
 
 
+def class_spreads(db_codes: torch.Tensor, db_labels: torch.Tensor, num_classes: int, table: torch.Tensor
+                  ) -> torch.Tensor:
+    """``[C + 1, M, K]`` float32: per class c (``db_labels`` int ``[N]``, or multi-hot ``[N, C]``: the items carrying
+    concept c) and sub-space m, each codeword's mean SDC distance sum_j h_cm(j) T_m[k, j] to the class's database
+    items, h_cm the histogram of their codes ``db_codes [N, M]``; the last row over all items. ``table [M, K, K]``
+    is SDC's. A class without database items gets NaN."""
+    M, K = table.shape[0], table.shape[1]  # noqa: N806
+    members = (db_labels.bool() if db_labels.ndim == 2 else
+               torch.nn.functional.one_hot(db_labels.long(), num_classes).bool()).to(torch.float64)
+    members = torch.cat([members, torch.ones(len(members), 1, dtype=torch.float64)], 1)  # [N, C + 1]
+    out = torch.empty(members.shape[1], M, K, dtype=torch.float64)
+    for m in range(M):
+        hist = members.T @ torch.nn.functional.one_hot(db_codes[:, m].long(), K).to(torch.float64)  # [C + 1, K]
+        out[:, m] = (hist / hist.sum(1, keepdim=True)) @ table[m].double().T
+    return out.float()
+
+
+def class_contrast_loss(z_adv: torch.Tensor, logp_adv: torch.Tensor, ref: Reference) -> torch.Tensor:
+    """Class-contrastive far codes: sum_m [log sum_k p^_mk D_mk(y) - log sum_k p^_mk D_mk(all)], with D_mk(y) the
+    mean SDC distance from codeword k to the database items of the query's class y (``ref.spread``) and D_mk(all)
+    to all items (``ref.baseline``). Far codes push the query away from its own code; this pushes it away from its
+    class's items *relative to the others*: a move that takes it far from everything changes no ranking, one that
+    takes it toward other classes' items ranks its own class's items last."""
+    if ref.spread is None or ref.baseline is None:
+        raise ValueError("class_contrast_loss: the reference has no class spreads (the attack stage computes them "
+                         "from the database: attacks.losses.class_spreads)")
+    own = torch.logsumexp(logp_adv + ref.spread.log(), dim=-1)
+    everyone = torch.logsumexp(logp_adv + ref.baseline.log(), dim=-1)
+    return (own - everyone).sum(1)
+
+
 LOSSES: dict[str, Loss] = {
     "basic": feature_distance_loss,
     "apd": peak_distribution_loss,
@@ -144,6 +182,7 @@ LOSSES: dict[str, Loss] = {
     "center": center_loss,
     "center_targeted": targeted_center_loss,
     "far": far_code_loss,
+    "contrast": class_contrast_loss,
 }
 
 

@@ -130,6 +130,9 @@ def pgd(model: RetrievalModel | Sequence[RetrievalModel], images: torch.Tensor, 
     if isinstance(loss_fn, str):
         if loss_fn in CENTER_LOSSES and any(a is None for a in anchor_list):
             raise ValueError(f"pgd: the {loss_fn} loss needs the anchor codes of its queries (anchors=)")
+        if loss_fn == "contrast" and references is None:
+            raise ValueError("pgd: the contrast loss needs references with the class spreads of its queries "
+                             "(references=; stages.attack.Source.contrast_reference)")
         loss_fn = loss_for(loss_fn, cfg)
     x = images.detach()
     ref_models = models if reference_models is None else list(reference_models)

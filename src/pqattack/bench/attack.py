@@ -88,7 +88,7 @@ def figure_attack(arch: str, device: torch.device, sz: dict[str, Any]) -> list[d
     return [record(f"attack_{arch}", rates[best], base.value, "queries/s", peaks[best], base, notes)]
 
 
-COST_LOSSES = ("apd", "aod", "basic", "margin", "center", "center_targeted", "far")  # apd first: the reference
+COST_LOSSES = ("apd", "aod", "basic", "margin", "center", "center_targeted", "far", "contrast")  # apd first
 
 
 def figure_attack_losses(device: torch.device, sz: dict[str, Any]) -> list[dict[str, Any]]:
@@ -97,8 +97,11 @@ def figure_attack_losses(device: torch.device, sz: dict[str, Any]) -> list[dict[
     starting one loss later (over 7 rounds, each loss takes each place once); one record per loss: the median
     over ``attack_cost_rounds`` rounds of its time as a multiple of APD's in the same round (target: at most
     1.10), and in the notes the median seconds per batch and the per-round ratios. The centre-code losses get
-    random anchor codes (finding the nearest centre runs once per query set, outside the loop)."""
-    from ..attacks import AttackConfig, pgd
+    random anchor codes (finding the nearest centre runs once per query set, outside the loop), the contrastive
+    loss random class spreads (its reference is computed inside the timed call, as the others' is inside PGD)."""
+    from dataclasses import replace
+
+    from ..attacks import AttackConfig, pgd, reference
 
     arch, batch, rounds = sz["attack_cost_arch"], sz["attack_cost_batch"], sz["attack_cost_rounds"]
     images, _, source = training_images(batch)
@@ -106,6 +109,7 @@ def figure_attack_losses(device: torch.device, sz: dict[str, Any]) -> list[dict[
     m, k = model.codebooks.shape[:2]
     g = torch.Generator().manual_seed(0)
     anchors = torch.randint(0, k, (batch, m), generator=g).to(device)
+    spreads = (torch.rand(2, batch, m, k, generator=g) + 0.1).to(device)
     x = (images.to(device).float() / 255).contiguous(memory_format=torch.channels_last)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if device.type == "cuda" else _null()
 
@@ -115,7 +119,10 @@ def figure_attack_losses(device: torch.device, sz: dict[str, Any]) -> list[dict[
         sync(device)
         t0 = time.perf_counter()
         with autocast:
-            pgd(model, x, loss, cfg, generator=gen, anchors=anchors if loss.startswith("center") else None)
+            refs = ([replace(reference(model, x, cfg.peak), spread=spreads[0], baseline=spreads[1])]
+                    if loss == "contrast" else None)
+            pgd(model, x, loss, cfg, generator=gen, anchors=anchors if loss.startswith("center") else None,
+                references=refs)
         sync(device)
         return time.perf_counter() - t0
 

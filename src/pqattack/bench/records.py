@@ -26,7 +26,7 @@ TARGETS: dict[str, tuple[str, str, float, str]] = {
     "retrieval_1m_adc": ("cpu", "<=", 30.0, "s"),
     "sweep_memory": ("any", "<=", 32.0, "MB"),  # RSS growth from job 2 to the last: allocator noise only
     **{f"attack_cost_{loss}": ("any", "<=", 1.10, "x APD") for loss in ("aod", "basic", "margin", "center",
-                                                                       "center_targeted", "far")},
+                                                                       "center_targeted", "far", "contrast")},
 }
 
 HIGHER_IS_BETTER = {"images/s", "queries/s"}

@@ -29,6 +29,7 @@ FIGSIZE = {"map_vs_bits": (11, 4.5), "map_vs_attack": (11, 4.5), "pr_curves": (1
            "pareto": (13, 6.5)}
 ATTACK_COLOURS = {"clean": "tab:green", "basic": "tab:blue", "apd": "tab:orange", "aod": "tab:red",
                   "margin": "tab:purple", "center": "tab:brown", "center_targeted": "tab:pink", "far": "tab:olive",
+                  "contrast": "tab:cyan",
                   "worst-case": "black"}
 RELEVANT, IRRELEVANT = "tab:green", "tab:red"
 MARKERS = "osD^vP*X"

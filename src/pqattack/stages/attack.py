@@ -9,7 +9,8 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from ..attacks import CENTER_LOSSES, center_codes, nearest_centers, pgd, random_other_classes
+from ..attacks import (CLASS_LOSSES, Reference, center_codes, class_spreads, nearest_centers, pgd,
+                       random_other_classes, reference)
 from ..cache import spec_key
 from ..config import JobConfig
 from ..data import RetrievalData
@@ -68,45 +69,73 @@ def query_targets(job: JobConfig, data: RetrievalData) -> torch.Tensor | None:
 class Source:
     """A model the queries are made against: its job, its retrieval system, the model that gives the clean queries'
     reference (``attack.reference``: the same one, or the bare backbone behind a query transform) and, for the
-    centre-code losses, its centre codes ``[C, M]``."""
+    losses that read the database's classes, its centre codes ``[C, M]`` and (``contrast``) the classes' codeword
+    spreads ``[C + 1, M, K]``."""
 
     job: JobConfig
     target: Target
     model: RetrievalModel
     centers: torch.Tensor | None
     reference_model: RetrievalModel
+    spreads: torch.Tensor | None = None
 
     @classmethod
     def of(cls, job: JobConfig, target: Target, data: RetrievalData, device: torch.device) -> "Source":
-        centers = None
-        if job.attack.loss in CENTER_LOSSES:
+        centers = spreads = None
+        if job.attack.loss in CLASS_LOSSES:
             assert target.index.db_codes is not None
             centers = center_codes(target.index.db_codes, data.database.labels, num_classes(data), target.index.K)
+        if job.attack.loss == "contrast":
+            assert target.index.db_codes is not None
+            spreads = class_spreads(target.index.db_codes, data.database.labels, num_classes(data),
+                                    target.index.sdc_table)
         model = retrieval_model(job, target, device)
         bare = job.attack.reference == "bare"
-        return cls(job, target, model, centers, retrieval_model(job, target, device, bare=True) if bare else model)
+        return cls(job, target, model, centers, retrieval_model(job, target, device, bare=True) if bare else model,
+                   spreads)
+
+    @torch.no_grad()
+    def classes(self, x: torch.Tensor, targets: torch.Tensor | None) -> torch.Tensor:
+        """``[B]`` the class each query ``x`` is attacked as: its target class, or the class the reference model
+        predicts (its classifier; without one, the class whose centre code is nearest to the query's code in SDC
+        distance). Not the label: the attacker does not know it."""
+        assert self.centers is not None
+        model = self.reference_model
+        if targets is not None:
+            return targets
+        if self.target.classify is not None:
+            return self.target.classify(model.backbone.forward_features(x)).float().argmax(1).cpu()
+        codes = model.index_codes(model.features(x)).cpu()
+        return nearest_centers(codes, self.centers, self.target.index.sdc_table)
+
+    def _no_items(self, classes: torch.Tensor, missing: torch.Tensor, what: str) -> DatasetError:
+        return DatasetError(f"attack.loss={self.job.attack.loss}: class(es) {sorted(set(classes[missing].tolist()))} "
+                            f"have no database items, so no {what}")
 
     @torch.no_grad()
     def anchors(self, x: torch.Tensor, targets: torch.Tensor | None) -> torch.Tensor | None:
-        """``[B, M]`` anchor codes of the queries ``x`` (on the device): the target class's centre code, or for the
-        untargeted attack the centre code of the class the reference model predicts (its classifier; without one,
-        the class whose centre code is nearest to the query's code in SDC distance)."""
-        if self.centers is None:
+        """``[B, M]`` anchor codes of the queries ``x`` (on the device) for the centre-code losses: the centre code
+        of :meth:`classes`."""
+        if self.centers is None or self.spreads is not None:
             return None
-        model = self.reference_model
-        if targets is not None:
-            classes = targets
-        elif self.target.classify is not None:
-            classes = self.target.classify(model.backbone.forward_features(x)).float().argmax(1).cpu()
-        else:
-            codes = model.index_codes(model.features(x)).cpu()
-            classes = nearest_centers(codes, self.centers, self.target.index.sdc_table)
+        classes = self.classes(x, targets)
         anchors = self.centers[classes]
         if (anchors < 0).any():
-            raise DatasetError(f"attack.loss={self.job.attack.loss}: class(es) "
-                               f"{sorted(set(classes[(anchors < 0).any(1)].tolist()))} have no database items, so no "
-                               f"centre code")
+            raise self._no_items(classes, (anchors < 0).any(1), "centre code")
         return anchors.to(x.device)
+
+    @torch.no_grad()
+    def contrast_reference(self, x: torch.Tensor) -> Reference:
+        """The clean queries' reference with the class spreads of ``contrast``: each codeword's mean SDC distance to
+        the database items of the query's class (:meth:`classes`) and to all items."""
+        assert self.spreads is not None
+        classes = self.classes(x, None)
+        own = self.spreads[classes]
+        if own.isnan().any():
+            raise self._no_items(classes, own.isnan().flatten(1).any(1), "class spread")
+        ref = reference(self.reference_model, x, self.job.attack.peak)
+        return Reference(ref.z, ref.logp, ref.codes, spread=own.to(x.device),
+                         baseline=self.spreads[-1].expand_as(own).to(x.device))
 
 
 def oracle_pick(source: Source, data: RetrievalData, labels: torch.Tensor, rt: Runtime):  # noqa: ANN201
@@ -164,9 +193,10 @@ def attack_queries(job: JobConfig, data: RetrievalData, sources: list[Source], d
                     if a.restart_pick == "oracle" else None)
             with rt.autocast():
                 anchors = [s.anchors(x, batch_targets) for s in sources]
+                references = [s.contrast_reference(x) for s in sources] if a.loss == "contrast" else None
                 adv = pgd([s.model for s in sources], x, a.loss, a, generator=gen, anchors=anchors, pick=pick,
                           on_step=keep_prefix if prefixes else None,
-                          reference_models=[s.reference_model for s in sources])
+                          reference_models=[s.reference_model for s in sources], references=references)
             out.append(to_stored(adv))
         for k, parts in prefixes.items():
             save_prefix(k, torch.cat(parts))

@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from ..attacks import CENTER_LOSSES, LOSS_IGNORES, OFF_VALUES
+from ..attacks import CLASS_LOSSES, LOSS_IGNORES, OFF_VALUES
 from ..cache import spec_key
 from ..config import JobConfig, container
 from ..data import RetrievalData
@@ -181,7 +181,7 @@ def attack_spec(job: JobConfig, data: RetrievalData, checkpoint_key: str | list[
     spec = {"checkpoint": checkpoint_key, "codebooks": codebooks_key, "queries": data.query_key,
             "attack": settings(attack_settings(job), ATTACK_CORE), "precision": precision,
             **bf16_sdc_table(precision, job.attack.loss == "far"), "seed": job.seed}
-    if job.attack.loss in CENTER_LOSSES or oracle:
+    if job.attack.loss in CLASS_LOSSES or oracle:
         spec["database"] = data.database_key
     if oracle:
         spec["oracle_systems"] = list(job.systems)
