@@ -1,5 +1,6 @@
 """PGD and the PQ-AG losses: the eps-ball, [0, 1], the 8-bit grid, and the losses against hand computations."""
 
+import dataclasses
 import math
 
 import pytest
@@ -97,7 +98,8 @@ def test_pgd_stays_in_eps_ball_and_image_range(loss: str) -> None:
     x[1] = 1.0
     cfg = AttackConfig()
     anchors = torch.randint(0, 16, (6, 4)) if loss in CENTER_LOSSES else None  # centre codes: any codes will do
-    adv = pgd(model, x, loss, cfg, generator=torch.Generator().manual_seed(0), anchors=anchors)
+    refs = [with_class_spreads(reference(model, x), 0)] if loss == "contrast" else None  # any positive spreads
+    adv = pgd(model, x, loss, cfg, generator=torch.Generator().manual_seed(0), anchors=anchors, references=refs)
     assert adv.min() >= 0 and adv.max() <= 1
     assert (adv - x).abs().max() <= cfg.eps + 1e-6
     assert torch.equal(torch.round(adv * 255), adv * 255)  # on the 8-bit grid
@@ -105,8 +107,15 @@ def test_pgd_stays_in_eps_ball_and_image_range(loss: str) -> None:
     # without rounding, the float result is still in the ball (and moved: without the random start the feature
     # distance's gradient is 0 at the clean image, so basic would not move at all)
     raw = pgd(model, x, loss, AttackConfig(quantize_8bit=False), generator=torch.Generator().manual_seed(1),
-              anchors=anchors)
+              anchors=anchors, references=refs)
     assert 0 < (raw - x).abs().max() <= cfg.eps + 1e-6 and raw.min() >= 0 and raw.max() <= 1
+
+
+def with_class_spreads(ref: Reference, seed: int) -> Reference:
+    """``ref`` with random positive class spreads in place of ``contrast``'s (attacks.losses.class_spreads)."""
+    g = torch.Generator().manual_seed(seed)
+    return dataclasses.replace(ref, spread=torch.rand(ref.logp.shape, generator=g) + 0.1,
+                               baseline=torch.rand(ref.logp.shape, generator=g) + 0.1)
 
 
 def test_pgd_increases_its_loss() -> None:
@@ -124,12 +133,14 @@ def test_pgd_increases_its_loss() -> None:
     cfg = AttackConfig(quantize_8bit=False, iters=10)
     for name in LOSSES:
         fn = loss_for(name, cfg)
+        own = with_class_spreads(ref, 1) if name == "contrast" else ref
+        refs = [own] if name == "contrast" else None
         # random start matters for basic: its gradient is exactly zero at the clean image
-        ascent = pgd(model, x, fn, cfg, generator=torch.Generator().manual_seed(0), anchors=anchors)
+        ascent = pgd(model, x, fn, cfg, generator=torch.Generator().manual_seed(0), anchors=anchors, references=refs)
         descent = pgd(model, x, lambda z, lp, r, fn=fn: -fn(z, lp, r), cfg, generator=torch.Generator().manual_seed(0),
-                      anchors=anchors)
+                      anchors=anchors, references=refs)
         with torch.no_grad():
-            assert float(fn(*model(ascent), ref).sum()) > float(fn(*model(descent), ref).sum()), name
+            assert float(fn(*model(ascent), own).sum()) > float(fn(*model(descent), own).sum()), name
 
 
 @pytest.mark.parametrize("kw,key", [({"eps": 0}, "attack.eps"), ({"eps": 1.5}, "attack.eps"),
