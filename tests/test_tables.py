@@ -436,7 +436,8 @@ def test_a_rerun_replaces_the_rows_and_jobs_it_made_again_only_when_asked(tmp_pa
     from pqattack.report.collect import main
 
     def job(attack: str, value: float, seconds: float, run: str) -> dict:
-        config = {"model": {"name": "fastnet"}, "bits": 16, "attack": {"name": attack}, "resume": run == "new"}
+        config = {"model": {"name": "fastnet"}, "bits": 16, "attack": {"name": attack}, "resume": run == "new",
+                  "progress": run == "new", "cache": {"dir": f"/{run}/cache"}}  # where and how it ran, not what
         return {"meta": {"config": config, "device": "cpu", "timings_s": {"total": seconds}, "job_dir": run},
                 "rows": [row("clean", "sdc", 80.0, model="fastnet"), row(attack, "sdc", value, model="fastnet")]}
 

@@ -13,7 +13,7 @@ from .defense import has_defenses, summary_markdown
 from .tables import TableError, dedupe_rows, render_tables, with_record_fields
 
 
-RUN_ONLY_KEYS = ("resume", "progress", "log_level")  # config keys that do not change what a job computes
+RUN_ONLY_KEYS = ("resume", "progress", "log_level", "cache")  # config keys that do not change what a job computes
 
 
 def same_job(a: dict[str, Any], b: dict[str, Any]) -> bool:
