@@ -44,11 +44,11 @@ from .plan import Costs, Mode, Plan, job_records, measure_costs, refine_costs
 
 REPO = Path(__file__).resolve().parents[3]
 STAGES = ("smoke", "table1", "table2", "table3", "bench", "table4", "beyond", "defense", "bench_compile")
-#: per (model, bits) cell of the beyond stage: its jobs (experiment=beyond's 9 attacks) and the query sets it makes
-#: besides Table 1's (margin, center, center_targeted and far one each, margin with 4 restarts four, margin with MI
-#: one)
-BEYOND_JOBS_PER_CELL = 9
-BEYOND_SETS_PER_CELL = 9
+#: per (model, bits) cell of the beyond stage: its jobs (experiment=beyond's 10 attacks) and the query sets it makes
+#: besides Table 1's (margin, center, center_targeted, far and contrast one each, margin with 4 restarts four, margin
+#: with MI one)
+BEYOND_JOBS_PER_CELL = 10
+BEYOND_SETS_PER_CELL = 10
 #: per (bits, defense) cell of the defense stage: its suite's attack sets in units of one 5-step attack (basic, APD,
 #: AOD, margin, centre and far one each, 100-step APD twenty, APD with 4 restarts four; EOT=4 four more for the random
 #: JPEG; the oblivious members reuse the undefended sets), and the epochs one adversarial training costs in clean
