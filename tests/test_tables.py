@@ -438,6 +438,8 @@ def test_a_rerun_replaces_the_rows_and_jobs_it_made_again_only_when_asked(tmp_pa
     def job(attack: str, value: float, seconds: float, run: str) -> dict:
         config = {"model": {"name": "fastnet"}, "bits": 16, "attack": {"name": attack}, "resume": run == "new",
                   "progress": run == "new", "cache": {"dir": f"/{run}/cache"}}  # where and how it ran, not what
+        if run == "new":  # settings added since the old record was made, at their off values
+            config["attack"].update({"dither": 0.0, "reference": "attacked", "restarts": None})
         return {"meta": {"config": config, "device": "cpu", "timings_s": {"total": seconds}, "job_dir": run},
                 "rows": [row("clean", "sdc", 80.0, model="fastnet"), row(attack, "sdc", value, model="fastnet")]}
 
@@ -462,3 +464,12 @@ def test_a_rerun_replaces_the_rows_and_jobs_it_made_again_only_when_asked(tmp_pa
         ("apd", 60.0), ("far", 300.0)]
     assert record["meta"]["sum_of_job_seconds"] == 360.0
     assert "| SDC | far | 6.1 |" in out.with_suffix(".md").read_text()
+
+    from pqattack.report.collect import same_job
+
+    def cfg(**attack: object) -> dict:
+        return {"config": {"bits": 16, "attack": {"name": "far", **attack}}}
+
+    assert same_job(cfg(), cfg(dither=0.0)) and same_job(cfg(reference="attacked"), cfg())
+    assert not same_job(cfg(), cfg(dither=0.07)) and not same_job(cfg(reference="bare"), cfg())
+    assert not same_job(cfg(eps=0.03), cfg(eps=0.01)) and not same_job({"config": {}}, cfg())

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ..attacks.config import OFF_VALUES
 from ..defense.config import AdversarialTrainingConfig, defense_config
 from .defense import has_defenses, summary_markdown
 from .tables import TableError, dedupe_rows, render_tables, with_record_fields
@@ -16,12 +17,25 @@ from .tables import TableError, dedupe_rows, render_tables, with_record_fields
 RUN_ONLY_KEYS = ("resume", "progress", "log_level", "cache")  # config keys that do not change what a job computes
 
 
+def _leaves(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        out.update(_leaves(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
+def _off(key: str, value: Any) -> bool:
+    """Whether ``value`` is a setting's off value: what a record made before the setting existed computed with."""
+    return value in (None, False, 0, [], "") or OFF_VALUES.get(key.rsplit(".", 1)[-1]) == value
+
+
 def same_job(a: dict[str, Any], b: dict[str, Any]) -> bool:
-    """Whether two job records ran one configuration (their run-only keys aside)."""
-    def computed(m: dict[str, Any]) -> str:
-        return json.dumps({k: v for k, v in (m.get("config") or {}).items() if k not in RUN_ONLY_KEYS},
-                          sort_keys=True, default=str)
-    return bool(a.get("config")) and computed(a) == computed(b)
+    """Whether two job records ran one configuration: equal in every setting but the run-only ones, a setting that
+    one of them lacks (added to the framework after it ran) counting as equal when the other has it off."""
+    if not a.get("config") or not b.get("config"):
+        return False
+    la, lb = (_leaves({k: v for k, v in m["config"].items() if k not in RUN_ONLY_KEYS}) for m in (a, b))
+    return all(la[k] == lb[k] if k in la and k in lb else _off(k, la.get(k, lb.get(k))) for k in la.keys() | lb.keys())
 
 
 def write_table(sources: list[str | Path], out_prefix: str | Path, title: str, command: str,
