@@ -41,7 +41,8 @@ def test_losses_and_gradients_under_bf16_autocast_match_a_float64_head(trained_d
             z, logp = model(x)
             codes = model.index_codes(z)
             anchor = (codes + 1) % logp.shape[-1]  # the centre-code losses' anchor: any fixed code per sub-space
-            ref = Reference(z, logp, codes, anchor, codeword_spread(model.codebooks, codes))
+            spread = codeword_spread(model.codebooks, codes)  # far's weights; and contrast's, beside any positive
+            ref = Reference(z, logp, codes, anchor, spread, spread + 1.0)  # baseline (both as its class spreads are)
             xa = x_adv.clone().requires_grad_(True)
             z_adv, logp_adv = model(xa)
             assert z_adv.dtype == logp_adv.dtype == torch.float32
@@ -51,7 +52,7 @@ def test_losses_and_gradients_under_bf16_autocast_match_a_float64_head(trained_d
         dist = (sub[:, :, None, :] - model.codebooks.double()[None]).pow(2).sum(-1)  # eq. (1) in float64
         # far's weights follow the clean code; at a near-tie the two precisions may pick different codewords,
         # whose distances to the others differ: both sides take the float32 code's, so that only the head differs
-        ref64 = Reference(zc64, lc64, dist.argmin(-1), anchor, ref.spread.double())
+        ref64 = Reference(zc64, lc64, dist.argmin(-1), anchor, ref.spread.double(), ref.baseline.double())
         gap = dist.sort(-1).values
         clear = gap[..., 1] - gap[..., 0] > 1e-5  # sub-spaces whose nearest codeword is not a float32 near-tie
         assert clear.float().mean() > 0.95 and torch.equal(ref.codes[clear], ref64.codes[clear])
