@@ -16,7 +16,7 @@ test: ## run the test suite, without the slow tests (pyproject.toml's markers)
 test-all: ## every test, the slow ones included (the gpu tests skip without CUDA)
 	$(BIN)/python -m pytest -q
 
-demo: ## the whole pipeline offline on the synthetic set, CPU: 25 s on the 2-core Xeon (bf16), 61 s on the 2-core AMD EPYC (fp32); make bench's demo figure
+demo: ## the whole pipeline offline on the synthetic set, CPU: 20 s on the 2-core Xeon (bf16), 61 s on the 2-core AMD EPYC (fp32); make bench's demo figure
 	$(BIN)/python -m pqattack experiment=demo
 
 bench: ## CPU benchmark, fast path vs plain baseline per figure: ratios, peak memory -> outputs/bench/cpu.json (docs/benchmarks.md)
