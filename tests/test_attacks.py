@@ -112,7 +112,7 @@ def test_pgd_stays_in_eps_ball_and_image_range(loss: str) -> None:
 
 
 def with_class_spreads(ref: Reference, seed: int) -> Reference:
-    """``ref`` with random positive class spreads in place of ``contrast``'s (attacks.losses.class_spreads)."""
+    """``ref`` with random positive class spreads in place of ``contrast``'s (attacks.centers.class_spreads)."""
     g = torch.Generator().manual_seed(seed)
     return dataclasses.replace(ref, spread=torch.rand(ref.logp.shape, generator=g) + 0.1,
                                baseline=torch.rand(ref.logp.shape, generator=g) + 0.1)

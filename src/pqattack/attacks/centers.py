@@ -10,18 +10,36 @@ from torch.nn.functional import one_hot
 from .losses import sdc_table
 
 
+def code_counts(db_codes: torch.Tensor, db_labels: torch.Tensor, num_classes: int, K: int) -> torch.Tensor:  # noqa: N803
+    """``[C, M, K]`` float64: per class c, sub-space m and code k, how many database items of class c (``db_labels``
+    int ``[N]``, or multi-hot ``[N, C]``: the items carrying concept c) have code k in sub-space m."""
+    members = (db_labels.bool() if db_labels.ndim == 2 else
+               one_hot(db_labels.long(), num_classes)).to(torch.float64)  # [N, C]
+    return torch.stack([members.T @ one_hot(db_codes[:, m].long(), K).to(torch.float64)
+                        for m in range(db_codes.shape[1])], 1)
+
+
 def center_codes(db_codes: torch.Tensor, db_labels: torch.Tensor, num_classes: int, K: int) -> torch.Tensor:  # noqa: N803
     """``[C, M]`` int64: per class c and sub-space m, the code most frequent among the database items of class c
     (``db_labels`` int ``[N]``, or multi-hot ``[N, C]``: the items carrying concept c); ties go to the smaller code.
     A class without database items gets -1."""
-    members = (db_labels.bool() if db_labels.ndim == 2 else
-               one_hot(db_labels.long(), num_classes)).to(torch.float64)  # [N, C]
-    out = torch.empty(num_classes, db_codes.shape[1], dtype=torch.int64)
-    for m in range(db_codes.shape[1]):
-        votes = members.T @ one_hot(db_codes[:, m].long(), K).to(torch.float64)  # [C, K]
-        out[:, m] = votes.argmax(1)  # the first maximum: the smaller code
-    out[members.sum(0) == 0] = -1
+    votes = code_counts(db_codes, db_labels, num_classes, K)
+    out = votes.argmax(2)  # the first maximum: the smaller code
+    out[votes[:, 0].sum(1) == 0] = -1
     return out
+
+
+def class_spreads(db_codes: torch.Tensor, db_labels: torch.Tensor, num_classes: int, table: torch.Tensor
+                  ) -> torch.Tensor:
+    """``[C + 1, M, K]`` float32: per class c (labels as :func:`code_counts`) and sub-space m, each codeword's mean
+    SDC distance sum_j h_cm(j) T_m[k, j] to the class's database items, h_cm the histogram of their codes
+    ``db_codes [N, M]``; the last row over all items. ``table [M, K, K]`` is SDC's. A class without database items
+    gets NaN."""
+    counts = code_counts(db_codes, db_labels, num_classes, table.shape[1])
+    counts = torch.cat([counts, counts.new_zeros(1, *counts.shape[1:])])
+    counts[-1] = one_hot(db_codes.long(), table.shape[1]).to(torch.float64).sum(0)  # every item
+    hist = counts / counts.sum(2, keepdim=True)
+    return torch.einsum("cmj,mkj->cmk", hist, table.double()).float()
 
 
 def nearest_centers(query_codes: torch.Tensor, centers: torch.Tensor, sdc_table: torch.Tensor) -> torch.Tensor:

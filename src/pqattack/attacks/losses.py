@@ -51,7 +51,7 @@ class Reference:
     the centre code of the query's class (``center``) or of its target class (``center_targeted``); for ``far``,
     ``spread [B, M, K]``: the squared distance of each codeword to the peak code's (the SDC table's row of b_m);
     for ``contrast``, ``spread`` is each codeword's mean SDC distance to the database items of the query's class
-    and ``baseline [B, M, K]`` the same over all database items (:func:`class_spreads`)."""
+    and ``baseline [B, M, K]`` the same over all database items (``attacks.centers.class_spreads``)."""
 
     z: torch.Tensor
     logp: torch.Tensor
@@ -143,23 +143,6 @@ def far_code_loss(z_adv: torch.Tensor, logp_adv: torch.Tensor, ref: Reference) -
     return torch.logsumexp(logp_adv + ref.spread.log(), dim=-1).sum(1)
 
 
-def class_spreads(db_codes: torch.Tensor, db_labels: torch.Tensor, num_classes: int, table: torch.Tensor
-                  ) -> torch.Tensor:
-    """``[C + 1, M, K]`` float32: per class c (``db_labels`` int ``[N]``, or multi-hot ``[N, C]``: the items carrying
-    concept c) and sub-space m, each codeword's mean SDC distance sum_j h_cm(j) T_m[k, j] to the class's database
-    items, h_cm the histogram of their codes ``db_codes [N, M]``; the last row over all items. ``table [M, K, K]``
-    is SDC's. A class without database items gets NaN."""
-    M, K = table.shape[0], table.shape[1]  # noqa: N806
-    members = (db_labels.bool() if db_labels.ndim == 2 else
-               torch.nn.functional.one_hot(db_labels.long(), num_classes).bool()).to(torch.float64)
-    members = torch.cat([members, torch.ones(len(members), 1, dtype=torch.float64)], 1)  # [N, C + 1]
-    out = torch.empty(members.shape[1], M, K, dtype=torch.float64)
-    for m in range(M):
-        hist = members.T @ torch.nn.functional.one_hot(db_codes[:, m].long(), K).to(torch.float64)  # [C + 1, K]
-        out[:, m] = (hist / hist.sum(1, keepdim=True)) @ table[m].double().T
-    return out.float()
-
-
 def class_contrast_loss(z_adv: torch.Tensor, logp_adv: torch.Tensor, ref: Reference) -> torch.Tensor:
     """Class-contrastive far codes: sum_m [log sum_k p^_mk D_mk(y) - log sum_k p^_mk D_mk(all)], with D_mk(y) the
     mean SDC distance from codeword k to the database items of the query's class y (``ref.spread``) and D_mk(all)
@@ -168,7 +151,7 @@ def class_contrast_loss(z_adv: torch.Tensor, logp_adv: torch.Tensor, ref: Refere
     takes it toward other classes' items ranks its own class's items last."""
     if ref.spread is None or ref.baseline is None:
         raise ValueError("class_contrast_loss: the reference has no class spreads (the attack stage computes them "
-                         "from the database: attacks.losses.class_spreads)")
+                         "from the database: attacks.centers.class_spreads)")
     own = torch.logsumexp(logp_adv + ref.spread.log(), dim=-1)
     everyone = torch.logsumexp(logp_adv + ref.baseline.log(), dim=-1)
     return (own - everyone).sum(1)
