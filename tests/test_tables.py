@@ -473,3 +473,6 @@ def test_a_rerun_replaces_the_rows_and_jobs_it_made_again_only_when_asked(tmp_pa
     assert same_job(cfg(), cfg(dither=0.0)) and same_job(cfg(reference="attacked"), cfg())
     assert not same_job(cfg(), cfg(dither=0.07)) and not same_job(cfg(reference="bare"), cfg())
     assert not same_job(cfg(eps=0.03), cfg(eps=0.01)) and not same_job({"config": {}}, cfg())
+    # a record made before the defense group existed has no defense node: the same job as an undefended one
+    assert same_job(cfg(), {"config": {**cfg()["config"], "defense": {"kind": "none"}}})
+    assert not same_job(cfg(), {"config": {**cfg()["config"], "defense": {"kind": "jpeg", "quality": 75}}})

@@ -15,6 +15,8 @@ from .tables import TableError, dedupe_rows, render_tables, with_record_fields
 
 
 RUN_ONLY_KEYS = ("resume", "progress", "log_level", "cache")  # config keys that do not change what a job computes
+#: settings whose off value is a word, by their full key (the attack's loop options are in ``OFF_VALUES``)
+OFF_SETTINGS = {"defense.kind": "none"}
 
 
 def _leaves(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -26,7 +28,8 @@ def _leaves(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def _off(key: str, value: Any) -> bool:
     """Whether ``value`` is a setting's off value: what a record made before the setting existed computed with."""
-    return value in (None, False, 0, [], "") or OFF_VALUES.get(key.rsplit(".", 1)[-1]) == value
+    return (value in (None, False, 0, [], "") or OFF_VALUES.get(key.rsplit(".", 1)[-1]) == value
+            or OFF_SETTINGS.get(key) == value)
 
 
 def same_job(a: dict[str, Any], b: dict[str, Any]) -> bool:
