@@ -159,6 +159,22 @@ def test_a_diagnostic_an_older_record_lacks_is_no_disagreement() -> None:
         dedupe_rows([older, {**newer, "map": 61.0}])
 
 
+def test_a_defense_setting_an_older_record_lacks_counts_at_its_default() -> None:
+    """An adversarially trained target's row from before ``defense.lr`` and ``defense.random_start`` existed, and the
+    same cell re-run since (the two records of one checkpoint in two results files): merged, keeping the newer row;
+    the setting at another value than its default, or two values, still stops the table."""
+    recipe = dict(epochs=10, device="cpu", precision="bf16", defense="adv (eps=8/255, beta=1, k=2)", defense_eps=8 / 255)
+    older = row("clean", "sdc", 25.1, **recipe)
+    newer = {**older, "defense_lr": 0.01, "defense_random_start": True}
+    for pair in ([older, newer], [newer, older]):
+        (kept,) = dedupe_rows(pair)
+        assert kept == newer
+    with pytest.raises(TableError, match="defense_lr"):
+        dedupe_rows([older, {**newer, "defense_lr": 0.02}])
+    with pytest.raises(TableError, match="defense_random_start"):
+        dedupe_rows([newer, {**newer, "defense_random_start": False}])
+
+
 def test_the_recipe_is_in_the_heading_or_a_column_when_mixed() -> None:
     cpu = dict(epochs=2, device="cpu", precision="bf16")
     gpu = dict(epochs=40, device="cuda", precision="bf16")
@@ -473,6 +489,16 @@ def test_a_rerun_replaces_the_rows_and_jobs_it_made_again_only_when_asked(tmp_pa
     assert same_job(cfg(), cfg(dither=0.0)) and same_job(cfg(reference="attacked"), cfg())
     assert not same_job(cfg(), cfg(dither=0.07)) and not same_job(cfg(reference="bare"), cfg())
     assert not same_job(cfg(eps=0.03), cfg(eps=0.01)) and not same_job({"config": {}}, cfg())
+    from pqattack.report.collect import supersedes
+
+    def suite(*members: str) -> dict:
+        return {"config": {"bits": 16, "attack": {"name": "none"}, "eval": {"suite": list(members)}}}
+
+    # a re-run whose robust evaluation adds members remakes every row of the earlier job (the worst case included)
+    assert supersedes(suite("apd", "far", "basic oblivious=true"), suite("apd", "far"))
+    assert not supersedes(suite("apd", "far"), suite("apd", "far", "basic oblivious=true"))
+    assert not supersedes(suite("apd"), suite("far")) and not supersedes(suite("apd"), {"config": {"bits": 16}})
+    assert not supersedes({"config": {**suite("apd", "far")["config"], "bits": 24}}, suite("apd"))
     # a record made before the defense group existed has no defense node: the same job as an undefended one
     assert same_job(cfg(), {"config": {**cfg()["config"], "defense": {"kind": "none"}}})
     assert not same_job(cfg(), {"config": {**cfg()["config"], "defense": {"kind": "jpeg", "quality": 75}}})

@@ -41,6 +41,19 @@ def same_job(a: dict[str, Any], b: dict[str, Any]) -> bool:
     return all(la[k] == lb[k] if k in la and k in lb else _off(k, la.get(k, lb.get(k))) for k in la.keys() | lb.keys())
 
 
+def supersedes(later: dict[str, Any], earlier: dict[str, Any]) -> bool:
+    """Whether a later job record remakes every row of an earlier one: the same configuration (``same_job``), or
+    the same but for a robust evaluation whose members include all of the earlier one's (its rows, the worst case
+    among them, are all made again)."""
+    if same_job(later, earlier):
+        return True
+    suites = [list((m.get("config") or {}).get("eval", {}).get("suite") or []) for m in (later, earlier)]
+    if not suites[1] or not set(map(str, suites[1])) <= set(map(str, suites[0])):
+        return False
+    strip = [{**m, "config": {**m["config"], "eval": {**m["config"]["eval"], "suite": []}}} for m in (later, earlier)]
+    return same_job(*strip)
+
+
 def write_table(sources: list[str | Path], out_prefix: str | Path, title: str, command: str,
                 replace: bool = False) -> Path:
     """Collect rows from ``sources`` into ``<out_prefix>.json`` and render ``<out_prefix>.md`` with the
@@ -67,9 +80,9 @@ def write_table(sources: list[str | Path], out_prefix: str | Path, title: str, c
     for f, j in zip(files, jobs):
         j["meta"].setdefault("job_dir", str(f.parent))  # lets the report reload the job's artifacts
     sourced_metas = [(g, m) for g, j in zip(generation_of, jobs) for m in (j["meta"].get("jobs") or [j["meta"]])]
-    if replace:  # an earlier job that a later source ran again is gone with its rows
+    if replace:  # an earlier job that a later source ran again (or with a larger suite) is gone with its rows
         sourced_metas = [(g, m) for g, m in sourced_metas
-                         if not any(g2 > g and same_job(m, m2) for g2, m2 in sourced_metas)]
+                         if not any(g2 > g and supersedes(m2, m) for g2, m2 in sourced_metas)]
     job_metas = [m for _, m in sourced_metas]
     rows = dedupe_rows([r for j in jobs for r in j["rows"]], [str(f) for f, j in zip(files, jobs) for _ in j["rows"]],
                        [g for g, j in zip(generation_of, jobs) for _ in j["rows"]] if replace else None)

@@ -85,15 +85,46 @@ LATER_DIAGNOSTICS = frozenset({"first_relevant_rank", "precision_at_10", "map_ch
                                "psnr", "ssim", "l2", "linf"})
 
 
+def later_setting_defaults() -> dict[str, Any]:
+    """Row fields of defense settings (``defense_<setting>``) with their schema default: a row made before a setting
+    existed lacks its field, and computed with that default. A setting whose default differs between kinds is left
+    out (a missing field is then a disagreement)."""
+    from dataclasses import MISSING, fields
+
+    from ..defense.config import AdversarialTrainingConfig, BitDepthConfig, JpegConfig
+
+    defaults: dict[str, Any] = {}
+    ambiguous: set[str] = set()
+    for schema in (AdversarialTrainingConfig, JpegConfig, BitDepthConfig):
+        for f in fields(schema):
+            if f.name == "kind" or f.default is MISSING:
+                continue
+            key = f"defense_{f.name}"
+            if key in defaults and defaults[key] != f.default:
+                ambiguous.add(key)
+            defaults.setdefault(key, f.default)
+    return {k: v for k, v in defaults.items() if k not in ambiguous}
+
+
+def _agree(k: str, a: Any, b: Any, setting_defaults: dict[str, Any]) -> bool:
+    """Whether two rows of one cell agree on field ``k`` (see ``dedupe_rows``)."""
+    if a == b or (k in LATER_DIAGNOSTICS and (a is None or b is None)):
+        return True
+    return k in setting_defaults and (a is None or b is None) and (b if a is None else a) == setting_defaults[k]
+
+
 def dedupe_rows(rows: list[dict[str, Any]], sources: list[str] | None = None,
                 generations: list[int] | None = None) -> list[dict[str, Any]]:
     """One row per cell: clean rows repeat across the jobs of one target. Rows of one cell must be identical;
     two that differ in anything (top k, tie protocol, checkpoint, the mAP itself, ...) are not merged:
     ``TableError`` names their ``sources`` (a file per row) and the fields that differ. A diagnostic of
-    ``LATER_DIAGNOSTICS`` that one of the two lacks is not compared; the row that has it is kept.
+    ``LATER_DIAGNOSTICS`` that one of the two lacks is not compared, nor a defense setting that one lacks and the
+    other holds at its default (``later_setting_defaults``); the row that has more of them is kept.
 
     ``generations`` (one int per row) lets a re-run replace a record's rows: of two differing rows of one cell,
     the one of the higher generation is kept; within one generation they still conflict."""
+    setting_defaults = later_setting_defaults()
+    later = LATER_DIAGNOSTICS | set(setting_defaults)
     seen: dict[tuple, int] = {}
     out: list[dict[str, Any]] = []
     for i, r in enumerate(rows):
@@ -103,11 +134,9 @@ def dedupe_rows(rows: list[dict[str, Any]], sources: list[str] | None = None,
             out.append(r)
             continue
         first = rows[seen[cell]]
-        diff = sorted(k for k in set(first) | set(r) if first.get(k) != r.get(k)
-                      and not (k in LATER_DIAGNOSTICS and (first.get(k) is None or r.get(k) is None)))
+        diff = sorted(k for k in set(first) | set(r) if not _agree(k, first.get(k), r.get(k), setting_defaults))
         if not diff:
-            if sum(first.get(k) is not None for k in LATER_DIAGNOSTICS) < sum(r.get(k) is not None
-                                                                              for k in LATER_DIAGNOSTICS):
+            if sum(first.get(k) is not None for k in later) < sum(r.get(k) is not None for k in later):
                 out[out.index(first)] = r
                 seen[cell] = i
             continue
