@@ -502,3 +502,6 @@ def test_a_rerun_replaces_the_rows_and_jobs_it_made_again_only_when_asked(tmp_pa
     # a record made before the defense group existed has no defense node: the same job as an undefended one
     assert same_job(cfg(), {"config": {**cfg()["config"], "defense": {"kind": "none"}}})
     assert not same_job(cfg(), {"config": {**cfg()["config"], "defense": {"kind": "jpeg", "quality": 75}}})
+    adv = {"config": {**cfg()["config"], "defense": {"kind": "adv", "eps": 2 / 255}}}  # before defense.lr existed
+    assert same_job(adv, {"config": {**cfg()["config"], "defense": {"kind": "adv", "eps": 2 / 255, "lr": 0.01}}})
+    assert not same_job(adv, {"config": {**cfg()["config"], "defense": {"kind": "adv", "eps": 2 / 255, "lr": 0.02}}})

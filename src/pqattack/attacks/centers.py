@@ -35,9 +35,8 @@ def class_spreads(db_codes: torch.Tensor, db_labels: torch.Tensor, num_classes: 
     SDC distance sum_j h_cm(j) T_m[k, j] to the class's database items, h_cm the histogram of their codes
     ``db_codes [N, M]``; the last row over all items. ``table [M, K, K]`` is SDC's. A class without database items
     gets NaN."""
-    counts = code_counts(db_codes, db_labels, num_classes, table.shape[1])
-    counts = torch.cat([counts, counts.new_zeros(1, *counts.shape[1:])])
-    counts[-1] = one_hot(db_codes.long(), table.shape[1]).to(torch.float64).sum(0)  # every item
+    every_item = one_hot(db_codes.long(), table.shape[1]).to(torch.float64).sum(0, keepdim=True)  # [1, M, K]
+    counts = torch.cat([code_counts(db_codes, db_labels, num_classes, table.shape[1]), every_item])
     hist = counts / counts.sum(2, keepdim=True)
     return torch.einsum("cmj,mkj->cmk", hist, table.double()).float()
 

@@ -175,6 +175,21 @@ SCHEMAS: dict[str, type[DefenseConfig]] = {"none": DefenseConfig, "adv": Adversa
                                            "jpeg": JpegConfig, "bitdepth": BitDepthConfig}
 
 
+def setting_defaults() -> dict[str, Any]:
+    """Each defense setting with its schema default (``kind``: ``none``), for records made before the setting
+    existed, which computed with that default. A setting whose default differs between kinds is left out."""
+    defaults: dict[str, Any] = {"kind": DefenseConfig.kind}
+    ambiguous: set[str] = set()
+    for schema in SCHEMAS.values():
+        for f in fields(schema):
+            if f.name == "kind":
+                continue
+            if f.name in defaults and defaults[f.name] != f.default:
+                ambiguous.add(f.name)
+            defaults.setdefault(f.name, f.default)
+    return {k: v for k, v in defaults.items() if k not in ambiguous}
+
+
 def defense_config(node: dict[str, Any] | None) -> DefenseConfig:
     """The typed defense of a ``defense`` config node (None or absent: ``none``); checks it."""
     node = dict(node or {"kind": "none"})

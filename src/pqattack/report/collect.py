@@ -9,14 +9,12 @@ from pathlib import Path
 from typing import Any
 
 from ..attacks.config import OFF_VALUES
-from ..defense.config import AdversarialTrainingConfig, defense_config
+from ..defense.config import AdversarialTrainingConfig, defense_config, setting_defaults
 from .defense import has_defenses, summary_markdown
 from .tables import TableError, dedupe_rows, render_tables, with_record_fields
 
 
 RUN_ONLY_KEYS = ("resume", "progress", "log_level", "cache")  # config keys that do not change what a job computes
-#: settings whose off value is a word, by their full key (the attack's loop options are in ``OFF_VALUES``)
-OFF_SETTINGS = {"defense.kind": "none"}
 
 
 def _leaves(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -27,9 +25,12 @@ def _leaves(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def _off(key: str, value: Any) -> bool:
-    """Whether ``value`` is a setting's off value: what a record made before the setting existed computed with."""
-    return (value in (None, False, 0, [], "") or OFF_VALUES.get(key.rsplit(".", 1)[-1]) == value
-            or OFF_SETTINGS.get(key) == value)
+    """Whether ``value`` is a setting's off value: what a record made before the setting existed computed with (a
+    defense setting's: its schema default, ``defense=none`` for a record without a defense)."""
+    group, _, name = key.rpartition(".")
+    defaults = setting_defaults() if group == "defense" else {}
+    return (value in (None, False, 0, [], "") or OFF_VALUES.get(name) == value
+            or (name in defaults and defaults[name] == value))
 
 
 def same_job(a: dict[str, Any], b: dict[str, Any]) -> bool:

@@ -86,24 +86,11 @@ LATER_DIAGNOSTICS = frozenset({"first_relevant_rank", "precision_at_10", "map_ch
 
 
 def later_setting_defaults() -> dict[str, Any]:
-    """Row fields of defense settings (``defense_<setting>``) with their schema default: a row made before a setting
-    existed lacks its field, and computed with that default. A setting whose default differs between kinds is left
-    out (a missing field is then a disagreement)."""
-    from dataclasses import MISSING, fields
+    """Row fields of defense settings (``defense_<setting>``, ``DefenseConfig.row_fields``) with their schema default
+    (``defense.config.setting_defaults``): a row made before a setting existed lacks its field."""
+    from ..defense.config import setting_defaults
 
-    from ..defense.config import AdversarialTrainingConfig, BitDepthConfig, JpegConfig
-
-    defaults: dict[str, Any] = {}
-    ambiguous: set[str] = set()
-    for schema in (AdversarialTrainingConfig, JpegConfig, BitDepthConfig):
-        for f in fields(schema):
-            if f.name == "kind" or f.default is MISSING:
-                continue
-            key = f"defense_{f.name}"
-            if key in defaults and defaults[key] != f.default:
-                ambiguous.add(key)
-            defaults.setdefault(key, f.default)
-    return {k: v for k, v in defaults.items() if k not in ambiguous}
+    return {f"defense_{k}": v for k, v in setting_defaults().items() if k != "kind"}
 
 
 def _agree(k: str, a: Any, b: Any, setting_defaults: dict[str, Any]) -> bool:
