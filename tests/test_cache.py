@@ -77,3 +77,57 @@ def test_pickles_are_not_loaded(tmp_path: Path) -> None:
     (path / "meta.json").write_text(json.dumps(meta))
     with pytest.raises(Exception, match="(?i)weights_only|unsupported|global"):
         cache.load("features", "k")
+
+
+def _train_again(cache: ArtifactCache, kind: str, key: str, tensors: dict) -> None:
+    """What a checkpoint trained again under its key leaves: the same key and spec, these tensors."""
+    import shutil
+
+    meta = cache.load(kind, key)[1]
+    shutil.rmtree(cache.entry(kind, key))
+    cache.save(kind, key, tensors, {k: v for k, v in meta.items() if k not in ("sha256", "inputs")})
+
+
+def test_an_entry_made_from_a_checkpoint_trained_again_to_other_weights_is_made_again(tmp_path: Path) -> None:
+    """Keys name configurations: a checkpoint trained again under its key may hold other weights (training is not
+    bit-reproducible on every CPU). Features (and whatever follows from them) made from the first training were
+    once served with the second; they are now made again. A training that reproduces the weights keeps them."""
+    cache = ArtifactCache(tmp_path)
+    _, _, ckpt = cache.get_or_build("checkpoint", {"model": "m"}, lambda: ({"w": torch.ones(3)}, {}))
+    calls = []
+
+    def features() -> tuple[dict, dict]:
+        w = cache.load("checkpoint", ckpt)[0]["w"]
+        calls.append(w.sum().item())
+        return {"z": w * 2}, {}
+
+    spec = {"checkpoint": ckpt, "queries": "q"}
+    fkey = cache.get_or_build("features", spec, features)[2]
+    assert cache.load("features", fkey)[1]["inputs"] == {f"checkpoint/{ckpt}": cache.digest("checkpoint", ckpt)}
+    ckey = cache.get_or_build("codebooks", {"features": fkey, "K": 4}, lambda: ({"c": torch.zeros(2)}, {}))[2]
+    assert list(cache.load("codebooks", ckey)[1]["inputs"]) == [f"features/{fkey}"]
+
+    _train_again(cache, "checkpoint", ckpt, {"w": torch.ones(3)})  # the same weights: kept
+    assert torch.equal(cache.get_or_build("features", spec, features)[0]["z"], torch.full((3,), 2.0))
+    assert calls == [3.0]
+    _train_again(cache, "checkpoint", ckpt, {"w": torch.full((3,), 5.0)})  # other weights: made again
+    z, _, again = cache.get_or_build("features", spec, features)
+    assert again == fkey and calls == [3.0, 15.0] and torch.equal(z["z"], torch.full((3,), 10.0))
+    assert cache.load("features", fkey)[1]["inputs"] == {f"checkpoint/{ckpt}": cache.digest("checkpoint", ckpt)}
+    assert not [p for p in (tmp_path / "features").iterdir() if p.name.startswith(".stale-")]
+    # the codebooks followed from the first features; those changed too, so they are made again in turn
+    assert cache.load("codebooks", ckey) is None and not cache.entry("codebooks", ckey).exists()
+
+
+def test_an_entry_from_before_inputs_were_recorded_is_still_served(tmp_path: Path) -> None:
+    """Entries made before inputs were recorded have none to check: loaded as they are (nothing to compare)."""
+    import json
+
+    cache = ArtifactCache(tmp_path)
+    _, _, ckpt = cache.get_or_build("checkpoint", {"model": "m"}, lambda: ({"w": torch.ones(3)}, {}))
+    _, _, fkey = cache.get_or_build("features", {"checkpoint": ckpt}, lambda: ({"z": torch.ones(3)}, {}))
+    meta_path = cache.entry("features", fkey) / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    meta_path.write_text(json.dumps({k: v for k, v in meta.items() if k != "inputs"}))
+    _train_again(cache, "checkpoint", ckpt, {"w": torch.zeros(3)})
+    assert cache.load("features", fkey) is not None

@@ -512,6 +512,61 @@ def test_suite_members_follow_the_defense() -> None:
                                                                         (0, True)]
 
 
+def test_a_member_can_be_limited_to_defense_kinds() -> None:
+    """``defense=<kind>`` in a member keeps it to jobs of that kind (jpeg covers the random JPEG), so one preset's
+    suite carries a member meant for one defense only; without it the member goes with every defense it applies
+    to, as before."""
+    suite = ('eval.suite=[basic,"apd reference=bare defense=bitdepth","apd oblivious=true defense=jpeg",'
+             '"basic iters=7 defense=adv,bitdepth"]')
+
+    def attacks(defense: str) -> list[tuple]:
+        job = load_job(compose_config(SMALL + ["attack=none", suite, f"defense={defense}"]))
+        return [(j.attack.loss, j.attack.reference, j.attack.oblivious, j.attack.iters) for j in member_jobs(job)]
+
+    assert attacks("none") == [("basic", "attacked", False, 5)]
+    assert attacks("adv") == [("basic", "attacked", False, 5), ("basic", "attacked", False, 7)]
+    assert attacks("bitdepth") == [("basic", "attacked", False, 5), ("apd", "bare", False, 5),
+                                   ("basic", "attacked", False, 7)]
+    assert attacks("jpeg") == attacks("jpeg_random") == [("basic", "attacked", False, 5),
+                                                         ("apd", "attacked", True, 5)]
+    # the filter is not an attack setting: the member's query set is the plain member's (its key, its rows)
+    limited = load_job(compose_config(SMALL + ["attack=none", 'eval.suite=["apd reference=bare defense=bitdepth"]',
+                                               "defense=bitdepth"]))
+    plain = load_job(compose_config(SMALL + ["attack=none", 'eval.suite=["apd reference=bare"]', "defense=bitdepth"]))
+    assert member_jobs(limited)[0].attack == member_jobs(plain)[0].attack
+    # two members of one attack for disjoint kinds are two members; for a kind they share, the same attack twice
+    both = load_job(compose_config(SMALL + ["attack=none", 'eval.suite=["apd defense=jpeg","apd defense=bitdepth"]',
+                                            "defense=jpeg"]))
+    assert len(member_jobs(both)) == 1
+    for twice in ('eval.suite=[apd,"apd defense=jpeg"]', 'eval.suite=["apd defense=jpeg,adv","apd defense=adv"]'):
+        with pytest.raises(ConfigError, match="are the same attack"):
+            load_job(compose_config(SMALL + ["attack=none", twice]))
+
+
+def test_the_defense_presets_suite_gives_each_recorded_job_its_members() -> None:
+    """``experiment=defense_cpu`` carries the 16-draw bit-depth members (limited to defense=bitdepth): with its
+    suite, every job of results/defense_cpu.json (the bit-depth ones run with a command-line suite of 13 members,
+    the others with the preset's 11) evaluates the same attacks in the same order, so the preset alone reproduces
+    the record; the GPU preset's suite is the same list."""
+    import json
+
+    from omegaconf import OmegaConf
+
+    preset = list(compose_config(["experiment=defense_cpu"]).eval.suite)
+    assert list(compose_config(["experiment=defense"]).eval.suite) == preset
+    jobs = json.loads((REPO / "results" / "defense_cpu.json").read_text())["meta"]["jobs"]
+    kinds = set()
+    for meta in jobs:
+        recorded = OmegaConf.create(meta["config"])
+        with_preset = OmegaConf.create(meta["config"])
+        with_preset.eval.suite = preset
+        ran = [j.attack for j in member_jobs(load_job(recorded))]
+        assert [j.attack for j in member_jobs(load_job(with_preset))] == ran, meta["config"]["defense"]
+        kinds.add((meta["config"]["defense"]["kind"], len(ran)))
+    assert {k for k, _ in kinds} == {"none", "adv", "jpeg", "bitdepth"}
+    assert max(n for k, n in kinds if k == "bitdepth") > max(n for k, n in kinds if k == "jpeg")
+
+
 @pytest.mark.parametrize("overrides,message", [
     (["defense=adv", "defense.eps=0"], "defense.eps=0"),
     (["defense=adv", "defense.ratio=1.5"], "defense.ratio"),
@@ -536,6 +591,9 @@ def test_suite_members_follow_the_defense() -> None:
     (["attack=none", "eval.suite=[\"apd iters=0\"]"], "attack.iters=0"),
     (["attack=none", "eval.suite=[\"apd colour=1\"]"], "apd colour=1"),
     (["attack=none", "eval.suite=[apd,apd]"], "listed twice"),
+    (["attack=none", 'eval.suite=["apd defense=cw"]'], "defense='cw' names the defense kinds"),
+    (["attack=none", 'eval.suite=["apd defense=jpeg_random"]'], "defense=jpeg covers defense=jpeg_random"),
+    (["attack=none", 'eval.suite=["apd defense=jpeg"]'], "a member's defense=<kind> limits it"),
     (["eval.suite=[apd]"], "attack=none"),
 ])
 def test_bad_defense_values_name_the_key(overrides: list[str], message: str) -> None:

@@ -105,6 +105,36 @@ def test_a_resumed_job_on_changed_images_is_computed_again(tmp_path: Path) -> No
     assert again["meta"]["cache_keys"]["features"] != first["meta"]["cache_keys"]["features"]
 
 
+def test_a_checkpoint_trained_again_to_other_weights_is_not_served_with_the_old_ones_artifacts(tmp_path: Path) -> None:
+    """A key names a configuration: a backbone trained again under it (an emptied checkpoint folder, another
+    machine's kernels) may come out with other weights. The features, codebooks, query set and resumable results
+    of the first training were then served with the second (rows of neither); a real job now makes them again
+    from the weights it evaluates, and resumes only while they are unchanged."""
+    cache_dir = tmp_path / "cache"
+    job = [*TINY, "attack=apd", "resume=true"]
+    first = run_job(job, tmp_path / "r0", cache_dir)
+    keys = first["meta"]["cache_keys"]
+    assert run_job(job, tmp_path / "r1", cache_dir).get("resumed")
+    cache = ArtifactCache(cache_dir)
+    ckpt = keys["checkpoint"]
+    state, meta = cache.load("checkpoint", ckpt)
+    shutil.rmtree(cache.entry("checkpoint", ckpt))  # trained again, to slightly other weights
+    torch.manual_seed(1)
+    cache.save("checkpoint", ckpt, {k: v + 0.05 * torch.randn_like(v) if v.is_floating_point() else v
+                                    for k, v in state.items()},
+               {k: v for k, v in meta.items() if k not in ("sha256", "inputs")})
+    again = run_job(job, tmp_path / "r2", cache_dir)
+    assert not again.get("resumed") and again["meta"]["cache_keys"] == keys  # the same keys, ...
+    assert {f"{kind}/{keys[kind]}" for kind in ("features", "codebooks", "adversarial_queries")} <= set(
+        again["meta"]["cache_builds"])  # ... made again from the weights now under them
+    assert again["rows"] != first["rows"]
+    # the rows a cache holding only the new checkpoint gives: nothing of the first training's left in them
+    shutil.copytree(cache.entry("checkpoint", ckpt), tmp_path / "alone" / "checkpoint" / ckpt)
+    alone = run_job(job, tmp_path / "r3", tmp_path / "alone")
+    assert alone["rows"] == again["rows"] and "checkpoint/" + ckpt in alone["meta"]["cache_hits"]
+    assert run_job(job, tmp_path / "r4", cache_dir).get("resumed")
+
+
 def test_same_command_twice_gives_identical_rows(tmp_path: Path) -> None:
     rows = []
     for i in range(2):

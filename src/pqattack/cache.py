@@ -2,7 +2,10 @@
 export / import of trained checkpoints between machines (``python -m pqattack.cache export|import``).
 
 An artifact's key is the hash of everything that determines it (its kind, its config and the keys of
-the artifacts it was built from), so a sweep over attacks and bits trains each backbone once.
+the artifacts it was built from), so a sweep over attacks and bits trains each backbone once. A key names a
+configuration, not a content: a checkpoint trained again under the same key need not hold the same weights (training
+is not bit-reproducible on every machine), so each entry also records the sha256 of the entries it was built from
+(``inputs``), and one whose inputs have changed since is built again instead of served.
 Writes are atomic (temporary folder, fsync, rename) and carry a sha256 that is checked on load; a
 file lock makes concurrent jobs that need the same artifact build it once. Tensors are loaded with
 ``torch.load(weights_only=True)``: nothing in the cache is unpickled.
@@ -33,6 +36,7 @@ JOB_ARTIFACTS = ("checkpoint", "codebooks", "adversarial_queries")  # what a job
 # artifacts open the cache with load_only=JOB_ARTIFACTS, so a job of another machine is refused, not made again
 CACHE_FORMAT = 2  # part of every key: bump it when a code change alters what an artifact contains
 KEY_PATTERN = re.compile(r"[0-9a-f]{24}")  # what spec_key returns
+INPUT_KINDS = ("checkpoint", "features", "codebooks", "adversarial_queries")  # entries others are made from
 TENSORS_FILE = "tensors.pt"
 META_FILE = "meta.json"
 
@@ -74,8 +78,48 @@ class ArtifactCache:
     def entry(self, kind: str, key: str) -> Path:
         return self.root / kind / key
 
+    def digest(self, kind: str, key: str) -> str | None:
+        """The sha256 of entry ``kind/key``'s tensors as its metadata records it; None when absent or unreadable."""
+        try:
+            return json.loads((self.entry(kind, key) / META_FILE).read_text()).get("sha256")
+        except (OSError, json.JSONDecodeError):
+            return None
+
+    def inputs_of(self, spec: Any) -> dict[str, str]:
+        """``{"<kind>/<key>": sha256}`` of every entry of this cache whose key appears in ``spec`` (at any depth):
+        the artifacts an entry built from ``spec`` was made from, as they are now."""
+        keys: set[str] = set()
+
+        def walk(node: Any) -> None:
+            if isinstance(node, str) and KEY_PATTERN.fullmatch(node):
+                keys.add(node)
+            elif isinstance(node, dict):
+                for v in node.values():
+                    walk(v)
+            elif isinstance(node, (list, tuple)):
+                for v in node:
+                    walk(v)
+
+        walk(spec)
+        out = {}
+        for key in sorted(keys):
+            for kind in INPUT_KINDS:
+                if (digest := self.digest(kind, key)) is not None:
+                    out[f"{kind}/{key}"] = digest
+        return out
+
+    def changed_inputs(self, meta: dict[str, Any]) -> list[str]:
+        """The inputs an entry recorded (``inputs``) that the cache now holds with another content: each was built
+        again (a checkpoint trained again to other weights), so the entry no longer follows from them. Entries
+        made before inputs were recorded have none to check."""
+        recorded = meta.get("inputs") or {}
+        return sorted(name for name, digest in recorded.items()
+                      if (now := self.digest(*name.split("/", 1))) is not None and now != digest)
+
     def load(self, kind: str, key: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]] | None:
-        """The entry's tensors and metadata, or None when absent; a corrupt entry raises CacheError."""
+        """The entry's tensors and metadata, or None when absent or made from inputs that have changed since
+        (``changed_inputs``; the stale entry is removed, so the caller builds it again); a corrupt entry raises
+        CacheError."""
         path = self.entry(kind, key)
         meta_path, tensors_path = path / META_FILE, path / TENSORS_FILE
         if not meta_path.is_file():
@@ -84,13 +128,32 @@ class ArtifactCache:
             meta = json.loads(meta_path.read_text())
         except (OSError, json.JSONDecodeError) as exc:
             raise CacheError(f"cache entry {path}: unreadable {META_FILE} ({exc}); delete the folder") from exc
+        if changed := self.changed_inputs(meta):
+            log.warning("cache entry %s/%s was made from %s, which the cache now holds with another content (built "
+                        "again); discarding it to build it from them", kind, key, ", ".join(changed))
+            self._discard(path)
+            return None
         if not tensors_path.is_file() or _sha256(tensors_path) != meta.get("sha256"):
             raise CacheError(f"cache entry {path}: {TENSORS_FILE} does not match its checksum; delete the folder")
         tensors = torch.load(tensors_path, map_location="cpu", weights_only=True)
         return tensors, meta
 
-    def save(self, kind: str, key: str, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> Path:
-        """Write atomically: a temporary folder, fsync'd, renamed into place."""
+    def _discard(self, path: Path) -> None:
+        """Remove an entry: renamed out of place first, so no reader sees half of it."""
+        gone = path.parent / f".stale-{path.name}-{uuid.uuid4().hex[:8]}"
+        try:
+            os.rename(path, gone)
+        except OSError:  # removed meanwhile by another process
+            return
+        shutil.rmtree(gone, ignore_errors=True)
+
+    def save(self, kind: str, key: str, tensors: dict[str, torch.Tensor], meta: dict[str, Any],
+             inputs: dict[str, str] | None = None) -> Path:
+        """Write atomically: a temporary folder, fsync'd, renamed into place. The metadata records ``inputs``
+        (default: ``inputs_of`` the ``spec`` in ``meta``), the content of the entries this one was made from."""
+        inputs = self.inputs_of(meta.get("spec")) if inputs is None else inputs
+        if inputs:
+            meta = {**meta, "inputs": inputs}
         final = self.entry(kind, key)
         final.parent.mkdir(parents=True, exist_ok=True)
         tmp = final.parent / f".tmp-{key}-{uuid.uuid4().hex[:8]}"

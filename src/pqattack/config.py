@@ -395,7 +395,8 @@ def _load_job(cfg: DictConfig) -> JobConfig:
 
         if not members(job):  # each member's own job is checked on the way
             raise ConfigError(f"eval.suite={suite}: no member applies to defense={defense.label()} (oblivious, eot "
-                              f"and reference=bare members attack a query transform; docs/defenses.md)")
+                              f"and reference=bare members attack a query transform, and a member's defense=<kind> "
+                              f"limits it to that kind; docs/defenses.md)")
     return job
 
 

@@ -88,7 +88,8 @@ def run(cfg: DictConfig, output_dir: Path, loggers: list | None = None) -> Path:
             "dataset_label": label, **rt.info, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     path = write_results(output_dir, {"meta": meta, "rows": rows})
     if rt.cache.enabled:
-        rt.cache.save("results", results_key, {}, {"results": {"meta": meta, "rows": rows}})
+        rt.cache.save("results", results_key, {}, {"results": {"meta": meta, "rows": rows}},
+                      inputs=rt.cache.inputs_of(rt.keys))  # resumed only while these are what made the rows
     log_results(loggers or [], rows, job, data, target.index, target.features["query"],
                 None if adv is None else (adv.images, scored.z))
     return path

@@ -51,10 +51,10 @@ BEYOND_JOBS_PER_CELL = 10
 BEYOND_SETS_PER_CELL = 10
 #: per (bits, defense) cell of the defense stage: its suite's attack sets in units of one 5-step attack (basic, APD,
 #: AOD, margin, centre and far one each, 100-step APD twenty, APD with 4 restarts four; EOT=4 four more for the random
-#: JPEG; the oblivious members reuse the undefended sets), and the epochs one adversarial training costs in clean
-#: epochs for its k = 2 PGD steps (k + 1.3)
+#: JPEG, the two 16-draw members 32 more for bit depth; the oblivious members reuse the undefended sets), and the
+#: epochs one adversarial training costs in clean epochs for its k = 2 PGD steps (k + 1.3)
 DEFENSES = ("none", "adv", "adv_eps2", "jpeg", "jpeg_random", "bitdepth")
-DEFENSE_ATTACK_UNITS = {"none": 30, "adv": 30, "adv_eps2": 30, "jpeg": 30, "jpeg_random": 34, "bitdepth": 30}
+DEFENSE_ATTACK_UNITS = {"none": 30, "adv": 30, "adv_eps2": 30, "jpeg": 30, "jpeg_random": 34, "bitdepth": 62}
 ADV_EPOCH_FACTOR = 3.3
 REQUIRED = ("smoke",)  # a failure here stops the run
 PACK_RESERVE_S = 15.0  # kept back from every command's timeout: packing the records, moving the checkpoints

@@ -11,7 +11,7 @@ import numpy as np
 from omegaconf import OmegaConf
 
 from ..config import CONF_DIR, JobConfig, compose_config, container, load_job
-from ..defense.config import DefenseConfig
+from ..defense.config import KINDS, DefenseConfig
 from ..errors import ConfigError
 from ..labels import WORST, attack_label
 
@@ -23,7 +23,8 @@ if TYPE_CHECKING:  # the suite's config checks (load_job) import this module wit
 
 
 def parse_member(member: str) -> tuple[str, list[str]]:
-    """``"apd iters=100 step_schedule=cosine"`` -> ``("apd", ["attack.iters=100", "attack.step_schedule=cosine"])``."""
+    """``"apd iters=100 step_schedule=cosine"`` -> ``("apd", ["attack.iters=100", "attack.step_schedule=cosine"])``
+    (a ``defense=`` setting is the member's defense filter, ``member_defenses``, not an attack setting)."""
     if not str(member).split():
         raise ConfigError(f"eval.suite member {member!r}: empty; give an attack option, then its settings (e.g. "
                           f"'apd iters=100')")
@@ -36,7 +37,24 @@ def parse_member(member: str) -> tuple[str, list[str]]:
     twice = sorted({k for k in keys if keys.count(k) > 1})
     if twice:
         raise ConfigError(f"eval.suite member {member!r}: {twice[0]} is set twice")
-    return name, [f"attack.{s}" for s in settings]
+    return name, [f"attack.{s}" for s in settings if s.partition("=")[0] != "defense"]
+
+
+@functools.lru_cache(maxsize=64)
+def member_defenses(member: str) -> frozenset[str] | None:
+    """The defense kinds a member is limited to (``"apd eot=16 defense=bitdepth"``: bit depth only; several kinds
+    comma-separated), None for a member without ``defense=``: it then goes with every defense it applies to."""
+    parse_member(member)
+    given = [s.partition("=")[2] for s in str(member).split()[1:] if s.partition("=")[0] == "defense"]
+    if not given:
+        return None
+    kinds = [k.strip() for k in given[0].split(",")]
+    wrong = [k for k in kinds if k not in KINDS]
+    if wrong or not kinds:
+        raise ConfigError(f"eval.suite member {member!r}: defense={given[0]!r} names the defense kinds the member "
+                          f"is limited to; expected one or more of {', '.join(KINDS)}, comma-separated "
+                          f"(defense=jpeg covers defense=jpeg_random)")
+    return frozenset(kinds)
 
 
 @functools.lru_cache(maxsize=64)
@@ -64,30 +82,40 @@ def applies(attack: dict[str, Any], defense: DefenseConfig) -> bool:
                                    reference=str(attack.get("reference") or "attacked")) is None
 
 
+def member_applies(member: str, defense: DefenseConfig) -> bool:
+    """``applies``, and the defense's kind among the member's own ``defense=`` kinds where it names them."""
+    kinds = member_defenses(member)
+    return (kinds is None or defense.kind in kinds) and applies(member_attack(member), defense)
+
+
 def check_suite(suite: list[str]) -> None:
     """Every member composes, its settings pass the attack's checks, and no member is listed twice."""
     from ..attacks import AttackConfig
 
     if len(set(map(str, suite))) != len(suite):
         raise ConfigError(f"eval.suite={list(suite)}: a member is listed twice")
-    seen: dict[str, str] = {}
+    seen: dict[str, list[str]] = {}
     for member in map(str, suite):
         node = member_attack(member)
+        kinds = member_defenses(member)
         try:
             AttackConfig(**{k: v for k, v in node.items() if k in AttackConfig.__dataclass_fields__})
         except ConfigError as exc:
             raise ConfigError(f"eval.suite member {member!r}: {exc}") from None
-        same = seen.setdefault(json.dumps(node, sort_keys=True), member)
-        if same != member:
-            raise ConfigError(f"eval.suite members {same!r} and {member!r} are the same attack")
+        same = seen.setdefault(json.dumps(node, sort_keys=True), [])
+        for other in same:  # the same attack twice for a defense both go with
+            theirs = member_defenses(other)
+            if kinds is None or theirs is None or kinds & theirs:
+                raise ConfigError(f"eval.suite members {other!r} and {member!r} are the same attack")
+        same.append(member)
 
 
 def members(job: JobConfig) -> list[tuple[str, JobConfig]]:
-    """Each suite member that applies to the job's defense, as written in ``eval.suite``, with its job: this job
-    with the member's attack, and no suite."""
+    """Each suite member that applies to the job's defense (``member_applies``), as written in ``eval.suite``, with
+    its job: this job with the member's attack, and no suite."""
     out = []
     for member in map(str, job.suite):
-        if not applies(member_attack(member), job.defense):
+        if not member_applies(member, job.defense):
             continue
         cfg = OmegaConf.create(OmegaConf.to_container(job.config, resolve=False))
         cfg.attack = member_attack(member)
