@@ -159,6 +159,34 @@ def test_a_diagnostic_an_older_record_lacks_is_no_disagreement() -> None:
         dedupe_rows([older, {**newer, "map": 61.0}])
 
 
+def test_two_trainings_of_one_checkpoint_are_named_as_such() -> None:
+    """Rows carry the start of their checkpoint's content digest: two records of one checkpoint key whose trainings
+    gave other weights disagree about a cell, and the error says that (re-run from one training), not "collect them
+    into separate tables"; a row from before the digest was recorded is merged with a newer one, keeping it."""
+    recipe = dict(epochs=2, device="cpu", precision="bf16", checkpoint="3b6d29549c7c0a6a3e37b070")
+    first = row("apd", "sdc", 12.6, **recipe, checkpoint_sha256="0123456789abcdef")
+    again = {**first, "checkpoint_sha256": "fedcba9876543210", "map": 12.4}
+    with pytest.raises(TableError, match="checkpoint_sha256: '0123456789abcdef' vs 'fedcba9876543210'.*two trainings"
+                                         " of one checkpoint configuration"):
+        dedupe_rows([first, again])
+    with pytest.raises(TableError, match="collect them into separate tables"):  # another checkpoint: not that
+        dedupe_rows([first, {**again, "checkpoint": "675e0b90e0d15502ec0f3a5a"}])
+    older = {k: v for k, v in first.items() if k != "checkpoint_sha256"}
+    assert dedupe_rows([older, first]) == [first] and dedupe_rows([first, older]) == [first]
+
+
+def test_a_job_row_carries_its_checkpoint_digest(tmp_path, shared_cache) -> None:  # noqa: ANN001
+    """A real job's rows name the checkpoint's content: the start of the sha256 its cache entry holds."""
+    from pqattack.cache import ArtifactCache
+
+    from .conftest import TINY, run_job
+
+    res = run_job([*TINY, "attack=basic"], tmp_path / "r", shared_cache)
+    ckpt = res["meta"]["cache_keys"]["checkpoint"]
+    digest = ArtifactCache(shared_cache).digest("checkpoint", ckpt)
+    assert {r["checkpoint_sha256"] for r in res["rows"]} == {digest[:16]} and len(digest) == 64
+
+
 def test_a_defense_setting_an_older_record_lacks_counts_at_its_default() -> None:
     """An adversarially trained target's row from before ``defense.lr`` and ``defense.random_start`` existed, and the
     same cell re-run since (the two records of one checkpoint in two results files): merged, keeping the newer row;

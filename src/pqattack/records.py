@@ -22,6 +22,9 @@ from .stages.target import Target
 from .transfer import AdversarialSet, source_jobs
 
 
+CHECKPOINT_DIGEST_CHARS = 16  # of the checkpoint's sha256 in a row: enough to tell two trainings apart
+
+
 def describe(job: JobConfig, data: RetrievalData, dataset_label: str) -> dict[str, Any]:
     """What a row is about: the dataset (and how many queries it asks), the model and the quantizer (with the code
     length)."""
@@ -34,11 +37,14 @@ def describe(job: JobConfig, data: RetrievalData, dataset_label: str) -> dict[st
 def recipe_fields(job: JobConfig, target: Target, rt: Runtime) -> dict[str, Any]:
     """Row fields that say how the numbers were made: the backbone's epochs (and PQN's, with its alpha), the device
     type, the precision, the seed, and the checkpoint and codebooks keys (which hold every recipe and data
-    setting)."""
+    setting), with ``checkpoint_sha256``, the start of the checkpoint's content digest in the cache: a key names a
+    configuration, and two trainings of one configuration that came out different tell apart by it."""
     q = job.quantizer
     pqn = {"pqn_epochs": int(q.epochs), "alpha": float(q.alpha)} if job.pqn else {}  # type: ignore[attr-defined]
+    digest = rt.cache.digest("checkpoint", target.checkpoint_key) if rt.cache.enabled else None
     return {"epochs": int(job.trainer["max_epochs"]), **pqn, "device": rt.device.type, "precision": rt.precision,
-            "seed": job.seed, "checkpoint": target.checkpoint_key, "codebooks": target.codebooks_key}
+            "seed": job.seed, "checkpoint": target.checkpoint_key, "codebooks": target.codebooks_key,
+            **({"checkpoint_sha256": digest[:CHECKPOINT_DIGEST_CHARS]} if digest else {})}
 
 
 def score_fields(scored: dict[str, Any], job: JobConfig) -> dict[str, Any]:

@@ -82,7 +82,7 @@ def order_key(value: Any, order: tuple[str, ...]) -> tuple[int, str]:
 #: are no disagreement (present in both, they must agree like every other field)
 LATER_DIAGNOSTICS = frozenset({"first_relevant_rank", "precision_at_10", "map_chance", "map_floor",
                                "codes_changed_per_subspace",
-                               "psnr", "ssim", "l2", "linf"})
+                               "psnr", "ssim", "l2", "linf", "checkpoint_sha256"})
 
 
 def later_setting_defaults() -> dict[str, Any]:
@@ -135,8 +135,12 @@ def dedupe_rows(rows: list[dict[str, Any]], sources: list[str] | None = None,
         if diff:
             where = (f"{sources[seen[cell]]} and {sources[i]}" if sources else f"rows {seen[cell]} and {i}")
             shown = ", ".join(f"{k}: {first.get(k)!r} vs {r.get(k)!r}" for k in diff[:4])
+            twice = ("checkpoint_sha256" in diff and first.get("checkpoint") == r.get("checkpoint"))
             raise TableError(f"{where} both fill the cell {describe_cell(cell)} but differ in {shown}"
-                             f"{' ...' if len(diff) > 4 else ''}; collect them into separate tables")
+                             f"{' ...' if len(diff) > 4 else ''}; "
+                             + ("they come from two trainings of one checkpoint configuration that did not give the "
+                                "same weights: re-run every record of that checkpoint from one training, or none"
+                                if twice else "collect them into separate tables"))
     return out
 
 
