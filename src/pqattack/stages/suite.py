@@ -50,7 +50,7 @@ def member_defenses(member: str) -> frozenset[str] | None:
         return None
     kinds = [k.strip() for k in given[0].split(",")]
     wrong = [k for k in kinds if k not in KINDS]
-    if wrong or not kinds:
+    if wrong:
         raise ConfigError(f"eval.suite member {member!r}: defense={given[0]!r} names the defense kinds the member "
                           f"is limited to; expected one or more of {', '.join(KINDS)}, comma-separated "
                           f"(defense=jpeg covers defense=jpeg_random)")
